@@ -1,0 +1,3 @@
+"""vljax: vision-language pretraining in JAX/Flax."""
+
+__version__ = "0.1.0"
