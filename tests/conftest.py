@@ -7,3 +7,36 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # noqa: E402
+
+from vljax import config as config_lib  # noqa: E402
+
+
+def tiny_config(**overrides):
+  """A two-tower recipe small enough to compile and train in seconds on CPU (top-level overrides)."""
+  c = config_lib.base_config()
+  c.model = dict(name="two_tower", embed_dim=16,
+                 image=dict(variant="mu/8", pool="gap", posemb="sincos2d"),
+                 text=dict(variant="mu", causal=False, pool="last"),
+                 logit_scale_init=10.0)
+  c.data.image_size = 32
+  c.data.max_len = 12
+  c.data.num_threads = 1
+  c.batch_size = 16
+  c.total_steps = 6
+  c.optimizer.lr = 3e-3
+  c.schedule.warmup_steps = 2
+  c.evals = config_lib.shapes_evals(every=3, zeroshot=dict(num_examples=32),
+                                    retrieval=dict(num_examples=32), binding=dict(num_examples=32))
+  c.eval_batch_size = 32
+  c.checkpoint = dict(every=3, keep=2, async_save=True)
+  c.log_every = 1
+  c.progress_bar = False
+  c.update(overrides)
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config

@@ -1,0 +1,34 @@
+"""CLIP ViT-B/16 at 224 px: the real-scale recipe, for accelerators.
+
+  python -m vljax.train --config configs/clip_vit_b16.py --workdir gs://BUCKET/clip_b16
+
+Runs on the shapes world until real data sources exist (data.name); batch 32k over an FSDP
+mesh, bfloat16 compute, scanned and rematerialised layers. Smoke test on CPU:
+  python -m vljax.train --config configs/clip_vit_b16.py --workdir /tmp/b16 \
+      --config.batch_size=8 --config.total_steps=2 --config.precision.compute_dtype=float32
+"""
+
+from vljax import config as common
+
+
+def get_config(arg=None):
+  c = common.base_config(arg)
+  c.model = dict(name="two_tower", embed_dim=512,
+                 image=dict(variant="B/16", pool="tok", posemb="learned"),
+                 text=dict(variant="B", causal=True, pool="last"),
+                 logit_scale_init=1 / 0.07, scan=True, remat="minimal")
+  c.objectives = {"softmax_contrastive": 1.0}
+  c.loss_impl = "shard_map"
+  c.data = dict(name="shapes", image_size=224, max_len=77, caption_noise=0.0, tokenizer="shapes",
+                num_threads=16, prefetch=8)
+  c.batch_size = 32768
+  c.total_steps = 100_000
+  c.optimizer = dict(name="adamw", lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip_norm=1.0)
+  c.schedule = dict(name="warmup_cosine", warmup_steps=2000, end_fraction=0.0)
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.precision = dict(param_dtype="float32", compute_dtype="bfloat16")
+  c.evals = common.shapes_evals(every=2000)
+  c.eval_batch_size = 1024
+  c.checkpoint = dict(every=1000, keep=3, async_save=True)
+  c.log_every = 100
+  return c

@@ -1,0 +1,115 @@
+"""The training loop end to end on a tiny model: files, metrics, resume, LiT, bad input."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from conftest import tiny_config
+from vljax.metrics import read_metrics
+from vljax.train import checkpoint as ckpt_lib
+from vljax.train.trainer import train_and_evaluate
+
+
+def _files(workdir):
+  out = {}
+  for root, _, names in os.walk(workdir):
+    for n in names:
+      p = os.path.join(root, n)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, workdir)] = f.read()
+  return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  final = train_and_evaluate(tiny_config(), workdir)
+  return workdir, final
+
+
+def test_run_writes_contract_files_and_metrics(finished_run):
+  workdir, final = finished_run
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(workdir, "tb")))
+  series = read_metrics(workdir)
+  for key in ("train/loss", "train/softmax_contrastive_loss", "train/lr", "train/examples_per_sec",
+              "train/step_time", "eval/zeroshot/top1", "eval/zeroshot/color_acc", "eval/zeroshot/shape_acc",
+              "eval/retrieval/i2t_r1", "eval/retrieval/t2i_r10", "eval/binding/acc"):
+    assert key in series, key
+  assert sorted(series["train/loss"]) == list(range(1, 7))
+  assert sorted(series["eval/zeroshot/top1"]) == [3, 6]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert all(isinstance(json.loads(line)["step"], int) for line in f)
+  assert ckpt_lib.Checkpointer(workdir, every=3, keep=2).latest_step() == 6
+  assert set(final) >= {"eval/zeroshot/top1", "eval/binding/acc"}
+
+
+def test_resume_continues_bitwise(finished_run, tmp_path):
+  """Stop after step 3 (as a kill after that checkpoint would), rerun to 6: same losses, same evals."""
+  workdir, final = finished_run
+  part = str(tmp_path / "part")
+  train_and_evaluate(tiny_config(total_steps=3), part)
+  # Later steps come from the resumed run: same config except total_steps, like rerunning after a kill.
+  resumed_final = train_and_evaluate(tiny_config(), part)
+  full, resumed = read_metrics(workdir), read_metrics(part)
+  for step in (4, 5, 6):
+    assert resumed["train/loss"][step] == full["train/loss"][step]
+  assert resumed_final == final
+
+
+def test_bad_checkpoint_shape_is_clear_and_harmless(finished_run):
+  workdir, _ = finished_run
+  before = _files(workdir)
+  cfg = tiny_config(model=dict(tiny_config().model.to_dict(), embed_dim=24))
+  with pytest.raises(ValueError, match=r"different model.*img_proj|different model.*embed|mismatched params"):
+    train_and_evaluate(cfg, workdir)
+  assert _files(workdir) == before
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model=dict(name="perceiver")), "perceiver"),
+    (dict(objectives={"triplet": 1.0}), "triplet"),
+    (dict(evals={"vqa_v9": {"every": 1}}), "vqa_v9"),
+    (dict(batch_size=12), "batch_size=12 is not divisible"),
+    (dict(mesh=dict(data=16, fsdp=1, tensor=1)), "needs 16 devices but 8 exist"),
+])
+def test_bad_input_fails_before_touching_workdir(tmp_path, change, message):
+  cfg = tiny_config()
+  cfg.update(change)
+  with pytest.raises(ValueError, match=message):
+    train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "metrics.jsonl")
+
+
+def test_missing_tokenizer_file(tmp_path):
+  cfg = tiny_config()
+  cfg.data.tokenizer = f"sentencepiece:{tmp_path}/missing.model"
+  with pytest.raises((FileNotFoundError, ValueError), match="missing.model"):
+    train_and_evaluate(cfg, str(tmp_path / "w"))
+
+
+def test_lit_init_from_and_frozen_tower_is_bit_identical(finished_run, tmp_path):
+  source, _ = finished_run
+  cfg = tiny_config(frozen=("img/.*",), total_steps=3)
+  cfg.init_from = dict(workdir=source, subtree="img", step=-1)
+  lit = str(tmp_path / "lit")
+  train_and_evaluate(cfg, lit)
+  src_params, _ = ckpt_lib.load_params(source)
+  lit_params, _ = ckpt_lib.load_params(lit)
+  for k, v in traverse_util.flatten_dict(src_params["img"], sep="/").items():
+    np.testing.assert_array_equal(traverse_util.flatten_dict(lit_params["img"], sep="/")[k], v, err_msg=k)
+  src_txt = traverse_util.flatten_dict(src_params["txt"], sep="/")
+  lit_txt = traverse_util.flatten_dict(lit_params["txt"], sep="/")
+  assert any(not np.array_equal(src_txt[k], lit_txt[k]) for k in src_txt)  # text did train
+
+
+def test_init_from_bad_subtree(finished_run, tmp_path):
+  source, _ = finished_run
+  cfg = tiny_config()
+  cfg.init_from = dict(workdir=source, subtree="vision", step=-1)
+  with pytest.raises(ValueError, match="subtree='vision' matches nothing"):
+    train_and_evaluate(cfg, str(tmp_path / "w"))

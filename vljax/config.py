@@ -1,0 +1,64 @@
+"""The config schema: every recipe starts from `base_config()`; `validate` rejects unknown names."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """All top-level fields with their defaults; recipes set `model`, `objectives`, `evals`."""
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = dict(name="two_tower")
+  c.objectives = {"softmax_contrastive": 1.0}
+  c.loss_impl = "gather"               # "gather" (XLA collectives) or "shard_map" (all-gather / ring)
+  c.data = dict(name="shapes", image_size=64, max_len=16, caption_noise=0.0, tokenizer="shapes",
+                num_threads=2, prefetch=4)
+  c.batch_size = 128                   # global, over all hosts
+  c.grad_accum_steps = 1
+  c.total_steps = 1000
+  c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0)
+  c.schedule = dict(name="warmup_cosine", warmup_steps=100, end_fraction=0.0)
+  c.frozen = ()                        # regexes over param paths like "img/.*": no update, no gradient
+  c.init_from = dict(workdir="", subtree="", step=-1)  # e.g. subtree="img" from a CLIP run's workdir
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.precision = dict(param_dtype="float32", compute_dtype="float32")
+  c.evals = {}
+  c.eval_batch_size = 256
+  c.checkpoint = dict(every=500, keep=3, async_save=True)
+  c.log_every = 50
+  c.peak_flops = 0.0                   # per-device peak for MFU where the device is not in the table
+  c.progress_bar = True
+  return c
+
+
+def shapes_evals(every: int, **overrides) -> dict:
+  """The three shapes evaluators, all every `every` steps and at the end."""
+  evals = dict(zeroshot=dict(every=every, num_examples=640),
+               retrieval=dict(every=every, num_examples=512),
+               binding=dict(every=every, num_examples=512))
+  for name, settings in overrides.items():
+    evals[name].update(settings)
+  return evals
+
+
+TOP_LEVEL_KEYS = frozenset(base_config().keys())
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Fails fast, naming the bad value, before any file in the workdir is touched."""
+  unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
+  if unknown:
+    raise ValueError(f"config: unknown key(s) {unknown}; valid top-level keys: {sorted(TOP_LEVEL_KEYS)}")
+  for section in ("data", "optimizer", "schedule", "init_from", "precision", "checkpoint"):
+    extra = sorted(set(cfg[section].keys()) - set(base_config()[section].keys()))
+    if extra:
+      raise ValueError(f"config.{section}: unknown key(s) {extra}; valid: {sorted(base_config()[section].keys())}")
+  if cfg.batch_size <= 0 or cfg.total_steps < 0:
+    raise ValueError(f"config: batch_size={cfg.batch_size} must be > 0 and total_steps={cfg.total_steps} >= 0")
+  if cfg.grad_accum_steps < 1 or cfg.batch_size % cfg.grad_accum_steps:
+    raise ValueError(f"config: grad_accum_steps={cfg.grad_accum_steps} must be >= 1 and divide "
+                     f"batch_size={cfg.batch_size}")
+  if not cfg.objectives:
+    raise ValueError("config.objectives is empty; give at least one `name: weight`")

@@ -1,0 +1,29 @@
+"""Attribute binding: the true caption must beat its attribute-swapped and relation-swapped twins."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vljax.data import shapes
+from vljax.data.pipeline import preprocess_images
+from vljax.evals.embed import Embedder
+
+
+class BindingEvaluator:
+  """acc = mean of attribute_acc and relation_acc; chance is 0.5 for each."""
+
+  name = "binding"
+
+  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
+    n = int(settings.get("num_examples", 512))
+    examples = [world.binding_example(i) for i in range(n)]
+    self.images = preprocess_images(np.stack([e["image"] for e in examples]))
+    self.tokens = {k: tokenizer.encode([e[k] for e in examples], max_len)
+                   for k in ("caption", "attribute_swapped", "relation_swapped")}
+
+  def __call__(self, embedder: Embedder, params) -> dict[str, float]:
+    zimg = embedder.images(params, self.images)
+    score = {k: np.sum(zimg * embedder.texts(params, t), axis=1) for k, t in self.tokens.items()}
+    attribute = float(np.mean(score["caption"] > score["attribute_swapped"]))
+    relation = float(np.mean(score["caption"] > score["relation_swapped"]))
+    return {"acc": (attribute + relation) / 2, "attribute_acc": attribute, "relation_acc": relation}

@@ -1,0 +1,90 @@
+"""Metric writers (metrics.jsonl + tensorboard) and MFU accounting."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+
+# bf16 dense peak FLOP/s per device; MFU is logged only where the device is known.
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "A100": 312e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def device_peak_flops(device=None) -> float | None:
+  """The device's bf16 dense peak, matched on its device_kind; None if unknown (e.g. CPU)."""
+  kind = (device or jax.devices()[0]).device_kind
+  for name in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if name.lower() in kind.lower():
+      return PEAK_FLOPS[name]
+  return None
+
+
+class MetricWriter:
+  """Appends `{"step": int, key: float, ...}` lines to metrics.jsonl and tensorboard scalars.
+
+  Only process 0 writes. The file is append-only: a resumed run re-logs the steps after its
+  checkpoint, and readers keep the last value per (step, key) (see `read_metrics`).
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._tb = None
+    self._file = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    self._file.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._file.flush()
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._file.close()
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> dict[str, dict[int, float]]:
+  """key -> {step: value}, the last logged value winning (resumed runs re-log steps)."""
+  out: dict[str, dict[int, float]] = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return out
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      row = json.loads(line)
+      step = row.pop("step")
+      for k, v in row.items():
+        out.setdefault(k, {})[step] = v
+  return out
+
+
+def throughput_metrics(*, steps: int, seconds: float, global_batch: int, flops_per_step: float | None,
+                       num_devices: int, peak_flops: float | None) -> dict[str, float]:
+  """examples/s, step time, achieved TFLOP/s per device and MFU (where the peak is known)."""
+  step_time = seconds / max(steps, 1)
+  m = {"step_time": step_time, "examples_per_sec": global_batch / step_time}
+  if flops_per_step:
+    per_device = flops_per_step / step_time / num_devices
+    m["tflops_per_device"] = per_device / 1e12
+    if peak_flops:
+      m["mfu"] = per_device / peak_flops
+  return m

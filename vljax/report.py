@@ -1,0 +1,59 @@
+"""`python -m vljax.report --workdir DIR`: final evaluations as a table, curves as DIR/curves.png."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from vljax.metrics import read_metrics
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with metrics.jsonl")
+flags.mark_flag_as_required("workdir")
+
+
+def final_table(series: dict[str, dict[int, float]]) -> str:
+  """Last value of every eval metric, one row each."""
+  rows = [(k, max(v), v[max(v)]) for k, v in sorted(series.items()) if k.startswith("eval/")]
+  width = max((len(k) for k, _, _ in rows), default=10)
+  lines = [f"{'metric':{width}s}  {'step':>6s}  {'value':>7s}", "-" * (width + 17)]
+  lines += [f"{k:{width}s}  {s:6d}  {v:7.4f}" for k, s, v in rows]
+  return "\n".join(lines)
+
+
+def plot_curves(series: dict[str, dict[int, float]], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  evals = sorted(k for k in series if k.startswith("eval/"))
+  fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for key in sorted(k for k in series if k.startswith("train/") and k.endswith("loss")):
+    steps = sorted(series[key])
+    ax_loss.plot(steps, [series[key][s] for s in steps], label=key)
+  ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+  ax_loss.legend(fontsize=8)
+  for key in evals:
+    steps = sorted(series[key])
+    ax_eval.plot(steps, [series[key][s] for s in steps], marker="o", ms=3, label=key.removeprefix("eval/"))
+  ax_eval.set(xlabel="step", ylabel="value", title="evaluations", ylim=(0, 1.02))
+  ax_eval.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  series = read_metrics(_WORKDIR.value)
+  if not series:
+    sys.exit(f"error: no metrics in {os.path.join(_WORKDIR.value, 'metrics.jsonl')}; train first")
+  print(final_table(series))
+  path = os.path.join(_WORKDIR.value, "curves.png")
+  plot_curves(series, path)
+  print(f"curves: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,33 @@
+"""`python -m vljax.train --config configs/NAME.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]`.
+
+Trains, evaluates and checkpoints; run it again with the same workdir and it resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/clip_shapes.py", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/, tb/")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  from vljax.train.trainer import train_and_evaluate, write_final_metrics  # after flags: keeps --help fast
+  try:
+    final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  write_final_metrics(_WORKDIR.value, final)
+  for k, v in sorted(final.items()):
+    print(f"{k:32s} {v:.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

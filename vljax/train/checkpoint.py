@@ -1,0 +1,94 @@
+"""Orbax checkpoints: train state + grain iterator state + metadata, async, keep-N, any mesh."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+
+def param_shapes(params) -> dict[str, list[int]]:
+  """'img/encoder/.../kernel' -> shape: what a checkpoint must match to be restored."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return {k: list(v.shape) for k, v in sorted(flat.items())}
+
+
+def shape_mismatches(saved: dict, expected: dict, limit: int = 8) -> list[str]:
+  problems = []
+  for k in sorted(set(saved) | set(expected)):
+    if k not in expected:
+      problems.append(f"{k}: in checkpoint {saved[k]}, not in model")
+    elif k not in saved:
+      problems.append(f"{k}: in model {expected[k]}, not in checkpoint")
+    elif list(saved[k]) != list(expected[k]):
+      problems.append(f"{k}: checkpoint {saved[k]} vs model {expected[k]}")
+  return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+
+
+class Checkpointer:
+  """Wraps one `ocp.CheckpointManager` over `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str, *, every: int, keep: int, async_save: bool = True):
+    self.every = every
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict, meta: dict, *, force: bool = False) -> bool:
+    """Starts an async save; the data iterator state is captured now, synchronously."""
+    if not force and (not self.every or step % self.every):
+      return False
+    return self.manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)))
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, step: int, abstract_state, expected_shapes: dict) -> tuple[Any, dict, dict]:
+    """(state, data_state, meta) restored onto the shardings in `abstract_state` (any mesh)."""
+    meta = self.read_meta(step)
+    problems = shape_mismatches(meta.get("param_shapes", {}), expected_shapes)
+    if problems:
+      raise ValueError(f"checkpoint {self.directory}/{step} was written by a different model "
+                       f"(model={meta.get('model_name')!r}); mismatched params:\n  " + "\n  ".join(problems)
+                       + "\nUse a fresh --workdir for a different model, or the config the checkpoint was made with.")
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return out["state"], out["data"], meta
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def load_params(workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """All params of another run's checkpoint as host numpy arrays (for `init_from`)."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"init_from: no checkpoints in {directory!r}; train that run first")
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data", "meta"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"init_from: {directory!r} holds no finished checkpoint")
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  item = {"params": traverse_util.unflatten_dict(
+      {tuple(k.split("/")): np.zeros(s, np.float32) for k, s in meta["param_shapes"].items()})}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True)))
+  manager.close()
+  return out["state"]["params"], step

@@ -1,0 +1,58 @@
+"""Builds a run's parts from its config: tokenizer, model, optimizer, data, evaluators."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from vljax import config as config_lib
+from vljax import evals, models, objectives
+from vljax.data import pipeline, shapes, tokenizers
+from vljax.train import optim
+
+
+@dataclasses.dataclass
+class RunParts:
+  tokenizer: Any
+  model_cfg: dict
+  model: Any
+  schedule: Any
+  tx: Any
+  evaluators: dict
+
+
+def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
+  """The model config with what the data and precision decide filled in."""
+  m = cfg.model.to_dict()
+  if "text" in m:
+    m["text"] = dict(m["text"])
+    m["text"].setdefault("vocab_size", tokenizer.vocab_size)
+    m["text"].setdefault("max_len", cfg.data.max_len)
+  m.setdefault("dtype", cfg.precision.compute_dtype)
+  m.setdefault("param_dtype", cfg.precision.param_dtype)
+  return m
+
+
+def build(cfg: ml_collections.ConfigDict) -> RunParts:
+  """Every name in the config is checked here, before the workdir is touched."""
+  config_lib.validate(cfg)
+  for name in cfg.objectives:
+    objectives.get_objective(name)
+  evaluator_classes = {name: evals.get_evaluator(name) for name in cfg.evals}
+  tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  model_cfg = resolve_model_config(cfg, tokenizer)
+  model = models.get_model(model_cfg)
+  schedule = optim.make_schedule(cfg, cfg.total_steps)
+  tx = optim.make_optimizer(cfg, schedule)
+  world = shapes.ShapesWorld(seed=cfg.seed, image_size=cfg.data.image_size)
+  evaluators = {name: cls(cfg.evals[name], world=world, tokenizer=tokenizer, max_len=cfg.data.max_len)
+                for name, cls in evaluator_classes.items()}
+  return RunParts(tokenizer, model_cfg, model, schedule, tx, evaluators)
+
+
+def make_data_iterator(cfg, tokenizer, process_index: int, process_count: int):
+  ds = pipeline.make_train_dataset(cfg.data, tokenizer, global_batch_size=cfg.batch_size, seed=cfg.seed,
+                                   process_index=process_index, process_count=process_count)
+  return iter(ds)

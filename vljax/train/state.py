@@ -1,0 +1,61 @@
+"""TrainState and its sharded initialisation from the model's logical axis names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+
+from vljax.parallel.sharding import LOGICAL_RULES, replicated
+from vljax.train.optim import split_frozen
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any            # every parameter, nested dict
+  opt_state: Any         # optimizer state of the trainable params only
+  rng: jax.Array         # uint32[2]; folded with the step for per-step randomness
+
+
+def dummy_inputs(cfg, batch: int) -> dict:
+  size = cfg.data.image_size
+  return dict(image=jnp.zeros((batch, size, size, 3), jnp.float32),
+              text=jnp.zeros((batch, cfg.data.max_len), jnp.int32))
+
+
+def param_shardings(model: nn.Module, inputs: dict, mesh) -> Any:
+  """NamedShardings of the params, from the logical names the modules declare."""
+  boxed = jax.eval_shape(lambda r: model.init(r, **inputs)["params"], jax.random.PRNGKey(0))
+  return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_RULES)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, mesh, inputs: dict):
+  """(state, state_shardings): params born sharded, optimizer state sharded like its params."""
+  p_sh = param_shardings(model, inputs, mesh)
+  trainable_sh, _ = split_frozen(p_sh, cfg.frozen)
+
+  def init(rng):
+    init_rng, state_rng = jax.random.split(rng)
+    params = nn.unbox(model.init(init_rng, **inputs)["params"])
+    trainable, _ = split_frozen(params, cfg.frozen)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable),
+                      rng=state_rng)
+
+  rng = jax.random.PRNGKey(cfg.seed)
+  with nn.logical_axis_rules(LOGICAL_RULES):
+    abstract = jax.eval_shape(init, rng)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable_sh,
+                                   transform_non_params=lambda _: replicated(mesh))
+    shardings = TrainState(step=replicated(mesh), params=p_sh, opt_state=opt_sh, rng=replicated(mesh))
+    state = jax.jit(init, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def abstract_state(state_shardings, state_like) -> Any:
+  """ShapeDtypeStructs carrying target shardings: what Orbax restores into."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_like, state_shardings)

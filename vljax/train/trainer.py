@@ -1,0 +1,167 @@
+"""The one training loop: train, log, evaluate, checkpoint, resume, stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from flax import traverse_util
+from tqdm import tqdm
+
+from vljax import metrics as metrics_lib
+from vljax.evals.embed import Embedder
+from vljax.models.flops import model_flops_per_example
+from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
+from vljax.parallel.sharding import batch_sharding
+from vljax.train import checkpoint as ckpt_lib
+from vljax.train import setup, state as state_lib, step as step_lib
+
+
+class _StopRequested:
+  """SIGTERM (preemption) sets a flag; the loop saves a checkpoint and returns at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM: will checkpoint and stop after the current step")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _init_from(state, cfg, expected_shapes: dict):
+  """Replaces the `init_from.subtree` of the fresh params by another run's checkpoint."""
+  src = cfg.init_from
+  loaded, step = ckpt_lib.load_params(src.workdir, None if src.step < 0 else src.step)
+  prefix = src.subtree.strip("/")
+  flat_src = traverse_util.flatten_dict(loaded, sep="/")
+  picked = {k: v for k, v in flat_src.items() if not prefix or k == prefix or k.startswith(prefix + "/")}
+  if not picked:
+    raise ValueError(f"init_from.subtree={prefix!r} matches nothing in {src.workdir!r}; "
+                     f"its top-level subtrees are {sorted(loaded)}")
+  problems = ckpt_lib.shape_mismatches({k: list(v.shape) for k, v in picked.items()},
+                                       {k: s for k, s in expected_shapes.items() if k in picked or
+                                        (prefix and k.startswith(prefix + "/"))})
+  if problems:
+    raise ValueError(f"init_from {src.workdir!r} (step {step}) does not fit this model:\n  " + "\n  ".join(problems))
+  flat = traverse_util.flatten_dict(state.params, sep="/")
+  for k, v in picked.items():
+    flat[k] = jax.device_put(v.astype(flat[k].dtype), flat[k].sharding)
+  logging.info("init_from: %d params under %r from %s step %d", len(picked), prefix, src.workdir, step)
+  return state.replace(params=traverse_util.unflatten_dict(flat, sep="/"))
+
+
+def _global_batch(local: dict, mesh) -> dict:
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
+
+
+def _due(step: int, every: int, last: int) -> bool:
+  return step == last or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
+  """Runs `cfg` in `workdir` (resuming from its latest checkpoint); returns the final metrics."""
+  parts = setup.build(cfg)
+  mesh = make_mesh(cfg.mesh)
+  check_batch_divisible(cfg.batch_size, mesh)
+  check_batch_divisible(cfg.batch_size // cfg.grad_accum_steps, mesh, "batch_size / grad_accum_steps")
+  process = jax.process_index()
+
+  with jax.set_mesh(mesh):
+    inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
+    state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+    expected_shapes = ckpt_lib.param_shapes(state.params)
+    data_iter = setup.make_data_iterator(cfg, parts.tokenizer, process, jax.process_count())
+    checkpointer = ckpt_lib.Checkpointer(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
+                                         async_save=cfg.checkpoint.async_save)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      state, data_state, _ = checkpointer.restore(latest, state_lib.abstract_state(shardings, state),
+                                                  expected_shapes)
+      data_iter.set_state(data_state)
+      logging.info("resumed from %s at step %d", checkpointer.directory, latest)
+    elif cfg.init_from.workdir:
+      state = _init_from(state, cfg, expected_shapes)
+
+    if process == 0:  # only now: a config that fails above leaves the workdir as it was
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+    writer = metrics_lib.MetricWriter(workdir)
+    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
+    embedder = Embedder(step_lib.make_encode_fn(parts.model, mesh, shardings.params), mesh, cfg.eval_batch_size)
+    meta = {"model_name": cfg.model.name, "param_shapes": expected_shapes}
+    flops_per_step = 3 * model_flops_per_example(parts.model_cfg, cfg.data.image_size) * cfg.batch_size
+    peak = cfg.peak_flops or metrics_lib.device_peak_flops()
+
+    def evaluate(step: int, force: bool = False) -> dict[str, float]:
+      out = {}
+      for name, evaluator in parts.evaluators.items():
+        if force or _due(step, int(cfg.evals[name].get("every", 0)), -1):
+          t = time.perf_counter()
+          out.update({f"eval/{name}/{k}": v for k, v in evaluator(embedder, state.params).items()})
+          logging.info("eval %s at step %d took %.1fs", name, step, time.perf_counter() - t)
+      if out:
+        writer.write(step, out)
+      return out
+
+    start = int(state.step)
+    total = cfg.total_steps
+    stop = _StopRequested()
+    bar = tqdm(total=total, initial=start, disable=not cfg.progress_bar or process != 0, dynamic_ncols=True,
+               desc="train")
+    final: dict[str, float] = {}
+    timer_steps, timer_start = 0, None
+    try:
+      for step in range(start + 1, total + 1):
+        state, step_metrics = train_step(state, _global_batch(next(data_iter), mesh))
+        bar.update(1)
+        if timer_start is None:  # the first step compiles: time from its end
+          jax.block_until_ready(step_metrics)
+          timer_start, timer_steps = time.perf_counter(), 0
+        else:
+          timer_steps += 1
+        if _due(step, cfg.log_every, total) or stop.requested:
+          host = jax.device_get(step_metrics)
+          row = {f"train/{k}": v for k, v in host.items()}
+          if timer_steps:
+            row.update({f"train/{k}": v for k, v in metrics_lib.throughput_metrics(
+                steps=timer_steps, seconds=time.perf_counter() - timer_start, global_batch=cfg.batch_size,
+                flops_per_step=flops_per_step, num_devices=jax.device_count(), peak_flops=peak).items()})
+          if not np.isfinite(row["train/loss"]):
+            raise FloatingPointError(f"train/loss is {row['train/loss']} at step {step}; lower optimizer.lr "
+                                     "or check the data")
+          writer.write(step, row)
+          bar.set_postfix(loss=f"{row['train/loss']:.3f}",
+                          ex_s=f"{row.get('train/examples_per_sec', 0):.0f}")
+        if step == total or any(_due(step, int(s.get("every", 0)), total) for s in cfg.evals.values()):
+          final.update(evaluate(step, force=step == total))
+        checkpointer.save(step, state, data_iter.get_state(), meta, force=step == total or stop.requested)
+        if _due(step, cfg.log_every, total):
+          timer_start, timer_steps = time.perf_counter(), 0  # evals and saves are not step time
+        if stop.requested:
+          logging.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step)
+          break
+      else:
+        if start >= total:  # resumed a finished run: report its evaluations again
+          final.update(evaluate(total, force=True))
+    finally:
+      bar.close()
+      stop.restore()
+      checkpointer.close()
+      writer.close()
+  return final
+
+
+def write_final_metrics(workdir: str, final: dict) -> None:
+  if jax.process_index() == 0 and final:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump(final, f, indent=2, sort_keys=True)
