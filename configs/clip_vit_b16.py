@@ -19,8 +19,7 @@ def get_config(arg=None):
                  logit_scale_init=1 / 0.07, scan=True, remat="minimal")
   c.objectives = {"softmax_contrastive": 1.0}
   c.loss_impl = "shard_map"
-  c.data = dict(name="shapes", image_size=224, max_len=77, caption_noise=0.0, tokenizer="shapes",
-                num_threads=16, prefetch=8)
+  c.data.update(image_size=224, max_len=77, num_threads=16, prefetch=8)
   c.batch_size = 32768
   c.total_steps = 100_000
   c.optimizer = dict(name="adamw", lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip_norm=1.0)

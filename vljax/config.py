@@ -13,8 +13,8 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name="two_tower")
   c.objectives = {"softmax_contrastive": 1.0}
   c.loss_impl = "gather"               # "gather" (XLA collectives) or "shard_map" (all-gather / ring)
-  c.data = dict(name="shapes", image_size=64, max_len=16, caption_noise=0.0, tokenizer="shapes",
-                num_threads=2, prefetch=4)
+  c.data = dict(name="shapes", image_size=64, max_len=24, caption_noise=0.0, tokenizer="shapes",
+                min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0)
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1
   c.total_steps = 1000

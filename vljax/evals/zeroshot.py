@@ -21,7 +21,7 @@ class ZeroShotEvaluator:
     self.labels = np.array([e["label"] for e in examples])
     self.classes = world.zeroshot_classes()
     self.templates = list(settings.get("templates", None) or shapes.PROMPT_TEMPLATES)
-    prompts = [t.format(c) for c in self.classes for t in self.templates]
+    prompts = [shapes.fill_prompt(t, c) for c in self.classes for t in self.templates]
     self.prompt_tokens = tokenizer.encode(prompts, max_len)
 
   def class_embeddings(self, embedder: Embedder, params) -> np.ndarray:

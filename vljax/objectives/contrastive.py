@@ -11,8 +11,8 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from vljax.objectives.registry import register_objective
+from vljax.parallel.sharding import BATCH_AXES
 
-BATCH_AXES = ("data", "fsdp")
 IMPLS = ("gather", "shard_map")
 
 Mesh = jax.sharding.Mesh | jax.sharding.AbstractMesh

@@ -9,7 +9,7 @@ import ml_collections
 
 from vljax import config as config_lib
 from vljax import evals, models, objectives
-from vljax.data import pipeline, shapes, tokenizers
+from vljax.data import pipeline, tokenizers
 from vljax.train import optim
 
 
@@ -46,7 +46,7 @@ def build(cfg: ml_collections.ConfigDict) -> RunParts:
   model = models.get_model(model_cfg)
   schedule = optim.make_schedule(cfg, cfg.total_steps)
   tx = optim.make_optimizer(cfg, schedule)
-  world = shapes.ShapesWorld(seed=cfg.seed, image_size=cfg.data.image_size)
+  world = pipeline.make_world(cfg.data, cfg.seed)
   evaluators = {name: cls(cfg.evals[name], world=world, tokenizer=tokenizer, max_len=cfg.data.max_len)
                 for name, cls in evaluator_classes.items()}
   return RunParts(tokenizer, model_cfg, model, schedule, tx, evaluators)
