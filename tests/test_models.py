@@ -1,0 +1,277 @@
+"""Models: shapes, norms, scan/remat equivalence, masking, dtypes, logical axes, FLOPs, config errors."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax.traverse_util import flatten_dict
+
+from vljax.models import MODELS, get_model
+from vljax.models.flops import model_flops_per_example
+from vljax.models.layers import Encoder, posemb_sincos_2d, unstack_layers
+from vljax.models.text import make_text
+from vljax.models.vit import conv_as_matmul, vit_settings
+from vljax.parallel.sharding import LOGICAL_RULES
+
+B, IMG, LEN, VOCAB, EMBED = 4, 16, 8, 64, 16
+
+
+def tiny_cfg(image=None, text=None, **overrides) -> dict:
+  return dict(name="two_tower", embed_dim=EMBED, image=dict(dict(variant="mu/8"), **(image or {})),
+              text=dict(dict(variant="mu", vocab_size=VOCAB, max_len=LEN), **(text or {})), **overrides)
+
+
+def batch(seed=0, lengths=(8, 5, 3, 1), length=LEN):
+  """Images and right-padded ids (pad_id=0) with the given number of real tokens."""
+  rng = np.random.default_rng(seed)
+  image = rng.uniform(size=(len(lengths), IMG, IMG, 3)).astype(np.float32)
+  ids = np.zeros((len(lengths), length), np.int32)
+  for i, n in enumerate(lengths):
+    ids[i, :n] = rng.integers(1, VOCAB, size=n)
+  return jnp.asarray(image), jnp.asarray(ids)
+
+
+def random_params(model, *args, seed=0):
+  """Random params of the right shapes without compiling init (XLA:CPU spends seconds on init's RNG)."""
+  abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args)["params"])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract)
+
+
+def apply(model, variables, image=None, ids=None):
+  return jax.jit(model.apply)(variables, image, ids)
+
+
+@pytest.mark.parametrize("image,text", [
+    (dict(pool="gap", stem="patch", posemb="learned"), dict(pool="last")),
+    (dict(pool="tok", stem="conv", posemb="sincos2d"), dict(pool="first", causal=True)),
+    (dict(pool="map", stem="conv", posemb="learned"), dict(pool="mean")),
+    (dict(pool="gap", posemb="sincos2d"), dict(pool="map")),
+])
+def test_shapes_unit_norm_and_param_tree(image, text):
+  model = get_model(tiny_cfg(image, text))
+  img, ids = batch()
+  params = random_params(model, img, ids)
+  out = apply(model, {"params": params}, img, ids)
+  assert set(out) == {"img_emb", "txt_emb", "img_tokens", "txt_tokens", "logit_scale"}
+  assert out["img_emb"].shape == out["txt_emb"].shape == (B, EMBED)
+  assert out["img_tokens"].shape == (B, (IMG // 8) ** 2, 32)
+  assert out["txt_tokens"].shape == (B, LEN, 32)
+  np.testing.assert_allclose(jnp.linalg.norm(out["img_emb"], axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(out["txt_emb"], axis=-1), 1.0, rtol=1e-5)
+  # LiT freezes with regexes like "img/.*": the towers must be the two top-level subtrees.
+  assert set(params) == {"img", "txt", "t"}
+  assert "head" in params["img"] and "head" in params["txt"]
+
+
+def test_init_values_siglip_scale_bias_clamp_and_single_tower_calls():
+  one_block = dict(depth=1)  # real init is compiled here: keep it small
+  model = get_model(tiny_cfg(one_block, one_block, logit_scale_init=10.0, logit_bias_init=-10.0,
+                             max_logit_scale=20.0))
+  img, ids = batch()
+  variables = jax.jit(model.init)(jax.random.key(0), img, ids)
+  assert float(variables["params"]["t"].value) == pytest.approx(math.log(10.0))
+  out = apply(model, variables, img, ids)
+  np.testing.assert_allclose(out["logit_scale"], 10.0, rtol=1e-5)
+  np.testing.assert_allclose(out["logit_bias"], -10.0)
+  np.testing.assert_allclose(jnp.linalg.norm(out["img_emb"], axis=-1), 1.0, rtol=1e-5)
+  assert set(apply(model, variables, image=img)) == {"img_emb", "img_tokens", "logit_scale", "logit_bias"}
+  assert set(apply(model, variables, ids=ids)) == {"txt_emb", "txt_tokens", "logit_scale", "logit_bias"}
+  params = nn.meta.unbox(variables["params"])
+  params["t"] = jnp.float32(10.0)  # exp(10) >> max_logit_scale
+  np.testing.assert_allclose(apply(model, {"params": params}, img, ids)["logit_scale"], 20.0, rtol=1e-5)
+  clip = get_model(tiny_cfg())
+  t = jax.eval_shape(clip.init, jax.random.key(0), img, ids)["params"]["t"]
+  assert clip.logit_scale_init == pytest.approx(1 / 0.07) and t.value.shape == ()
+
+
+def encoder_inputs(length=LEN):
+  x = jax.random.normal(jax.random.key(0), (2, length, 32))
+  mask = jnp.arange(length)[None, :] < jnp.array([[length], [3]])  # second sequence: 3 real tokens
+  return x, mask[:, None, None, :]
+
+
+def test_scan_matches_loop_after_unstacking():
+  x, mask = encoder_inputs()
+  scanned, looped = (Encoder(3, 64, 2, scan=True), Encoder(3, 64, 2, scan=False))
+  params = random_params(scanned, x, mask)
+  assert params["layers"]["mlp"]["fc1"]["kernel"].shape == (3, 32, 64)
+  loop_params = unstack_layers(params, 3)
+  assert jax.tree.structure(loop_params) == jax.tree.structure(random_params(looped, x, mask))
+  a = jax.jit(scanned.apply)({"params": params}, x, mask)
+  b = jax.jit(looped.apply)({"params": loop_params}, x, mask)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_policies_give_same_output_and_grads(scan):
+  x, mask = encoder_inputs()
+  params = random_params(Encoder(2, 64, 2, scan=scan), x, mask)
+
+  def value_and_grads(remat):
+    model = Encoder(2, 64, 2, scan=scan, remat=remat)
+    loss = lambda p, x: jnp.sum(jnp.sin(model.apply({"params": p}, x, mask)))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+  ref_loss, ref_grads = value_and_grads("none")
+  for remat in ("full", "minimal"):
+    loss, grads = value_and_grads(remat)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4), grads, ref_grads)
+
+
+def text_tower(**kw):
+  return make_text("mu", vocab_size=VOCAB, max_len=12, **kw)
+
+
+def test_causal_text_differs_and_never_looks_ahead():
+  _, ids = batch()
+  causal, bidir = text_tower(causal=True, pool="last"), text_tower(causal=False, pool="last")
+  variables = {"params": random_params(causal, ids)}
+  run_causal, run_bidir = jax.jit(causal.apply), jax.jit(bidir.apply)
+  (pooled_c, tokens_c), (pooled_b, _) = run_causal(variables, ids), run_bidir(variables, ids)
+  assert not np.allclose(pooled_c, pooled_b, atol=1e-4)
+  changed = ids.at[:, 4:].set(7)  # new tokens after position 3 leave positions 0..3 untouched
+  np.testing.assert_allclose(run_causal(variables, changed)[1][:, :4], tokens_c[:, :4], atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["last", "first", "mean", "map"])
+def test_text_embedding_ignores_padding(pool):
+  model = text_tower(causal=False, pool=pool)
+  _, ids = batch(lengths=(8, 5, 3, 1))
+  params = random_params(model, ids)
+  run = jax.jit(lambda p, ids: model.apply({"params": p}, ids)[0])
+  pooled = run(params, ids)
+  longer = jnp.pad(ids, ((0, 0), (0, 4)))  # more pad tokens after the EOS
+  np.testing.assert_allclose(run(params, longer), pooled, atol=1e-5)
+  table = params["embedding"]["embedding"]
+  params["embedding"]["embedding"] = table.at[0].set(5.0)  # what a pad token "says"
+  np.testing.assert_allclose(run(params, ids), pooled, atol=1e-5)
+  if pool == "last":  # the EOS token is the last real one
+    pooled, tokens = jax.jit(model.apply)({"params": params}, ids)
+    np.testing.assert_allclose(pooled, tokens[jnp.arange(B), jnp.array([7, 4, 2, 0])])
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = get_model(tiny_cfg(dict(stem="conv", pool="map"), dict(pool="map"), dtype="bfloat16"))
+  img, ids = batch()
+  abstract = jax.eval_shape(model.init, jax.random.key(0), img, ids)
+  assert {x.dtype for x in jax.tree.leaves(nn.meta.unbox(abstract))} == {jnp.dtype(jnp.float32)}
+  out = apply(model, {"params": random_params(model, img, ids)}, img, ids)
+  assert out["img_tokens"].dtype == jnp.bfloat16 and out["img_emb"].dtype == jnp.float32
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out))
+
+
+LOGICAL_CONFIGS = [
+    tiny_cfg(dict(stem="conv", pool="tok"), dict(pool="map"), logit_bias_init=-10.0),
+    tiny_cfg(dict(pool="map", posemb="sincos2d"), dict(causal=True), scan=True, remat="minimal"),
+]
+
+
+@pytest.mark.parametrize("cfg", LOGICAL_CONFIGS + [
+    dict(name="two_tower", image=dict(variant="So400m/14", pool="map"), text=dict(variant="So400m"),
+         scan=True),
+    dict(name="two_tower", image=dict(variant="shapes/conv-64"),
+         text=dict(variant="shapes-64", max_len=16)),
+])
+def test_every_param_has_logical_axes_that_map_to_the_mesh(cfg):
+  model = get_model(cfg)
+  size = 224 if "So400m" in cfg["image"]["variant"] else 64
+  img, ids = jnp.zeros((8, size, size, 3)), jnp.ones((8, cfg["text"].get("max_len", 16)), jnp.int32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), img, ids)
+  leaves = flatten_dict(abstract["params"])
+  for path, leaf in leaves.items():
+    assert isinstance(leaf, nn.LogicallyPartitioned), "/".join(path)
+    assert len(leaf.names) == leaf.value.ndim, ("/".join(path), leaf.names, leaf.value.shape)
+  if cfg.get("scan"):
+    assert any(leaf.names[0] == "layers" for leaf in leaves.values())
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, LOGICAL_RULES)
+  assert all(isinstance(s, jax.sharding.NamedSharding) for s in jax.tree.leaves(shardings))
+
+
+def test_sharded_params_and_apply_on_8_devices():
+  model = get_model(LOGICAL_CONFIGS[1])
+  img, ids = batch(lengths=(8, 5, 3, 1, 2, 6, 7, 4))
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  params = random_params(model, img, ids)
+  reference = apply(model, {"params": params}, img, ids)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    abstract = jax.eval_shape(model.init, jax.random.key(0), img, ids)["params"]
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, LOGICAL_RULES)
+    params = jax.device_put(params, shardings)
+    fc1 = params["img"]["encoder"]["layers"]["mlp"]["fc1"]["kernel"]
+    assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    out = apply(model, {"params": params}, img, ids)
+  np.testing.assert_allclose(out["img_emb"], reference["img_emb"], atol=1e-5)
+  np.testing.assert_allclose(out["txt_emb"], reference["txt_emb"], atol=1e-5)
+
+
+def test_flops_match_xla_cost_analysis():
+  cfg = dict(name="two_tower", embed_dim=128, image=dict(variant="shapes/conv-64", pool="map"),
+             text=dict(variant="shapes-64", vocab_size=1000, max_len=16))
+  model, n = get_model(cfg), 2
+  img, ids = jnp.zeros((n, 64, 64, 3)), jnp.ones((n, 16), jnp.int32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), img, ids)
+  cost = jax.jit(model.apply).lower(abstract, img, ids).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  assert model_flops_per_example(cfg, 64) == pytest.approx(cost["flops"] / n, rel=0.15)
+
+
+def test_conv_as_matmul_matches_lax_conv():
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 5))
+
+  @functools.partial(jax.jit, static_argnums=(1, 2, 3))
+  def both(x, k, stride, pad):
+    w = jax.random.normal(jax.random.key(1), (k, k, 5, 7))
+    ref = jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return conv_as_matmul(x, w, stride, pad), ref
+
+  for k, stride, pad in ((3, 2, 1), (2, 2, 0)):
+    np.testing.assert_allclose(*both(x, k, stride, pad), atol=1e-4)
+
+
+def test_variants_and_overrides():
+  s = vit_settings("So400m/14")
+  assert (s["width"], s["depth"], s["mlp_dim"], s["num_heads"], s["patch"]) == (1152, 27, 4304, 16, 14)
+  s = vit_settings("shapes/conv-64", depth=2, stem_channels=[16, 32])
+  assert (s["width"], s["depth"], s["patch"], s["stem"], s["stem_channels"]) == (64, 2, 8, "conv", (16, 32))
+  assert posemb_sincos_2d(8, 8, 64).shape == (64, 64)
+  assert set(MODELS) >= {"two_tower"}
+  cfg = ml_collections.ConfigDict(tiny_cfg())
+  assert get_model(cfg).txt.vocab_size == VOCAB
+
+
+@pytest.mark.parametrize("cfg,bad", [
+    (dict(tiny_cfg(), name="clipp"), "clipp"),
+    (tiny_cfg(dict(variant="X/16")), "X/16"),
+    (tiny_cfg(dict(variant="B/big")), "B/big"),
+    (tiny_cfg(dict(pool="cls")), "cls"),
+    (tiny_cfg(dict(stem="hybrid")), "hybrid"),
+    (tiny_cfg(dict(posemb="rope")), "rope"),
+    (tiny_cfg(dict(widht=8)), "widht"),
+    (tiny_cfg(text=dict(variant="huge")), "huge"),
+    (tiny_cfg(text=dict(pool="eos")), "eos"),
+    (tiny_cfg(text=dict(vocab=8)), "vocab"),
+    (tiny_cfg(remat="some"), "some"),
+    (tiny_cfg(attention_impl="flash"), "flash"),
+    (tiny_cfg(dtype="bf16"), "bf16"),
+    (tiny_cfg(embed=8), "embed"),
+])
+def test_bad_config_names_the_bad_value(cfg, bad):
+  with pytest.raises(ValueError, match=bad):
+    get_model(cfg)
+
+
+def test_conv_stem_and_image_size_must_fit_the_patch():
+  with pytest.raises(ValueError, match="patch 6"):
+    get_model(tiny_cfg(dict(stem="conv", patch=6)))
+  model = get_model(tiny_cfg())
+  with pytest.raises(ValueError, match="image size 12x12"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 12, 12, 3)), jnp.ones((1, LEN), jnp.int32))

@@ -1,0 +1,78 @@
+"""Analytic FLOPs of the models, for MFU accounting.
+
+Counts 2 FLOPs per multiply-accumulate of every matmul and conv, attention's QK^T and AV
+included; elementwise ops (norms, GELU, softmax, adds) are left out, as MFU conventionally
+does. A training step (forward + backward) costs ~3x the forward: the backward pass does
+two matmuls (input and weight gradients) for each forward one. Remat recomputation is not
+counted (MFU measures useful work), so remat lowers MFU as it should.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vljax.models.two_tower import resolve_config
+
+TRAIN_FLOPS_FACTOR = 3.0
+
+
+def encoder_flops(length: int, width: int, mlp_dim: int, depth: int) -> float:
+  """Forward FLOPs of `depth` pre-LN blocks on one sequence of `length` tokens."""
+  n, d, m = length, width, mlp_dim
+  qkv_out = 2 * n * d * 3 * d + 2 * n * d * d
+  attention = 2 * (2 * n * n * d)  # QK^T and AV (the full square, even when causal)
+  mlp = 2 * (2 * n * d * m)
+  return float(depth * (qkv_out + attention + mlp))
+
+
+def map_head_flops(length: int, width: int, mlp_dim: int) -> float:
+  """Forward FLOPs of a MAP head: one probe query attending over `length` tokens, then its MLP."""
+  n, d, m = length, width, mlp_dim
+  return float(2 * d * d + 2 * 2 * n * d * d + 2 * 2 * n * d + 2 * d * d + 2 * 2 * d * m)
+
+
+def vit_flops(settings: dict[str, Any], image_size: int, out_dim: int | None = None) -> float:
+  """Forward FLOPs of one image through a ViT given its vit_settings()."""
+  d, p = settings["width"], settings["patch"]
+  if image_size % p:
+    raise ValueError(f"image_size {image_size} is not divisible by patch {p}")
+  grid = image_size // p
+  n = grid * grid
+  if settings["stem"] == "patch":
+    flops = 2 * n * (p * p * 3) * d
+  else:
+    flops, size, cin = 0, image_size, 3
+    for c in settings["stem_channels"]:
+      size //= 2
+      flops += 2 * size * size * (9 * cin) * c
+      cin = c
+    k = size // grid
+    flops += 2 * n * (k * k * cin) * d
+  tokens = n + 1 if settings["pool"] == "tok" else n
+  flops += encoder_flops(tokens, d, settings["mlp_dim"], settings["depth"])
+  if settings["pool"] == "map":
+    flops += map_head_flops(n, d, settings["mlp_dim"])
+  if out_dim is not None:
+    flops += 2 * d * out_dim
+  return float(flops)
+
+
+def text_flops(settings: dict[str, Any], out_dim: int | None = None) -> float:
+  """Forward FLOPs of one caption padded to max_len (the embedding lookup is a gather: free)."""
+  n, d = settings["max_len"], settings["width"]
+  flops = encoder_flops(n, d, settings["mlp_dim"], settings["depth"])
+  if settings["pool"] == "map":
+    flops += map_head_flops(n, d, settings["mlp_dim"])
+  if out_dim is not None:
+    flops += 2 * d * out_dim
+  return float(flops)
+
+
+def model_flops_per_example(model_cfg: Any, image_size: int) -> float:
+  """Forward FLOPs for one (image, caption) pair; multiply by TRAIN_FLOPS_FACTOR for a train step."""
+  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
+  name = cfg.pop("name", None)
+  if name != "two_tower":
+    raise ValueError(f"FLOPs are only known for model name 'two_tower', got {name!r}")
+  c = resolve_config(cfg)
+  return vit_flops(c["image"], image_size, c["embed_dim"]) + text_flops(c["text"], c["embed_dim"])

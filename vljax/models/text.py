@@ -1,0 +1,99 @@
+"""Text Transformer: token ids -> embed + posemb -> (causal or padding-masked) encoder -> pool [-> head]."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vljax.models import layers
+from vljax.models.layers import Dtype, check_choice, partitioned
+from vljax.models.pooling import MAPHead, gather_last, masked_mean
+
+TEXT_VARIANTS: dict[str, dict[str, int]] = {
+    "mu": dict(width=32, depth=2, mlp_dim=64, num_heads=2),  # tests only
+    "shapes-64": dict(width=64, depth=2, mlp_dim=256, num_heads=2),  # CPU demo
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(width=512, depth=12, mlp_dim=2048, num_heads=8),  # CLIP's text tower
+    "L": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "So400m": dict(width=1152, depth=27, mlp_dim=4304, num_heads=16),
+    "g": dict(width=1408, depth=40, mlp_dim=6144, num_heads=16),
+}
+POOLS = ("last", "first", "mean", "map")
+ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "vocab_size", "max_len", "causal", "pool", "pad_id")
+
+
+def text_settings(variant: str, **overrides: Any) -> dict[str, Any]:
+  """Variant name + overrides -> every architecture hyperparameter of a TextTransformer."""
+  check_choice("text variant", variant, TEXT_VARIANTS)
+  cfg = dict(TEXT_VARIANTS[variant], vocab_size=32_000, max_len=64, causal=False, pool="last", pad_id=0)
+  for key, value in overrides.items():
+    check_choice("text key", key, ARCH_KEYS)
+    if value is not None:
+      cfg[key] = value
+  check_choice("text pool", cfg["pool"], POOLS)
+  return cfg
+
+
+class TextTransformer(nn.Module):
+  """Ids [B, L] (right-padded with pad_id) -> (pooled [B, out_dim or width], tokens [B, L, width])."""
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  vocab_size: int
+  max_len: int
+  causal: bool = False
+  pool: str = "last"
+  pad_id: int = 0
+  out_dim: int | None = None  # linear head after pooling (two-tower projection)
+  scan: bool = False
+  remat: str = "none"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    chex.assert_rank(ids, 2)
+    batch, length = ids.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    valid = ids != self.pad_id  # [B, L]
+
+    # 1. Token embedding + learned position embedding.
+    x = nn.Embed(self.vocab_size, self.width, name="embedding", **kw,
+                 embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))(ids)
+    x = layers.LearnedPosEmb(self.max_len, self.param_dtype, name="posemb")(x)
+
+    # 2. Encoder. Pad keys are masked in both modes, so right-padding never changes real tokens.
+    x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, causal=self.causal, scan=self.scan,
+                       remat=self.remat, attention_impl=self.attention_impl, name="encoder", **kw)(
+                           x, valid[:, None, None, :])
+
+    # 3. Pool.
+    check_choice("text pool", self.pool, POOLS)
+    if self.pool == "last":
+      pooled = gather_last(x, valid)  # the EOS token: sees the whole caption even when causal
+    elif self.pool == "first":
+      pooled = x[:, 0]
+    elif self.pool == "mean":
+      pooled = masked_mean(x, valid)
+    else:
+      pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **kw)(
+          x, valid)
+
+    # 4. Optional linear head.
+    if self.out_dim is not None:
+      pooled = layers.dense(self.out_dim, ("embed", None), name="head", **kw)(pooled)
+    chex.assert_shape(pooled, (batch, self.out_dim or self.width))
+    chex.assert_shape(x, (batch, length, self.width))
+    return pooled, x
+
+
+def make_text(variant: str, **kwargs: Any) -> TextTransformer:
+  """TextTransformer from a variant name; architecture overrides and module options as keywords."""
+  arch = {k: kwargs.pop(k) for k in list(kwargs) if k in ARCH_KEYS}
+  return TextTransformer(**text_settings(variant, **arch), **kwargs)

@@ -1,0 +1,201 @@
+"""Vision Transformer: stem (patchify or early convs) -> +posemb -> encoder -> pool [-> head]."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vljax.models import layers
+from vljax.models.layers import Dtype, check_choice, partitioned
+from vljax.models.pooling import MAPHead
+
+# name -> size; the variant string "NAME/PATCH" adds the patch size ("B/16").
+VIT_VARIANTS: dict[str, dict[str, int]] = {
+    "mu": dict(width=32, depth=2, mlp_dim=64, num_heads=2),  # tests only
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+    "So400m": dict(width=1152, depth=27, mlp_dim=4304, num_heads=16),
+    "g": dict(width=1408, depth=40, mlp_dim=6144, num_heads=16),
+}
+# CPU-demo family "shapes/STEM-WIDTH" (e.g. "shapes/conv-64"): 64x64 images -> 8x8 tokens.
+SHAPES_FAMILY = re.compile(r"shapes/(conv|patch)-(\d+)")
+SHAPES_DEPTH, SHAPES_PATCH = 4, 8
+
+STEMS = ("patch", "conv")
+POSEMBS = ("learned", "sincos2d")
+POOLS = ("tok", "gap", "map")
+ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "patch", "stem", "stem_channels", "posemb", "pool")
+
+
+def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
+  """Variant string + overrides -> every architecture hyperparameter of a ViT."""
+  if m := SHAPES_FAMILY.fullmatch(variant):
+    stem, width = m.group(1), int(m.group(2))
+    cfg = dict(width=width, depth=SHAPES_DEPTH, mlp_dim=4 * width, num_heads=max(1, width // 32),
+               patch=SHAPES_PATCH, stem=stem)
+  else:
+    name, _, patch = str(variant).partition("/")
+    if name not in VIT_VARIANTS or not patch.isdigit():
+      raise ValueError(f"Unknown ViT variant {variant!r}; valid: NAME/PATCH with NAME in "
+                       f"{list(VIT_VARIANTS)} (e.g. 'B/16'), or 'shapes/conv-WIDTH', 'shapes/patch-WIDTH'")
+    cfg = dict(VIT_VARIANTS[name], patch=int(patch), stem="patch")
+  cfg.update(stem_channels=(32, 64), posemb="learned", pool="gap")
+  for key, value in overrides.items():
+    check_choice("ViT key", key, ARCH_KEYS)
+    if value is not None:
+      cfg[key] = tuple(value) if key == "stem_channels" else value
+  check_choice("ViT stem", cfg["stem"], STEMS)
+  check_choice("ViT posemb", cfg["posemb"], POSEMBS)
+  check_choice("ViT pool", cfg["pool"], POOLS)
+  if cfg["stem"] == "conv":
+    conv_stem_last_kernel(cfg["patch"], cfg["stem_channels"])
+  return cfg
+
+
+def conv_stem_last_kernel(patch: int, channels: tuple[int, ...]) -> int:
+  """Kernel (= stride) of the conv stem's last conv, after len(channels) stride-2 convs."""
+  down = 2 ** len(channels)
+  if patch % down:
+    raise ValueError(f"conv stem: patch {patch} is not divisible by 2**len(stem_channels)={down} "
+                     f"(stem_channels={channels}); use a patch that is, or fewer stem channels")
+  return patch // down
+
+
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  """NHWC x HWIO conv as im2col (kh*kw strided slices) + one matmul.
+
+  Same result as lax.conv; XLA:CPU's native conv gradients are several times slower than
+  this, and the stem is the one conv in the model, so the CPU demo's step time hinges on it.
+  """
+  kh, kw, cin, cout = kernel.shape
+  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+  cols = [x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+          for i in range(kh) for j in range(kw)]  # (i, j, c) order = HWIO kernel order
+  return jnp.concatenate(cols, axis=-1) @ kernel.reshape(kh * kw * cin, cout)
+
+
+class StemConv(nn.Module):
+  """A conv layer computed by conv_as_matmul; params laid out like nn.Conv's (kernel HWIO, bias)."""
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int = 0
+  out_name: str | None = None  # logical name of the output channels
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    init = partitioned(nn.initializers.lecun_normal(), (None, None, None, self.out_name))
+    kernel = self.param("kernel", init, (k, k, x.shape[-1], self.features), self.param_dtype)
+    y = conv_as_matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
+    if self.use_bias:
+      bias = self.param("bias", partitioned(nn.initializers.zeros, (self.out_name,)), (self.features,),
+                        self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class ConvStem(nn.Module):
+  """Early convolutions (Xiao et al. 2021): per stem channel count a 3x3 stride-2 conv + LN + GELU,
+  then one conv (kernel = stride) bringing the total stride to `patch` and the channels to `width`."""
+  width: int
+  patch: int
+  channels: tuple[int, ...] = (32, 64)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = conv_stem_last_kernel(self.patch, self.channels)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    for i, c in enumerate(self.channels):
+      # No bias: the LayerNorm right after would cancel it.
+      x = StemConv(c, 3, stride=2, padding=1, use_bias=False, name=f"conv_{i}", **kw)(x)
+      x = nn.gelu(layers.layer_norm(name=f"norm_{i}", axis_name=None, **kw)(x))
+    return StemConv(self.width, k, stride=k, out_name="embed", name="embedding", **kw)(x)
+
+
+class ViT(nn.Module):
+  """Image [B, H, W, 3] -> (pooled [B, out_dim or width], tokens [B, N, width])."""
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  patch: int = 16
+  stem: str = "patch"
+  stem_channels: tuple[int, ...] = (32, 64)
+  posemb: str = "learned"
+  pool: str = "gap"
+  out_dim: int | None = None  # linear head after pooling (two-tower projection)
+  scan: bool = False
+  remat: str = "none"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, image: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    chex.assert_rank(image, 4)
+    batch, height, width_px, _ = image.shape
+    if height % self.patch or width_px % self.patch:
+      raise ValueError(f"image size {height}x{width_px} is not divisible by patch {self.patch}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = image.astype(self.dtype)
+
+    # 1. Stem: pixels -> [B, h, w, width] grid of tokens.
+    check_choice("ViT stem", self.stem, STEMS)
+    if self.stem == "conv":
+      x = ConvStem(self.width, self.patch, self.stem_channels, name="stem", **kw)(x)
+    else:
+      x = nn.Conv(self.width, (self.patch, self.patch), strides=self.patch, padding="VALID", name="embedding",
+                  kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                  bias_init=partitioned(nn.initializers.zeros, ("embed",)), **kw)(x)
+    _, h, w, c = x.shape
+    x = jnp.reshape(x, (batch, h * w, c))
+
+    # 2. Position embedding.
+    check_choice("ViT posemb", self.posemb, POSEMBS)
+    if self.posemb == "learned":
+      x = layers.LearnedPosEmb(h * w, self.param_dtype, name="posemb")(x)
+    else:
+      x = x + layers.posemb_sincos_2d(h, w, c).astype(x.dtype)[None]
+
+    # 3. Optional [CLS] token (no posemb, as in big_vision), then the encoder.
+    check_choice("ViT pool", self.pool, POOLS)
+    if self.pool == "tok":
+      cls = self.param("cls", partitioned(nn.initializers.zeros, ("embed",)), (c,), self.param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, c)), x], axis=1)
+    x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, scan=self.scan, remat=self.remat,
+                       attention_impl=self.attention_impl, name="encoder", **kw)(x)
+
+    # 4. Pool.
+    if self.pool == "tok":
+      pooled, x = x[:, 0], x[:, 1:]
+    elif self.pool == "gap":
+      pooled = jnp.mean(x, axis=1)
+    else:
+      pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **kw)(x)
+    chex.assert_shape(x, (batch, h * w, self.width))
+
+    # 5. Optional linear head.
+    if self.out_dim is not None:
+      pooled = layers.dense(self.out_dim, ("embed", None), name="head", **kw)(pooled)
+    chex.assert_shape(pooled, (batch, self.out_dim or self.width))
+    return pooled, x
+
+
+def make_vit(variant: str, **kwargs: Any) -> ViT:
+  """ViT from a variant string; architecture overrides and module options as keywords."""
+  arch = {k: kwargs.pop(k) for k in list(kwargs) if k in ARCH_KEYS}
+  return ViT(**vit_settings(variant, **arch), **kwargs)
