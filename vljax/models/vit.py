@@ -30,7 +30,7 @@ SHAPES_DEPTH, SHAPES_PATCH = 4, 8
 
 STEMS = ("patch", "conv")
 POSEMBS = ("learned", "sincos2d")
-POOLS = ("tok", "gap", "map")
+POOLS = ("tok", "gap", "max", "map")
 ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "patch", "stem", "stem_channels", "posemb", "pool")
 
 
@@ -107,8 +107,12 @@ class StemConv(nn.Module):
 
 
 class ConvStem(nn.Module):
-  """Early convolutions (Xiao et al. 2021): per stem channel count a 3x3 stride-2 conv + LN + GELU,
-  then one conv (kernel = stride) bringing the total stride to `patch` and the channels to `width`."""
+  """Early convolutions (Xiao et al. 2021): per stem channel count a 3x3 stride-2 conv + ReLU,
+  then one conv (kernel = stride) bringing the total stride to `patch` and the channels to `width`.
+
+  No per-pixel norm: LayerNorm over each pixel's channels scales flat background noise up to the
+  contrast of object edges, and on the shapes world it stopped the tower from learning shape.
+  """
   width: int
   patch: int
   channels: tuple[int, ...] = (32, 64)
@@ -120,9 +124,7 @@ class ConvStem(nn.Module):
     k = conv_stem_last_kernel(self.patch, self.channels)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i, c in enumerate(self.channels):
-      # No bias: the LayerNorm right after would cancel it.
-      x = StemConv(c, 3, stride=2, padding=1, use_bias=False, name=f"conv_{i}", **kw)(x)
-      x = nn.gelu(layers.layer_norm(name=f"norm_{i}", axis_name=None, **kw)(x))
+      x = nn.relu(StemConv(c, 3, stride=2, padding=1, name=f"conv_{i}", **kw)(x))
     return StemConv(self.width, k, stride=k, out_name="embed", name="embedding", **kw)(x)
 
 
@@ -184,6 +186,8 @@ class ViT(nn.Module):
       pooled, x = x[:, 0], x[:, 1:]
     elif self.pool == "gap":
       pooled = jnp.mean(x, axis=1)
+    elif self.pool == "max":  # small objects on a large background: max keeps them, a mean dilutes them
+      pooled = jnp.max(x, axis=1)
     else:
       pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **kw)(x)
     chex.assert_shape(x, (batch, h * w, self.width))

@@ -17,6 +17,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:  # library INFO chatter (Orbax) would drown the progress bar
+    logging.set_verbosity(logging.WARNING)
   from vljax.train.trainer import train_and_evaluate, write_final_metrics  # after flags: keeps --help fast
   try:
     final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)

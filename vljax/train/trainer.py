@@ -87,7 +87,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
       state, data_state, _ = checkpointer.restore(latest, state_lib.abstract_state(shardings, state),
                                                   expected_shapes)
       data_iter.set_state(data_state)
-      logging.info("resumed from %s at step %d", checkpointer.directory, latest)
+      logging.warning("resumed from %s at step %d", checkpointer.directory, latest)
     elif cfg.init_from.workdir:
       state = _init_from(state, cfg, expected_shapes)
 
