@@ -17,11 +17,4 @@ def get_config(arg=None):
   c.objectives = {"softmax_contrastive": 1.0}
   c.init_from = dict(workdir=arg or "runs/demo", subtree="img", step=-1)
   c.frozen = ("img/.*",)
-  c.batch_size = 256
-  c.total_steps = 500
-  c.optimizer.lr = 3e-3
-  c.schedule.warmup_steps = 50
-  c.evals = common.shapes_evals(every=250)
-  c.checkpoint.every = 250
-  c.log_every = 25
-  return c
+  return common.shapes_training(c, total_steps=500)

@@ -14,11 +14,4 @@ def get_config(arg=None):
   c = common.base_config(arg)
   c.model = common.shapes_two_tower(logit_scale_init=10.0, logit_bias_init=-10.0)
   c.objectives = {"sigmoid_contrastive": 1.0}
-  c.batch_size = 256
-  c.total_steps = 750
-  c.optimizer.lr = 3e-3
-  c.schedule.warmup_steps = 50
-  c.evals = common.shapes_evals(every=250)
-  c.checkpoint.every = 250
-  c.log_every = 25
-  return c
+  return common.shapes_training(c)

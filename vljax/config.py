@@ -49,6 +49,18 @@ def shapes_two_tower(**overrides) -> dict:
   return model
 
 
+def shapes_training(c: ml_collections.ConfigDict, total_steps: int = 750) -> ml_collections.ConfigDict:
+  """The CPU shapes schedule: batch 256, AdamW 3e-3, evals and checkpoints every 250 steps."""
+  c.batch_size = 256
+  c.total_steps = total_steps
+  c.optimizer.lr = 3e-3
+  c.schedule.warmup_steps = 50
+  c.evals = shapes_evals(every=250)
+  c.checkpoint.every = 250
+  c.log_every = 25
+  return c
+
+
 def shapes_evals(every: int, **overrides) -> dict:
   """The three shapes evaluators, all every `every` steps and at the end."""
   evals = dict(zeroshot=dict(every=every, num_examples=640),

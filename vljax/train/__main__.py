@@ -26,9 +26,9 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  write_final_metrics(_WORKDIR.value, final)
-  for k, v in sorted(final.items()):
-    print(f"{k:32s} {v:.4f}")
+  path = write_final_metrics(_WORKDIR.value, final)
+  if path:
+    print(f"final evaluations: {path} (table and curves: python -m vljax.report --workdir {_WORKDIR.value})")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
   return final
 
 
-def write_final_metrics(workdir: str, final: dict) -> None:
-  if jax.process_index() == 0 and final:
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-      json.dump(final, f, indent=2, sort_keys=True)
+def write_final_metrics(workdir: str, final: dict) -> str | None:
+  """workdir/final_metrics.json (process 0); its path, or None when there is nothing to write."""
+  if jax.process_index() != 0 or not final:
+    return None
+  path = os.path.join(workdir, "final_metrics.json")
+  with open(path, "w") as f:
+    json.dump(final, f, indent=2, sort_keys=True)
+  return path
