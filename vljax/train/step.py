@@ -55,11 +55,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
           micro, i = xs
           (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i))
           return jax.tree.map(jnp.add, carry, (l, m, g)), None
-        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, trainable, frozen_params,
-                                                            jax.tree.map(lambda x: x[: x.shape[0] // accum], batch),
-                                                            rng))
-        zeros = (zeros[0][0], zeros[0][1], zeros[1])
-        (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (_split_micro(batch, accum), jnp.arange(accum)))
+        micro = _split_micro(batch, accum)
+        (l0, m0), g0 = jax.eval_shape(grad_fn, trainable, frozen_params, jax.tree.map(lambda x: x[0], micro), rng)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, m0, g0))
+        (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
         loss, metrics, grads = jax.tree.map(lambda x: x / accum, (loss, metrics, grads))
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)

@@ -1,0 +1,44 @@
+"""Gradient accumulation: k micro-batches give the mean of the micro-batch losses and gradients."""
+
+import jax
+import numpy as np
+import optax
+from flax import linen as nn
+
+from conftest import tiny_config
+from vljax import objectives
+from vljax.data import pipeline, tokenizers
+from vljax.parallel.mesh import make_mesh
+from vljax.parallel.sharding import LOGICAL_RULES
+from vljax.train import setup, state as state_lib, step as step_lib
+from vljax.train.trainer import _global_batch
+
+
+def test_grad_accumulation_averages_micro_batches():
+  cfg = tiny_config(evals={}, grad_accum_steps=2)
+  cfg.schedule.name = "constant"
+  parts = setup.build(cfg)
+  local = next(iter(pipeline.make_train_dataset(cfg.data, tokenizers.get_tokenizer("shapes"),
+                                                global_batch_size=cfg.batch_size, seed=0)))
+  mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh,
+                                                    state_lib.dummy_inputs(cfg, 1))
+    params0 = jax.device_get(state.params)
+    opt0 = jax.device_get(state.opt_state)
+    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
+    new_state, metrics = train_step(state, _global_batch(local, mesh))
+
+    def loss_fn(params, micro):
+      with nn.logical_axis_rules(LOGICAL_RULES):
+        out = parts.model.apply({"params": params}, image=micro["image"], text=micro["text"], train=True)
+      return objectives.combined_loss(dict(cfg.objectives), out, micro)[0]
+
+    # Micro-batch j holds examples j, j+2, j+4, ... (see step._split_micro).
+    micro = [jax.tree.map(lambda x, j=j: x[j::2], local) for j in range(2)]
+    losses, grads = zip(*(jax.value_and_grad(loss_fn)(params0, m) for m in micro))
+    mean_grads = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+    updates, _ = parts.tx.update(mean_grads, opt0, params0)
+    expected = optax.apply_updates(params0, updates)
+  np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), jax.device_get(new_state.params), expected)
