@@ -113,3 +113,11 @@ def test_init_from_bad_subtree(finished_run, tmp_path):
   cfg.init_from = dict(workdir=source, subtree="vision", step=-1)
   with pytest.raises(ValueError, match="subtree='vision' matches nothing"):
     train_and_evaluate(cfg, str(tmp_path / "w"))
+
+
+def test_init_from_shape_mismatch_names_the_params(finished_run, tmp_path):
+  source, _ = finished_run
+  cfg = tiny_config(model=dict(tiny_config().model.to_dict(), embed_dim=24))
+  cfg.init_from = dict(workdir=source, subtree="img", step=-1)
+  with pytest.raises(ValueError, match=r"does not fit this model:\n  img/head/.*\[.*16\] vs model \[.*24\]"):
+    train_and_evaluate(cfg, str(tmp_path / "w"))

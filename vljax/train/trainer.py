@@ -42,14 +42,13 @@ def _init_from(state, cfg, expected_shapes: dict):
   src = cfg.init_from
   loaded, step = ckpt_lib.load_params(src.workdir, None if src.step < 0 else src.step)
   prefix = src.subtree.strip("/")
-  flat_src = traverse_util.flatten_dict(loaded, sep="/")
-  picked = {k: v for k, v in flat_src.items() if not prefix or k == prefix or k.startswith(prefix + "/")}
+  in_subtree = lambda k: not prefix or k == prefix or k.startswith(prefix + "/")
+  picked = {k: v for k, v in traverse_util.flatten_dict(loaded, sep="/").items() if in_subtree(k)}
   if not picked:
     raise ValueError(f"init_from.subtree={prefix!r} matches nothing in {src.workdir!r}; "
                      f"its top-level subtrees are {sorted(loaded)}")
   problems = ckpt_lib.shape_mismatches({k: list(v.shape) for k, v in picked.items()},
-                                       {k: s for k, s in expected_shapes.items() if k in picked or
-                                        (prefix and k.startswith(prefix + "/"))})
+                                       {k: s for k, s in expected_shapes.items() if in_subtree(k)})
   if problems:
     raise ValueError(f"init_from {src.workdir!r} (step {step}) does not fit this model:\n  " + "\n  ".join(problems))
   flat = traverse_util.flatten_dict(state.params, sep="/")
