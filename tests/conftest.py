@@ -8,8 +8,6 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-import pytest  # noqa: E402
-
 from vljax import config as config_lib  # noqa: E402
 
 
@@ -36,7 +34,3 @@ def tiny_config(**overrides):
   c.update(overrides)
   return c
 
-
-@pytest.fixture
-def tiny():
-  return tiny_config

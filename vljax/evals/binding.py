@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.data.pipeline import preprocess_images
-from vljax.evals.embed import Embedder
+from vljax.evals.embed import Embedder, eval_images
 
 
 class BindingEvaluator:
@@ -17,7 +16,7 @@ class BindingEvaluator:
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
     n = int(settings.get("num_examples", 512))
     examples = [world.binding_example(i) for i in range(n)]
-    self.images = preprocess_images(np.stack([e["image"] for e in examples]))
+    self.images = eval_images(examples)
     self.tokens = {k: tokenizer.encode([e[k] for e in examples], max_len)
                    for k in ("caption", "attribute_swapped", "relation_swapped")}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from vljax.data.pipeline import preprocess_images
+from vljax.parallel.mesh import batch_shards
 from vljax.parallel.sharding import batch_sharding
 
 
@@ -13,7 +15,7 @@ class Embedder:
 
   def __init__(self, encode_fn, mesh, chunk: int):
     self.encode_fn, self.mesh = encode_fn, mesh
-    shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+    shards = batch_shards(mesh)
     self.chunk = max(shards, chunk - chunk % shards)  # a multiple of the batch shards: one compile
 
   def _run(self, params, key: str, out_key: str, x: np.ndarray) -> np.ndarray:
@@ -32,6 +34,11 @@ class Embedder:
 
   def texts(self, params, tokens: np.ndarray) -> np.ndarray:
     return self._run(params, "text", "txt_emb", tokens)
+
+
+def eval_images(examples: list[dict]) -> np.ndarray:
+  """The examples' uint8 images, stacked and normalised as in training."""
+  return preprocess_images(np.stack([e["image"] for e in examples]))
 
 
 def normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.data.pipeline import preprocess_images
-from vljax.evals.embed import Embedder
+from vljax.evals.embed import Embedder, eval_images
 
 
 def recall_at_k(scores: np.ndarray, ks=(1, 5, 10)) -> dict[int, float]:
@@ -22,7 +21,7 @@ class RetrievalEvaluator:
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
     n = int(settings.get("num_examples", 512))
     examples = [world.example(i, split="eval") for i in range(n)]
-    self.images = preprocess_images(np.stack([e["image"] for e in examples]))
+    self.images = eval_images(examples)
     self.tokens = tokenizer.encode([e["caption"] for e in examples], max_len)
 
   def __call__(self, embedder: Embedder, params) -> dict[str, float]:

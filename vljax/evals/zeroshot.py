@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.data.pipeline import preprocess_images
-from vljax.evals.embed import Embedder, normalize
+from vljax.evals.embed import Embedder, eval_images, normalize
 
 
 class ZeroShotEvaluator:
@@ -17,7 +16,7 @@ class ZeroShotEvaluator:
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
     n = int(settings.get("num_examples", 640))
     examples = [world.zeroshot_example(i) for i in range(n)]
-    self.images = preprocess_images(np.stack([e["image"] for e in examples]))
+    self.images = eval_images(examples)
     self.labels = np.array([e["label"] for e in examples])
     self.classes = world.zeroshot_classes()
     self.templates = list(settings.get("templates", None) or shapes.PROMPT_TEMPLATES)

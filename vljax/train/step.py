@@ -73,7 +73,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
 
 
-def make_encode_fn(model: nn.Module, mesh, param_shardings) -> Callable:
+def make_encode_fn(model: nn.Module) -> Callable:
   """jit(encode)(params, image=None, text=None) -> the model's output dict (eval mode)."""
   def encode(params, image=None, text=None):
     with nn.logical_axis_rules(LOGICAL_RULES):
