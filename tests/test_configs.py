@@ -1,24 +1,20 @@
 """Every recipe loads, validates, and builds its model (abstractly: no weights allocated)."""
 
 import glob
-import importlib.util
 import os
 
 import jax
 import numpy as np
 import pytest
 
+from vljax import config as config_lib
 from vljax.train import setup, state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 
 
-def load_recipe(path, arg=None):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+load_recipe = config_lib.load_config
 
 
 def test_every_recipe_has_command_and_expectation_in_docstring():

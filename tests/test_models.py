@@ -13,7 +13,7 @@ from flax.traverse_util import flatten_dict
 
 from vljax.models import MODELS, get_model
 from vljax.models.flops import model_flops_per_example
-from vljax.models.layers import Encoder, posemb_sincos_2d, unstack_layers
+from vljax.models.layers import Transformer, posemb_sincos_2d, unstack_layers
 from vljax.models.text import make_text
 from vljax.models.vit import conv_as_matmul, vit_settings
 from vljax.parallel.sharding import LOGICAL_RULES
@@ -98,7 +98,7 @@ def encoder_inputs(length=LEN):
 
 def test_scan_matches_loop_after_unstacking():
   x, mask = encoder_inputs()
-  scanned, looped = (Encoder(3, 64, 2, scan=True), Encoder(3, 64, 2, scan=False))
+  scanned, looped = (Transformer(3, 64, 2, scan=True), Transformer(3, 64, 2, scan=False))
   params = random_params(scanned, x, mask)
   assert params["layers"]["mlp"]["fc1"]["kernel"].shape == (3, 32, 64)
   loop_params = unstack_layers(params, 3)
@@ -111,10 +111,10 @@ def test_scan_matches_loop_after_unstacking():
 @pytest.mark.parametrize("scan", [False, True])
 def test_remat_policies_give_same_output_and_grads(scan):
   x, mask = encoder_inputs()
-  params = random_params(Encoder(2, 64, 2, scan=scan), x, mask)
+  params = random_params(Transformer(2, 64, 2, scan=scan), x, mask)
 
   def value_and_grads(remat):
-    model = Encoder(2, 64, 2, scan=scan, remat=remat)
+    model = Transformer(2, 64, 2, scan=scan, remat=remat)
     loss = lambda p, x: jnp.sum(jnp.sin(model.apply({"params": p}, x, mask)))
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
 
@@ -178,6 +178,10 @@ LOGICAL_CONFIGS = [
          scan=True),
     dict(name="two_tower", image=dict(variant="shapes/conv-64"),
          text=dict(variant="shapes-64", max_len=16)),
+    dict(name="coca", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=16), num_queries=4),
+    dict(name="coca", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=16), num_queries=4,
+         pooler="parallel", scan=True),
+    dict(name="cappa", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=16), scan=True),
 ])
 def test_every_param_has_logical_axes_that_map_to_the_mesh(cfg):
   model = get_model(cfg)
@@ -212,9 +216,17 @@ def test_sharded_params_and_apply_on_8_devices():
   np.testing.assert_allclose(out["txt_emb"], reference["txt_emb"], atol=1e-5)
 
 
-def test_flops_match_xla_cost_analysis():
-  cfg = dict(name="two_tower", embed_dim=128, image=dict(variant="shapes/conv-64", pool="map"),
-             text=dict(variant="shapes-64", vocab_size=1000, max_len=16))
+@pytest.mark.parametrize("cfg", [
+    dict(name="two_tower", embed_dim=128, image=dict(variant="shapes/conv-64", pool="map"),
+         text=dict(variant="shapes-64", vocab_size=1000, max_len=16)),
+    dict(name="coca", embed_dim=128, image=dict(variant="shapes/conv-64"), num_queries=32,
+         text=dict(variant="shapes-64", vocab_size=1000, max_len=16)),
+    dict(name="coca", embed_dim=128, image=dict(variant="shapes/conv-64"), num_queries=32, pooler="parallel",
+         text=dict(variant="shapes-64", vocab_size=1000, max_len=16), multimodal_depth=1),
+    dict(name="cappa", image=dict(variant="shapes/conv-64"), text=dict(variant="shapes-64", vocab_size=1000,
+                                                                       max_len=16)),
+], ids=lambda c: c["name"] + "-" + c.get("pooler", ""))
+def test_flops_match_xla_cost_analysis(cfg):
   model, n = get_model(cfg), 2
   img, ids = jnp.zeros((n, 64, 64, 3)), jnp.ones((n, 16), jnp.int32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), img, ids)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -33,6 +36,20 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+# The CPU image tower: a 3-conv stem to 8x8 tokens of width 64, no transformer layers.
+SHAPES_IMAGE_TOWER = dict(variant="shapes/conv-64", depth=0, stem_channels=(32, 64, 128), posemb="sincos2d")
+
+
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the recipe file at `path` (outside the absl command line)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
 def shapes_two_tower(**overrides) -> dict:
   """The CPU shapes two-tower: a conv image tower with max pooling, a 2-layer text transformer.
 
@@ -41,10 +58,26 @@ def shapes_two_tower(**overrides) -> dict:
   large noisy background survive a max over positions and are diluted by a mean.
   """
   model = dict(name="two_tower", embed_dim=128,
-               image=dict(variant="shapes/conv-64", depth=0, stem_channels=(32, 64, 128), pool="max",
-                          posemb="sincos2d"),
+               image=dict(SHAPES_IMAGE_TOWER, pool="max"),
                text=dict(variant="shapes-64", causal=False, pool="last"),
                logit_scale_init=1 / 0.07)
+  model.update(overrides)
+  return model
+
+
+def shapes_coca(**overrides) -> dict:
+  """CoCa on the shapes tower: conv tokens -> 64 captioning queries (cascade) -> 1 contrastive
+  query; a 2-layer unimodal and a 2-layer multimodal text decoder."""
+  model = dict(name="coca", embed_dim=128, image=dict(SHAPES_IMAGE_TOWER), text=dict(variant="shapes-64"),
+               multimodal_depth=2, pooler="cascade", num_queries=64, logit_scale_init=1 / 0.07)
+  model.update(overrides)
+  return model
+
+
+def shapes_cappa(**overrides) -> dict:
+  """CapPa on the shapes tower: the decoder cross-attends to the 8x8 conv tokens."""
+  model = dict(name="cappa", image=dict(SHAPES_IMAGE_TOWER), text=dict(variant="shapes-64"),
+               parallel_fraction=0.75)
   model.update(overrides)
   return model
 
@@ -61,11 +94,13 @@ def shapes_training(c: ml_collections.ConfigDict, total_steps: int = 750) -> ml_
   return c
 
 
-def shapes_evals(every: int, **overrides) -> dict:
-  """The three shapes evaluators, all every `every` steps and at the end."""
+def shapes_evals(every: int, captioning: bool = False, **overrides) -> dict:
+  """The shapes evaluators (plus "caption" when `captioning`), every `every` steps and at the end."""
   evals = dict(zeroshot=dict(every=every, num_examples=640),
                retrieval=dict(every=every, num_examples=512),
                binding=dict(every=every, num_examples=512))
+  if captioning:
+    evals["caption"] = dict(every=every, num_examples=256, num_references=5, decode=dict(method="greedy"))
   for name, settings in overrides.items():
     evals[name].update(settings)
   return evals

@@ -4,7 +4,7 @@ Every example is drawn from `np.random.default_rng([seed, stream, index])`, so i
 random access, infinite, identical on every host and checkpointable as an index.
 Splits are separate rng streams (the stream id is part of the seed), not index ranges:
 `train` is stream 0, `eval` 1, and the evaluation tasks have their own held-out
-streams (zero-shot 2, binding 3, VQA 4). All of them cover every index.
+streams (zero-shot 2, binding 3, VQA 4, caption references 5). All of them cover every index.
 
 An image is a low-contrast gray texture with pixel noise and 1-3 flat-colored objects,
 each a shape x color x size in a distinct cell of a 3x3 grid. Captions are lowercase
@@ -41,7 +41,7 @@ POSITIONS = (
     ("bottom left", "bottom", "bottom right"),
 )
 SPLITS = {"train": 0, "eval": 1}
-_ZEROSHOT_STREAM, _BINDING_STREAM, _VQA_STREAM = 2, 3, 4
+_ZEROSHOT_STREAM, _BINDING_STREAM, _VQA_STREAM, _CAPTION_STREAM = 2, 3, 4, 5
 
 PROMPT_TEMPLATES = (
     "a {}.",
@@ -209,6 +209,12 @@ def relation(a: dict, b: dict) -> list[str]:
   return rels
 
 
+def color_shape_pairs(text: str) -> list[tuple[str, str]]:
+  """Every "COLOR SHAPE" said in `text` ("a small red circle" -> ("red", "circle"))."""
+  words = split_words(text)
+  return [(c, s) for c, s in zip(words, words[1:]) if c in COLORS and s in SHAPES]
+
+
 def fill_prompt(template: str, class_name: str) -> str:
   """`template.format(class_name)` with "a"/"an" agreeing, as in the training captions."""
   text = template.format(class_name)
@@ -332,6 +338,14 @@ class ShapesWorld:
 
   def retrieval_example(self, index: int) -> dict:
     return self.example(index, split="eval")
+
+  def caption_example(self, index: int, num_references: int = 5) -> dict:
+    """An eval-split example with `num_references` clean captions of its scene, each drawn
+    independently (templates, paraphrases, which sizes are said), for captioning metrics."""
+    ex = self.example(index, split="eval")
+    refs = [self._caption(ex["objects"], np.random.default_rng([self.seed, _CAPTION_STREAM, int(index), k]))
+            for k in range(num_references)]
+    return dict(image=ex["image"], references=refs, objects=ex["objects"])
 
   def zeroshot_classes(self) -> list[str]:
     """Class names in label order: label = color_index * len(SHAPES) + shape_index."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.evals.embed import Embedder, eval_images
+from vljax.evals.runner import ModelRunner, eval_images
 
 
 class BindingEvaluator:
@@ -19,10 +19,10 @@ class BindingEvaluator:
     self.images = eval_images(examples)
     self.tokens = {k: tokenizer.encode([e[k] for e in examples], max_len)
                    for k in ("caption", "attribute_swapped", "relation_swapped")}
+    self.scoring = settings.get("scoring", "auto")
 
-  def __call__(self, embedder: Embedder, params) -> dict[str, float]:
-    zimg = embedder.images(params, self.images)
-    score = {k: np.sum(zimg * embedder.texts(params, t), axis=1) for k, t in self.tokens.items()}
+  def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
+    score = {k: runner.pair_scores(params, self.images, t, self.scoring) for k, t in self.tokens.items()}
     attribute = float(np.mean(score["caption"] > score["attribute_swapped"]))
     relation = float(np.mean(score["caption"] > score["relation_swapped"]))
     return {"acc": (attribute + relation) / 2, "attribute_acc": attribute, "relation_acc": relation}

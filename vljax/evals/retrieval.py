@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.evals.embed import Embedder, eval_images
+from vljax.evals.runner import ModelRunner, eval_images
 
 
 def recall_at_k(scores: np.ndarray, ks=(1, 5, 10)) -> dict[int, float]:
@@ -16,6 +16,8 @@ def recall_at_k(scores: np.ndarray, ks=(1, 5, 10)) -> dict[int, float]:
 
 
 class RetrievalEvaluator:
+  """Scores by embedding cosine, or (scoring "likelihood") by log p(caption | image)."""
+
   name = "retrieval"
 
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
@@ -23,9 +25,10 @@ class RetrievalEvaluator:
     examples = [world.example(i, split="eval") for i in range(n)]
     self.images = eval_images(examples)
     self.tokens = tokenizer.encode([e["caption"] for e in examples], max_len)
+    self.scoring = settings.get("scoring", "auto")
 
-  def __call__(self, embedder: Embedder, params) -> dict[str, float]:
-    scores = embedder.images(params, self.images) @ embedder.texts(params, self.tokens).T
+  def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
+    scores = runner.similarity(params, self.images, self.tokens, self.scoring)
     out = {}
     for direction, s in (("i2t", scores), ("t2i", scores.T)):
       for k, r in recall_at_k(s).items():

@@ -5,11 +5,29 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.evals.embed import Embedder, eval_images, normalize
+from vljax.evals.runner import ModelRunner, eval_images, normalize
+
+
+def class_scores(runner: ModelRunner, params, images: np.ndarray, prompt_tokens: np.ndarray,
+                 num_templates: int, scoring: str = "auto") -> np.ndarray:
+  """[N_images, N_classes] scores; prompt_tokens hold each class's `num_templates` prompts in a row.
+
+  Embedding models: CLIP's ensemble (mean of a class's normalised prompt embeddings, renormalised,
+  cosine with the image). Captioning models: mean log-likelihood of the class's prompts.
+  """
+  shape = (len(prompt_tokens) // num_templates, num_templates)
+  if runner.resolve_scoring(scoring) == "likelihood":
+    return runner.loglik_matrix(params, images, prompt_tokens).reshape(len(images), *shape).mean(axis=2)
+  z = normalize(runner.texts(params, prompt_tokens).reshape(*shape, -1)).mean(axis=1)
+  return runner.images(params, images) @ normalize(z).T
 
 
 class ZeroShotEvaluator:
-  """top1 over all classes, plus whether the predicted color / shape alone is right."""
+  """top1 over all classes, plus whether the predicted color / shape alone is right.
+
+  Embedding models score classes by CLIP's prompt ensemble; captioning models (scoring
+  "likelihood") by the mean log-likelihood of the class's prompts given the image.
+  """
 
   name = "zeroshot"
 
@@ -20,17 +38,13 @@ class ZeroShotEvaluator:
     self.labels = np.array([e["label"] for e in examples])
     self.classes = world.zeroshot_classes()
     self.templates = list(settings.get("templates", None) or shapes.PROMPT_TEMPLATES)
+    self.scoring = settings.get("scoring", "auto")
     prompts = [shapes.fill_prompt(t, c) for c in self.classes for t in self.templates]
     self.prompt_tokens = tokenizer.encode(prompts, max_len)
 
-  def class_embeddings(self, embedder: Embedder, params) -> np.ndarray:
-    """Mean of each class's normalised prompt embeddings, renormalised (CLIP's ensemble)."""
-    z = embedder.texts(params, self.prompt_tokens).reshape(len(self.classes), len(self.templates), -1)
-    return normalize(normalize(z).mean(axis=1))
-
-  def __call__(self, embedder: Embedder, params) -> dict[str, float]:
-    zimg = embedder.images(params, self.images)
-    pred = np.argmax(zimg @ self.class_embeddings(embedder, params).T, axis=1)
+  def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
+    scores = class_scores(runner, params, self.images, self.prompt_tokens, len(self.templates), self.scoring)
+    pred = np.argmax(scores, axis=1)
     num_shapes = len(shapes.SHAPES)
     return {
         "top1": float(np.mean(pred == self.labels)),

@@ -6,9 +6,11 @@ from typing import Any
 
 from flax import linen as nn
 
+from vljax.models.cappa import CapPa
+from vljax.models.coca import CoCa
 from vljax.models.two_tower import TwoTower
 
-MODELS: dict[str, type[nn.Module]] = {"two_tower": TwoTower}
+MODELS: dict[str, type[nn.Module]] = {"two_tower": TwoTower, "coca": CoCa, "cappa": CapPa}
 
 
 def register_model(name: str, cls: type[nn.Module]) -> type[nn.Module]:

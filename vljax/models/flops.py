@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vljax.models.two_tower import resolve_config
+from vljax.models import cappa, coca, two_tower
 
 TRAIN_FLOPS_FACTOR = 3.0
 
@@ -57,9 +57,10 @@ def vit_flops(settings: dict[str, Any], image_size: int, out_dim: int | None = N
   return float(flops)
 
 
-def text_flops(settings: dict[str, Any], out_dim: int | None = None) -> float:
-  """Forward FLOPs of one caption padded to max_len (the embedding lookup is a gather: free)."""
-  n, d = settings["max_len"], settings["width"]
+def text_flops(settings: dict[str, Any], out_dim: int | None = None, extra_tokens: int = 0) -> float:
+  """Forward FLOPs of one caption padded to max_len (+ extra_tokens, e.g. CoCa's [CLS]); the
+  embedding lookup is a gather: free."""
+  n, d = settings["max_len"] + extra_tokens, settings["width"]
   flops = encoder_flops(n, d, settings["mlp_dim"], settings["depth"])
   if settings["pool"] == "map":
     flops += map_head_flops(n, d, settings["mlp_dim"])
@@ -68,11 +69,45 @@ def text_flops(settings: dict[str, Any], out_dim: int | None = None) -> float:
   return float(flops)
 
 
+def cross_decoder_flops(settings: dict[str, Any], depth: int, memory_len: int, memory_width: int) -> float:
+  """Forward FLOPs of a caption through `depth` blocks with cross-attention, and the vocab head."""
+  n, d, s = settings["max_len"], settings["width"], memory_len
+  cross = 2 * n * d * d + 2 * s * memory_width * 2 * d + 2 * (2 * n * s * d) + 2 * n * d * d
+  return float(encoder_flops(n, d, settings["mlp_dim"], depth) + depth * cross
+               + 2 * n * d * settings["vocab_size"])
+
+
+def attention_pool_flops(queries: int, length: int, width: int, mlp_dim: int) -> float:
+  """Forward FLOPs of `queries` learned probes attending over `length` tokens, then their MLP."""
+  d = width
+  return float(queries * (2 * d * d + 2 * d * d + 2 * 2 * d * mlp_dim) + 2 * 2 * length * d * d
+               + 2 * 2 * queries * length * d)
+
+
+def _image_tokens(settings: dict[str, Any], image_size: int) -> int:
+  return (image_size // settings["patch"]) ** 2
+
+
 def model_flops_per_example(model_cfg: Any, image_size: int) -> float:
   """Forward FLOPs for one (image, caption) pair; multiply by TRAIN_FLOPS_FACTOR for a train step."""
   cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
   name = cfg.pop("name", None)
-  if name != "two_tower":
-    raise ValueError(f"FLOPs are only known for model name 'two_tower', got {name!r}")
-  c = resolve_config(cfg)
-  return vit_flops(c["image"], image_size, c["embed_dim"]) + text_flops(c["text"], c["embed_dim"])
+  if name == "two_tower":
+    c = two_tower.resolve_config(cfg)
+    return vit_flops(c["image"], image_size, c["embed_dim"]) + text_flops(c["text"], c["embed_dim"])
+  if name == "coca":
+    c = coca.resolve_config(cfg)
+    img, txt = c["image"], c["text"]
+    n = _image_tokens(img, image_size)
+    pools = attention_pool_flops(c["num_queries"], n, img["width"], img["mlp_dim"])
+    pools += attention_pool_flops(1, c["num_queries"] if c["pooler"] == "cascade" else n, img["width"],
+                                  img["mlp_dim"])
+    return (vit_flops(img, image_size) + pools + 2 * img["width"] * c["embed_dim"]
+            + text_flops(txt, c["embed_dim"], extra_tokens=1)
+            + cross_decoder_flops(txt, c["multimodal_depth"], c["num_queries"], img["width"]))
+  if name == "cappa":
+    c = cappa.resolve_config(cfg)
+    img = c["image"]
+    return vit_flops(img, image_size) + cross_decoder_flops(c["text"], c["text"]["depth"],
+                                                            _image_tokens(img, image_size), img["width"])
+  raise ValueError(f"FLOPs are not known for model name {name!r}; known: two_tower, coca, cappa")

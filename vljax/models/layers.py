@@ -95,73 +95,127 @@ class MlpBlock(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head attention via jax.nn.dot_product_attention (XLA or cuDNN flash)."""
+  """Multi-head attention via jax.nn.dot_product_attention (XLA or cuDNN flash), with a KV cache.
+
+  Decoding (`decode_index` given) keeps keys/values in the "cache" collection, every leaf with a
+  leading batch axis so beam search can reorder it. Self-attention writes the new positions'
+  keys/values at `decode_index` and attends to everything cached so far. Cross-attention
+  (`cross=True`) projects the memory once, when it is passed, and reuses the cached projection
+  on the steps that pass `x_kv=None`. The cache variables are created by a first call on
+  full-length inputs (see decoder.init_cache), which fixes their shapes.
+  """
   num_heads: int
+  cross: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
-  decode: bool = False  # reserved for the decoder's KV cache (not built yet)
 
   @nn.compact
   def __call__(self, x_q: jax.Array, x_kv: jax.Array | None = None, *,
-               mask: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
+               mask: jax.Array | None = None, is_causal: bool = False,
+               decode_index: jax.Array | None = None) -> jax.Array:
     """x_q [B,T,D], x_kv [B,S,D] (default x_q), mask bool broadcastable to [B,heads,T,S]."""
     check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
-    x_kv = x_q if x_kv is None else x_kv
     width = x_q.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
 
-    def proj(name):
-      return EinsumDense("bld,dhk->blhk", (width, self.num_heads, head_dim), ("embed", "heads", "kv"),
-                         fan_axes=((0,), (1, 2)), name=name, **kw)
+    def proj(name, x):  # x [B, L, any width] -> [B, L, heads, head_dim]
+      return EinsumDense("bld,dhk->blhk", (x.shape[-1], self.num_heads, head_dim), ("embed", "heads", "kv"),
+                         fan_axes=((0,), (1, 2)), name=name, **kw)(x)
 
-    q, k, v = proj("query")(x_q), proj("key")(x_kv), proj("value")(x_kv)  # [B, L, heads, head_dim]
-    k, v = self._kv_cache_hook(k, v)
+    q = proj("query", x_q)
+    if self.cross:
+      k, v = self._cross_kv(proj, x_kv, decode_index)
+    else:
+      if x_kv is not None:
+        raise ValueError("self-attention takes no x_kv; build the layer with cross=True")
+      k, v = proj("key", x_q), proj("value", x_q)
+      if decode_index is not None:
+        k, v, mask = self._cached_self_kv(k, v, mask, decode_index)
+        is_causal = False  # the cache mask above is the causal mask
     # Its XLA path takes QK^T in float32 (preferred_element_type) and softmaxes there, even for bf16.
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                        implementation=self.attention_impl)
     return EinsumDense("blhk,hkd->bld", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
                        fan_axes=((0, 1), (2,)), name="out", **kw)(out)
 
-  def _kv_cache_hook(self, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Where an autoregressive decoder will append k/v to a "cache" collection."""
-    if self.decode:
-      raise NotImplementedError("KV-cache decoding is not implemented yet (decode=True)")
-    return k, v
+  def _cross_kv(self, proj, memory: jax.Array | None, decode_index) -> tuple[jax.Array, jax.Array]:
+    """Keys/values of the memory [B, S, any width]: projected now, or (decoding, memory None) cached."""
+    if decode_index is None:
+      if memory is None:
+        raise ValueError("cross-attention needs the memory tokens x_kv")
+      return proj("key", memory), proj("value", memory)
+    if memory is not None:
+      k, v = proj("key", memory), proj("value", memory)
+      self.variable("cache", "cross_key", lambda: k).value = k
+      self.variable("cache", "cross_value", lambda: v).value = v
+      return k, v
+    if not self.has_variable("cache", "cross_key"):
+      raise ValueError("cross-attention cache is empty: pass the memory on the first decoding call")
+    return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+
+  def _cached_self_kv(self, k, v, mask, index):
+    """Writes k/v [B,T,...] at positions index..index+T-1; returns the whole cache and its mask."""
+    initialized = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    length = k.shape[1]
+    if not initialized:  # the creating call: shapes only, attend causally within the input
+      causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+      return k, v, causal if mask is None else mask & causal
+    start = (0, index, 0, 0)
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+    max_len = cached_k.value.shape[1]
+    query_pos = index + jnp.arange(length)
+    visible = (jnp.arange(max_len)[None, :] <= query_pos[:, None])[None, None]  # [1, 1, T, max_len]
+    return cached_k.value, cached_v.value, visible if mask is None else mask & visible
 
 
-class EncoderBlock(nn.Module):
-  """Pre-LN transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
+class TransformerBlock(nn.Module):
+  """Pre-LN block: x + MHA(LN(x)) [+ cross-MHA(LN(x), memory)], then x + MLP(LN(x))."""
   mlp_dim: int
   num_heads: int
   causal: bool = False
+  cross_attention: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, None]:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, memory: jax.Array | None = None,
+               decode_index: jax.Array | None = None) -> tuple[jax.Array, None]:
     """Returns (x, None) so the same block works under nn.scan."""
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+    norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.with_logical_constraint(x, ACT)
-    y = layer_norm(name="ln1", **kw)(x)
-    y = MultiHeadAttention(self.num_heads, attention_impl=self.attention_impl, name="attn", **kw)(
-        y, mask=mask, is_causal=self.causal)
+    y = layer_norm(name="ln1", **norm_kw)(x)
+    y = MultiHeadAttention(self.num_heads, name="attn", **kw)(
+        y, mask=mask, is_causal=self.causal, decode_index=decode_index)
     x = x + y
-    y = layer_norm(name="ln2", **kw)(x)
-    x = x + MlpBlock(self.mlp_dim, name="mlp", **kw)(y)
+    if self.cross_attention:
+      y = layer_norm(name="ln_cross", **norm_kw)(x)
+      x = x + MultiHeadAttention(self.num_heads, cross=True, name="cross_attn", **kw)(
+          y, memory, decode_index=decode_index)
+    y = layer_norm(name="ln2", **norm_kw)(x)
+    x = x + MlpBlock(self.mlp_dim, name="mlp", **norm_kw)(y)
     return nn.with_logical_constraint(x, ACT), None
 
 
-class Encoder(nn.Module):
-  """`depth` EncoderBlocks (looped or nn.scan'ed, optionally remat'ed) + final LayerNorm."""
+class Transformer(nn.Module):
+  """`depth` TransformerBlocks (looped or nn.scan'ed, optionally remat'ed) + final LayerNorm.
+
+  Encoder (ViT, text towers) or decoder (causal, cross-attention to `memory`, KV cache when
+  `decode_index` is given) from the same blocks.
+  """
   depth: int
   mlp_dim: int
   num_heads: int
   causal: bool = False
+  cross_attention: bool = False
   scan: bool = False
   remat: str = "none"
   dtype: Dtype = jnp.float32
@@ -169,28 +223,31 @@ class Encoder(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, memory: jax.Array | None = None,
+               decode_index: jax.Array | None = None) -> jax.Array:
     check_choice("remat", self.remat, REMAT_POLICIES)
     chex.assert_rank(x, 3)
-    block_cls = EncoderBlock
+    block_cls = TransformerBlock
     if self.remat != "none":
       # Under scan, CSE across iterations is impossible anyway; prevent_cse would only slow it.
-      block_cls = nn.remat(EncoderBlock, prevent_cse=not self.scan, policy=REMAT_POLICIES[self.remat])
-    kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, causal=self.causal, dtype=self.dtype,
-              param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+      block_cls = nn.remat(TransformerBlock, prevent_cse=not self.scan, policy=REMAT_POLICIES[self.remat])
+    kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, causal=self.causal,
+              cross_attention=self.cross_attention, dtype=self.dtype, param_dtype=self.param_dtype,
+              attention_impl=self.attention_impl)
     if self.scan:
-      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+      # The cache stacks its layers on axis 1, so that every cache leaf keeps batch on axis 0.
+      stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
                       in_axes=nn.broadcast, length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="layers", **kw)(x, mask)
+      x, _ = stack(name="layers", **kw)(x, mask, memory, decode_index)
     else:
       for i in range(self.depth):
-        x, _ = block_cls(name=f"block_{i}", **kw)(x, mask)
+        x, _ = block_cls(name=f"block_{i}", **kw)(x, mask, memory, decode_index)
     return layer_norm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
 def unstack_layers(params: dict, depth: int) -> dict:
-  """Params of a scan=True Encoder -> the equivalent scan=False tree (block_0, block_1, ...)."""
+  """Params of a scan=True Transformer -> the equivalent scan=False tree (block_0, block_1, ...)."""
   params = dict(params)
   stacked = nn.meta.unbox(params.pop("layers"))
   for i in range(depth):
@@ -227,10 +284,11 @@ class LearnedPosEmb(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """x [B, L, width] gets rows offset..offset+L-1 (offset > 0 when decoding step by step)."""
     _, length, width = x.shape
     if length > self.max_len:
       raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
     pe = self.param("pos_embedding", partitioned(nn.initializers.normal(0.02), ("length", "embed")),
                     (self.max_len, width), self.param_dtype)
-    return x + pe[:length].astype(x.dtype)[None]
+    return x + jax.lax.dynamic_slice_in_dim(pe, offset, length).astype(x.dtype)[None]

@@ -31,25 +31,28 @@ def gather_last(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 class MAPHead(nn.Module):
-  """Multihead attention pooling (big_vision): a learned probe attends over the tokens."""
+  """Multihead attention pooling (big_vision): learned probes attend over the tokens.
+
+  With `num_queries` > 1 it is CoCa's attentional pooler: [B, L, D] -> [B, num_queries, D].
+  """
   num_heads: int
   mlp_dim: int
+  num_queries: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """x [B, L, D], mask [B, L] (True = real token) -> [B, D]."""
+    """x [B, L, D], mask [B, L] (True = real token) -> [B, num_queries, D]."""
     chex.assert_rank(x, 3)
     batch, _, width = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     probe = self.param("probe", partitioned(nn.initializers.xavier_uniform(), (None, "embed")),
-                       (1, width), self.param_dtype)
-    probe = jnp.broadcast_to(probe.astype(x.dtype)[None], (batch, 1, width))
+                       (self.num_queries, width), self.param_dtype)
+    probe = jnp.broadcast_to(probe.astype(x.dtype)[None], (batch, self.num_queries, width))
     attn_mask = None if mask is None else mask[:, None, None, :]
-    x = MultiHeadAttention(self.num_heads, attention_impl=self.attention_impl, name="attn", **kw)(
+    x = MultiHeadAttention(self.num_heads, cross=True, attention_impl=self.attention_impl, name="attn", **kw)(
         probe, x, mask=attn_mask)
     y = layer_norm(name="ln", **kw)(x)
-    x = x + MlpBlock(self.mlp_dim, name="mlp", **kw)(y)
-    return x[:, 0]
+    return x + MlpBlock(self.mlp_dim, name="mlp", **kw)(y)

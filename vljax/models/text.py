@@ -69,7 +69,7 @@ class TextTransformer(nn.Module):
     x = layers.LearnedPosEmb(self.max_len, self.param_dtype, name="posemb")(x)
 
     # 2. Encoder. Pad keys are masked in both modes, so right-padding never changes real tokens.
-    x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, causal=self.causal, scan=self.scan,
+    x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, causal=self.causal, scan=self.scan,
                        remat=self.remat, attention_impl=self.attention_impl, name="encoder", **kw)(
                            x, valid[:, None, None, :])
 
@@ -83,7 +83,7 @@ class TextTransformer(nn.Module):
       pooled = masked_mean(x, valid)
     else:
       pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **kw)(
-          x, valid)
+          x, valid)[:, 0]
 
     # 4. Optional linear head.
     if self.out_dim is not None:

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models.layers import ATTENTION_IMPLS, REMAT_POLICIES, check_choice, partitioned
+from vljax.models import model_config
+from vljax.models.layers import partitioned
 from vljax.models.text import TextTransformer, text_settings
 from vljax.models.vit import ViT, vit_settings
 
@@ -19,15 +20,33 @@ TWO_TOWER_DEFAULTS: dict[str, Any] = dict(
     embed_dim=128, image=None, text=None,
     logit_scale_init=1 / 0.07,  # CLIP; SigLIP uses 10 with logit_bias_init=-10
     logit_bias_init=None, max_logit_scale=100.0,
-    dtype="float32", param_dtype="float32", scan=False, remat="none", attention_impl=None,
 )
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   """x / ||x|| over the last axis, in float32."""
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def temperature_param(module: nn.Module, scale_init: float) -> jax.Array:
+  """Param t = log(logit scale): learned in log space so the scale stays positive."""
+  return module.param("t", partitioned(nn.initializers.constant(math.log(scale_init)), ()), (), jnp.float32)
+
+
+def clamped_scale(t: jax.Array, max_scale: float) -> jax.Array:
+  """exp(t) clamped at max_scale, as CLIP does to keep training stable."""
+  return jnp.exp(jnp.minimum(t, math.log(max_scale)))
+
+
+def logit_params(module: nn.Module, scale_init: float, bias_init: float | None, max_scale: float
+                 ) -> dict[str, jax.Array]:
+  """logit_scale (param t) and, when bias_init is given, logit_bias (param b) of a compact module."""
+  out = {"logit_scale": clamped_scale(temperature_param(module, scale_init), max_scale)}
+  if bias_init is not None:
+    out["logit_bias"] = module.param("b", partitioned(nn.initializers.constant(bias_init), ()), (),
+                                     jnp.float32)
+  return out
 
 
 class TwoTower(nn.Module):
@@ -52,22 +71,14 @@ class TwoTower(nn.Module):
     if image is not None and text is not None:
       chex.assert_equal_shape([out["img_emb"], out["txt_emb"]])
 
-    # Learn t = log(scale) so the scale stays positive; clamp as CLIP does to keep training stable.
-    t = self.param("t", partitioned(nn.initializers.constant(math.log(self.logit_scale_init)), ()), (),
-                   jnp.float32)
-    out["logit_scale"] = jnp.exp(jnp.minimum(t, math.log(self.max_logit_scale)))
-    if self.logit_bias_init is not None:
-      out["logit_bias"] = self.param("b", partitioned(nn.initializers.constant(self.logit_bias_init), ()), (),
-                                     jnp.float32)
+    out.update(logit_params(self, self.logit_scale_init, self.logit_bias_init, self.max_logit_scale))
     return out
 
   @classmethod
   def from_config(cls, cfg: dict[str, Any]) -> "TwoTower":
     """Build from a model config dict (keys: TWO_TOWER_DEFAULTS; "name" already removed)."""
     c = resolve_config(cfg)
-    shared = dict(out_dim=c["embed_dim"], scan=c["scan"], remat=c["remat"],
-                  attention_impl=c["attention_impl"], dtype=jnp.dtype(c["dtype"]),
-                  param_dtype=jnp.dtype(c["param_dtype"]))
+    shared = dict(out_dim=c["embed_dim"], **model_config.module_kwargs(c))
     return cls(img=ViT(**c["image"], **shared), txt=TextTransformer(**c["text"], **shared),
                logit_scale_init=c["logit_scale_init"], logit_bias_init=c["logit_bias_init"],
                max_logit_scale=c["max_logit_scale"])
@@ -75,26 +86,5 @@ class TwoTower(nn.Module):
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   """Validate a two_tower config and fill every default; image/text become full tower settings."""
-  unknown = sorted(set(cfg) - set(TWO_TOWER_DEFAULTS))
-  if unknown:
-    raise ValueError(f"Unknown two_tower config keys {unknown}; valid: {sorted(TWO_TOWER_DEFAULTS)}")
-  c = dict(TWO_TOWER_DEFAULTS, **cfg)
-  for key in ("dtype", "param_dtype"):
-    c[key] = _dtype_name(c[key])
-    check_choice(key, c[key], DTYPES)
-  check_choice("remat", c["remat"], REMAT_POLICIES)
-  check_choice("attention_impl", c["attention_impl"], ATTENTION_IMPLS)
-  for key, settings in (("image", vit_settings), ("text", text_settings)):
-    tower = dict(c[key] or {})
-    if "variant" not in tower:
-      raise ValueError(f"two_tower config needs {key}=dict(variant=...), got {c[key]!r}")
-    c[key] = settings(**tower)
-  return c
-
-
-def _dtype_name(value: Any) -> Any:
-  """A dtype-like (jnp.bfloat16, "bfloat16") -> its name; values that are no dtype pass through."""
-  try:
-    return jnp.dtype(value).name
-  except TypeError:
-    return value
+  return model_config.resolve("two_tower", cfg, TWO_TOWER_DEFAULTS,
+                              {"image": vit_settings, "text": text_settings})

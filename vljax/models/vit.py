@@ -178,7 +178,7 @@ class ViT(nn.Module):
     if self.pool == "tok":
       cls = self.param("cls", partitioned(nn.initializers.zeros, ("embed",)), (c,), self.param_dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, c)), x], axis=1)
-    x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, scan=self.scan, remat=self.remat,
+    x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, scan=self.scan, remat=self.remat,
                        attention_impl=self.attention_impl, name="encoder", **kw)(x)
 
     # 4. Pool.
@@ -189,7 +189,7 @@ class ViT(nn.Module):
     elif self.pool == "max":  # small objects on a large background: max keeps them, a mean dilutes them
       pooled = jnp.max(x, axis=1)
     else:
-      pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **kw)(x)
+      pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **kw)(x)[:, 0]
     chex.assert_shape(x, (batch, h * w, self.width))
 
     # 5. Optional linear head.

@@ -74,16 +74,16 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_params(workdir: str, step: int | None = None) -> tuple[dict, int]:
-  """All params of another run's checkpoint as host numpy arrays (for `init_from`)."""
+def load_params(workdir: str, step: int | None = None, purpose: str = "init_from") -> tuple[dict, int]:
+  """All params of a run's checkpoint as host numpy arrays (for `init_from`, `vljax.load`)."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"init_from: no checkpoints in {directory!r}; train that run first")
+    raise FileNotFoundError(f"{purpose}: no checkpoints in {directory!r}; train that run first")
   manager = ocp.CheckpointManager(directory, item_names=("state", "data", "meta"),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"init_from: {directory!r} holds no finished checkpoint")
+    raise FileNotFoundError(f"{purpose}: {directory!r} holds no finished checkpoint")
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   item = {"params": traverse_util.unflatten_dict(
       {tuple(k.split("/")): np.zeros(s, np.float32) for k, s in meta["param_shapes"].items()})}

@@ -46,8 +46,7 @@ def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
 def build(cfg: ml_collections.ConfigDict) -> RunParts:
   """Every name in the config is checked here, before the workdir is touched."""
   config_lib.validate(cfg)
-  for name in cfg.objectives:
-    objectives.get_objective(name)
+  objectives.parse_objectives(cfg.objectives)
   evaluator_classes = {name: evals.get_evaluator(name) for name in cfg.evals}
   tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
   model_cfg = resolve_model_config(cfg, tokenizer)

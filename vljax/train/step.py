@@ -28,7 +28,7 @@ def _split_micro(batch: dict, k: int) -> dict:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, schedule: optax.Schedule,
                     mesh, state_shardings) -> Callable:
   """jit(train_step)(state, batch) -> (state, metrics); state donated, shardings pinned."""
-  weights = dict(cfg.objectives)
+  weights = cfg.objectives  # validated by setup.build (objectives.parse_objectives)
   impl = cfg.get("loss_impl", "gather")
   accum = int(cfg.get("grad_accum_steps", 1))
   frozen = list(cfg.frozen)
@@ -72,10 +72,3 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
   return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
 
-
-def make_encode_fn(model: nn.Module) -> Callable:
-  """jit(encode)(params, image=None, text=None) -> the model's output dict (eval mode)."""
-  def encode(params, image=None, text=None):
-    with nn.logical_axis_rules(LOGICAL_RULES):
-      return model.apply({"params": params}, image=image, text=text, train=False)
-  return jax.jit(encode)

@@ -14,7 +14,7 @@ from flax import traverse_util
 from tqdm import tqdm
 
 from vljax import metrics as metrics_lib
-from vljax.evals.embed import Embedder
+from vljax.evals.runner import ModelRunner
 from vljax.models.flops import model_flops_per_example
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import batch_sharding
@@ -96,7 +96,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
         f.write(cfg.to_json_best_effort(indent=2))
     writer = metrics_lib.MetricWriter(workdir)
     train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
-    embedder = Embedder(step_lib.make_encode_fn(parts.model), mesh, cfg.eval_batch_size)
+    runner = ModelRunner(parts.model, mesh, cfg.eval_batch_size, parts.tokenizer, cfg.data.image_size)
     meta = {"model_name": cfg.model.name, "param_shapes": expected_shapes}
     flops_per_step = 3 * model_flops_per_example(parts.model_cfg, cfg.data.image_size) * cfg.batch_size
     peak = cfg.peak_flops or metrics_lib.device_peak_flops()
@@ -106,7 +106,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
       for name, evaluator in parts.evaluators.items():
         if force or _due(step, int(cfg.evals[name].get("every", 0)), -1):
           t = time.perf_counter()
-          out.update({f"eval/{name}/{k}": v for k, v in evaluator(embedder, state.params).items()})
+          out.update({f"eval/{name}/{k}": v for k, v in evaluator(runner, state.params).items()})
           logging.info("eval %s at step %d took %.1fs", name, step, time.perf_counter() - t)
       if out:
         writer.write(step, out)

@@ -1,0 +1,37 @@
+"""CoCa ViT-B/16 at 224 px: the real-scale recipe, for accelerators.
+
+  python -m vljax.train --config configs/coca_vit_b16.py --workdir gs://BUCKET/coca_b16
+
+CoCa-Base's layout (Yu et al. 2022, table 1) on a B/16 ViT: 256 captioning queries in cascade with
+one contrastive query, 12 unimodal + 12 multimodal text layers of width 768 (text variant "L"),
+embed 512, batch 65,536, captioning weight 2 with label smoothing 0.1. Runs on the shapes world until real data sources exist.
+Smoke test on CPU:
+  python -m vljax.train --config configs/coca_vit_b16.py --workdir /tmp/coca_b16 \\
+      --config.batch_size=8 --config.total_steps=2 --config.precision.compute_dtype=float32 \\
+      --config.evals.caption.num_examples=8
+"""
+
+from vljax import config as common
+
+
+def get_config(arg=None):
+  c = common.base_config(arg)
+  c.model = dict(name="coca", embed_dim=512,
+                 image=dict(variant="B/16", posemb="learned"),
+                 text=dict(variant="L"),
+                 multimodal_depth=12, pooler="cascade", num_queries=256,
+                 logit_scale_init=1 / 0.07, scan=True, remat="minimal")
+  c.objectives = {"softmax_contrastive": 1.0, "captioning": dict(weight=2.0, label_smoothing=0.1)}
+  c.loss_impl = "shard_map"
+  c.data.update(image_size=224, max_len=64, num_threads=16, prefetch=8)
+  c.batch_size = 65536
+  c.total_steps = 500_000
+  c.optimizer = dict(name="adamw", lr=8e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0)
+  c.schedule = dict(name="warmup_cosine", warmup_steps=2000, end_fraction=0.0)
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.precision = dict(param_dtype="float32", compute_dtype="bfloat16")
+  c.evals = common.shapes_evals(every=5000, captioning=True)
+  c.eval_batch_size = 1024
+  c.checkpoint = dict(every=1000, keep=3, async_save=True)
+  c.log_every = 100
+  return c

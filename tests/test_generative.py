@@ -1,0 +1,197 @@
+"""Captioning models (CoCa, CapPa): KV cache == full recompute, masking, parallel prediction,
+the captioning loss, objective options, likelihood scoring and captioning through the runner."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from vljax import decode as decode_lib
+from vljax import objectives
+from vljax.data import tokenizers
+from vljax.evals.runner import ModelRunner
+from vljax.models import decoder, get_model
+from vljax.parallel.mesh import make_mesh
+from vljax.parallel.sharding import LOGICAL_RULES
+
+B, IMG, LEN, VOCAB = 4, 16, 10, 40
+
+
+def model_cfg(name, **overrides):
+  cfg = dict(name=name, image=dict(variant="mu/8", posemb="sincos2d"),
+             text=dict(variant="mu", vocab_size=VOCAB, max_len=LEN))
+  if name == "coca":
+    cfg.update(embed_dim=16, num_queries=4)
+  cfg.update(overrides)
+  return cfg
+
+
+def inputs(seed=0, lengths=(10, 7, 4, 2)):
+  rng = np.random.default_rng(seed)
+  image = jnp.asarray(rng.normal(size=(len(lengths), IMG, IMG, 3)), jnp.float32)
+  ids = np.zeros((len(lengths), LEN), np.int32)
+  for i, n in enumerate(lengths):
+    ids[i, :n] = rng.integers(1, VOCAB, size=n)
+  return image, jnp.asarray(ids)
+
+
+def params_of(model, image, ids, seed=0):
+  variables = model.init({"params": jax.random.PRNGKey(seed), "dropout": jax.random.PRNGKey(1)},
+                         image=image, text=ids, train=True)
+  return nn.unbox(variables["params"])
+
+
+CASES = [("coca", {}), ("coca", dict(pooler="parallel", scan=True)), ("cappa", {}),
+         ("cappa", dict(scan=True, remat="full"))]
+
+
+@pytest.mark.parametrize("name,overrides", CASES)
+def test_kv_cached_steps_equal_full_teacher_forcing(name, overrides):
+  model = get_model(model_cfg(name, **overrides))
+  image, ids = inputs()
+  params = params_of(model, image, ids)
+  out = model.apply({"params": params}, image=image, text=ids)
+  memory = model.apply({"params": params}, image, method="encode_image")["memory"]
+  full = model.apply({"params": params}, memory, ids, method="caption_logits")
+  np.testing.assert_allclose(out["caption_logits"], full, atol=1e-5)
+  cache = decoder.init_cache(model, params, memory, LEN)
+  assert {x.shape[0] for x in jax.tree.leaves(cache)} == {B}  # batch leads every leaf (beam reorder)
+  step = jax.jit(decoder.make_step_fn(model, params))
+  for i in range(LEN):
+    logits, cache = step(ids[:, i], cache, jnp.int32(i))
+    np.testing.assert_allclose(logits, full[:, i], atol=1e-5, err_msg=f"position {i}")
+
+
+def test_caption_logits_never_look_ahead_and_coca_cls_sees_the_whole_caption():
+  model = get_model(model_cfg("coca"))
+  image, ids = inputs()
+  params = params_of(model, image, ids)
+  changed = ids.at[0, 6].set((ids[0, 6] % (VOCAB - 1)) + 1)
+  a = model.apply({"params": params}, image=image, text=ids)
+  b = model.apply({"params": params}, image=image, text=changed)
+  np.testing.assert_array_equal(a["caption_logits"][0, :6], b["caption_logits"][0, :6])
+  assert not np.allclose(a["caption_logits"][0, 6:], b["caption_logits"][0, 6:])
+  assert not np.allclose(a["txt_emb"][0], b["txt_emb"][0])
+  np.testing.assert_array_equal(a["txt_emb"][1:], b["txt_emb"][1:])
+
+
+def test_coca_text_embedding_ignores_padding():
+  model = get_model(model_cfg("coca", text=dict(variant="mu", vocab_size=VOCAB, max_len=LEN + 6)))
+  image, ids = inputs()
+  params = params_of(model, image, ids)
+  longer = jnp.pad(ids, ((0, 0), (0, 6)))
+  a = model.apply({"params": params}, text=ids)["txt_emb"]
+  b = model.apply({"params": params}, text=longer)["txt_emb"]
+  np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_cappa_parallel_prediction_sees_only_mask_tokens_and_no_causal_mask():
+  image, ids = inputs()
+  model = get_model(model_cfg("cappa", parallel_fraction=1.0))
+  params = params_of(model, image, ids)
+  run = lambda m, t, train: m.apply({"params": params}, image=image, text=t, train=train,
+                                    rngs={"dropout": jax.random.PRNGKey(3)})["caption_logits"]
+  other = (ids % (VOCAB - 1)) + 1
+  np.testing.assert_allclose(run(model, ids, True), run(model, other, True), atol=1e-6)
+  # Position 0 of all-[MASK] input sees later positions, which a causal decoder never would.
+  assert not np.allclose(run(model, ids, True)[:, 0], run(model, ids, False)[:, 0])
+  # Evaluation is always causal teacher forcing; fraction 0 trains that way too.
+  causal = get_model(model_cfg("cappa", parallel_fraction=0.0))
+  np.testing.assert_allclose(run(causal, ids, True), run(model, ids, False), atol=1e-6)
+
+
+def test_captioning_loss_masks_pads_and_matches_optax():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(B, LEN, VOCAB)), jnp.float32)
+  _, ids = inputs()
+  loss, acc = objectives.captioning_loss(logits, ids)
+  targets, real = ids[:, 1:], ids[:, 1:] != 0
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
+  assert loss == pytest.approx(float(jnp.sum(ce * real) / jnp.sum(real)), rel=1e-6)
+  # Logits at positions whose target is a pad do not matter.
+  noisy = logits.at[3, 5:].add(100.0)
+  assert objectives.captioning_loss(noisy, ids)[0] == pytest.approx(float(loss), rel=1e-6)
+  smooth, _ = objectives.captioning_loss(logits, ids, label_smoothing=0.1)
+  soft = optax.smooth_labels(jax.nn.one_hot(targets, VOCAB), 0.1)
+  ce_smooth = optax.softmax_cross_entropy(logits[:, :-1], soft)
+  assert smooth == pytest.approx(float(jnp.sum(ce_smooth * real) / jnp.sum(real)), rel=1e-5)
+  assert 0.0 <= float(acc) <= 1.0
+
+
+def test_objective_options_and_their_errors():
+  logits = jnp.zeros((B, LEN, VOCAB))
+  _, ids = inputs()
+  out = {"caption_logits": logits}
+  total, metrics = objectives.combined_loss({"captioning": {"weight": 2.0, "label_smoothing": 0.1}}, out,
+                                            {"text": ids})
+  assert total == pytest.approx(2.0 * float(metrics["captioning_loss"]))
+  assert float(metrics["captioning_loss"]) == pytest.approx(np.log(VOCAB), rel=1e-5)
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['smoothing'\].*label_smoothing"):
+    objectives.parse_objectives({"captioning": {"weight": 1.0, "smoothing": 0.1}})
+  with pytest.raises(ValueError, match="needs a 'weight'"):
+    objectives.parse_objectives({"captioning": {"label_smoothing": 0.1}})
+  with pytest.raises(ValueError, match="needs model output 'caption_logits'"):
+    objectives.combined_loss({"captioning": 1.0}, {"img_emb": None}, {"text": ids})
+
+
+def test_runner_likelihood_scores_and_sharded_captions_match_one_device():
+  tok = tokenizers.get_tokenizer("shapes")
+  cfg = model_cfg("cappa", text=dict(variant="mu", vocab_size=128, max_len=LEN))
+  model = get_model(cfg)
+  image, _ = inputs(lengths=(1,) * 8)
+  ids = jnp.asarray(tok.encode(["a red circle", "a blue square on the left", "a star", "a green heart",
+                                "a small cross", "a large diamond", "a white hexagon", "a black circle"],
+                               LEN))
+  params = params_of(model, image, ids)
+  images, texts = np.asarray(image), np.asarray(ids)
+  results = {}
+  for mesh_cfg in (dict(data=1, fsdp=1, tensor=1), dict(data=4, fsdp=2, tensor=1)):
+    mesh = make_mesh(mesh_cfg, devices=jax.devices()[:int(np.prod(list(mesh_cfg.values())))])
+    with jax.set_mesh(mesh):
+      runner = ModelRunner(model, mesh, chunk=8, tokenizer=tok, image_size=IMG)
+      assert runner.generative and not runner.has_embeddings
+      matrix = runner.loglik_matrix(params, images, texts)
+      pairs = runner.pair_loglik(params, images, texts)
+      options = decode_lib.DecodeOptions(method="beam", beam_size=3, max_len=LEN)
+      results[mesh_cfg["data"]] = (matrix, runner.caption(params, images, options))
+  matrix, (captions, scores) = results[1]
+  np.testing.assert_allclose(np.diag(matrix), pairs, rtol=1e-5)
+  assert matrix.shape == (8, 8) and np.all(matrix < 0)
+  np.testing.assert_allclose(results[4][0], matrix, rtol=1e-5)
+  assert results[4][1][0] == captions
+  np.testing.assert_allclose(results[4][1][1], scores, rtol=1e-5)
+
+
+def test_runner_rejects_what_the_model_cannot_do():
+  tok = tokenizers.get_tokenizer("shapes")
+  mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  cappa = ModelRunner(get_model(model_cfg("cappa")), mesh, 8, tok, IMG)
+  with pytest.raises(ValueError, match="needs a model with contrastive embeddings"):
+    cappa.resolve_scoring("embedding")
+  with pytest.raises(ValueError, match="Unknown scoring 'cosine'"):
+    cappa.resolve_scoring("cosine")
+  with pytest.raises(ValueError, match=r"decode max_len=32 exceeds the model's text max_len 10"):
+    cappa.caption(None, np.zeros((1, IMG, IMG, 3)), decode_lib.DecodeOptions(max_len=32))
+  two_tower = dict(name="two_tower", embed_dim=16, image=dict(variant="mu/8"),
+                   text=dict(variant="mu", vocab_size=VOCAB, max_len=LEN))
+  clip = ModelRunner(get_model(two_tower), mesh, 8, tok, IMG)
+  assert clip.resolve_scoring("auto") == "embedding"
+  with pytest.raises(ValueError, match="captioning needs a model with a caption decoder"):
+    clip.caption(None, np.zeros((1, IMG, IMG, 3)), decode_lib.DecodeOptions())
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(pooler="serial"), "Unknown CoCa pooler 'serial'"),
+    (dict(num_queries=0), "num_queries must be >= 1"),
+    (dict(image=dict(variant="mu/8", pool="map")), "image.pool='map'"),
+])
+def test_coca_config_errors(bad, match):
+  with pytest.raises(ValueError, match=match):
+    get_model(model_cfg("coca", **bad))
+
+
+def test_cappa_config_errors():
+  with pytest.raises(ValueError, match="parallel_fraction must be in"):
+    get_model(model_cfg("cappa", parallel_fraction=1.5))

@@ -1,0 +1,174 @@
+"""Runs a model over evaluation data: embeddings, caption log-likelihoods and generated captions,
+in fixed-size chunks sharded over the mesh's batch axes (one compile per chunk shape)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from vljax import decode as decode_lib
+from vljax.data.pipeline import preprocess_images
+from vljax.models import decoder
+from vljax.parallel.mesh import batch_shards
+from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding
+
+SCORINGS = ("auto", "embedding", "likelihood")
+
+
+class ModelRunner:
+  """Evaluation-time calls of one model; params are passed per call (they change during training)."""
+
+  def __init__(self, model: nn.Module, mesh, chunk: int, tokenizer, image_size: int):
+    self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
+    self.max_text_len = getattr(model, "text", {}).get("max_len") if self.generative_model(model) else None
+    shards = batch_shards(mesh)
+    self.chunk = max(shards, chunk - chunk % shards)  # a multiple of the batch shards
+    self.generative = self.generative_model(model)
+    probe = jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0),
+                                                   image=jnp.zeros((1, image_size, image_size, 3))))
+    self.has_embeddings = "img_emb" in jax.eval_shape(
+        lambda v: self.model.apply(v, image=jnp.zeros((1, image_size, image_size, 3))), probe)
+
+  @staticmethod
+  def generative_model(model: nn.Module) -> bool:
+    return hasattr(model, "caption_logits")
+
+  # ---- plumbing
+
+  def _apply(self, params, *args, method=None, **kwargs):
+    with nn.logical_axis_rules(LOGICAL_RULES):
+      return self.model.apply({"params": params}, *args, method=method, **kwargs)
+
+  @functools.cached_property
+  def _encode(self):
+    return jax.jit(lambda params, **inputs: self._apply(params, train=False, **inputs))
+
+  def _chunked(self, fn, *arrays: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """fn(*chunks) over aligned arrays, tails padded by repeating the last row; results concatenated."""
+    chunk = chunk or self.chunk
+    outs = []
+    for start in range(0, len(arrays[0]), chunk):
+      parts = [a[start:start + chunk] for a in arrays]
+      n = len(parts[0])
+      parts = [np.concatenate([p, np.repeat(p[-1:], chunk - n, axis=0)]) if n < chunk else p for p in parts]
+      parts = [jax.device_put(p, batch_sharding(self.mesh, p.ndim)) for p in parts]
+      outs.append(jax.tree.map(lambda x: np.asarray(x)[:n], fn(*parts)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+  def _require(self, what: str, ok: bool, need: str) -> None:
+    if not ok:
+      raise ValueError(f"{what} needs a model with {need}; {type(self.model).__name__} has none")
+
+  # ---- embeddings
+
+  def images(self, params, images: np.ndarray) -> np.ndarray:
+    """L2-normalised image embeddings [N, E]."""
+    self._require("image embedding", self.has_embeddings, "contrastive embeddings")
+    return self._chunked(lambda x: self._encode(params, image=x)["img_emb"], images)
+
+  def texts(self, params, tokens: np.ndarray) -> np.ndarray:
+    """L2-normalised text embeddings [N, E]."""
+    self._require("text embedding", self.has_embeddings, "contrastive embeddings")
+    return self._chunked(lambda t: self._encode(params, text=t)["txt_emb"], tokens)
+
+  # ---- caption likelihood
+
+  @functools.cached_property
+  def _memory(self):
+    return jax.jit(lambda params, image: self._apply(params, image, method="encode_image")["memory"])
+
+  @functools.cached_property
+  def _loglik(self):
+    def loglik(params, memory, ids):
+      logits = self._apply(params, memory, ids, method="caption_logits")
+      return decoder.token_log_probs(logits, ids, self.tokenizer.pad_id)
+    return jax.jit(loglik)
+
+  def memory(self, params, images: np.ndarray) -> np.ndarray:
+    """What the caption decoder cross-attends to, per image [N, S, D]."""
+    self._require("caption scoring", self.generative, "a caption decoder")
+    return self._chunked(lambda x: self._memory(params, x), images)
+
+  def pair_loglik(self, params, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """log p(tokens[i] | images[i]) for each i -> [N]."""
+    memory = self.memory(params, images)
+    return self._chunked(lambda m, t: self._loglik(params, m, t), memory, tokens)
+
+  def loglik_matrix(self, params, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """log p(tokens[j] | images[i]) for every pair -> [N_images, N_texts]."""
+    memory = self.memory(params, images)
+    n_img, n_txt = len(memory), len(tokens)
+    # Pairs enumerated image-major; each chunk of pairs is one decoder call.
+    img_index = np.repeat(np.arange(n_img), n_txt)
+    txt_index = np.tile(np.arange(n_txt), n_img)
+    out = np.empty(n_img * n_txt, np.float32)
+    for start in range(0, len(img_index), self.chunk):
+      sl = slice(start, start + self.chunk)
+      out[sl] = self._chunked(lambda m, t: self._loglik(params, m, t), memory[img_index[sl]],
+                              tokens[txt_index[sl]])
+    return out.reshape(n_img, n_txt)
+
+  def similarity(self, params, images: np.ndarray, tokens: np.ndarray, scoring: str) -> np.ndarray:
+    """Image-text score matrix: embedding cosine or caption log-likelihood."""
+    if self.resolve_scoring(scoring) == "embedding":
+      return self.images(params, images) @ self.texts(params, tokens).T
+    return self.loglik_matrix(params, images, tokens)
+
+  def pair_scores(self, params, images: np.ndarray, tokens: np.ndarray, scoring: str) -> np.ndarray:
+    """Score of each (images[i], tokens[i]) pair -> [N]."""
+    if self.resolve_scoring(scoring) == "embedding":
+      return np.sum(self.images(params, images) * self.texts(params, tokens), axis=1)
+    return self.pair_loglik(params, images, tokens)
+
+  def resolve_scoring(self, scoring: str) -> str:
+    """"auto" -> embeddings when the model has them, else likelihood."""
+    if scoring not in SCORINGS:
+      raise ValueError(f"Unknown scoring {scoring!r}; valid: {list(SCORINGS)}")
+    if scoring == "auto":
+      return "embedding" if self.has_embeddings else "likelihood"
+    self._require(f"scoring={scoring!r}", self.has_embeddings if scoring == "embedding" else self.generative,
+                  "contrastive embeddings" if scoring == "embedding" else "a caption decoder")
+    return scoring
+
+  # ---- generation
+
+  @functools.lru_cache(maxsize=8)
+  def _caption_fn(self, options: decode_lib.DecodeOptions):
+    tok = self.tokenizer
+
+    def caption(params, images, rng):
+      with nn.logical_axis_rules(LOGICAL_RULES):
+        memory = self.model.apply({"params": params}, images, method="encode_image")["memory"]
+        # BOS and the first max_len - 1 generated tokens are fed back: max_len positions.
+        cache = decoder.init_cache(self.model, params, memory, options.max_len)
+        return decode_lib.decode(decoder.make_step_fn(self.model, params), cache, images.shape[0],
+                                 bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, options=options,
+                                 rng=rng)
+    return jax.jit(caption)
+
+  def caption(self, params, images: np.ndarray, options: decode_lib.DecodeOptions,
+              rng: jax.Array | None = None) -> tuple[list[str], np.ndarray]:
+    """(generated captions, their scores) for images [N, H, W, 3] (preprocessed)."""
+    self._require("captioning", self.generative, "a caption decoder")
+    options.validate()
+    if options.max_len > self.max_text_len:
+      raise ValueError(f"decode max_len={options.max_len} exceeds the model's text max_len "
+                       f"{self.max_text_len}; valid: 1..{self.max_text_len}")
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    fn = self._caption_fn(options)
+    result = self._chunked(lambda x: fn(params, x, rng), images)
+    return self.tokenizer.decode(result.tokens), result.scores
+
+
+def eval_images(examples: list[dict]) -> np.ndarray:
+  """The examples' uint8 images, stacked and normalised as in training."""
+  return preprocess_images(np.stack([e["image"] for e in examples]))
+
+
+def normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)

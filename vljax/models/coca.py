@@ -1,0 +1,132 @@
+"""CoCa (Yu et al. 2022): contrastive captioners.
+
+  image -> ViT tokens -> captioning pooler (num_queries)  --------------------> memory
+                              `-> contrastive pooler (1) -> head -> img_emb      |
+  text ids -> token embedding -> unimodal causal decoder (+[CLS] at the end)     |
+                              |-> [CLS] -> LN -> head -> txt_emb                 v
+                              `-> text tokens -> multimodal decoder (cross-attends to memory) -> logits
+
+Poolers in `cascade` mode (the paper's default): the contrastive query attends to the captioning
+queries' outputs; in `parallel` mode both attend to the ViT tokens. The token embedding is
+shared: the multimodal decoder continues from the unimodal decoder's outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vljax.models import layers, model_config
+from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
+from vljax.models.layers import check_choice, partitioned
+from vljax.models.pooling import MAPHead
+from vljax.models.text import text_settings
+from vljax.models.two_tower import clamped_scale, l2_normalize, temperature_param
+from vljax.models.vit import ViT, vit_settings
+
+POOLER_MODES = ("cascade", "parallel")
+COCA_DEFAULTS: dict[str, Any] = dict(
+    embed_dim=128, image=None, text=None,
+    multimodal_depth=None,  # default: the text variant's depth
+    pooler="cascade", num_queries=256,
+    logit_scale_init=1 / 0.07, max_logit_scale=100.0,
+)
+
+
+class CoCa(nn.Module):
+  """Params: img (ViT), pool_caption, pool_contrastive, img_head, txt (embeddings), cls, unimodal,
+  txt_head, multimodal (decoder + vocab head), t."""
+  img: ViT
+  text: dict[str, Any]  # text_settings(): width, depth, mlp_dim, num_heads, vocab_size, max_len, pad_id
+  embed_dim: int
+  multimodal_depth: int
+  pooler: str = "cascade"
+  num_queries: int = 256
+  logit_scale_init: float = 1 / 0.07
+  max_logit_scale: float = 100.0
+  module_kw: dict[str, Any] | None = None  # scan, remat, attention_impl, dtype, param_dtype
+
+  def setup(self):
+    check_choice("CoCa pooler", self.pooler, POOLER_MODES)
+    kw = dict(self.module_kw or {})
+    dtypes = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+    t, img = self.text, self.img
+    pool_kw = dict(attention_impl=kw.get("attention_impl"), **dtypes)
+    self.pool_caption = MAPHead(img.num_heads, img.mlp_dim, num_queries=self.num_queries, **pool_kw)
+    self.pool_contrastive = MAPHead(img.num_heads, img.mlp_dim, num_queries=1, **pool_kw)
+    self.img_head = layers.dense(self.embed_dim, ("embed", None), name="img_head", **dtypes)
+    self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
+    self.cls = self.param("cls", partitioned(nn.initializers.normal(0.02), ("embed",)), (t["width"],),
+                          dtypes["param_dtype"])
+    self.unimodal = layers.Transformer(t["depth"], t["mlp_dim"], t["num_heads"], **kw)
+    self.txt_head = layers.dense(self.embed_dim, ("embed", None), name="txt_head", **dtypes)
+    self.multimodal = CrossDecoder(self.multimodal_depth, t["mlp_dim"], t["num_heads"], t["vocab_size"], **kw)
+    self.t = temperature_param(self, self.logit_scale_init)
+
+  def encode_image(self, image: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    _, tokens = self.img(image, train=train)
+    memory = self.pool_caption(tokens)
+    pooled = self.pool_contrastive(memory if self.pooler == "cascade" else tokens)[:, 0]
+    return {"memory": memory, "img_emb": l2_normalize(self.img_head(pooled))}
+
+  def encode_text(self, ids: jax.Array) -> dict[str, jax.Array]:
+    """Unimodal pass with [CLS] appended after the padding; [CLS] sees every real token."""
+    chex.assert_rank(ids, 2)
+    batch, length = ids.shape
+    x = self.txt(ids)
+    cls = jnp.broadcast_to(self.cls.astype(x.dtype), (batch, 1, x.shape[-1]))
+    x = jnp.concatenate([x, cls], axis=1)
+    # Only the [CLS] row masks pad keys: the token rows stay plain causal, as in caption_logits.
+    keys = jnp.concatenate([ids != self.text["pad_id"], jnp.ones((batch, 1), bool)], axis=1)
+    is_cls = jnp.arange(length + 1) == length
+    x = self.unimodal(x, causal_mask(length + 1) & (keys[:, None, None, :] | ~is_cls[:, None]))
+    return {"txt_emb": l2_normalize(self.txt_head(x[:, -1])), "txt_tokens": x[:, :-1]}
+
+  def caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
+    """Teacher-forced logits [B, L, vocab] of ids [B, L] given the image memory."""
+    mask = causal_mask(ids.shape[1])
+    return self.multimodal(self.unimodal(self.txt(ids), mask), memory, mask)
+
+  def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
+    """Logits for ids [B, T] at positions decode_index.. with both decoders' KV caches."""
+    x = self.unimodal(self.txt(ids, decode_index), decode_index=decode_index)
+    return self.multimodal(x, memory, decode_index=decode_index)
+
+  def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
+               train: bool = False) -> dict[str, jax.Array]:
+    """img_emb/memory (if image), txt_emb (if text), caption_logits (if both), logit_scale."""
+    out = {}
+    if image is not None:
+      out.update(self.encode_image(image, train))
+    if text is not None:
+      out.update(self.encode_text(text))
+    if image is not None and text is not None:
+      # One unimodal pass serves both losses: causal, so [CLS] at the end changes no text token.
+      out["caption_logits"] = self.multimodal(out["txt_tokens"], out["memory"], causal_mask(text.shape[1]))
+    out["logit_scale"] = clamped_scale(self.t, self.max_logit_scale)
+    return out
+
+  @classmethod
+  def from_config(cls, cfg: dict[str, Any]) -> "CoCa":
+    c = resolve_config(cfg)
+    kw = model_config.module_kwargs(c)
+    return cls(img=ViT(**c["image"], **kw), text=c["text"], embed_dim=c["embed_dim"],
+               multimodal_depth=c["multimodal_depth"], pooler=c["pooler"], num_queries=c["num_queries"],
+               logit_scale_init=c["logit_scale_init"], max_logit_scale=c["max_logit_scale"], module_kw=kw)
+
+
+def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
+  """Validated CoCa settings with every default filled (the text decoder is always causal)."""
+  c = model_config.resolve("coca", cfg, COCA_DEFAULTS, {"image": vit_settings, "text": text_settings})
+  c["text"]["causal"] = True
+  model_config.check_image_tokens_only("coca", c["image"])
+  if c["multimodal_depth"] is None:
+    c["multimodal_depth"] = c["text"]["depth"]
+  check_choice("CoCa pooler", c["pooler"], POOLER_MODES)
+  if c["num_queries"] < 1:
+    raise ValueError(f"CoCa num_queries must be >= 1, got {c['num_queries']}")
+  return c

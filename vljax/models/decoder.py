@@ -1,0 +1,122 @@
+"""Pieces every captioning model shares: token embedding, causal masks, the cross-attending
+decoder with its vocabulary head, and the KV-cache protocol the decoding loop drives.
+
+Generative models (CoCa, CapPa, ...) expose three methods besides `__call__`:
+  encode_image(image)                         -> {"memory": [B, S, D], "img_emb"?: [B, E]}
+  caption_logits(memory, ids)                 -> float32 [B, L, vocab], teacher-forced, causal
+  decode_step(ids, memory, decode_index)      -> float32 [B, T, vocab], reading and writing the
+                                                 "cache" collection (keys/values of every layer)
+`init_cache` and `make_step_fn` below turn them into what `vljax.decode.decode` drives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vljax.models import layers
+from vljax.models.layers import Dtype, partitioned
+
+
+def causal_mask(length: int) -> jax.Array:
+  """bool [1, 1, L, L]: query i sees keys 0..i."""
+  return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+class TokenEmbedding(nn.Module):
+  """Ids [B, L] -> token embedding + learned position embedding (rows offset..offset+L-1)."""
+  vocab_size: int
+  width: int
+  max_len: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, offset: jax.Array | int = 0, *, replace: jax.Array | None = None,
+               replacement: jax.Array | None = None) -> jax.Array:
+    """`replace` bool [B]: those rows' token embeddings become `replacement` [width] (e.g. [MASK])."""
+    x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="embedding",
+                 embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))(ids)
+    if replace is not None:
+      x = jnp.where(replace[:, None, None], replacement.astype(x.dtype), x)
+    return layers.LearnedPosEmb(self.max_len, self.param_dtype, name="posemb")(x, offset)
+
+
+class CrossDecoder(nn.Module):
+  """Embedded tokens [B, L, D] + memory [B, S, D] -> float32 logits [B, L, vocab].
+
+  Causal self-attention (the mask comes from the caller, or from the KV cache when decoding),
+  cross-attention to the memory in every block, final LayerNorm, linear vocabulary head.
+  """
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  vocab_size: int
+  scan: bool = False
+  remat: str = "none"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, memory: jax.Array | None, mask: jax.Array | None = None,
+               decode_index: jax.Array | None = None) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, cross_attention=True, scan=self.scan,
+                           remat=self.remat, attention_impl=self.attention_impl, name="decoder", **kw)(
+                               x, mask, memory, decode_index)
+    logits = layers.dense(self.vocab_size, ("embed", "vocab"), name="logits", **kw)(x)
+    # Cross-entropy and decoding read log-probs: float32 whatever the compute dtype.
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def token_log_probs(logits: jax.Array, ids: jax.Array, pad_id: int) -> jax.Array:
+  """Teacher-forced log p(ids[:, t+1] | ids[:, :t+1]) summed over real tokens -> [B].
+
+  logits [B, L, V] are the model's outputs on ids [B, L] (BOS first): position t predicts t+1.
+  """
+  chex.assert_rank(logits, 3)
+  chex.assert_shape(ids, logits.shape[:2])
+  targets = ids[:, 1:]
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(targets != pad_id, picked, 0.0), axis=1)
+
+
+def init_cache(model: nn.Module, params: Any, memory: jax.Array, cache_len: int) -> Any:
+  """A fresh KV cache for `memory`'s batch: self-attention slots for `cache_len` positions,
+  cross-attention keys/values of `memory` computed once."""
+  ids = jnp.zeros((memory.shape[0], cache_len), jnp.int32)
+  _, variables = model.apply({"params": params}, ids, memory, decode_index=jnp.zeros((), jnp.int32),
+                             method="decode_step", mutable=["cache"])
+  return variables["cache"]
+
+
+def make_step_fn(model: nn.Module, params: Any) -> Callable:
+  """step_fn(tokens [N], cache, index) -> (logits [N, V], cache), as vljax.decode.decode wants."""
+  def step_fn(tokens, cache, index):
+    logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], None,
+                                    decode_index=index, method="decode_step", mutable=["cache"])
+    return logits[:, 0], variables["cache"]
+  return step_fn
+
+
+def make_recompute_step_fn(model: nn.Module, params: Any, memory: jax.Array, cache_len: int
+                           ) -> tuple[Callable, Any]:
+  """The no-cache baseline: every step reruns the decoder on the whole prefix so far.
+
+  Returns (step_fn, state); the state (token buffer and memory) stands in for the cache, with the
+  batch on axis 0 so beam search can reorder it the same way.
+  """
+  state = {"ids": jnp.zeros((memory.shape[0], cache_len), jnp.int32), "memory": memory}
+
+  def step_fn(tokens, state, index):
+    ids = jax.lax.dynamic_update_slice(state["ids"], tokens[:, None], (0, index))
+    logits = model.apply({"params": params}, state["memory"], ids, method="caption_logits")
+    return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False), dict(state, ids=ids)
+  return step_fn, state

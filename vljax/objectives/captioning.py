@@ -1,0 +1,45 @@
+"""Captioning: next-token cross-entropy on the caption, pads masked, optional label smoothing."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from vljax.objectives.registry import register_objective
+
+PAD_ID = 0  # every vljax tokenizer pads with 0 (vljax/data/tokenizers.py)
+
+
+def captioning_loss(logits: jnp.ndarray, ids: jnp.ndarray, *, pad_id: int = PAD_ID,
+                    label_smoothing: float = 0.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(mean cross-entropy, token accuracy) over the real target tokens of the batch.
+
+  logits [B, L, V] are the model's outputs on ids [B, L] ([BOS] first): position t predicts
+  ids[:, t+1]. The mean is over tokens, not examples, so long captions weigh more, as usual.
+  """
+  chex.assert_rank(logits, 3)
+  chex.assert_shape(ids, logits.shape[:2])
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+  targets = ids[:, 1:]
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+  real = (targets != pad_id).astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(real), 1.0)
+  correct = (jnp.argmax(logp, axis=-1) == targets).astype(jnp.float32)
+  return jnp.sum(nll * real) / count, jnp.sum(correct * real) / count
+
+
+@register_objective("captioning")
+def captioning(outputs: dict, batch: dict, *, impl: str = "gather", label_smoothing: float = 0.0
+               ) -> tuple[jnp.ndarray, dict]:
+  """Teacher-forced captioning on outputs caption_logits and batch["text"]."""
+  del impl  # XLA shards the token-level mean like any other reduction
+  if "caption_logits" not in outputs:
+    raise ValueError(f"objective 'captioning' needs model output 'caption_logits'; the model returned "
+                     f"{sorted(outputs)} (use a generative model: coca, cappa)")
+  loss, accuracy = captioning_loss(outputs["caption_logits"], batch["text"], label_smoothing=label_smoothing)
+  return loss, {"caption_token_acc": jax.lax.stop_gradient(accuracy)}
