@@ -1,0 +1,99 @@
+"""Inference API on a briefly trained CoCa run: vljax.load, its methods, and `python -m vljax.predict`."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vljax
+from conftest import tiny_config
+from vljax import predict
+from vljax.data import shapes
+from vljax.train import trainer
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("coca"))
+  cfg = tiny_config(total_steps=2, evals={}, checkpoint=dict(every=2, keep=1, async_save=False))
+  cfg.model = dict(name="coca", embed_dim=16, image=dict(variant="mu/8", posemb="sincos2d"),
+                   text=dict(variant="mu"), num_queries=4)
+  cfg.objectives = {"softmax_contrastive": 1.0, "captioning": 2.0}
+  trainer.train_and_evaluate(cfg, path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  """Two shapes images as PNG files, one saved at another size (the predictor resizes it)."""
+  folder = tmp_path_factory.mktemp("images")
+  world = shapes.ShapesWorld(seed=0, image_size=32)
+  paths = []
+  for i, size in enumerate((32, 48)):
+    path = str(folder / f"{i}.png")
+    Image.fromarray(world.example(i, split="eval")["image"]).resize((size, size)).save(path)
+    paths.append(path)
+  return paths
+
+
+def test_load_and_every_method(workdir, images):
+  model = vljax.load(workdir)
+  assert model.step == 2
+  arrays = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in images])
+  z_files, z_arrays = model.encode_image(images), model.encode_image(arrays)
+  assert z_files.shape == (2, 16)
+  np.testing.assert_allclose(np.linalg.norm(z_files, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(z_files[0], z_arrays[0], atol=1e-5)  # same pixels: same embedding
+  assert model.encode_text(["a red circle", "a blue star"]).shape == (2, 16)
+  assert model.score(images, ["a red circle", "a blue star", "a cross"]).shape == (2, 3)
+  labels, probs = model.zero_shot(images[0], ["red circle", "blue star"])
+  assert len(labels) == 1 and labels[0] in ("red circle", "blue star")
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+  greedy = model.caption(images)
+  beam = model.caption(images, method="beam", beam_size=3)
+  sampled = model.caption(images, method="sample", top_p=0.9, seed=1)
+  for captions in (greedy, beam, sampled):
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+
+
+def test_predict_command_prints_captions_and_labels(workdir, images, capsys):
+  assert predict.main(["--workdir", workdir, "--images", *images, "--classes", "red circle,blue star",
+                       "--method", "beam", "--beam_size", "2"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 2
+  for path, line in zip(images, lines):
+    assert line.startswith(path) and "caption: " in line and "label: " in line
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--beam_size", "0", "--method", "beam"], "beam_size=0 is invalid; valid: >= 1"),
+    (["--top_p", "1.5"], "top_p=1.5 is invalid; valid: in (0, 1]"),
+    (["--min_len", "9", "--max_len", "4"], "min_len=9 is invalid"),
+    (["--max_len", "64"], "decode max_len=64 exceeds the model's text max_len 12"),
+])
+def test_predict_rejects_bad_decoding_options(workdir, images, capsys, extra, message):
+  assert predict.main(["--workdir", workdir, "--images", images[0], *extra]) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_bad_images_and_workdirs_are_clear_errors(workdir, images, tmp_path, capsys):
+  broken = tmp_path / "broken.png"
+  broken.write_bytes(b"not an image")
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  assert predict.main(["--workdir", workdir, "--images", str(broken)]) == 2
+  assert f"cannot decode image file {str(broken)!r}" in capsys.readouterr().err
+  assert predict.main(["--workdir", workdir, "--images", str(tmp_path / "missing.png")]) == 2
+  assert "missing.png' does not exist" in capsys.readouterr().err
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing written is lost
+  (tmp_path / "run").mkdir()
+  with pytest.raises(FileNotFoundError, match="config.json' does not exist"):
+    vljax.load(str(tmp_path / "run"))
+  (tmp_path / "run" / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
+  with pytest.raises(FileNotFoundError, match="vljax.load: no checkpoints in"):
+    vljax.load(str(tmp_path / "run"))
+  model = vljax.load(workdir)
+  with pytest.raises(ValueError, match=r"image 0: expected a file path or a uint8 array"):
+    model.encode_image(np.zeros((32, 32, 3), np.float32))
+  with pytest.raises(ValueError, match="class_names must be a non-empty list"):
+    model.zero_shot(images, "red circle")

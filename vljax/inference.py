@@ -1,0 +1,151 @@
+"""Inference on a trained run: `vljax.load(workdir)` -> a Predictor.
+
+  model = vljax.load("runs/coca")
+  model.caption(["cat.png"], method="beam", beam_size=4)   # -> ["a red circle ..."]
+  model.zero_shot(images, ["red circle", "blue star"])      # -> (labels, probabilities)
+  model.score(images, ["a red circle", "a blue star"])      # -> [N_images, N_texts]
+
+Images are file paths or uint8 arrays ([H, W, 3] or [N, H, W, 3]); other sizes are resized
+(shorter side, then a center crop) to the size the model was trained at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from vljax import decode as decode_lib
+from vljax.data import pipeline, shapes, tokenizers
+from vljax.evals.runner import ModelRunner
+from vljax.evals.zeroshot import class_scores
+from vljax.models import get_model
+from vljax.models.two_tower import clamped_scale
+from vljax.parallel.mesh import make_mesh
+from vljax.parallel.sharding import replicated
+from vljax.train import checkpoint as ckpt_lib
+from vljax.train import setup
+
+ImageInput = str | os.PathLike | np.ndarray | Sequence[Any]
+PREDICT_CHUNK = 32
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """uint8 [H, W, 3] from an image file; a missing or undecodable file names itself."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"image file {path!r} does not exist")
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except (OSError, ValueError) as e:  # PIL raises UnidentifiedImageError (an OSError) on garbage
+    raise ValueError(f"cannot decode image file {path!r}: {e}") from e
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+  """Resize the shorter side to `size` (bicubic), then center-crop to size x size."""
+  h, w = image.shape[:2]
+  if (h, w) == (size, size):
+    return image
+  scale = size / min(h, w)
+  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+  im = Image.fromarray(image).resize((nw, nh), Image.BICUBIC)
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return np.asarray(im)[top:top + size, left:left + size]
+
+
+def load_images(images: ImageInput, size: int) -> np.ndarray:
+  """Paths / arrays -> uint8 [N, size, size, 3]."""
+  if isinstance(images, (str, os.PathLike)):
+    images = [images]
+  elif isinstance(images, np.ndarray) and images.ndim == 3:
+    images = [images]
+  out = []
+  for i, item in enumerate(images):
+    array = read_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
+    if array.ndim == 2:
+      array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+      raise ValueError(f"image {i}: expected a file path or a uint8 array [H, W, 3], got "
+                       f"dtype {array.dtype} shape {array.shape}")
+    out.append(resize_square(array, size))
+  if not out:
+    raise ValueError("no images given")
+  return np.stack(out)
+
+
+class Predictor:
+  """A trained model with its tokenizer: embeddings, zero-shot labels, captions, image-text scores."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, params: Any, step: int):
+    self.cfg, self.step = cfg, step
+    self.tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
+    self.model = get_model(setup.resolve_model_config(cfg, self.tokenizer))
+    self.image_size, self.max_len = cfg.data.image_size, cfg.data.max_len
+    self.mesh = make_mesh({"data": -1})
+    # Inference batches are small: a modest chunk keeps a single image from paying for 256.
+    chunk = min(cfg.eval_batch_size, PREDICT_CHUNK)
+    self.runner = ModelRunner(self.model, self.mesh, chunk, self.tokenizer, self.image_size)
+    self.params = jax.device_put(params, replicated(self.mesh))
+
+  def _images(self, images: ImageInput) -> np.ndarray:
+    return pipeline.preprocess_images(load_images(images, self.image_size))
+
+  def _tokens(self, texts: str | Sequence[str]) -> np.ndarray:
+    return self.tokenizer.encode([texts] if isinstance(texts, str) else list(texts), self.max_len)
+
+  def encode_image(self, images: ImageInput) -> np.ndarray:
+    """L2-normalised image embeddings [N, E] (models with contrastive embeddings)."""
+    with jax.set_mesh(self.mesh):
+      return self.runner.images(self.params, self._images(images))
+
+  def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
+    """L2-normalised text embeddings [N, E] (models with contrastive embeddings)."""
+    with jax.set_mesh(self.mesh):
+      return self.runner.texts(self.params, self._tokens(texts))
+
+  def score(self, images: ImageInput, texts: str | Sequence[str], scoring: str = "auto") -> np.ndarray:
+    """[N_images, N_texts]: embedding cosine, or log p(text | image) for captioning-only models."""
+    with jax.set_mesh(self.mesh):
+      return self.runner.similarity(self.params, self._images(images), self._tokens(texts), scoring)
+
+  def zero_shot(self, images: ImageInput, class_names: Sequence[str],
+                templates: Sequence[str] | None = None, scoring: str = "auto") -> tuple[list[str], np.ndarray]:
+    """(predicted class name per image, probabilities [N, C]); templates default to the training world's."""
+    if isinstance(class_names, str) or not class_names:
+      raise ValueError(f"class_names must be a non-empty list of names, got {class_names!r}")
+    if templates is None:
+      templates = shapes.PROMPT_TEMPLATES if self.cfg.data.name == "shapes" else ("a photo of a {}.",)
+    prompts = [shapes.fill_prompt(t, c) for c in class_names for t in templates]
+    with jax.set_mesh(self.mesh):
+      scores = class_scores(self.runner, self.params, self._images(images), self._tokens(prompts),
+                            len(templates), scoring)
+    if self.runner.resolve_scoring(scoring) == "embedding":  # cosines -> logits at the learned temperature
+      scores = scores * float(clamped_scale(self.params["t"], getattr(self.model, "max_logit_scale", 100.0)))
+    probs = np.asarray(jax.nn.softmax(scores, axis=-1))
+    return [class_names[i] for i in np.argmax(scores, axis=1)], probs
+
+  def caption(self, images: ImageInput, seed: int = 0, **decode_options: Any) -> list[str]:
+    """Generated captions; options as vljax.decode.DecodeOptions (method, beam_size, top_p, ...)."""
+    decode_options.setdefault("max_len", self.max_len - 1)
+    options = decode_lib.DecodeOptions.from_kwargs(**decode_options)
+    with jax.set_mesh(self.mesh):
+      captions, _ = self.runner.caption(self.params, self._images(images), options, jax.random.PRNGKey(seed))
+    return captions
+
+
+def load(workdir: str, step: int | None = None) -> Predictor:
+  """The model trained in `workdir` (its config.json and latest checkpoint, or `step`)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"vljax.load: {path!r} does not exist; is {workdir!r} a vljax workdir?")
+  with open(path) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  params, step = ckpt_lib.load_params(workdir, step, purpose="vljax.load")
+  return Predictor(cfg, params, step)
