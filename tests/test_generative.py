@@ -195,3 +195,9 @@ def test_coca_config_errors(bad, match):
 def test_cappa_config_errors():
   with pytest.raises(ValueError, match="parallel_fraction must be in"):
     get_model(model_cfg("cappa", parallel_fraction=1.5))
+
+
+def test_decode_benchmark_paths_agree():
+  from vljax.bench import decode as bench
+  result = bench.run("configs/coca_shapes.py", batch=2, tokens=4, repeats=1)
+  assert result["same_tokens"] and result["cached_s"] > 0 and result["recompute_s"] > 0
