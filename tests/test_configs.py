@@ -36,3 +36,7 @@ def test_recipe_builds(path):
   assert count > 0
   if os.path.basename(path) == "clip_vit_b16.py":
     assert 120e6 < count < 160e6, count  # ViT-B/16 (86M) + 12-layer 512-wide text tower (~38M)
+  if os.path.basename(path) == "coca_vit_b16.py":
+    # CoCa-Base (383M with its 64k vocabulary) less the two 64k x 768 embedding tables: on the
+    # shapes vocabulary, ViT-B/16 86M + poolers 14M + 12 unimodal 85M + 12 multimodal 114M layers.
+    assert 280e6 < count < 320e6, count

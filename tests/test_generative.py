@@ -201,3 +201,22 @@ def test_decode_benchmark_paths_agree():
   from vljax.bench import decode as bench
   result = bench.run("configs/coca_shapes.py", batch=2, tokens=4, repeats=1)
   assert result["same_tokens"] and result["cached_s"] > 0 and result["recompute_s"] > 0
+
+
+def test_prompts_of_unequal_length_continue_as_if_each_ran_alone():
+  from vljax.data import prompts
+  tok = tokenizers.get_tokenizer("shapes")
+  model = get_model(dict(name="lm", text=dict(variant="mu", vocab_size=128, max_len=24)))
+  questions = ["what color is the circle?", "how many objects are there?", "is there a star?",
+               "what is to the left of the red square?"]
+  ids, lengths = prompts.prompt_ids(tok, [[prompts.vqa_chunk(q, image=False)] for q in questions], 16)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), text=jnp.asarray(ids))["params"])
+  mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  options = decode_lib.DecodeOptions(max_len=6, min_len=6)  # no early <eoc>: compare all 6 tokens
+  with jax.set_mesh(mesh):
+    runner = ModelRunner(model, mesh, chunk=4, tokenizer=tok, image_size=IMG)
+    together = runner.generate(params, None, ids, lengths, options)
+    alone = [runner.generate(params, None, ids[i:i + 1, :n], lengths[i:i + 1], options)[0]
+             for i, n in enumerate(lengths)]
+  assert together == alone
+  assert len(set(together)) > 1  # the continuations depend on the prompts

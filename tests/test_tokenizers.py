@@ -109,7 +109,7 @@ def test_decode_stops_at_eos_and_skips_specials():
 
 def test_shapes_tokenizer_words_punctuation_and_unknowns():
   tok = ShapesTokenizer()
-  assert tok.vocab_size == len(shapes.VOCAB) + 4
+  assert tok.vocab_size == len(shapes.VOCAB) + 4 + 2  # + <pad> <bos> <eos> <unk>, + <image> <eoc>
   a, b = tok.encode(["A photo of a red circle.", "a photo of a red circle"], 12)
   np.testing.assert_array_equal(a, b)
   ids = tok.encode(["what color is the circle? zebra"], 12)[0]
@@ -123,14 +123,27 @@ def test_shapes_tokenizer_words_punctuation_and_unknowns():
 
 def test_special_ids_of_each_backend(sp_model, sp_t5_model, hf_wordlevel, hf_bpe_no_specials):
   sp = SentencePieceTokenizer(sp_model)  # no pad in the model: everything shifts by one
-  assert (sp.bos_id, sp.eos_id, sp.vocab_size) == (2, 3, 61)
+  assert (sp.bos_id, sp.eos_id, sp.vocab_size) == (2, 3, 61 + 2)  # + <image> <eoc> after all others
+  assert (sp.image_id, sp.eoc_id) == (61, 62)
   t5 = SentencePieceTokenizer(sp_t5_model)  # pad 0 already; bos appended
-  assert (t5.eos_id, t5.bos_id, t5.vocab_size) == (1, 60, 61)
+  assert (t5.eos_id, t5.bos_id, t5.vocab_size) == (1, 60, 63)
   hf = HuggingFaceTokenizer(hf_wordlevel)
-  assert (hf.bos_id, hf.eos_id) == (2, 3) and hf.vocab_size == hf.tok.get_vocab_size()
+  assert (hf.bos_id, hf.eos_id) == (2, 3) and hf.vocab_size == hf.tok.get_vocab_size() + 2
   bpe = HuggingFaceTokenizer(hf_bpe_no_specials)
   n = bpe.tok.get_vocab_size()
-  assert (bpe.bos_id, bpe.eos_id, bpe.vocab_size) == (n + 1, n + 2, n + 3)
+  assert (bpe.bos_id, bpe.eos_id, bpe.vocab_size) == (n + 1, n + 2, n + 5)
+
+
+def test_image_and_end_of_chunk_tokens_in_every_backend(sp_model, hf_bpe_no_specials):
+  text = "<image> a red circle<eoc><image> a blue star"
+  for tok in (ShapesTokenizer(), SentencePieceTokenizer(sp_model), HuggingFaceTokenizer(hf_bpe_no_specials)):
+    ids = tok.encode([text], 32)[0].tolist()
+    assert ids[1] == tok.image_id and ids.count(tok.image_id) == 2 and ids.count(tok.eoc_id) == 1, type(tok)
+    assert max(ids) < tok.vocab_size
+    decoded = tok.decode([ids])[0]
+    assert decoded.startswith("<image> ") and decoded.count("<image>") == 2 and "<eoc>" in decoded, decoded
+  assert ShapesTokenizer().decode(ShapesTokenizer().encode([text], 32)) == [
+      "<image> a red circle <eoc> <image> a blue star"]
 
 
 def test_get_tokenizer_specs_and_errors(sp_model, hf_wordlevel, tmp_path):

@@ -16,7 +16,8 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name="two_tower")
   c.objectives = {"softmax_contrastive": 1.0}
   c.loss_impl = "gather"               # "gather" (XLA collectives) or "shard_map" (all-gather / ring)
-  c.data = dict(name="shapes", image_size=64, max_len=24, caption_noise=0.0, tokenizer="shapes",
+  c.data = dict(name="shapes", format="caption", vqa_fraction=0.5, image_size=64, max_len=24,
+                caption_noise=0.0, tokenizer="shapes",
                 min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0)
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1

@@ -85,10 +85,15 @@ class DecodeResult:
   lengths: jax.Array  # int32 [B]: generated tokens, EOS included
 
 
-def decode(step_fn: StepFn, cache: Any, batch_size: int, *, bos_id: int, eos_id: int, pad_id: int,
+def decode(step_fn: StepFn, cache: Any, batch_size: int, *, bos_id: int | jax.Array, eos_id: int, pad_id: int,
            options: DecodeOptions, rng: jax.Array | None = None,
            return_all_beams: bool = False) -> DecodeResult:
-  """Decode `batch_size` sequences from BOS with `options.method`; see the module docstring."""
+  """Decode `batch_size` sequences with `options.method`; see the module docstring.
+
+  bos_id: the token fed at index 0, one id for all or int32 [batch_size] (e.g. each prompt's last
+  token, when the step fn maps index 0 to that prompt's own position).
+  """
+  bos_id = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (batch_size,))
   sizes = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(cache)}
   if sizes - {batch_size}:
     raise ValueError(f"decode: every cache leaf needs a leading batch axis of batch_size={batch_size}; "
@@ -143,7 +148,7 @@ def _sample(logp: jax.Array, key: jax.Array, options: DecodeOptions) -> jax.Arra
   return jax.random.categorical(key, logits, axis=-1)
 
 
-def _token_loop(step_fn: StepFn, cache: Any, batch_size: int, bos_id: int, eos_id: int, pad_id: int,
+def _token_loop(step_fn: StepFn, cache: Any, batch_size: int, bos_id: jax.Array, eos_id: int, pad_id: int,
                 options: DecodeOptions, pick: Callable) -> DecodeResult:
   """Greedy or sampling: one sequence per example until every one has emitted EOS or max_len."""
   def body(state):
@@ -159,7 +164,7 @@ def _token_loop(step_fn: StepFn, cache: Any, batch_size: int, bos_id: int, eos_i
     return (state[0] < options.max_len) & ~jnp.all(state[-1])
 
   b = batch_size
-  state = (jnp.int32(0), jnp.full((b,), bos_id, jnp.int32), cache,
+  state = (jnp.int32(0), bos_id, cache,
            jnp.full((b, options.max_len), pad_id, jnp.int32), jnp.zeros((b,), jnp.float32),
            jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
   _, _, _, tokens, scores, lengths, _ = lax.while_loop(cond, body, state)
@@ -186,7 +191,7 @@ def _beams_settled(alive_logp: jax.Array, finished_scores: jax.Array, max_penalt
   return jnp.max(alive_logp, axis=1) / max_penalty <= finished_scores[:, -1]
 
 
-def _beam_search(step_fn: StepFn, cache: Any, batch_size: int, bos_id: int, eos_id: int, pad_id: int,
+def _beam_search(step_fn: StepFn, cache: Any, batch_size: int, bos_id: jax.Array, eos_id: int, pad_id: int,
                  options: DecodeOptions, return_all: bool) -> DecodeResult:
   """Beam search over K alive (no EOS yet) and K finished beams per example, best finished first."""
   b, k, max_len = batch_size, options.beam_size, options.max_len
@@ -218,7 +223,7 @@ def _beam_search(step_fn: StepFn, cache: Any, batch_size: int, bos_id: int, eos_
 
   first = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)  # K copies of BOS: expand only the first
   state = (jnp.int32(0), jnp.full((b, k, max_len), pad_id, jnp.int32), jnp.tile(first, (b, 1)),
-           jnp.full((b, k), bos_id, jnp.int32), jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache),
+           jnp.repeat(bos_id[:, None], k, axis=1), jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache),
            jnp.full((b, k, max_len), pad_id, jnp.int32), jnp.full((b, k), NEG_INF, jnp.float32),
            jnp.zeros((b, k), jnp.int32))
   *_, tokens, scores, lengths = lax.while_loop(cond, body, state)

@@ -15,7 +15,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from vljax.data import shapes
+from vljax.data import prompts, shapes
 from vljax.data.tokenizers import Tokenizer
 
 DATASETS = ("shapes",)
@@ -41,23 +41,50 @@ def make_world(data_cfg: Mapping[str, Any], seed: int) -> shapes.ShapesWorld:
                             max_objects=data_cfg.get("max_objects", 3))
 
 
-class _Collate:
-  """Examples -> {"image": float32[b, H, W, 3], "text": int32[b, L]}; picklable for workers."""
+FORMATS = ("caption", "lm", "vlm")
 
-  def __init__(self, tokenizer: Tokenizer, max_len: int):
-    self.tokenizer, self.max_len = tokenizer, max_len
+
+class _Collate:
+  """Examples -> a batch of the data format (see `batch_ndims`); picklable for workers.
+
+  "caption": {"image": float32[b, H, W, 3], "text": int32[b, L]} (image-caption pairs);
+  "lm": {"image", "text", "loss_mask"}: caption and question-answer chunks without images;
+  "vlm": {"image": float32[b, 1, H, W, 3], "text", "loss_mask"}: one image and its chunk.
+  """
+
+  def __init__(self, tokenizer: Tokenizer, max_len: int, data_format: str = "caption"):
+    self.tokenizer, self.max_len, self.format = tokenizer, max_len, data_format
 
   def __call__(self, examples: Sequence[dict]) -> dict[str, np.ndarray]:
-    images = np.stack([ex["image"] for ex in examples])
-    text = self.tokenizer.encode([ex["caption"] for ex in examples], self.max_len)
-    return {"image": preprocess_images(images), "text": text}
+    images = preprocess_images(np.stack([ex["image"] for ex in examples]))
+    if self.format == "caption":
+      return {"image": images, "text": self.tokenizer.encode([ex["caption"] for ex in examples], self.max_len)}
+    with_image = self.format == "vlm"
+    chunks = [[prompts.vqa_chunk(ex["question"], ex["answer"], with_image) if "question" in ex
+               else prompts.caption_chunk(ex["caption"], with_image)] for ex in examples]
+    text, loss_mask = prompts.encode_chunks(self.tokenizer, chunks, self.max_len)
+    return {"image": images[:, None] if with_image else images, "text": text, "loss_mask": loss_mask}
+
+
+def batch_ndims(data_format: str) -> dict[str, int]:
+  """Rank of each array in a batch of `data_format`: what the train step's shardings follow."""
+  check_format(data_format)
+  if data_format == "caption":
+    return {"image": 4, "text": 2}
+  return {"image": 5 if data_format == "vlm" else 4, "text": 2, "loss_mask": 2}
+
+
+def check_format(data_format: str) -> None:
+  if data_format not in FORMATS:
+    raise ValueError(f"Unknown data.format {data_format!r}; valid: {list(FORMATS)}")
 
 
 def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, global_batch_size: int,
                        seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """This host's infinite stream of training batches; `iter()` it and checkpoint the iterator.
 
-  data_cfg keys: name ("shapes"), image_size (64), max_len (24), caption_noise (0.0),
+  data_cfg keys: name ("shapes"), format ("caption", "lm", "vlm": see _Collate), vqa_fraction (0.5:
+  the share of question-answer chunks in "lm" / "vlm"), image_size (64), max_len (24), caption_noise (0.0),
   min_objects/max_objects (1/3), num_threads (2), prefetch (4 batches), workers (0 = threads
   only; > 0 renders in that many processes).
   """
@@ -68,10 +95,13 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
                      f"process_count={process_count}.")
   local_batch = global_batch_size // process_count
   world = make_world(data_cfg, seed)
-  ds = grain.MapDataset.source(shapes.ShapesSource(world, "train"))
+  data_format = data_cfg.get("format", "caption")
+  check_format(data_format)
+  vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if data_format != "caption" else 0.0
+  ds = grain.MapDataset.source(shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction))
   ds = ds[process_index::process_count]
   ds = ds.batch(local_batch, drop_remainder=True,
-                batch_fn=_Collate(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN)))
+                batch_fn=_Collate(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), data_format))
   read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=data_cfg.get("prefetch", 4))
   it_ds = ds.to_iter_dataset(read_options)

@@ -4,7 +4,8 @@ Every example is drawn from `np.random.default_rng([seed, stream, index])`, so i
 random access, infinite, identical on every host and checkpointable as an index.
 Splits are separate rng streams (the stream id is part of the seed), not index ranges:
 `train` is stream 0, `eval` 1, and the evaluation tasks have their own held-out
-streams (zero-shot 2, binding 3, VQA 4, caption references 5). All of them cover every index.
+streams (zero-shot 2, binding 3, VQA 4, caption references 5); VQA training pairs
+(for language-model training and few-shot support examples) are stream 6. All of them cover every index.
 
 An image is a low-contrast gray texture with pixel noise and 1-3 flat-colored objects,
 each a shape x color x size in a distinct cell of a 3x3 grid. Captions are lowercase
@@ -41,7 +42,7 @@ POSITIONS = (
     ("bottom left", "bottom", "bottom right"),
 )
 SPLITS = {"train": 0, "eval": 1}
-_ZEROSHOT_STREAM, _BINDING_STREAM, _VQA_STREAM, _CAPTION_STREAM = 2, 3, 4, 5
+_ZEROSHOT_STREAM, _BINDING_STREAM, _VQA_STREAM, _CAPTION_STREAM, _VQA_TRAIN_STREAM = 2, 3, 4, 5, 6
 
 PROMPT_TEMPLATES = (
     "a {}.",
@@ -108,6 +109,7 @@ _QUESTIONS = (
     "what is to the left of the {}?",
 )
 
+PROMPT_WORDS = "question answer caption"  # the words of vljax.data.prompts' formats
 MAX_CAPTION_WORDS = 22  # longest caption the world can produce; max_len = 24 holds any with BOS/EOS
 
 
@@ -122,7 +124,7 @@ def _build_vocab() -> tuple[str, ...]:
   texts += [*PROMPT_TEMPLATES, *_ONE_OBJECT_TEMPLATES, *_TWO_OBJECT_TEMPLATES, *_THREE_OBJECT_PREFIXES]
   texts += ["in the at on and is"]
   texts += [*_NOISE_TEMPLATES, *(w for ws in _NOISE_FILLERS.values() for w in ws)]
-  texts += [*_QUESTIONS, *NUMBERS, "yes no"]
+  texts += [*_QUESTIONS, *NUMBERS, "yes no", PROMPT_WORDS]
   vocab: dict[str, None] = {}
   for text in texts:
     vocab.update(dict.fromkeys(split_words(text)))
@@ -376,10 +378,12 @@ class ShapesWorld:
                 attribute_swapped=caption(swapped_a, swapped_b, rel),
                 relation_swapped=caption(a, b, _OPPOSITE[rel]), objects=[a, b])
 
-  def vqa_example(self, index: int) -> dict:
+  def vqa_example(self, index: int, split: str = "eval") -> dict:
     """dict(image, question, answer, question_type, objects); types cycle with the index and
     "is there" answers alternate yes/no, so any index range is balanced."""
-    rng = self._rng(_VQA_STREAM, index)
+    if split not in SPLITS:
+      raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
+    rng = self._rng(_VQA_STREAM if split == "eval" else _VQA_TRAIN_STREAM, index)
     qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
     if qtype == "left_of":
       row_a, row_b = rng.integers(3, size=2)
@@ -410,17 +414,27 @@ class ShapesWorld:
 class ShapesSource:
   """grain random-access source over one split of a world: {"image": uint8, "caption": str}."""
 
-  def __init__(self, world: ShapesWorld, split: str = "train", length: int = 2**31 - 1):
+  def __init__(self, world: ShapesWorld, split: str = "train", length: int = 2**31 - 1,
+               vqa_fraction: float = 0.0):
     if split not in SPLITS:
       raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
-    self.world, self.split, self._length = world, split, length
+    if not 0.0 <= vqa_fraction <= 1.0:
+      raise ValueError(f"vqa_fraction={vqa_fraction} must be a fraction in [0, 1].")
+    self.world, self.split, self._length, self.vqa_fraction = world, split, length, vqa_fraction
 
   def __len__(self) -> int:
     return self._length
 
   def __getitem__(self, index: int) -> dict:
-    ex = self.world.example(int(index), self.split)
+    """{"image", "caption"}, or with probability vqa_fraction {"image", "question", "answer"}."""
+    index = int(index)
+    # The choice is a pure function of the index too, so resumed runs see the same stream.
+    if self.vqa_fraction and np.random.default_rng([self.world.seed, 7, index]).random() < self.vqa_fraction:
+      ex = self.world.vqa_example(index, self.split)
+      return {"image": ex["image"], "question": ex["question"], "answer": ex["answer"]}
+    ex = self.world.example(index, self.split)
     return {"image": ex["image"], "caption": ex["caption"]}
 
   def __repr__(self) -> str:
-    return f"ShapesSource(seed={self.world.seed}, split={self.split!r}, image_size={self.world.image_size})"
+    return (f"ShapesSource(seed={self.world.seed}, split={self.split!r}, image_size={self.world.image_size}, "
+            f"vqa_fraction={self.vqa_fraction})")

@@ -8,7 +8,9 @@ has exactly one EOS and it is the last non-pad token: "last-token" pooling can u
 Backends: `ShapesTokenizer` (word level over the shapes world's `VOCAB`),
 `SentencePieceTokenizer` (a `.model` file) and `HuggingFaceTokenizer` (a `tokenizer.json`).
 Models whose own vocabulary uses id 0 for something other than padding are shifted up by
-one, and BOS/EOS ids are appended when the model has none; `vocab_size` counts them all.
+one, and BOS/EOS ids are appended when the model has none. Every tokenizer also has the
+`SPECIAL_TOKENS` ("<image>" marks where an image goes in interleaved text, "<eoc>" ends a
+chunk) as single ids after all others; `vocab_size` counts them all.
 `get_tokenizer(spec)` builds one from a config string.
 """
 
@@ -24,6 +26,10 @@ import numpy as np
 from vljax.data import shapes
 
 
+SPECIAL_TOKENS = ("<image>", "<eoc>")
+_SPECIAL_SPLIT = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")
+
+
 class Tokenizer(abc.ABC):
   """Texts <-> int32 id rows in the `[BOS] ... [EOS] [PAD]...` layout."""
 
@@ -31,6 +37,31 @@ class Tokenizer(abc.ABC):
   pad_id: int = 0
   bos_id: int
   eos_id: int
+  special_ids: dict[str, int]  # SPECIAL_TOKENS -> id
+
+  def _add_special_tokens(self, first_id: int) -> None:
+    """Give SPECIAL_TOKENS the ids first_id, first_id + 1, ... and count them in vocab_size."""
+    self.special_ids = {t: first_id + i for i, t in enumerate(SPECIAL_TOKENS)}
+    self._special_text = {i: t for t, i in self.special_ids.items()}
+    self.vocab_size = first_id + len(SPECIAL_TOKENS)
+
+  @property
+  def image_id(self) -> int:
+    return self.special_ids["<image>"]
+
+  @property
+  def eoc_id(self) -> int:
+    return self.special_ids["<eoc>"]
+
+  def content_ids(self, text: str) -> list[int]:
+    """Ids of the text without BOS/EOS; special tokens become their single ids."""
+    ids = []
+    for part in _SPECIAL_SPLIT.split(text):
+      if part in self.special_ids:
+        ids.append(self.special_ids[part])
+      elif part.strip():
+        ids.extend(self._content_ids(part))
+    return ids
 
   @abc.abstractmethod
   def _content_ids(self, text: str) -> list[int]:
@@ -48,7 +79,7 @@ class Tokenizer(abc.ABC):
       raise ValueError(f"max_len={max_len} leaves no room for BOS and EOS; use max_len >= 2.")
     out = np.full((len(texts), max_len), self.pad_id, np.int32)
     for row, text in enumerate(texts):
-      ids = [self.bos_id, *self._content_ids(text)[:max_len - 2], self.eos_id]
+      ids = [self.bos_id, *self.content_ids(text)[:max_len - 2], self.eos_id]
       out[row, :len(ids)] = ids
     return out
 
@@ -61,13 +92,18 @@ class Tokenizer(abc.ABC):
       raise ValueError(f"decode takes ids of shape [B, L] or [L], got shape {ids.shape}.")
     texts = []
     for row in ids.tolist():
-      content = []
+      pieces, content = [], []
       for i in row:
         if i == self.eos_id:
           break
-        if i not in (self.bos_id, self.pad_id):
+        if i in self._special_text:
+          pieces += [self._content_text(content)] if content else []
+          pieces.append(self._special_text[i])
+          content = []
+        elif i not in (self.bos_id, self.pad_id):
           content.append(i)
-      texts.append(self._content_text(content))
+      pieces += [self._content_text(content)] if content else []
+      texts.append(" ".join(pieces))
     return texts
 
 
@@ -78,14 +114,14 @@ class ShapesTokenizer(Tokenizer):
     self.pad_id, self.bos_id, self.eos_id, self.unk_id = 0, 1, 2, 3
     self.words = ("<pad>", "<bos>", "<eos>", "<unk>", *vocab)
     self._ids = {w: i for i, w in enumerate(self.words)}
-    self.vocab_size = len(self.words)
+    self._add_special_tokens(len(self.words))
 
   def _content_ids(self, text: str) -> list[int]:
     # Same word split as the world's VOCAB, so "circle." and "circle" are one token.
     return [self._ids.get(w, self.unk_id) for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9.,?!;:]+", text.lower())]
 
   def _content_text(self, ids: list[int]) -> str:
-    return " ".join(self.words[i] if 0 <= i < self.vocab_size else "<unk>" for i in ids)
+    return " ".join(self.words[i] if 0 <= i < len(self.words) else "<unk>" for i in ids)
 
 
 def _check_file(path: str, what: str) -> None:
@@ -128,7 +164,8 @@ class SentencePieceTokenizer(Tokenizer):
 
     self._map = _ShiftedVocab(self.sp.get_piece_size(), special(self.sp.pad_id()),
                               special(self.sp.bos_id()), special(self.sp.eos_id()))
-    self.vocab_size, self.bos_id, self.eos_id = self._map.vocab_size, self._map.bos_id, self._map.eos_id
+    self.bos_id, self.eos_id = self._map.bos_id, self._map.eos_id
+    self._add_special_tokens(self._map.vocab_size)
 
   def _content_ids(self, text: str) -> list[int]:
     return [i + self._map.shift for i in self.sp.encode(text)]
@@ -164,7 +201,8 @@ class HuggingFaceTokenizer(Tokenizer):
 
     self._map = _ShiftedVocab(self.tok.get_vocab_size(with_added_tokens=True), special(_HF_PAD),
                               special(_HF_BOS), special(_HF_EOS))
-    self.vocab_size, self.bos_id, self.eos_id = self._map.vocab_size, self._map.bos_id, self._map.eos_id
+    self.bos_id, self.eos_id = self._map.bos_id, self._map.eos_id
+    self._add_special_tokens(self._map.vocab_size)
 
   def _content_ids(self, text: str) -> list[int]:
     # Our layout adds BOS/EOS; the file's own post-processor must not add more.

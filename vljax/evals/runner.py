@@ -165,6 +165,47 @@ class ModelRunner:
     return self.tokenizer.decode(result.tokens), result.scores
 
 
+  @functools.lru_cache(maxsize=8)
+  def _generate_fn(self, options: decode_lib.DecodeOptions, prompt_len: int):
+    tok = self.tokenizer
+
+    def generate(params, images, ids, lengths, rng):
+      with nn.logical_axis_rules(LOGICAL_RULES):
+        memory = None
+        if hasattr(self.model, "encode_image"):
+          memory = self.model.apply({"params": params}, images, method="encode_image")["memory"]
+        cache = decoder.init_cache(self.model, params, memory, prompt_len + options.max_len, ids.shape[0])
+        cache = decoder.prefill(self.model, params, cache, memory, ids)
+        # Step 0 feeds each prompt's last token at its own position; generation continues from there.
+        start = lengths - 1
+        first = jnp.take_along_axis(ids, start[:, None], axis=1)[:, 0]
+        return decode_lib.decode(decoder.make_prompted_step_fn(self.model, params, start), cache, ids.shape[0],
+                                 bos_id=first, eos_id=tok.eoc_id, pad_id=tok.pad_id, options=options, rng=rng)
+    return jax.jit(generate)
+
+  def generate(self, params, images: np.ndarray | None, prompt_ids: np.ndarray, prompt_lengths: np.ndarray,
+               options: decode_lib.DecodeOptions, rng: jax.Array | None = None) -> list[str]:
+    """Continuations of prompts (vljax.data.prompts.prompt_ids) up to <eoc>, as text without the prompt.
+
+    images: preprocessed [N, M, H, W, 3], the M images of each prompt in <image> order (None for a
+    text-only language model).
+    """
+    self._require("generation", self.generative, "a caption decoder")
+    options.validate()
+    prompt_len = prompt_ids.shape[1]
+    if prompt_len + options.max_len > self.max_text_len:
+      raise ValueError(f"prompt length {prompt_len} + decode max_len={options.max_len} exceeds the model's "
+                       f"text max_len {self.max_text_len}")
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    fn = self._generate_fn(options, prompt_len)
+    images = np.zeros((len(prompt_ids), 1), np.float32) if images is None else images
+    tokens = self._chunked(lambda x, i, n: fn(params, x, i, n, rng).tokens, images, prompt_ids,
+                           np.asarray(prompt_lengths, np.int32))
+    # Everything from <eoc> on is not part of the answer.
+    tokens = np.where(np.cumsum(tokens == self.tokenizer.eoc_id, axis=1) > 0, self.tokenizer.pad_id, tokens)
+    return self.tokenizer.decode(tokens)
+
+
 def eval_images(examples: list[dict]) -> np.ndarray:
   """The examples' uint8 images, stacked and normalised as in training."""
   return preprocess_images(np.stack([e["image"] for e in examples]))

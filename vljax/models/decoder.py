@@ -6,7 +6,8 @@ Generative models (CoCa, CapPa, ...) expose three methods besides `__call__`:
   caption_logits(memory, ids)                 -> float32 [B, L, vocab], teacher-forced, causal
   decode_step(ids, memory, decode_index)      -> float32 [B, T, vocab], reading and writing the
                                                  "cache" collection (keys/values of every layer)
-`init_cache` and `make_step_fn` below turn them into what `vljax.decode.decode` drives.
+`init_cache` and `make_step_fn` below turn them into what `vljax.decode.decode` drives;
+`prefill` and `make_prompted_step_fn` continue prompts of unequal lengths.
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ def token_log_probs(logits: jax.Array, ids: jax.Array, pad_id: int) -> jax.Array
   return jnp.sum(jnp.where(targets != pad_id, picked, 0.0), axis=1)
 
 
-def init_cache(model: nn.Module, params: Any, memory: jax.Array, cache_len: int) -> Any:
-  """A fresh KV cache for `memory`'s batch: self-attention slots for `cache_len` positions,
-  cross-attention keys/values of `memory` computed once."""
-  ids = jnp.zeros((memory.shape[0], cache_len), jnp.int32)
+def init_cache(model: nn.Module, params: Any, memory: jax.Array | None, cache_len: int,
+               batch_size: int | None = None) -> Any:
+  """A fresh KV cache: self-attention slots for `cache_len` positions, cross-attention keys/values
+  of `memory` computed once (a text-only model has no memory: give batch_size)."""
+  ids = jnp.zeros((memory.shape[0] if memory is not None else batch_size, cache_len), jnp.int32)
   _, variables = model.apply({"params": params}, ids, memory, decode_index=jnp.zeros((), jnp.int32),
                              method="decode_step", mutable=["cache"])
   return variables["cache"]
@@ -102,6 +104,22 @@ def make_step_fn(model: nn.Module, params: Any) -> Callable:
   def step_fn(tokens, cache, index):
     logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], None,
                                     decode_index=index, method="decode_step", mutable=["cache"])
+    return logits[:, 0], variables["cache"]
+  return step_fn
+
+
+def prefill(model: nn.Module, params: Any, cache: Any, memory: jax.Array | None, ids: jax.Array) -> Any:
+  """Writes prompt ids [B, P] into cache slots 0..P-1 (one pass, causal within the prompt)."""
+  _, variables = model.apply({"params": params, "cache": cache}, ids, memory,
+                             decode_index=jnp.zeros((), jnp.int32), method="decode_step", mutable=["cache"])
+  return variables["cache"]
+
+
+def make_prompted_step_fn(model: nn.Module, params: Any, start: jax.Array) -> Callable:
+  """step_fn continuing prompts: step i of sequence b sits at position start[b] + i."""
+  def step_fn(tokens, cache, index):
+    logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], None,
+                                    decode_index=start + index, method="decode_step", mutable=["cache"])
     return logits[:, 0], variables["cache"]
   return step_fn
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vljax.models import cappa, coca, two_tower
+from vljax.models import cappa, coca, lm, two_tower
 
 TRAIN_FLOPS_FACTOR = 3.0
 
@@ -110,4 +110,8 @@ def model_flops_per_example(model_cfg: Any, image_size: int) -> float:
     img = c["image"]
     return vit_flops(img, image_size) + cross_decoder_flops(c["text"], c["text"]["depth"],
                                                             _image_tokens(img, image_size), img["width"])
-  raise ValueError(f"FLOPs are not known for model name {name!r}; known: two_tower, coca, cappa")
+  if name == "lm":
+    t = lm.resolve_config(cfg)["text"]
+    return encoder_flops(t["max_len"], t["width"], t["mlp_dim"], t["depth"]) + 2 * t["max_len"] * t["width"] * t[
+        "vocab_size"]
+  raise ValueError(f"FLOPs are not known for model name {name!r}; known: two_tower, coca, cappa, lm")

@@ -166,12 +166,21 @@ class MultiHeadAttention(nn.Module):
     if not initialized:  # the creating call: shapes only, attend causally within the input
       causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
       return k, v, causal if mask is None else mask & causal
-    start = (0, index, 0, 0)
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
     max_len = cached_k.value.shape[1]
-    query_pos = index + jnp.arange(length)
-    visible = (jnp.arange(max_len)[None, :] <= query_pos[:, None])[None, None]  # [1, 1, T, max_len]
+    slots = jnp.arange(max_len)
+    if jnp.ndim(index) == 0:  # every sequence at the same position: write a [B, T] block
+      start = (0, index, 0, 0)
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+      query_pos = index + jnp.arange(length)
+      visible = (slots[None, :] <= query_pos[:, None])[None, None]  # [1, 1, T, max_len]
+    else:  # index [B]: each sequence at its own position (prompts of unequal lengths), one token
+      if length != 1:
+        raise ValueError(f"per-sequence decode positions take one token per step, got {length}")
+      here = (slots[None, :] == index[:, None])[:, :, None, None]  # [B, max_len, 1, 1]
+      cached_k.value = jnp.where(here, k.astype(cached_k.value.dtype), cached_k.value)
+      cached_v.value = jnp.where(here, v.astype(cached_v.value.dtype), cached_v.value)
+      visible = (slots[None, :] <= index[:, None])[:, None, None, :]  # [B, 1, 1, max_len]
     return cached_k.value, cached_v.value, visible if mask is None else mask & visible
 
 
@@ -285,10 +294,13 @@ class LearnedPosEmb(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
-    """x [B, L, width] gets rows offset..offset+L-1 (offset > 0 when decoding step by step)."""
+    """x [B, L, width] gets rows offset..offset+L-1 (offset > 0 when decoding step by step; an
+    offset [B] gives each sequence its own)."""
     _, length, width = x.shape
     if length > self.max_len:
       raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
     pe = self.param("pos_embedding", partitioned(nn.initializers.normal(0.02), ("length", "embed")),
                     (self.max_len, width), self.param_dtype)
+    if jnp.ndim(offset) == 1:
+      return x + pe[offset[:, None] + jnp.arange(length)].astype(x.dtype)
     return x + jax.lax.dynamic_slice_in_dim(pe, offset, length).astype(x.dtype)[None]

@@ -12,11 +12,13 @@ PAD_ID = 0  # every vljax tokenizer pads with 0 (vljax/data/tokenizers.py)
 
 
 def captioning_loss(logits: jnp.ndarray, ids: jnp.ndarray, *, pad_id: int = PAD_ID,
-                    label_smoothing: float = 0.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+                    label_smoothing: float = 0.0, loss_mask: jnp.ndarray | None = None
+                    ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(mean cross-entropy, token accuracy) over the real target tokens of the batch.
 
   logits [B, L, V] are the model's outputs on ids [B, L] ([BOS] first): position t predicts
   ids[:, t+1]. The mean is over tokens, not examples, so long captions weigh more, as usual.
+  `loss_mask` [B, L] (True = train this token) keeps prompts out of the loss.
   """
   chex.assert_rank(logits, 3)
   chex.assert_shape(ids, logits.shape[:2])
@@ -27,7 +29,11 @@ def captioning_loss(logits: jnp.ndarray, ids: jnp.ndarray, *, pad_id: int = PAD_
   nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   if label_smoothing:
     nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
-  real = (targets != pad_id).astype(jnp.float32)
+  real = targets != pad_id
+  if loss_mask is not None:
+    chex.assert_shape(loss_mask, ids.shape)
+    real = real & loss_mask[:, 1:]
+  real = real.astype(jnp.float32)
   count = jnp.maximum(jnp.sum(real), 1.0)
   correct = (jnp.argmax(logp, axis=-1) == targets).astype(jnp.float32)
   return jnp.sum(nll * real) / count, jnp.sum(correct * real) / count
@@ -36,10 +42,11 @@ def captioning_loss(logits: jnp.ndarray, ids: jnp.ndarray, *, pad_id: int = PAD_
 @register_objective("captioning")
 def captioning(outputs: dict, batch: dict, *, impl: str = "gather", label_smoothing: float = 0.0
                ) -> tuple[jnp.ndarray, dict]:
-  """Teacher-forced captioning on outputs caption_logits and batch["text"]."""
+  """Teacher-forced next-token loss on outputs caption_logits and batch["text"] (and "loss_mask")."""
   del impl  # XLA shards the token-level mean like any other reduction
   if "caption_logits" not in outputs:
     raise ValueError(f"objective 'captioning' needs model output 'caption_logits'; the model returned "
                      f"{sorted(outputs)} (use a generative model: coca, cappa)")
-  loss, accuracy = captioning_loss(outputs["caption_logits"], batch["text"], label_smoothing=label_smoothing)
+  loss, accuracy = captioning_loss(outputs["caption_logits"], batch["text"], label_smoothing=label_smoothing,
+                                   loss_mask=batch.get("loss_mask"))
   return loss, {"caption_token_acc": jax.lax.stop_gradient(accuracy)}

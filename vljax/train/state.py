@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from vljax.data import pipeline
 from vljax.parallel.sharding import LOGICAL_RULES, replicated
 from vljax.train.optim import split_frozen
 
@@ -23,8 +24,10 @@ class TrainState:
 
 
 def dummy_inputs(cfg, batch: int) -> dict:
+  """Model inputs shaped like the data format's batches (one image per sequence for "vlm")."""
   size = cfg.data.image_size
-  return dict(image=jnp.zeros((batch, size, size, 3), jnp.float32),
+  images = (batch, 1) if pipeline.batch_ndims(cfg.data.format)["image"] == 5 else (batch,)
+  return dict(image=jnp.zeros((*images, size, size, 3), jnp.float32),
               text=jnp.zeros((batch, cfg.data.max_len), jnp.int32))
 
 

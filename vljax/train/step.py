@@ -11,6 +11,7 @@ from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from vljax import objectives
+from vljax.data import pipeline
 from vljax.parallel.sharding import BATCH_AXES, LOGICAL_RULES, batch_sharding, replicated
 from vljax.train.optim import merge_params, split_frozen
 from vljax.train.state import TrainState
@@ -68,7 +69,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(trainable)}
     return new_state, metrics
 
-  batch_sh = {"image": batch_sharding(mesh, 4), "text": batch_sharding(mesh, 2)}
+  batch_sh = {k: batch_sharding(mesh, ndim) for k, ndim in pipeline.batch_ndims(cfg.data.format).items()}
   return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
 

@@ -1,0 +1,70 @@
+"""Text formats of the image-conditioned language models (Flamingo, LLaVA) and their LM.
+
+A chunk is one image and its text: "<image> caption: a red circle<eoc>" or
+"<image> question: what color is the circle? answer: red<eoc>". A sequence is one or more
+chunks (several for few-shot prompts); the loss trains only the target part of each chunk
+(the caption or answer and its <eoc>). The language model alone reads the same chunks
+without the "<image>".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from vljax.data.tokenizers import SPECIAL_TOKENS, Tokenizer
+
+IMAGE, EOC = SPECIAL_TOKENS  # "<image>", "<eoc>"
+
+
+def caption_chunk(caption: str | None = None, image: bool = True) -> tuple[str, str]:
+  """(prompt, target) of a caption chunk; target "" for a prompt to complete."""
+  prompt = f"{IMAGE} caption:" if image else "caption:"
+  return prompt, "" if caption is None else f" {caption}{EOC}"
+
+
+def vqa_chunk(question: str, answer: str | None = None, image: bool = True) -> tuple[str, str]:
+  """(prompt, target) of a question-answer chunk; target "" for a question to answer."""
+  prompt = f"{IMAGE} question: {question} answer:" if image else f"question: {question} answer:"
+  return prompt, "" if answer is None else f" {answer}{EOC}"
+
+
+def encode_chunks(tokenizer: Tokenizer, sequences: Sequence[Sequence[tuple[str, str]]], max_len: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(ids int32 [N, max_len], loss_mask bool [N, max_len]) of chunk sequences.
+
+  Rows are [BOS] chunk... [EOS] [PAD]...; loss_mask is True on target tokens (and the EOS after
+  a final target), so the loss never trains the prompt. A sequence that does not fit is an
+  error naming it: cutting it would silently drop an image or an answer.
+  """
+  ids = np.full((len(sequences), max_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(sequences), max_len), bool)
+  for row, chunks in enumerate(sequences):
+    tokens, targets = [tokenizer.bos_id], [False]
+    for prompt, target in chunks:
+      p, t = tokenizer.content_ids(prompt), tokenizer.content_ids(target) if target else []
+      tokens += p + t
+      targets += [False] * len(p) + [True] * len(t)
+    tokens.append(tokenizer.eos_id)
+    targets.append(bool(chunks) and bool(chunks[-1][1]))
+    if len(tokens) > max_len:
+      raise ValueError(f"sequence {row} needs {len(tokens)} tokens, more than max_len={max_len}: "
+                       f"{' '.join(p + t for p, t in chunks)!r}")
+    ids[row, :len(tokens)] = tokens
+    mask[row, :len(tokens)] = targets
+  return ids, mask
+
+
+def prompt_ids(tokenizer: Tokenizer, sequences: Sequence[Sequence[tuple[str, str]]], max_len: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """(ids [N, max_len], lengths [N]) of prompts to continue: [BOS] chunks, no EOS, right-padded."""
+  ids = np.full((len(sequences), max_len), tokenizer.pad_id, np.int32)
+  lengths = np.zeros(len(sequences), np.int32)
+  for row, chunks in enumerate(sequences):
+    tokens = [tokenizer.bos_id] + [i for p, t in chunks for i in tokenizer.content_ids(p + t)]
+    if len(tokens) > max_len:
+      raise ValueError(f"prompt {row} needs {len(tokens)} tokens, more than max_len={max_len}")
+    ids[row, :len(tokens)] = tokens
+    lengths[row] = len(tokens)
+  return ids, lengths

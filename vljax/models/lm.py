@@ -1,0 +1,67 @@
+"""Decoder-only language model: ids -> token + position embedding -> causal transformer -> vocab logits.
+
+Trained alone (configs/lm_shapes.py) on captions and question-answer text, it is the language
+half that image-conditioned models (LLaVA, Flamingo) start from via `init_from`: they keep its
+parameter names (txt, lm, logits) so its checkpoint loads into them unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vljax.models import layers, model_config
+from vljax.models.decoder import TokenEmbedding, causal_mask
+from vljax.models.text import text_settings
+
+LM_DEFAULTS: dict[str, Any] = dict(text=None)
+
+
+class LanguageModel(nn.Module):
+  """Params: txt (embeddings), lm (causal blocks + final norm), logits (vocab head)."""
+  text: dict[str, Any]  # text_settings(): width, depth, mlp_dim, num_heads, vocab_size, max_len
+  module_kw: dict[str, Any] | None = None
+
+  def setup(self):
+    kw = dict(self.module_kw or {})
+    dtypes = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+    t = self.text
+    self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
+    self.lm = layers.Transformer(t["depth"], t["mlp_dim"], t["num_heads"], **kw)
+    self.logits = layers.dense(t["vocab_size"], ("embed", "vocab"), name="logits", **dtypes)
+
+  def head(self, x: jax.Array) -> jax.Array:
+    """Final hidden states -> float32 logits."""
+    return nn.with_logical_constraint(self.logits(x).astype(jnp.float32), ("batch", "length", "vocab"))
+
+  def run(self, x: jax.Array, mask: jax.Array | None = None, decode_index=None) -> jax.Array:
+    """Embedded sequence [B, L, D] -> logits; causal mask from the caller or the KV cache."""
+    return self.head(self.lm(x, mask, decode_index=decode_index))
+
+  def caption_logits(self, memory: jax.Array | None, ids: jax.Array) -> jax.Array:
+    del memory  # no image: the same signature as the captioning models
+    return self.run(self.txt(ids), causal_mask(ids.shape[1]))
+
+  def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
+    del memory
+    return self.run(self.txt(ids, decode_index), decode_index=decode_index)
+
+  def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
+               train: bool = False) -> dict[str, jax.Array]:
+    """caption_logits of the text (the image, if any, is ignored: this is the text-only model)."""
+    del image, train
+    return {} if text is None else {"caption_logits": self.caption_logits(None, text)}
+
+  @classmethod
+  def from_config(cls, cfg: dict[str, Any]) -> "LanguageModel":
+    c = resolve_config(cfg)
+    return cls(text=c["text"], module_kw=model_config.module_kwargs(c))
+
+
+def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
+  c = model_config.resolve("lm", cfg, LM_DEFAULTS, {"text": text_settings})
+  c["text"]["causal"] = True
+  return c
