@@ -107,11 +107,30 @@ def test_lit_init_from_and_frozen_tower_is_bit_identical(finished_run, tmp_path)
   assert any(not np.array_equal(src_txt[k], lit_txt[k]) for k in src_txt)  # text did train
 
 
+def test_init_from_several_sources(finished_run, tmp_path):
+  source, _ = finished_run
+  cfg = tiny_config(frozen=("img/.*", "txt/.*"), total_steps=1)
+  cfg.init_from = dict(workdir=source, subtree="img", step=-1, sources=(f"{source}:txt",))
+  run = str(tmp_path / "two")
+  train_and_evaluate(cfg, run)
+  src_params, _ = ckpt_lib.load_params(source)
+  got, _ = ckpt_lib.load_params(run)
+  for tower in ("img", "txt"):
+    for k, v in traverse_util.flatten_dict(src_params[tower], sep="/").items():
+      np.testing.assert_array_equal(traverse_util.flatten_dict(got[tower], sep="/")[k], v, err_msg=k)
+  cfg.init_from = dict(workdir=source, subtree="img", step=-1, sources=(f"{source}:img/head",))
+  with pytest.raises(ValueError, match=r"img/head/\S+ \(and 1 more\) already comes from"):
+    train_and_evaluate(cfg, str(tmp_path / "overlap"))
+  cfg.init_from = dict(workdir="", subtree="", step=-1, sources=("runs-without-subtree",))
+  with pytest.raises(ValueError, match="is not 'WORKDIR:SUBTREE"):
+    train_and_evaluate(cfg, str(tmp_path / "bad"))
+
+
 def test_init_from_bad_subtree(finished_run, tmp_path):
   source, _ = finished_run
   cfg = tiny_config()
   cfg.init_from = dict(workdir=source, subtree="vision", step=-1)
-  with pytest.raises(ValueError, match="subtree='vision' matches nothing"):
+  with pytest.raises(ValueError, match="init_from subtree 'vision' matches nothing"):
     train_and_evaluate(cfg, str(tmp_path / "w"))
 
 

@@ -25,7 +25,9 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0)
   c.schedule = dict(name="warmup_cosine", warmup_steps=100, end_fraction=0.0)
   c.frozen = ()                        # regexes over param paths like "img/.*": no update, no gradient
-  c.init_from = dict(workdir="", subtree="", step=-1)  # e.g. subtree="img" from a CLIP run's workdir
+  # Params from other runs: workdir + subtree ("img", or several: "txt,lm"), and more sources as
+  # "WORKDIR:SUBTREE[,SUBTREE]" strings, e.g. sources=("runs/lm:txt,lm,logits",).
+  c.init_from = dict(workdir="", subtree="", step=-1, sources=())
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.precision = dict(param_dtype="float32", compute_dtype="float32")
   c.evals = {}

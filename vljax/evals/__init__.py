@@ -4,9 +4,11 @@ from vljax.evals.binding import BindingEvaluator
 from vljax.evals.captioning import CaptionEvaluator
 from vljax.evals.coco_metrics import caption_metrics
 from vljax.evals.retrieval import RetrievalEvaluator
+from vljax.evals.vqa import VQAEvaluator
 from vljax.evals.zeroshot import ZeroShotEvaluator
 
-EVALUATORS = {e.name: e for e in (ZeroShotEvaluator, RetrievalEvaluator, BindingEvaluator, CaptionEvaluator)}
+EVALUATORS = {e.name: e for e in (ZeroShotEvaluator, RetrievalEvaluator, BindingEvaluator, CaptionEvaluator,
+                                   VQAEvaluator)}
 
 __all__ = ["EVALUATORS", "caption_metrics", "get_evaluator"]
 

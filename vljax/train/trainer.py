@@ -37,24 +37,48 @@ class _StopRequested:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def init_sources(init_from) -> list[tuple[str, list[str], int | None]]:
+  """(workdir, subtrees, step) of every source: init_from.workdir/subtree/step, then each
+  "WORKDIR:SUBTREE[,SUBTREE...]" of init_from.sources (their latest step)."""
+  out = []
+  if init_from.get("workdir"):
+    step = init_from.get("step", -1)
+    out.append((init_from.workdir, _subtrees(init_from.get("subtree", "")), None if step < 0 else step))
+  for spec in init_from.get("sources", ()) or ():
+    workdir, sep, subtree = str(spec).rpartition(":")
+    if not sep or not workdir:
+      raise ValueError(f"init_from.sources entry {spec!r} is not 'WORKDIR:SUBTREE[,SUBTREE...]'")
+    out.append((workdir, _subtrees(subtree), None))
+  return out
+
+
+def _subtrees(spec: str) -> list[str]:
+  """'a,b/c' -> ['a', 'b/c']; '' -> [''] (everything)."""
+  return [part.strip().strip("/") for part in spec.split(",")] or [""]
+
+
 def _init_from(state, cfg, expected_shapes: dict):
-  """Replaces the `init_from.subtree` of the fresh params by another run's checkpoint."""
-  src = cfg.init_from
-  loaded, step = ckpt_lib.load_params(src.workdir, None if src.step < 0 else src.step)
-  prefix = src.subtree.strip("/")
-  in_subtree = lambda k: not prefix or k == prefix or k.startswith(prefix + "/")
-  picked = {k: v for k, v in traverse_util.flatten_dict(loaded, sep="/").items() if in_subtree(k)}
-  if not picked:
-    raise ValueError(f"init_from.subtree={prefix!r} matches nothing in {src.workdir!r}; "
-                     f"its top-level subtrees are {sorted(loaded)}")
-  problems = ckpt_lib.shape_mismatches({k: list(v.shape) for k, v in picked.items()},
-                                       {k: s for k, s in expected_shapes.items() if in_subtree(k)})
-  if problems:
-    raise ValueError(f"init_from {src.workdir!r} (step {step}) does not fit this model:\n  " + "\n  ".join(problems))
+  """Replaces subtrees of the fresh params by other runs' checkpoints (init_from)."""
   flat = traverse_util.flatten_dict(state.params, sep="/")
-  for k, v in picked.items():
-    flat[k] = jax.device_put(v.astype(flat[k].dtype), flat[k].sharding)
-  logging.info("init_from: %d params under %r from %s step %d", len(picked), prefix, src.workdir, step)
+  taken: dict[str, str] = {}
+  for workdir, prefixes, step in init_sources(cfg.init_from):
+    loaded, step = ckpt_lib.load_params(workdir, step)
+    in_subtree = lambda k: any(not p or k == p or k.startswith(p + "/") for p in prefixes)
+    picked = {k: v for k, v in traverse_util.flatten_dict(loaded, sep="/").items() if in_subtree(k)}
+    if not picked:
+      raise ValueError(f"init_from subtree {','.join(prefixes)!r} matches nothing in {workdir!r}; "
+                       f"its top-level subtrees are {sorted(loaded)}")
+    problems = ckpt_lib.shape_mismatches({k: list(v.shape) for k, v in picked.items()},
+                                         {k: s for k, s in expected_shapes.items() if in_subtree(k)})
+    twice = sorted(k for k in picked if k in taken)
+    if twice:
+      problems.append(f"{twice[0]} (and {len(twice) - 1} more) already comes from {taken[twice[0]]!r}")
+    if problems:
+      raise ValueError(f"init_from {workdir!r} (step {step}) does not fit this model:\n  " + "\n  ".join(problems))
+    for k, v in picked.items():
+      flat[k] = jax.device_put(v.astype(flat[k].dtype), flat[k].sharding)
+      taken[k] = workdir
+    logging.info("init_from: %d params under %r from %s step %d", len(picked), prefixes, workdir, step)
   return state.replace(params=traverse_util.unflatten_dict(flat, sep="/"))
 
 
@@ -87,7 +111,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
                                                   expected_shapes)
       data_iter.set_state(data_state)
       logging.warning("resumed from %s at step %d", checkpointer.directory, latest)
-    elif cfg.init_from.workdir:
+    elif init_sources(cfg.init_from):
       state = _init_from(state, cfg, expected_shapes)
 
     if process == 0:  # only now: a config that fails above leaves the workdir as it was
