@@ -3,8 +3,8 @@
   python -m vljax.train --config configs/lm_shapes.py --workdir runs/lm
 
 Text only ("caption: a red circle<eoc>", "question: what color is the circle? answer: red<eoc>");
-the loss trains the caption / answer tokens. Image-conditioned recipes start their language
-model from this run (init_from subtrees txt, lm, logits): see llava_shapes_stage1.py.
+the loss trains the caption / answer tokens. LLaVA starts its language model from this run
+(init_from subtrees txt, lm, logits): see llava_shapes_stage1.py.
 """
 
 from vljax import config as common
@@ -12,7 +12,7 @@ from vljax import config as common
 
 def get_config(arg=None):
   c = common.base_config(arg)
-  c.model = dict(name="lm", text=dict(variant="shapes-64", depth=4))
+  c.model = dict(name="lm", text=common.shapes_language_model())
   c.objectives = {"captioning": 1.0}
   c.data.update(format="lm", vqa_fraction=0.5, max_len=32)
   c = common.shapes_training(c, total_steps=300)

@@ -150,7 +150,7 @@ def test_runner_likelihood_scores_and_sharded_captions_match_one_device():
   for mesh_cfg in (dict(data=1, fsdp=1, tensor=1), dict(data=4, fsdp=2, tensor=1)):
     mesh = make_mesh(mesh_cfg, devices=jax.devices()[:int(np.prod(list(mesh_cfg.values())))])
     with jax.set_mesh(mesh):
-      runner = ModelRunner(model, mesh, chunk=8, tokenizer=tok, image_size=IMG)
+      runner = ModelRunner(model, mesh, chunk=8, tokenizer=tok)
       assert runner.generative and not runner.has_embeddings
       matrix = runner.loglik_matrix(params, images, texts)
       pairs = runner.pair_loglik(params, images, texts)
@@ -167,7 +167,7 @@ def test_runner_likelihood_scores_and_sharded_captions_match_one_device():
 def test_runner_rejects_what_the_model_cannot_do():
   tok = tokenizers.get_tokenizer("shapes")
   mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-  cappa = ModelRunner(get_model(model_cfg("cappa")), mesh, 8, tok, IMG)
+  cappa = ModelRunner(get_model(model_cfg("cappa")), mesh, 8, tok)
   with pytest.raises(ValueError, match="needs a model with contrastive embeddings"):
     cappa.resolve_scoring("embedding")
   with pytest.raises(ValueError, match="Unknown scoring 'cosine'"):
@@ -176,7 +176,7 @@ def test_runner_rejects_what_the_model_cannot_do():
     cappa.caption(None, np.zeros((1, IMG, IMG, 3)), decode_lib.DecodeOptions(max_len=32))
   two_tower = dict(name="two_tower", embed_dim=16, image=dict(variant="mu/8"),
                    text=dict(variant="mu", vocab_size=VOCAB, max_len=LEN))
-  clip = ModelRunner(get_model(two_tower), mesh, 8, tok, IMG)
+  clip = ModelRunner(get_model(two_tower), mesh, 8, tok)
   assert clip.resolve_scoring("auto") == "embedding"
   with pytest.raises(ValueError, match="captioning needs a model with a caption decoder"):
     clip.caption(None, np.zeros((1, IMG, IMG, 3)), decode_lib.DecodeOptions())
@@ -214,9 +214,53 @@ def test_prompts_of_unequal_length_continue_as_if_each_ran_alone():
   mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
   options = decode_lib.DecodeOptions(max_len=6, min_len=6)  # no early <eoc>: compare all 6 tokens
   with jax.set_mesh(mesh):
-    runner = ModelRunner(model, mesh, chunk=4, tokenizer=tok, image_size=IMG)
+    runner = ModelRunner(model, mesh, chunk=4, tokenizer=tok)
     together = runner.generate(params, None, ids, lengths, options)
     alone = [runner.generate(params, None, ids[i:i + 1, :n], lengths[i:i + 1], options)[0]
              for i, n in enumerate(lengths)]
   assert together == alone
   assert len(set(together)) > 1  # the continuations depend on the prompts
+
+
+def llava_and_params(seed=0):
+  tok = tokenizers.get_tokenizer("shapes")
+  cfg = dict(name="llava", image=dict(variant="mu/8", posemb="sincos2d"), image_token_id=tok.image_id,
+             text=dict(variant="mu", vocab_size=128, max_len=48))
+  model = get_model(cfg)
+  image = jnp.asarray(np.random.default_rng(seed).normal(size=(3, 1, IMG, IMG, 3)), jnp.float32)
+  ids = jnp.asarray(tok.encode(["<image> caption: a red circle"] * 3, 12))
+  params = nn.unbox(model.init(jax.random.PRNGKey(seed), image=image, text=ids)["params"])
+  return tok, model, image, params
+
+
+def test_llava_splices_image_tokens_at_the_image_token():
+  from vljax.models.llava import splice
+  ids = jnp.array([[1, 9, 5, 6, 0], [1, 5, 9, 6, 2]])
+  text = jnp.broadcast_to(jnp.arange(5.0)[None, :, None], (2, 5, 1))
+  image = jnp.full((2, 3, 1), -1.0)
+  x, pos = splice(ids, text, image, image_token_id=9)
+  np.testing.assert_array_equal(x[0, :, 0], [0, -1, -1, -1, 2, 3, 4])
+  np.testing.assert_array_equal(x[1, :, 0], [0, 1, -1, -1, -1, 3, 4])
+  np.testing.assert_array_equal(pos, [[0, 3, 4, 5, 6], [0, 1, 4, 5, 6]])  # <image> -> its last token
+
+
+def test_llava_generation_with_kv_cache_equals_greedy_recompute():
+  from vljax.data import prompts
+  tok, model, image, params = llava_and_params()
+  questions = ["what color is the circle?", "how many objects are there?", "is there a star?"]
+  ids, lengths = prompts.prompt_ids(tok, [[prompts.vqa_chunk(q)] for q in questions], 16)
+  ids = ids[:, :int(lengths.max())]
+  mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  options = decode_lib.DecodeOptions(max_len=4, min_len=4)
+  with jax.set_mesh(mesh):
+    runner = ModelRunner(model, mesh, chunk=3, tokenizer=tok)
+    got = runner.generate(params, np.asarray(image), ids, lengths, options)
+    with pytest.raises(ValueError, match="prompt 0 has 1 <image> tokens but 2 images are given"):
+      runner.generate(params, np.repeat(np.asarray(image), 2, axis=1), ids, lengths, options)
+  memory = model.apply({"params": params}, image, method="encode_image")["memory"]
+  for b, n in enumerate(lengths):
+    seq = list(ids[b, :n])
+    for _ in range(4):
+      logits = model.apply({"params": params}, memory[b:b + 1], jnp.asarray([seq]), method="caption_logits")
+      seq.append(int(jnp.argmax(logits[0, -1])))
+    assert got[b] == tok.decode([seq[n:]])[0]

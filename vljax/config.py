@@ -53,6 +53,17 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
+def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:
+  """A recipe's `:ARG` as "key=value,key=value" over `defaults`; an unknown key names the valid ones."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {item!r}: expected KEY=VALUE with KEY in {sorted(defaults)}")
+    out[key] = value
+  return out
+
+
 def shapes_two_tower(**overrides) -> dict:
   """The CPU shapes two-tower: a conv image tower with max pooling, a 2-layer text transformer.
 
@@ -83,6 +94,14 @@ def shapes_cappa(**overrides) -> dict:
                parallel_fraction=0.75)
   model.update(overrides)
   return model
+
+
+def shapes_language_model(**overrides) -> dict:
+  """The shapes language model (configs/lm_shapes.py) and the language half of LLaVA: 4 causal
+  layers of width 64; 96 positions so a prompt fits with 64 image tokens spliced in."""
+  text = dict(variant="shapes-64", depth=4, max_len=96)
+  text.update(overrides)
+  return text
 
 
 def shapes_training(c: ml_collections.ConfigDict, total_steps: int = 750) -> ml_collections.ConfigDict:

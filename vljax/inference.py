@@ -91,7 +91,7 @@ class Predictor:
     self.mesh = make_mesh({"data": -1})
     # Inference batches are small: a modest chunk keeps a single image from paying for 256.
     chunk = min(cfg.eval_batch_size, PREDICT_CHUNK)
-    self.runner = ModelRunner(self.model, self.mesh, chunk, self.tokenizer, self.image_size)
+    self.runner = ModelRunner(self.model, self.mesh, chunk, self.tokenizer)
     self.params = jax.device_put(params, replicated(self.mesh))
 
   def _images(self, images: ImageInput) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 from flax import linen as nn
 
 from vljax import decode as decode_lib
+from vljax.data import prompts
 from vljax.data.pipeline import preprocess_images
 from vljax.models import decoder
 from vljax.parallel.mesh import batch_shards
@@ -23,16 +24,13 @@ SCORINGS = ("auto", "embedding", "likelihood")
 class ModelRunner:
   """Evaluation-time calls of one model; params are passed per call (they change during training)."""
 
-  def __init__(self, model: nn.Module, mesh, chunk: int, tokenizer, image_size: int):
+  def __init__(self, model: nn.Module, mesh, chunk: int, tokenizer):
     self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
     self.max_text_len = getattr(model, "text", {}).get("max_len") if self.generative_model(model) else None
     shards = batch_shards(mesh)
     self.chunk = max(shards, chunk - chunk % shards)  # a multiple of the batch shards
     self.generative = self.generative_model(model)
-    probe = jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0),
-                                                   image=jnp.zeros((1, image_size, image_size, 3))))
-    self.has_embeddings = "img_emb" in jax.eval_shape(
-        lambda v: self.model.apply(v, image=jnp.zeros((1, image_size, image_size, 3))), probe)
+    self.has_embeddings = getattr(model, "contrastive", False)
 
   @staticmethod
   def generative_model(model: nn.Module) -> bool:
@@ -152,10 +150,13 @@ class ModelRunner:
     return jax.jit(caption)
 
   def caption(self, params, images: np.ndarray, options: decode_lib.DecodeOptions,
-              rng: jax.Array | None = None) -> tuple[list[str], np.ndarray]:
-    """(generated captions, their scores) for images [N, H, W, 3] (preprocessed)."""
+              rng: jax.Array | None = None) -> tuple[list[str], np.ndarray | None]:
+    """(generated captions, their scores or None) for images [N, H, W, 3] (preprocessed)."""
     self._require("captioning", self.generative, "a caption decoder")
     options.validate()
+    if getattr(self.model, "image_prompted", False):  # image-conditioned LMs continue "<image> caption:"
+      ids, lengths = prompts.prompt_ids(self.tokenizer, [[prompts.caption_chunk()]] * len(images), 8)
+      return self.generate(params, images[:, None], ids[:, :int(lengths.max())], lengths, options, rng), None
     if options.max_len > self.max_text_len:
       raise ValueError(f"decode max_len={options.max_len} exceeds the model's text max_len "
                        f"{self.max_text_len}; valid: 1..{self.max_text_len}")
@@ -174,11 +175,18 @@ class ModelRunner:
         memory = None
         if hasattr(self.model, "encode_image"):
           memory = self.model.apply({"params": params}, images, method="encode_image")["memory"]
-        cache = decoder.init_cache(self.model, params, memory, prompt_len + options.max_len, ids.shape[0])
+        # A model that splices image tokens into the text (LLaVA) holds them in its self-attention
+        # cache: the prompt is longer by their count - 1, and there is nothing to cross-attend.
+        shift = memory.shape[-2] - 1 if getattr(self.model, "splices_image_tokens", False) else 0
+        if prompt_len + shift + options.max_len > self.max_text_len:
+          raise ValueError(f"prompt length {prompt_len} (+{shift} image positions) + decode max_len="
+                           f"{options.max_len} exceeds the model's text max_len {self.max_text_len}")
+        cache = decoder.init_cache(self.model, params, None if shift else memory,
+                                   prompt_len + shift + options.max_len, ids.shape[0])
         cache = decoder.prefill(self.model, params, cache, memory, ids)
         # Step 0 feeds each prompt's last token at its own position; generation continues from there.
-        start = lengths - 1
-        first = jnp.take_along_axis(ids, start[:, None], axis=1)[:, 0]
+        first = jnp.take_along_axis(ids, (lengths - 1)[:, None], axis=1)[:, 0]
+        start = lengths - 1 + shift
         return decode_lib.decode(decoder.make_prompted_step_fn(self.model, params, start), cache, ids.shape[0],
                                  bos_id=first, eos_id=tok.eoc_id, pad_id=tok.pad_id, options=options, rng=rng)
     return jax.jit(generate)
@@ -196,6 +204,12 @@ class ModelRunner:
     if prompt_len + options.max_len > self.max_text_len:
       raise ValueError(f"prompt length {prompt_len} + decode max_len={options.max_len} exceeds the model's "
                        f"text max_len {self.max_text_len}")
+    if images is not None:
+      counts = np.sum(prompt_ids == self.tokenizer.image_id, axis=1)
+      if np.any(counts != images.shape[1]):
+        bad = int(np.argmax(counts != images.shape[1]))
+        raise ValueError(f"prompt {bad} has {counts[bad]} <image> tokens but {images.shape[1]} images are "
+                         f"given per prompt; they must match")
     rng = jax.random.PRNGKey(0) if rng is None else rng
     fn = self._generate_fn(options, prompt_len)
     images = np.zeros((len(prompt_ids), 1), np.float32) if images is None else images

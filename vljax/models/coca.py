@@ -40,6 +40,7 @@ COCA_DEFAULTS: dict[str, Any] = dict(
 class CoCa(nn.Module):
   """Params: img (ViT), pool_caption, pool_contrastive, img_head, txt (embeddings), cls, unimodal,
   txt_head, multimodal (decoder + vocab head), t."""
+  contrastive = True  # outputs img_emb / txt_emb: evaluators may score by embedding
   img: ViT
   text: dict[str, Any]  # text_settings(): width, depth, mlp_dim, num_heads, vocab_size, max_len, pad_id
   embed_dim: int

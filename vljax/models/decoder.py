@@ -36,16 +36,26 @@ class TokenEmbedding(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.embedding = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                              embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
+    self.posemb = layers.LearnedPosEmb(self.max_len, self.param_dtype)
+
   def __call__(self, ids: jax.Array, offset: jax.Array | int = 0, *, replace: jax.Array | None = None,
                replacement: jax.Array | None = None) -> jax.Array:
     """`replace` bool [B]: those rows' token embeddings become `replacement` [width] (e.g. [MASK])."""
-    x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name="embedding",
-                 embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))(ids)
+    return self.add_positions(self.tokens(ids, replace=replace, replacement=replacement), offset)
+
+  def tokens(self, ids: jax.Array, *, replace: jax.Array | None = None,
+             replacement: jax.Array | None = None) -> jax.Array:
+    """Token embeddings alone, no positions."""
+    x = self.embedding(ids)
     if replace is not None:
       x = jnp.where(replace[:, None, None], replacement.astype(x.dtype), x)
-    return layers.LearnedPosEmb(self.max_len, self.param_dtype, name="posemb")(x, offset)
+    return x
+
+  def add_positions(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    return self.posemb(x, offset)
 
 
 class CrossDecoder(nn.Module):

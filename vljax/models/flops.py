@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vljax.models import cappa, coca, lm, two_tower
+from vljax.models import cappa, coca, llava, lm, two_tower
 
 TRAIN_FLOPS_FACTOR = 3.0
 
@@ -112,6 +112,19 @@ def model_flops_per_example(model_cfg: Any, image_size: int) -> float:
                                                             _image_tokens(img, image_size), img["width"])
   if name == "lm":
     t = lm.resolve_config(cfg)["text"]
-    return encoder_flops(t["max_len"], t["width"], t["mlp_dim"], t["depth"]) + 2 * t["max_len"] * t["width"] * t[
-        "vocab_size"]
-  raise ValueError(f"FLOPs are not known for model name {name!r}; known: two_tower, coca, cappa, lm")
+    return lm_flops(t, t["max_len"])
+  if name == "llava":
+    c = llava.resolve_config(cfg)
+    img, t = c["image"], c["text"]
+    n = _image_tokens(img, image_size)
+    projector = 2 * n * img["width"] * t["width"] + (2 * n * t["width"] ** 2 if c["projector"] == "mlp2x_gelu" else 0)
+    # The LM runs over the text with the image tokens spliced in (the text itself is data.max_len, not
+    # known here: count the model's full max_len, an upper bound).
+    return vit_flops(img, image_size) + projector + lm_flops(t, t["max_len"])
+  raise ValueError(f"FLOPs are not known for model name {name!r}; known: two_tower, coca, cappa, lm, llava")
+
+
+def lm_flops(text: dict[str, Any], length: int) -> float:
+  """Forward FLOPs of a decoder-only LM over `length` positions, vocab head included."""
+  return encoder_flops(length, text["width"], text["mlp_dim"], text["depth"]) + 2 * length * text["width"] * text[
+      "vocab_size"]

@@ -51,6 +51,7 @@ def logit_params(module: nn.Module, scale_init: float, bias_init: float | None, 
 
 class TwoTower(nn.Module):
   """Params: img/... (tower + img/head), txt/... (tower + txt/head), t (log scale), b (bias, SigLIP)."""
+  contrastive = True  # outputs img_emb / txt_emb: evaluators may score by embedding
   img: ViT
   txt: TextTransformer
   logit_scale_init: float = 1 / 0.07

@@ -120,7 +120,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
         f.write(cfg.to_json_best_effort(indent=2))
     writer = metrics_lib.MetricWriter(workdir)
     train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
-    runner = ModelRunner(parts.model, mesh, cfg.eval_batch_size, parts.tokenizer, cfg.data.image_size)
+    runner = ModelRunner(parts.model, mesh, cfg.eval_batch_size, parts.tokenizer)
     meta = {"model_name": cfg.model.name, "param_shapes": expected_shapes}
     flops_per_step = 3 * model_flops_per_example(parts.model_cfg, cfg.data.image_size) * cfg.batch_size
     peak = cfg.peak_flops or metrics_lib.device_peak_flops()

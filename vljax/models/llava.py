@@ -1,0 +1,145 @@
+"""LLaVA-style projector fusion (Liu et al. 2023): image patch tokens, projected to the language
+model's width, take the place of the "<image>" token in its embedding sequence.
+
+  image -> ViT tokens [P, Dv] -> projector (linear | mlp2x_gelu) -> [P, D] --.
+  ids "<bos> <image> question: ... answer: red<eoc>"  -> token embeddings --+-> splice -> LM -> logits
+
+The language model keeps LanguageModel's parameter names (txt, lm, logits) and the vision tower
+the ViT's (img/...), so both load from earlier runs with init_from. Stage 1 trains only the
+projector; stage 2 the projector and the language model (configs/llava_shapes_stage*.py).
+Logits come back at the text positions, so the captioning objective and its loss mask apply as
+for any captioning model. One image per sequence, its "<image>" anywhere in the text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vljax.models import layers, model_config
+from vljax.models.decoder import TokenEmbedding, causal_mask
+from vljax.models.layers import check_choice
+from vljax.models.text import text_settings
+from vljax.models.vit import ViT, vit_settings
+
+PROJECTORS = ("linear", "mlp2x_gelu")
+LLAVA_DEFAULTS: dict[str, Any] = dict(image=None, text=None, projector="mlp2x_gelu", image_token_id=None)
+
+
+class Projector(nn.Module):
+  """Vision tokens -> the language model's width: one linear layer, or two with a GELU between."""
+  kind: str
+  width: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = layers.dense(self.width, ("embed", "mlp"), name="fc1", **kw)(x)
+    if self.kind == "mlp2x_gelu":
+      x = layers.dense(self.width, ("mlp", "embed"), name="fc2", **kw)(nn.gelu(x))
+    return x
+
+
+def splice(ids: jax.Array, text: jax.Array, image: jax.Array, image_token_id: int
+           ) -> tuple[jax.Array, jax.Array]:
+  """Put image tokens [B, P, D] where ids [B, L] hold image_token_id; text embeddings [B, L, D].
+
+  Returns (sequence [B, L + P - 1, D], text_positions [B, L]): where each text token's output is;
+  the "<image>" token's is the last image token's, which predicts the text after the image.
+  """
+  _, length = ids.shape
+  patches = image.shape[1]
+  if text.shape[-1] != image.shape[-1]:
+    raise ValueError(f"image tokens of width {image.shape[-1]} cannot replace text tokens of width {text.shape[-1]}")
+  at = jnp.argmax(ids == image_token_id, axis=1)[:, None]  # [B, 1]
+  t = jnp.arange(length + patches - 1)[None]
+  from_image = (t >= at) & (t < at + patches)
+  text_src = jnp.clip(jnp.where(t < at, t, t - patches + 1), 0, length - 1)
+  text_part = jnp.take_along_axis(text, text_src[..., None], axis=1)
+  image_part = jnp.take_along_axis(image.astype(text.dtype), jnp.clip(t - at, 0, patches - 1)[..., None], axis=1)
+  i = jnp.arange(length)[None]
+  return jnp.where(from_image[..., None], image_part, text_part), jnp.where(i < at, i, i + patches - 1)
+
+
+class LLaVA(nn.Module):
+  """Params: img (ViT), projector, txt, lm, logits."""
+  img: ViT
+  text: dict[str, Any]
+  projector_kind: str = "mlp2x_gelu"
+  image_token_id: int = -1
+  module_kw: dict[str, Any] | None = None
+  splices_image_tokens = True  # prompts grow by (image tokens - 1): see ModelRunner.generate
+  image_prompted = True  # captions and answers continue a text prompt after the image
+
+  def setup(self):
+    kw = dict(self.module_kw or {})
+    dtypes = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+    t = self.text
+    self.projector = Projector(self.projector_kind, t["width"], **dtypes)
+    self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
+    self.lm = layers.Transformer(t["depth"], t["mlp_dim"], t["num_heads"], **kw)
+    self.logits = layers.dense(t["vocab_size"], ("embed", "vocab"), name="logits", **dtypes)
+
+  def encode_image(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """images [B, 1, H, W, 3] -> memory [B, 1, P, D]: projected patch tokens."""
+    chex.assert_rank(images, 5)
+    if images.shape[1] != 1:
+      raise ValueError(f"LLaVA takes one image per sequence, got {images.shape[1]} (images {images.shape})")
+    tokens = self.img(images[:, 0], train=train)[1]
+    return {"memory": self.projector(tokens)[:, None]}
+
+  def _check_fits(self, positions: int, text_len: int) -> None:
+    if positions > self.text["max_len"]:
+      raise ValueError(f"LLaVA: {text_len} text tokens + {positions - text_len} more for the image's tokens = "
+                       f"{positions} positions, more than the language model's max_len={self.text['max_len']}; "
+                       f"raise model.text.max_len (and the LM run's) or shorten data.max_len")
+
+  def _head(self, x: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(self.logits(x).astype(jnp.float32), ("batch", "length", "vocab"))
+
+  def caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
+    """Teacher-forced logits [B, L, vocab] at the text positions of ids (one "<image>" each)."""
+    x, text_pos = splice(ids, self.txt.tokens(ids), memory[:, 0], self.image_token_id)
+    self._check_fits(x.shape[1], ids.shape[1])
+    x = self.lm(self.txt.add_positions(x), causal_mask(x.shape[1]))
+    return self._head(jnp.take_along_axis(x, text_pos[..., None], axis=1))
+
+  def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
+    """KV-cached logits; a call given the memory is the prompt's prefill and splices the image in."""
+    x = self.txt.tokens(ids)
+    if memory is not None:
+      x, text_pos = splice(ids, x, memory[:, 0], self.image_token_id)
+      x = self.lm(self.txt.add_positions(x, decode_index), decode_index=decode_index)
+      return self._head(jnp.take_along_axis(x, text_pos[..., None], axis=1))
+    return self._head(self.lm(self.txt.add_positions(x, decode_index), decode_index=decode_index))
+
+  def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
+               train: bool = False) -> dict[str, jax.Array]:
+    """memory (if image) and caption_logits (if both)."""
+    out = {} if image is None else self.encode_image(image, train)
+    if image is not None and text is not None:
+      out["caption_logits"] = self.caption_logits(out["memory"], text)
+    return out
+
+  @classmethod
+  def from_config(cls, cfg: dict[str, Any]) -> "LLaVA":
+    c = resolve_config(cfg)
+    kw = model_config.module_kwargs(c)
+    return cls(img=ViT(**c["image"], **kw), text=c["text"], projector_kind=c["projector"],
+               image_token_id=c["image_token_id"], module_kw=kw)
+
+
+def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
+  c = model_config.resolve("llava", cfg, LLAVA_DEFAULTS, {"image": vit_settings, "text": text_settings})
+  c["text"]["causal"] = True
+  model_config.check_image_tokens_only("llava", c["image"])
+  check_choice("LLaVA projector", c["projector"], PROJECTORS)
+  if c["image_token_id"] is None:
+    raise ValueError("llava config needs image_token_id (the tokenizer's <image> id; the trainer fills it)")
+  return c
