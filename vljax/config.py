@@ -16,7 +16,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name="two_tower")
   c.objectives = {"softmax_contrastive": 1.0}
   c.loss_impl = "gather"               # "gather" (XLA collectives) or "shard_map" (all-gather / ring)
-  c.data = dict(name="shapes", format="caption", vqa_fraction=0.5, image_size=64, max_len=24,
+  c.data = dict(name="shapes", format="caption", vqa_fraction=0.5, chunks=1, image_size=64, max_len=24,
                 caption_noise=0.0, tokenizer="shapes",
                 min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0)
   c.batch_size = 128                   # global, over all hosts
@@ -97,9 +97,10 @@ def shapes_cappa(**overrides) -> dict:
 
 
 def shapes_language_model(**overrides) -> dict:
-  """The shapes language model (configs/lm_shapes.py) and the language half of LLaVA: 4 causal
-  layers of width 64; 96 positions so a prompt fits with 64 image tokens spliced in."""
-  text = dict(variant="shapes-64", depth=4, max_len=96)
+  """The shapes language model (configs/lm_shapes.py), the language half of LLaVA and Flamingo:
+  4 causal layers of width 64 over 150 positions (6 chunks; an 8-shot question prompt; a prompt
+  with 64 image tokens spliced in)."""
+  text = dict(variant="shapes-64", depth=4, max_len=150)
   text.update(overrides)
   return text
 

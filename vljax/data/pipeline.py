@@ -48,22 +48,42 @@ class _Collate:
   """Examples -> a batch of the data format (see `batch_ndims`); picklable for workers.
 
   "caption": {"image": float32[b, H, W, 3], "text": int32[b, L]} (image-caption pairs);
-  "lm": {"image", "text", "loss_mask"}: caption and question-answer chunks without images;
-  "vlm": {"image": float32[b, 1, H, W, 3], "text", "loss_mask"}: one image and its chunk.
+  "lm": {"image": zeros[b, 1, 1, 3] (unused), "text", "loss_mask"}: sequences of caption and
+        question-answer chunks without images, the loss on captions and answers only;
+  "vlm": {"image": float32[b, chunks, H, W, 3], "text", "loss_mask"}: the same chunks, each with
+        its "<image>" and image.
+  For "lm" and "vlm" each example is a list of `chunks` source examples.
   """
 
   def __init__(self, tokenizer: Tokenizer, max_len: int, data_format: str = "caption"):
     self.tokenizer, self.max_len, self.format = tokenizer, max_len, data_format
 
-  def __call__(self, examples: Sequence[dict]) -> dict[str, np.ndarray]:
-    images = preprocess_images(np.stack([ex["image"] for ex in examples]))
+  def __call__(self, examples: Sequence) -> dict[str, np.ndarray]:
     if self.format == "caption":
+      images = preprocess_images(np.stack([ex["image"] for ex in examples]))
       return {"image": images, "text": self.tokenizer.encode([ex["caption"] for ex in examples], self.max_len)}
     with_image = self.format == "vlm"
     chunks = [[prompts.vqa_chunk(ex["question"], ex["answer"], with_image) if "question" in ex
-               else prompts.caption_chunk(ex["caption"], with_image)] for ex in examples]
+               else prompts.caption_chunk(ex["caption"], with_image) for ex in seq] for seq in examples]
     text, loss_mask = prompts.encode_chunks(self.tokenizer, chunks, self.max_len)
-    return {"image": images[:, None] if with_image else images, "text": text, "loss_mask": loss_mask}
+    if with_image:
+      images = preprocess_images(np.stack([[ex["image"] for ex in seq] for seq in examples]))
+    else:
+      images = np.zeros((len(examples), 1, 1, 3), np.float32)
+    return {"image": images, "text": text, "loss_mask": loss_mask}
+
+
+class _Sequences:
+  """Example i = source examples i*chunks ... i*chunks + chunks - 1 (random access, like the source)."""
+
+  def __init__(self, source, chunks: int):
+    self.source, self.chunks = source, chunks
+
+  def __len__(self) -> int:
+    return len(self.source) // self.chunks
+
+  def __getitem__(self, index: int) -> list[dict]:
+    return [self.source[index * self.chunks + j] for j in range(self.chunks)]
 
 
 def batch_ndims(data_format: str) -> dict[str, int]:
@@ -84,7 +104,7 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   """This host's infinite stream of training batches; `iter()` it and checkpoint the iterator.
 
   data_cfg keys: name ("shapes"), format ("caption", "lm", "vlm": see _Collate), vqa_fraction (0.5:
-  the share of question-answer chunks in "lm" / "vlm"), image_size (64), max_len (24), caption_noise (0.0),
+  the share of question-answer chunks in "lm" / "vlm"), chunks (1: chunks per "lm" / "vlm" sequence), image_size (64), max_len (24), caption_noise (0.0),
   min_objects/max_objects (1/3), num_threads (2), prefetch (4 batches), workers (0 = threads
   only; > 0 renders in that many processes).
   """
@@ -98,7 +118,13 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   data_format = data_cfg.get("format", "caption")
   check_format(data_format)
   vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if data_format != "caption" else 0.0
-  ds = grain.MapDataset.source(shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction))
+  source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render=data_format != "lm")
+  chunks = int(data_cfg.get("chunks", 1))
+  if data_format != "caption":
+    source = _Sequences(source, chunks)
+  elif chunks != 1:
+    raise ValueError(f"data.chunks={chunks}: several chunks per sequence need data.format 'lm' or 'vlm'")
+  ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]
   ds = ds.batch(local_batch, drop_remainder=True,
                 batch_fn=_Collate(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), data_format))

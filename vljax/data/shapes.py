@@ -324,13 +324,17 @@ class ShapesWorld:
 
   # -- public examples
 
-  def example(self, index: int, split: str = "train") -> dict:
-    """dict(image=uint8[H, W, 3], caption=str, objects=[dict(shape, color, size, row, col)], noisy)."""
+  def example(self, index: int, split: str = "train", render: bool = True) -> dict:
+    """dict(image=uint8[H, W, 3], caption=str, objects=[dict(shape, color, size, row, col)], noisy).
+
+    render=False skips the pixels (image None) for text-only use; the rng then draws the caption
+    from another point of the stream, so the text is not that of the rendered example.
+    """
     if split not in SPLITS:
       raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
     rng = self._rng(SPLITS[split], index)
     objects = self._scene(rng, int(rng.integers(self.min_objects, self.max_objects + 1)))
-    image = self.render(objects, rng)
+    image = self.render(objects, rng) if render else None
     caption = self._caption(objects, rng)
     # Drawn always, so images and clean captions do not depend on the noise level.
     noisy = bool(rng.random() < self.caption_noise)
@@ -378,9 +382,9 @@ class ShapesWorld:
                 attribute_swapped=caption(swapped_a, swapped_b, rel),
                 relation_swapped=caption(a, b, _OPPOSITE[rel]), objects=[a, b])
 
-  def vqa_example(self, index: int, split: str = "eval") -> dict:
+  def vqa_example(self, index: int, split: str = "eval", render: bool = True) -> dict:
     """dict(image, question, answer, question_type, objects); types cycle with the index and
-    "is there" answers alternate yes/no, so any index range is balanced."""
+    "is there" answers alternate yes/no, so any index range is balanced. render=False: as example()."""
     if split not in SPLITS:
       raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
     rng = self._rng(_VQA_STREAM if split == "eval" else _VQA_TRAIN_STREAM, index)
@@ -391,7 +395,7 @@ class ShapesWorld:
       objects = self._scene(rng, 2, distinct=True, cells=[row_a * 3 + col_a, row_b * 3 + col_b])
     else:
       objects = self._scene(rng, int(rng.integers(1, 4)), distinct=True)
-    image = self.render(objects, rng)
+    image = self.render(objects, rng) if render else None
     paraphrase = int(rng.integers(2))
     target = objects[rng.integers(len(objects))]
     if qtype == "color":
@@ -415,12 +419,13 @@ class ShapesSource:
   """grain random-access source over one split of a world: {"image": uint8, "caption": str}."""
 
   def __init__(self, world: ShapesWorld, split: str = "train", length: int = 2**31 - 1,
-               vqa_fraction: float = 0.0):
+               vqa_fraction: float = 0.0, render: bool = True):
     if split not in SPLITS:
       raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
     if not 0.0 <= vqa_fraction <= 1.0:
       raise ValueError(f"vqa_fraction={vqa_fraction} must be a fraction in [0, 1].")
     self.world, self.split, self._length, self.vqa_fraction = world, split, length, vqa_fraction
+    self.render = render
 
   def __len__(self) -> int:
     return self._length
@@ -430,11 +435,11 @@ class ShapesSource:
     index = int(index)
     # The choice is a pure function of the index too, so resumed runs see the same stream.
     if self.vqa_fraction and np.random.default_rng([self.world.seed, 7, index]).random() < self.vqa_fraction:
-      ex = self.world.vqa_example(index, self.split)
+      ex = self.world.vqa_example(index, self.split, render=self.render)
       return {"image": ex["image"], "question": ex["question"], "answer": ex["answer"]}
-    ex = self.world.example(index, self.split)
+    ex = self.world.example(index, self.split, render=self.render)
     return {"image": ex["image"], "caption": ex["caption"]}
 
   def __repr__(self) -> str:
     return (f"ShapesSource(seed={self.world.seed}, split={self.split!r}, image_size={self.world.image_size}, "
-            f"vqa_fraction={self.vqa_fraction})")
+            f"vqa_fraction={self.vqa_fraction}, render={self.render})")

@@ -26,7 +26,7 @@ class TrainState:
 def dummy_inputs(cfg, batch: int) -> dict:
   """Model inputs shaped like the data format's batches (one image per sequence for "vlm")."""
   size = cfg.data.image_size
-  images = (batch, 1) if pipeline.batch_ndims(cfg.data.format)["image"] == 5 else (batch,)
+  images = (batch, cfg.data.chunks) if pipeline.batch_ndims(cfg.data.format)["image"] == 5 else (batch,)
   return dict(image=jnp.zeros((*images, size, size, 3), jnp.float32),
               text=jnp.zeros((batch, cfg.data.max_len), jnp.int32))
 
