@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from vljax import decode as decode_lib
-from vljax.data import shapes
+from vljax.data import prompts, shapes
 from vljax.evals.coco_metrics import caption_metrics
 from vljax.evals.runner import ModelRunner, eval_images
+from vljax.evals.vqa import _shots, support_indices
 
 
 def attribute_correct(caption: str, objects: list[dict]) -> bool:
@@ -18,7 +19,12 @@ def attribute_correct(caption: str, objects: list[dict]) -> bool:
 
 
 class CaptionEvaluator:
-  """BLEU-1..4, ROUGE-L, CIDEr-D (COCO caption evaluation) and shapes attribute accuracy."""
+  """BLEU-1..4, ROUGE-L, CIDEr-D (COCO caption evaluation) and shapes attribute accuracy.
+
+  With `shots` (image-conditioned language models), also k-shot: k training-split image-caption
+  chunks before the query image's "<image> caption:", logged as cider_{k}shot; settings
+  num_support, support_max_words (short support captions keep long prompts in range), seed.
+  """
 
   name = "caption"
 
@@ -33,9 +39,45 @@ class CaptionEvaluator:
     decode.setdefault("max_len", max_len - 1)
     self.options = decode_lib.DecodeOptions.from_kwargs(**decode)
     self.options.validate()
+    self.shots = _shots(settings["shots"]) if settings.get("shots", None) is not None else ()
+    if self.shots:
+      self._few_shot_prompts(settings, world, tokenizer, n, int(settings.get("prompt_max_len", max_len)))
 
-  def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
-    captions, _ = runner.caption(params, self.images, self.options)
+  def _few_shot_prompts(self, settings, world, tokenizer, n: int, prompt_max_len: int) -> None:
+    num_support = int(settings.get("num_support", 256))
+    # Captions run up to 24 tokens a chunk: an 8-shot prompt of long ones outgrows a small LM's
+    # positions, so the support pool may be limited to short captions.
+    max_words = int(settings.get("support_max_words", 0)) or shapes.MAX_CAPTION_WORDS
+    support, i = [], 0
+    while len(support) < num_support:
+      ex = world.example(i, split="train")
+      if len(shapes.split_words(ex["caption"])) <= max_words:
+        support.append(ex)
+      i += 1
+    self.support_images = eval_images(support)
+    self.support = support_indices(n, num_support, max(self.shots), int(settings.get("seed", 0)))
+    chunks = [prompts.caption_chunk(e["caption"]) for e in support]
+    self.prompts = {}
+    for k in self.shots:
+      ids, lengths = prompts.prompt_ids(
+          tokenizer, [[chunks[j] for j in self.support[i, :k]] + [prompts.caption_chunk()] for i in range(n)],
+          prompt_max_len)
+      self.prompts[k] = (ids[:, :int(lengths.max())], lengths)
+
+  def _scores(self, captions: list[str]) -> dict[str, float]:
     out = caption_metrics(dict(enumerate(captions)), self.references)
     out["attribute_acc"] = float(np.mean([attribute_correct(c, o) for c, o in zip(captions, self.objects)]))
+    return out
+
+  def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
+    if not self.shots:
+      return self._scores(runner.caption(params, self.images, self.options)[0])
+    out = {}
+    for k in self.shots:
+      ids, lengths = self.prompts[k]
+      images = np.concatenate([self.support_images[self.support[:, :k]], self.images[:, None]], axis=1)
+      scores = self._scores(runner.generate(params, images, ids, lengths, self.options))
+      if k == 0:
+        out.update(scores)
+      out[f"cider_{k}shot"] = scores["cider"]
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vljax.models import cappa, coca, llava, lm, two_tower
+from vljax.models import cappa, coca, flamingo, llava, lm, two_tower
 
 TRAIN_FLOPS_FACTOR = 3.0
 
@@ -121,7 +121,19 @@ def model_flops_per_example(model_cfg: Any, image_size: int) -> float:
     # The LM runs over the text with the image tokens spliced in (the text itself is data.max_len, not
     # known here: count the model's full max_len, an upper bound).
     return vit_flops(img, image_size) + projector + lm_flops(t, t["max_len"])
-  raise ValueError(f"FLOPs are not known for model name {name!r}; known: two_tower, coca, cappa, lm, llava")
+  if name == "flamingo":
+    c = flamingo.resolve_config(cfg)
+    img, t = c["image"], c["text"]
+    n, d, dv, m = _image_tokens(img, image_size), t["width"], img["width"], c["num_latents"]
+    # Per image: the resampler's latents attend over tokens + latents. Per text token: each gated
+    # block's cross-attention over one image's latents (the count this computes; masked keys of
+    # other images are extra work XLA also does) and its MLP. Counted for one image per sequence.
+    resampler = c["resampler_depth"] * (attention_pool_flops(m, n + m, dv, img["mlp_dim"]))
+    blocks = len(range(0, t["depth"], c["cross_attn_every_n_layers"]))
+    cross = blocks * (t["max_len"] * (4 * d * d + 4 * m * d + 4 * d * t["mlp_dim"]) + 4 * m * dv * d)
+    return vit_flops(img, image_size) + resampler + cross + lm_flops(t, t["max_len"])
+  raise ValueError(f"FLOPs are not known for model name {name!r}; known: two_tower, coca, cappa, lm, llava, "
+                   "flamingo")
 
 
 def lm_flops(text: dict[str, Any], length: int) -> float:

@@ -38,7 +38,7 @@ def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
     m["text"] = dict(m["text"])
     m["text"].setdefault("vocab_size", padded_vocab_size(tokenizer.vocab_size))
     m["text"].setdefault("max_len", cfg.data.max_len)
-  if m.get("name") == "llava":
+  if m.get("name") in ("llava", "flamingo"):
     m.setdefault("image_token_id", tokenizer.image_id)
   m.setdefault("dtype", cfg.precision.compute_dtype)
   m.setdefault("param_dtype", cfg.precision.param_dtype)

@@ -1,0 +1,100 @@
+"""Flamingo: the untrained model is its LM, media masking, KV-cached decoding, frozen towers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from vljax.data import prompts, tokenizers
+from vljax.models import get_model
+
+IMG, M, LEN = 16, 2, 24
+TOK = tokenizers.get_tokenizer("shapes")
+TEXT = dict(variant="mu", vocab_size=128, max_len=32)
+
+
+def flamingo(**overrides):
+  cfg = dict(name="flamingo", image=dict(variant="mu/8", posemb="sincos2d"), text=TEXT, num_latents=4,
+             image_token_id=TOK.image_id)
+  cfg.update(overrides)
+  return get_model(cfg)
+
+
+def batch(seed=0):
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.normal(size=(2, M, IMG, IMG, 3)), jnp.float32)
+  # Text before the first image, then two chunks; the second sequence has one image only.
+  ids, _ = prompts.encode_chunks(TOK, [[("a red", ""), prompts.caption_chunk("a red circle"),
+                                        prompts.vqa_chunk("what color is the star?", "blue")],
+                                       [prompts.caption_chunk("a blue star")]], LEN)
+  return images, jnp.asarray(ids)
+
+
+def params_with_open_gates(model, images, ids, seed=0):
+  """Random params with every gate at 0.5 (the untrained gates are 0: nothing would depend on images)."""
+  params = nn.unbox(model.init(jax.random.PRNGKey(seed), image=images, text=ids)["params"])
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.full_like(x, 0.5) if "gate" in jax.tree_util.keystr(path) else x, params)
+
+
+def test_untrained_flamingo_is_exactly_its_language_model():
+  images, ids = batch()
+  model = flamingo(cross_attn_every_n_layers=1)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), image=images, text=ids)["params"])
+  lm = get_model(dict(name="lm", text=TEXT))
+  lm_params = {k: params[k] for k in ("txt", "lm", "logits")}
+  assert set(jax.tree.leaves(jax.tree.map(lambda x: x.shape, lm_params))) == set(jax.tree.leaves(
+      jax.tree.map(lambda x: x.shape, nn.unbox(lm.init(jax.random.PRNGKey(1), text=ids)["params"]))))
+  got = model.apply({"params": params}, image=images, text=ids)["caption_logits"]
+  want = lm.apply({"params": lm_params}, text=ids)["caption_logits"]
+  assert float(jnp.max(jnp.abs(got - want))) == 0.0
+
+
+@pytest.mark.parametrize("immediate", [True, False])
+def test_changing_an_image_changes_only_the_tokens_that_see_it(immediate):
+  images, ids = batch()
+  model = flamingo(only_attend_immediate_media=immediate)
+  params = params_with_open_gates(model, images, ids)
+  base = model.apply({"params": params}, image=images, text=ids)["caption_logits"]
+  counts = np.cumsum(np.asarray(ids) == TOK.image_id, axis=1)
+  for m in range(M):
+    changed = images.at[:, m].add(1.0)
+    out = model.apply({"params": params}, image=changed, text=ids)["caption_logits"]
+    moved = np.any(np.abs(np.asarray(out - base)) > 1e-6, axis=-1)  # [B, L]
+    # Causal LM: a token is changed if it, or any earlier token, sees image m.
+    sees = (counts == m + 1) if immediate else (counts >= m + 1)
+    expected = np.cumsum(sees, axis=1) > 0
+    np.testing.assert_array_equal(moved, expected, err_msg=f"image {m}")
+  assert not np.any(counts[0, :3] > 0)  # "a red" before the first image: sees none, never changes
+
+
+def test_kv_cached_generation_equals_recompute():
+  from vljax.evals.runner import ModelRunner
+  from vljax import decode as decode_lib
+  from vljax.parallel.mesh import make_mesh
+  images, ids = batch()
+  model = flamingo()
+  params = params_with_open_gates(model, images, ids)
+  chunks = [[prompts.vqa_chunk("what color is the circle?", "red"), prompts.vqa_chunk("is there a star?")],
+            [prompts.caption_chunk("a star"), prompts.vqa_chunk("how many objects are there?")]]
+  pids, lengths = prompts.prompt_ids(TOK, chunks, LEN)
+  pids = pids[:, :int(lengths.max())]
+  mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    runner = ModelRunner(model, mesh, chunk=2, tokenizer=TOK)
+    got = runner.generate(params, np.asarray(images), pids, lengths, decode_lib.DecodeOptions(max_len=3, min_len=3))
+  memory = model.apply({"params": params}, images, method="encode_image")["memory"]
+  for b, n in enumerate(lengths):
+    seq = list(pids[b, :n])
+    for _ in range(3):
+      logits = model.apply({"params": params}, memory[b:b + 1], jnp.asarray([seq]), method="caption_logits")
+      seq.append(int(jnp.argmax(logits[0, -1])))
+    assert got[b] == TOK.decode([seq[n:]])[0]
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="scan=True is not supported"):
+    flamingo(scan=True)
+  with pytest.raises(ValueError, match="cross_attn_every_n_layers must be >= 1"):
+    flamingo(cross_attn_every_n_layers=0)
