@@ -31,6 +31,8 @@ def tiny_config(**overrides):
   c.checkpoint = dict(every=3, keep=2, async_save=True)
   c.log_every = 1
   c.progress_bar = False
+  if "evals" in overrides:  # update() would merge into the default evaluators, not replace them
+    c.evals = overrides.pop("evals")
   c.update(overrides)
   return c
 

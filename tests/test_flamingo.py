@@ -98,3 +98,82 @@ def test_config_errors():
     flamingo(scan=True)
   with pytest.raises(ValueError, match="cross_attn_every_n_layers must be >= 1"):
     flamingo(cross_attn_every_n_layers=0)
+
+
+def flamingo_config(frozen=(), **overrides):
+  from conftest import tiny_config
+  cfg = tiny_config(frozen=frozen, **overrides)
+  cfg.evals = {}
+  cfg.model = dict(name="flamingo", image=dict(variant="mu/8", posemb="sincos2d"), text=dict(variant="mu", max_len=56),
+                   num_latents=4)
+  cfg.objectives = {"captioning": 1.0}
+  cfg.data.update(format="vlm", chunks=2, max_len=56, image_size=16)
+  return cfg
+
+
+FROZEN = ("img/.*", "txt/.*", "lm/.*", "logits/.*")
+
+
+def test_frozen_towers_cost_no_gradient_flops():
+  from vljax.data import pipeline
+  from vljax.parallel.mesh import make_mesh
+  from vljax.train import setup, state as state_lib, step as step_lib
+  from vljax.train.trainer import _global_batch
+  flops = {}
+  for frozen in ((), ("img/.*",), FROZEN):
+    cfg = flamingo_config(frozen)
+    parts = setup.build(cfg)
+    local = next(iter(pipeline.make_train_dataset(cfg.data, TOK, global_batch_size=cfg.batch_size, seed=0)))
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    with jax.set_mesh(mesh):
+      state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, 1))
+      step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
+      cost = step.lower(state, _global_batch(local, mesh)).compile().cost_analysis()
+    flops[frozen] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+  from vljax.models.flops import lm_flops, vit_flops
+  from vljax.models.vit import vit_settings
+  cfg = flamingo_config()
+  images = cfg.batch_size * cfg.data.chunks
+  img_forward = images * vit_flops(vit_settings("mu/8", posemb="sincos2d"), cfg.data.image_size)
+  lm_forward = cfg.batch_size * lm_flops(dict(TEXT, **_mu_text(56)), 56)
+  # Freezing the image tower drops its whole backward pass (weight and input gradients: nothing
+  # below it trains), about 2x its forward. Freezing the LM as well drops its weight gradients
+  # (about 1x its forward minus attention); its input gradients still reach the cross-attention.
+  assert flops[()] - flops[("img/.*",)] > 1.8 * img_forward, (flops, img_forward)
+  assert flops[("img/.*",)] - flops[FROZEN] > 0.5 * lm_forward, (flops, lm_forward)
+
+
+def _mu_text(max_len):
+  from vljax.models.text import text_settings
+  return dict(text_settings("mu", vocab_size=TOK.vocab_size + (-TOK.vocab_size % 128), max_len=max_len))
+
+
+@pytest.mark.slow
+def test_frozen_parts_stay_bit_identical_to_their_init_from_sources(tmp_path):
+  from flax import traverse_util
+  from conftest import tiny_config
+  from vljax.train import checkpoint as ckpt_lib
+  from vljax.train.trainer import train_and_evaluate
+  clip = tiny_config(total_steps=2, checkpoint=dict(every=2, keep=1, async_save=False))
+  clip.model.image = dict(variant="mu/8", posemb="sincos2d")
+  clip.data.image_size = 16
+  lm = tiny_config(total_steps=2, checkpoint=dict(every=2, keep=1, async_save=False))
+  clip.evals, lm.evals = {}, {}
+  lm.model = dict(name="lm", text=dict(variant="mu", max_len=56))
+  lm.objectives = {"captioning": 1.0}
+  lm.data.update(format="lm", chunks=2, max_len=56)
+  train_and_evaluate(clip, str(tmp_path / "clip"))
+  train_and_evaluate(lm, str(tmp_path / "lm"))
+  cfg = flamingo_config(FROZEN, total_steps=3)
+  cfg.init_from = dict(workdir="", subtree="", step=-1,
+                       sources=(f"{tmp_path}/clip:img/embedding,img/encoder", f"{tmp_path}/lm:txt,lm,logits"))
+  train_and_evaluate(cfg, str(tmp_path / "flamingo"))
+  got = traverse_util.flatten_dict(ckpt_lib.load_params(str(tmp_path / "flamingo"))[0], sep="/")
+  sources = {**traverse_util.flatten_dict(ckpt_lib.load_params(str(tmp_path / "lm"))[0], sep="/")}
+  sources.update({k: v for k, v in traverse_util.flatten_dict(ckpt_lib.load_params(str(tmp_path / "clip"))[0],
+                                                               sep="/").items()
+                  if k.startswith(("img/embedding/", "img/encoder/"))})
+  assert len(sources) > 20
+  for k, v in sources.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+  assert any(not np.all(got[k] == 0) for k in got if "gate" in k)  # the gates did train

@@ -63,11 +63,14 @@ def _init_from(state, cfg, expected_shapes: dict):
   taken: dict[str, str] = {}
   for workdir, prefixes, step in init_sources(cfg.init_from):
     loaded, step = ckpt_lib.load_params(workdir, step)
-    in_subtree = lambda k: any(not p or k == p or k.startswith(p + "/") for p in prefixes)
-    picked = {k: v for k, v in traverse_util.flatten_dict(loaded, sep="/").items() if in_subtree(k)}
-    if not picked:
-      raise ValueError(f"init_from subtree {','.join(prefixes)!r} matches nothing in {workdir!r}; "
-                       f"its top-level subtrees are {sorted(loaded)}")
+    under = lambda k, p: not p or k == p or k.startswith(p + "/")
+    in_subtree = lambda k: any(under(k, p) for p in prefixes)
+    flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
+    for p in prefixes:
+      if not any(under(k, p) for k in flat_loaded):
+        raise ValueError(f"init_from subtree {p!r} matches nothing in {workdir!r}; its top-level subtrees "
+                         f"are {sorted(loaded)}")
+    picked = {k: v for k, v in flat_loaded.items() if in_subtree(k)}
     problems = ckpt_lib.shape_mismatches({k: list(v.shape) for k, v in picked.items()},
                                          {k: s for k, s in expected_shapes.items() if in_subtree(k)})
     twice = sorted(k for k in picked if k in taken)
