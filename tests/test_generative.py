@@ -14,7 +14,6 @@ from vljax.data import tokenizers
 from vljax.evals.runner import ModelRunner
 from vljax.models import decoder, get_model
 from vljax.parallel.mesh import make_mesh
-from vljax.parallel.sharding import LOGICAL_RULES
 
 B, IMG, LEN, VOCAB = 4, 16, 10, 40
 

@@ -85,7 +85,7 @@ def main() -> None:
   print(f"machine: {machine_name()}")
   print(f"model: {args.config}; batch {args.batch}, {args.tokens} tokens, greedy; identical tokens: "
         f"{r['same_tokens']}")
-  print(f"| path | ms per batch | tokens/s |\n|---|---|---|")
+  print("| path | ms per batch | tokens/s |\n|---|---|---|")
   for name, key in (("KV cache", "cached_s"), ("recompute prefix", "recompute_s")):
     print(f"| {name} | {1e3 * r[key]:.1f} | {args.batch * args.tokens / r[key]:.0f} |")
   print(f"speed-up of the cache: {r['recompute_s'] / r['cached_s']:.1f}x")

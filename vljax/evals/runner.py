@@ -4,7 +4,6 @@ in fixed-size chunks sharded over the mesh's batch axes (one compile per chunk s
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 # Punctuation of the official script: deleted where it touches a space (or anywhere, when the
 # text holds a number with a thousands comma), otherwise turned into a space. The apostrophe is

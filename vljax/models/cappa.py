@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import model_config
@@ -35,7 +34,7 @@ class CapPa(nn.Module):
 
   def setup(self):
     kw = dict(self.module_kw or {})
-    dtypes = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+    dtypes = model_config.dtypes(kw)
     t = self.text
     self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
     self.mask_embedding = self.param("mask_embedding", partitioned(nn.initializers.normal(0.02), ("embed",)),

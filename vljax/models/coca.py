@@ -54,7 +54,7 @@ class CoCa(nn.Module):
   def setup(self):
     check_choice("CoCa pooler", self.pooler, POOLER_MODES)
     kw = dict(self.module_kw or {})
-    dtypes = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+    dtypes = model_config.dtypes(kw)
     t, img = self.text, self.img
     pool_kw = dict(attention_impl=kw.get("attention_impl"), **dtypes)
     self.pool_caption = MAPHead(img.num_heads, img.mlp_dim, num_queries=self.num_queries, **pool_kw)

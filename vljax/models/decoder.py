@@ -81,9 +81,21 @@ class CrossDecoder(nn.Module):
     x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, cross_attention=True, scan=self.scan,
                            remat=self.remat, attention_impl=self.attention_impl, name="decoder", **kw)(
                                x, mask, memory, decode_index)
-    logits = layers.dense(self.vocab_size, ("embed", "vocab"), name="logits", **kw)(x)
-    # Cross-entropy and decoding read log-probs: float32 whatever the compute dtype.
-    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    return vocab_logits(layers.dense(self.vocab_size, ("embed", "vocab"), name="logits", **kw), x)
+
+
+def vocab_logits(head: nn.Module, x: jax.Array) -> jax.Array:
+  """Hidden states -> float32 logits [B, L, vocab]: cross-entropy and decoding read log-probs."""
+  return nn.with_logical_constraint(head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def encode_and_caption(model: nn.Module, image: jax.Array | None, text: jax.Array | None,
+                       train: bool) -> dict[str, jax.Array]:
+  """The `__call__` of an image-conditioned text model: memory (if image), caption_logits (if both)."""
+  out = {} if image is None else model.encode_image(image, train)
+  if image is not None and text is not None:
+    out["caption_logits"] = model.caption_logits(out["memory"], text)
+  return out
 
 
 def token_log_probs(logits: jax.Array, ids: jax.Array, pad_id: int) -> jax.Array:

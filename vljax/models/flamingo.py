@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import layers, model_config
-from vljax.models.decoder import TokenEmbedding, causal_mask
+from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import MlpBlock, MultiHeadAttention, REMAT_POLICIES, layer_norm, partitioned
 from vljax.models.text import text_settings
 from vljax.models.vit import ViT, vit_settings
@@ -143,7 +143,7 @@ class Flamingo(nn.Module):
 
   def setup(self):
     kw = dict(self.module_kw or {})
-    dtypes = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+    dtypes = model_config.dtypes(kw)
     t, img = self.text, self.img
     self.resampler = PerceiverResampler(self.num_latents, self.resampler_depth, img.num_heads, img.mlp_dim,
                                         **dtypes)
@@ -172,8 +172,7 @@ class Flamingo(nn.Module):
       if i % self.cross_attn_every_n_layers == 0:
         x = self.xattn[i // self.cross_attn_every_n_layers](x, flat, mask, sees_media, decode_index)
       x = self.lm.layer(i, x, self_mask, decode_index)
-    return nn.with_logical_constraint(self.logits(self.lm.norm(x)).astype(jnp.float32),
-                                      ("batch", "length", "vocab"))
+    return vocab_logits(self.logits, self.lm.norm(x))
 
   def _cached_images(self) -> int:
     """Images in the cross-attention cache (decoding steps pass no media)."""
@@ -197,10 +196,7 @@ class Flamingo(nn.Module):
   def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
                train: bool = False) -> dict[str, jax.Array]:
     """memory (if image) and caption_logits (if both)."""
-    out = {} if image is None else self.encode_image(image, train)
-    if image is not None and text is not None:
-      out["caption_logits"] = self.caption_logits(out["memory"], text)
-    return out
+    return encode_and_caption(self, image, text, train)
 
   @classmethod
   def from_config(cls, cfg: dict[str, Any]) -> "Flamingo":

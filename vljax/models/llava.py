@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import layers, model_config
-from vljax.models.decoder import TokenEmbedding, causal_mask
+from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import check_choice
 from vljax.models.text import text_settings
 from vljax.models.vit import ViT, vit_settings
@@ -79,7 +79,7 @@ class LLaVA(nn.Module):
 
   def setup(self):
     kw = dict(self.module_kw or {})
-    dtypes = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+    dtypes = model_config.dtypes(kw)
     t = self.text
     self.projector = Projector(self.projector_kind, t["width"], **dtypes)
     self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
@@ -101,7 +101,7 @@ class LLaVA(nn.Module):
                        f"raise model.text.max_len (and the LM run's) or shorten data.max_len")
 
   def _head(self, x: jax.Array) -> jax.Array:
-    return nn.with_logical_constraint(self.logits(x).astype(jnp.float32), ("batch", "length", "vocab"))
+    return vocab_logits(self.logits, x)
 
   def caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
     """Teacher-forced logits [B, L, vocab] at the text positions of ids (one "<image>" each)."""
@@ -122,10 +122,7 @@ class LLaVA(nn.Module):
   def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
                train: bool = False) -> dict[str, jax.Array]:
     """memory (if image) and caption_logits (if both)."""
-    out = {} if image is None else self.encode_image(image, train)
-    if image is not None and text is not None:
-      out["caption_logits"] = self.caption_logits(out["memory"], text)
-    return out
+    return encode_and_caption(self, image, text, train)
 
   @classmethod
   def from_config(cls, cfg: dict[str, Any]) -> "LLaVA":

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import layers, model_config
-from vljax.models.decoder import TokenEmbedding, causal_mask
+from vljax.models.decoder import TokenEmbedding, causal_mask, vocab_logits
 from vljax.models.text import text_settings
 
 LM_DEFAULTS: dict[str, Any] = dict(text=None)
@@ -27,19 +26,15 @@ class LanguageModel(nn.Module):
 
   def setup(self):
     kw = dict(self.module_kw or {})
-    dtypes = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+    dtypes = model_config.dtypes(kw)
     t = self.text
     self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
     self.lm = layers.Transformer(t["depth"], t["mlp_dim"], t["num_heads"], **kw)
     self.logits = layers.dense(t["vocab_size"], ("embed", "vocab"), name="logits", **dtypes)
 
-  def head(self, x: jax.Array) -> jax.Array:
-    """Final hidden states -> float32 logits."""
-    return nn.with_logical_constraint(self.logits(x).astype(jnp.float32), ("batch", "length", "vocab"))
-
   def run(self, x: jax.Array, mask: jax.Array | None = None, decode_index=None) -> jax.Array:
     """Embedded sequence [B, L, D] -> logits; causal mask from the caller or the KV cache."""
-    return self.head(self.lm(x, mask, decode_index=decode_index))
+    return vocab_logits(self.logits, self.lm(x, mask, decode_index=decode_index))
 
   def caption_logits(self, memory: jax.Array | None, ids: jax.Array) -> jax.Array:
     del memory  # no image: the same signature as the captioning models

@@ -52,6 +52,12 @@ def module_kwargs(c: dict[str, Any]) -> dict[str, Any]:
               dtype=jnp.dtype(c["dtype"]), param_dtype=jnp.dtype(c["param_dtype"]))
 
 
+def dtypes(module_kw: dict[str, Any] | None) -> dict[str, Any]:
+  """The dtype / param_dtype part of module_kwargs() (float32 where absent)."""
+  kw = module_kw or {}
+  return dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32))
+
+
 def _dtype_name(value: Any) -> Any:
   """A dtype-like (jnp.bfloat16, "bfloat16") -> its name; values that are no dtype pass through."""
   try:
