@@ -177,3 +177,11 @@ def test_frozen_parts_stay_bit_identical_to_their_init_from_sources(tmp_path):
   for k, v in sources.items():
     np.testing.assert_array_equal(got[k], v, err_msg=k)
   assert any(not np.all(got[k] == 0) for k in got if "gate" in k)  # the gates did train
+
+
+def test_sequences_that_would_cut_an_image_or_answer_are_errors():
+  chunks = [prompts.caption_chunk("a red circle"), prompts.vqa_chunk("is there a star?", "yes")]
+  with pytest.raises(ValueError, match=r"sequence 0 needs 17 tokens, more than max_len=12"):
+    prompts.encode_chunks(TOK, [chunks], 12)
+  with pytest.raises(ValueError, match=r"prompt 0 needs 9 tokens, more than max_len=8"):
+    prompts.prompt_ids(TOK, [[prompts.caption_chunk("a red circle"), prompts.caption_chunk()]], 8)
