@@ -12,6 +12,10 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/clip_shapes.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/, tb/")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                                   "(with --num_processes, --process_id); default: detect SLURM / TPU / env")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -19,8 +23,12 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # library INFO chatter (Orbax) would drown the progress bar
     logging.set_verbosity(logging.WARNING)
-  from vljax.train.trainer import train_and_evaluate, write_final_metrics  # after flags: keeps --help fast
+  from vljax.parallel import distributed  # after flags: keeps --help fast
+  from vljax.train.trainer import train_and_evaluate, write_final_metrics
   try:
+    # First, before anything touches a JAX backend.
+    info = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    logging.info("distributed: %s", info)
     final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     logging.error("%s", e)
