@@ -119,7 +119,7 @@ def test_remat_policies_give_same_output_and_grads(scan):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
 
   ref_loss, ref_grads = value_and_grads("none")
-  for remat in ("full", "minimal"):
+  for remat in ("full", "minimal", "save_qkv"):
     loss, grads = value_and_grads(remat)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4), grads, ref_grads)
@@ -287,3 +287,20 @@ def test_conv_stem_and_image_size_must_fit_the_patch():
   model = get_model(tiny_cfg())
   with pytest.raises(ValueError, match="image size 12x12"):
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 12, 12, 3)), jnp.ones((1, LEN), jnp.int32))
+
+
+def test_remat_policies_trade_memory_for_recompute():
+  """Under scan (one compiled body, so XLA cannot reschedule across layers), each policy saves
+  less than the one before it and recomputes more."""
+  x = jnp.ones((4, 64, 128))
+  temp, flops = [], []
+  for remat in ("none", "minimal", "save_qkv", "full"):
+    model = Transformer(3, 512, 4, scan=True, remat=remat)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2)))
+    compiled = grad.lower(params, x).compile()
+    temp.append(compiled.memory_analysis().temp_size_in_bytes)
+    cost = compiled.cost_analysis()
+    flops.append((cost[0] if isinstance(cost, list) else cost)["flops"])
+  assert temp == sorted(temp, reverse=True) and len(set(temp)) == 4, temp
+  assert flops == sorted(flops), flops

@@ -13,13 +13,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 ACT = ("batch", "length", "act_embed")  # logical names of the residual stream
+# Activations tagged with checkpoint_name in the blocks below; remat policies save some of them.
+MATMUL_OUTPUTS = ("query", "key", "value", "attention_out", "mlp_hidden", "mlp_out")
 REMAT_POLICIES = {
-    "none": None,
-    "full": None,  # save nothing, recompute the whole block
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "none": None,  # no remat: the backward pass reads every forward activation
+    "minimal": jax.checkpoint_policies.save_only_these_names(*MATMUL_OUTPUTS),  # recompute the cheap rest
+    "save_qkv": jax.checkpoint_policies.save_only_these_names("query", "key", "value"),
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
 }
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 
@@ -89,9 +93,9 @@ class MlpBlock(nn.Module):
     width = x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = dense(self.mlp_dim, ("embed", "mlp"), name="fc1", **kw)(x)
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = checkpoint_name(nn.with_logical_constraint(h, ("batch", "length", "mlp")), "mlp_hidden")
     h = nn.gelu(h)
-    return dense(width, ("mlp", "embed"), name="fc2", **kw)(h)
+    return checkpoint_name(dense(width, ("mlp", "embed"), name="fc2", **kw)(h), "mlp_out")
 
 
 class MultiHeadAttention(nn.Module):
@@ -126,28 +130,29 @@ class MultiHeadAttention(nn.Module):
       return EinsumDense("bld,dhk->blhk", (x.shape[-1], self.num_heads, head_dim), ("embed", "heads", "kv"),
                          fan_axes=((0,), (1, 2)), name=name, **kw)(x)
 
-    q = proj("query", x_q)
+    q = checkpoint_name(proj("query", x_q), "query")
     if self.cross:
       k, v = self._cross_kv(proj, x_kv, decode_index)
     else:
       if x_kv is not None:
         raise ValueError("self-attention takes no x_kv; build the layer with cross=True")
-      k, v = proj("key", x_q), proj("value", x_q)
+      k, v = checkpoint_name(proj("key", x_q), "key"), checkpoint_name(proj("value", x_q), "value")
       if decode_index is not None:
         k, v, mask = self._cached_self_kv(k, v, mask, decode_index)
         is_causal = False  # the cache mask above is the causal mask
     # Its XLA path takes QK^T in float32 (preferred_element_type) and softmaxes there, even for bf16.
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                        implementation=self.attention_impl)
-    return EinsumDense("blhk,hkd->bld", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
-                       fan_axes=((0, 1), (2,)), name="out", **kw)(out)
+    out = EinsumDense("blhk,hkd->bld", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
+                      fan_axes=((0, 1), (2,)), name="out", **kw)(out)
+    return checkpoint_name(out, "attention_out")
 
   def _cross_kv(self, proj, memory: jax.Array | None, decode_index) -> tuple[jax.Array, jax.Array]:
     """Keys/values of the memory [B, S, any width]: projected now, or (decoding, memory None) cached."""
     if decode_index is None:
       if memory is None:
         raise ValueError("cross-attention needs the memory tokens x_kv")
-      return proj("key", memory), proj("value", memory)
+      return checkpoint_name(proj("key", memory), "key"), checkpoint_name(proj("value", memory), "value")
     if memory is not None:
       k, v = proj("key", memory), proj("value", memory)
       self.variable("cache", "cross_key", lambda: k).value = k
