@@ -1,5 +1,9 @@
 """One train step on 8 simulated devices equals the single-device step; FSDP really shards;
-a checkpoint written on one mesh resumes on another."""
+a checkpoint written on one mesh resumes on another (and on one device)."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +16,8 @@ from vljax.parallel.mesh import batch_shards, make_mesh
 from vljax.parallel.sharding import bytes_per_device, tree_bytes
 from vljax.train import setup, state as state_lib, step as step_lib
 from vljax.train.trainer import _global_batch, train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config():
@@ -88,12 +94,38 @@ def test_sigmoid_ring_step_equals_single_device():
 def test_restore_onto_a_different_mesh(tmp_path):
   def cfg(mesh, steps):
     c = tiny_config(evals={}, total_steps=steps)
+    c.model.image.num_heads = c.model.text.num_heads = 4  # heads shard over tensor=4
     c.mesh = mesh
     return c
-  full, moved = str(tmp_path / "full"), str(tmp_path / "moved")
+  full = str(tmp_path / "full")
   train_and_evaluate(cfg(dict(data=1, fsdp=8, tensor=1), 6), full)
-  train_and_evaluate(cfg(dict(data=1, fsdp=8, tensor=1), 3), moved)
-  train_and_evaluate(cfg(dict(data=4, fsdp=1, tensor=2), 6), moved)
-  a, b = read_metrics(full)["train/loss"], read_metrics(moved)["train/loss"]
+  expected = read_metrics(full)["train/loss"]
+  for target in (dict(data=4, fsdp=1, tensor=2), dict(data=2, fsdp=1, tensor=4)):
+    moved = str(tmp_path / f"moved_{target['data']}x{target['tensor']}")
+    train_and_evaluate(cfg(dict(data=1, fsdp=8, tensor=1), 3), moved)
+    train_and_evaluate(cfg(target, 6), moved)
+    for step in (4, 5, 6):
+      np.testing.assert_allclose(read_metrics(moved)["train/loss"][step], expected[step], rtol=1e-5, err_msg=str(target))
+  # Onto one device: a fresh process that sees a single CPU device.
+  single = str(tmp_path / "single")
+  train_and_evaluate(cfg(dict(data=1, fsdp=8, tensor=1), 3), single)
+  script = (
+      "import sys; sys.path.insert(0, 'tests')\n"
+      "from conftest import tiny_config  # sets 8 devices; this process wants one\n"
+      "import jax; jax.config.update('jax_num_cpu_devices', 1)\n"
+      "from vljax.train.trainer import train_and_evaluate\n"
+      "c = tiny_config(evals={}, total_steps=6); c.mesh = dict(data=1, fsdp=1, tensor=1)\n"
+      "c.model.image.num_heads = c.model.text.num_heads = 4\n"
+      f"assert jax.device_count() == 1; train_and_evaluate(c, {single!r})\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=ROOT, capture_output=True)
   for step in (4, 5, 6):
-    np.testing.assert_allclose(b[step], a[step], rtol=1e-5)
+    np.testing.assert_allclose(read_metrics(single)["train/loss"][step], expected[step], rtol=1e-5)
+
+
+def test_a_mesh_that_cannot_hold_a_parameter_is_a_clear_error(tmp_path):
+  c = tiny_config(evals={}, total_steps=1)  # text and image towers have 2 heads
+  c.mesh = dict(data=2, fsdp=1, tensor=4)
+  with pytest.raises(ValueError, match=r"param \S+ of shape .* cannot be sharded on mesh .*over \('tensor',\) = 4 ways"):
+    train_and_evaluate(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")

@@ -6,6 +6,7 @@ from typing import Any
 
 import flax
 import jax
+from flax import traverse_util
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
@@ -34,7 +35,26 @@ def dummy_inputs(cfg, batch: int) -> dict:
 def param_shardings(model: nn.Module, inputs: dict, mesh) -> Any:
   """NamedShardings of the params, from the logical names the modules declare."""
   boxed = jax.eval_shape(lambda r: model.init(r, **inputs)["params"], jax.random.PRNGKey(0))
-  return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_RULES)
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_RULES)
+  check_shardable(nn.unbox(boxed), shardings)
+  return shardings
+
+
+def check_shardable(params: Any, shardings: Any) -> None:
+  """Every sharded dimension must divide evenly over its mesh axes; fail naming the first that does not."""
+  flat_params = traverse_util.flatten_dict(params, sep="/")
+  flat_shardings = traverse_util.flatten_dict(shardings, sep="/")
+  for path, leaf in flat_params.items():
+    sharding = flat_shardings[path]
+    for dim, (size, axes) in enumerate(zip(leaf.shape, sharding.spec)):
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      ways = 1
+      for axis in axes:
+        ways *= sharding.mesh.shape[axis]
+      if size % ways:
+        raise ValueError(f"param {path} of shape {tuple(leaf.shape)} cannot be sharded on mesh "
+                         f"{dict(sharding.mesh.shape)}: dimension {dim} ({size}) over {axes} = {ways} ways; "
+                         f"use a mesh whose {'x'.join(axes)} size divides {size}")
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, mesh, inputs: dict):
