@@ -304,3 +304,14 @@ def test_remat_policies_trade_memory_for_recompute():
     flops.append((cost[0] if isinstance(cost, list) else cost)["flops"])
   assert temp == sorted(temp, reverse=True) and len(set(temp)) == 4, temp
   assert flops == sorted(flops), flops
+
+
+def test_cudnn_attention_falls_back_to_xla_with_a_log_line(caplog):
+  from vljax.models import layers
+  q = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 2, 16)), jnp.float32)
+  mask = jnp.tril(jnp.ones((8, 8), bool))[None, None]
+  with caplog.at_level("WARNING"):
+    got = layers.attention(q, q, q, mask, False, "cudnn")  # no GPU here: cuDNN refuses while tracing
+  want = jax.nn.dot_product_attention(q, q, q, mask=mask, implementation="xla")
+  np.testing.assert_array_equal(got, want)
+  assert "cuDNN unavailable" in caplog.text and "using XLA" in caplog.text

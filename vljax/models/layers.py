@@ -10,6 +10,7 @@ from typing import Any
 
 import chex
 import jax
+from absl import logging
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
@@ -140,9 +141,7 @@ class MultiHeadAttention(nn.Module):
       if decode_index is not None:
         k, v, mask = self._cached_self_kv(k, v, mask, decode_index)
         is_causal = False  # the cache mask above is the causal mask
-    # Its XLA path takes QK^T in float32 (preferred_element_type) and softmaxes there, even for bf16.
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                       implementation=self.attention_impl)
+    out = attention(q, k, v, mask, is_causal, self.attention_impl)
     out = EinsumDense("blhk,hkd->bld", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
                       fan_axes=((0, 1), (2,)), name="out", **kw)(out)
     return checkpoint_name(out, "attention_out")
@@ -187,6 +186,37 @@ class MultiHeadAttention(nn.Module):
       cached_v.value = jnp.where(here, v.astype(cached_v.value.dtype), cached_v.value)
       visible = (slots[None, :] <= index[:, None])[:, None, None, :]  # [B, 1, 1, max_len]
     return cached_k.value, cached_v.value, visible if mask is None else mask & visible
+
+
+_ATTENTION_PATHS_LOGGED: set = set()
+
+
+def _log_once(message: str, *args) -> None:
+  key = message % args
+  if key not in _ATTENTION_PATHS_LOGGED:
+    _ATTENTION_PATHS_LOGGED.add(key)
+    logging.warning(message, *args)
+
+
+def attention(q, k, v, mask, is_causal: bool, impl: str | None) -> jax.Array:
+  """jax.nn.dot_product_attention on the requested path, falling back to XLA when cuDNN cannot run.
+
+  impl None picks cuDNN flash attention on GPU for bf16/fp16 and XLA otherwise. cuDNN refuses
+  some shapes (head dims, dtypes, masks) and every non-GPU backend while tracing, so the fallback
+  costs nothing at run time; a log line says which path each shape took.
+  """
+  if impl is None:
+    on_gpu = jax.default_backend() == "gpu"
+    impl = "cudnn" if on_gpu and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
+  if impl == "cudnn":
+    try:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="cudnn")
+      _log_once("attention: cuDNN flash path for q %s %s", q.shape, q.dtype)
+      return out
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+      _log_once("attention: cuDNN unavailable for q %s %s (%s); using XLA", q.shape, q.dtype, str(e)[:120])
+  # The XLA path takes QK^T in float32 (preferred_element_type) and softmaxes there, even for bf16.
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="xla")
 
 
 class TransformerBlock(nn.Module):
