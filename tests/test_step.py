@@ -34,7 +34,7 @@ def test_grad_accumulation_averages_micro_batches():
         out = parts.model.apply({"params": params}, image=micro["image"], text=micro["text"], train=True)
       return objectives.combined_loss(dict(cfg.objectives), out, micro)[0]
 
-    # Micro-batch j holds examples j, j+2, j+4, ... (see step._split_micro).
+    # Micro-batch j holds examples j, j+2, j+4, ... (see gradcache.take_micro).
     micro = [jax.tree.map(lambda x, j=j: x[j::2], local) for j in range(2)]
     losses, grads = zip(*(jax.value_and_grad(loss_fn)(params0, m) for m in micro))
     mean_grads = jax.tree.map(lambda a, b: (a + b) / 2, *grads)

@@ -21,6 +21,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0)
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1
+  c.grad_accum_mode = "mean"           # "mean" of micro-batch grads, or "gradcache" (full-batch negatives)
   c.total_steps = 1000
   c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0)
   c.schedule = dict(name="warmup_cosine", warmup_steps=100, end_fraction=0.0)
@@ -130,6 +131,7 @@ def shapes_evals(every: int, captioning: bool = False, **overrides) -> dict:
 
 
 TOP_LEVEL_KEYS = frozenset(base_config().keys())
+GRAD_ACCUM_MODES = ("mean", "gradcache")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
@@ -146,5 +148,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.grad_accum_steps < 1 or cfg.batch_size % cfg.grad_accum_steps:
     raise ValueError(f"config: grad_accum_steps={cfg.grad_accum_steps} must be >= 1 and divide "
                      f"batch_size={cfg.batch_size}")
+  if cfg.grad_accum_mode not in GRAD_ACCUM_MODES:
+    raise ValueError(f"config: grad_accum_mode={cfg.grad_accum_mode!r} is unknown; "
+                     f"valid: {list(GRAD_ACCUM_MODES)}")
   if not cfg.objectives:
     raise ValueError("config.objectives is empty; give at least one `name: weight`")
+  if cfg.grad_accum_mode == "gradcache":
+    from vljax.train import gradcache  # lazy: the schema itself needs no jax
+    gradcache.check_objectives(cfg.objectives)

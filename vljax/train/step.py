@@ -1,4 +1,5 @@
-"""The jitted train step: micro-batch gradient accumulation, frozen params, weighted objectives."""
+"""The jitted train step: micro-batch gradient accumulation (mean or GradCache), frozen params,
+weighted objectives."""
 
 from __future__ import annotations
 
@@ -8,40 +9,71 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
-from jax.sharding import PartitionSpec as P
 
 from vljax import objectives
+from vljax.config import GRAD_ACCUM_MODES
 from vljax.data import pipeline
-from vljax.parallel.sharding import BATCH_AXES, LOGICAL_RULES, batch_sharding, replicated
+from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding, replicated
+from vljax.train import gradcache
 from vljax.train.optim import merge_params, split_frozen
 from vljax.train.state import TrainState
 
 
-def _split_micro(batch: dict, k: int) -> dict:
-  """[B, ...] -> [k, B/k, ...], micro-batch j = examples j, k+j, 2k+j... so every device
-  keeps its own rows (no data movement)."""
-  def split(x):
-    x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
-    return jax.lax.with_sharding_constraint(x, P(None, BATCH_AXES))
-  return jax.tree.map(split, batch)
+def make_grads_fn(model: nn.Module, cfg) -> Callable:
+  """(trainable, frozen, batch, rng) -> (loss, metrics, grads) of cfg's objectives, accumulated over
+  grad_accum_steps micro-batches as grad_accum_mode says (call under the logical axis rules).
+
+  "mean": the mean of k micro-batch gradients, each micro-batch its own negatives (k x less
+  activation memory, a k x smaller contrastive batch). "gradcache": the full-batch loss and
+  gradient at one micro-batch's activation memory (vljax/train/gradcache.py).
+  """
+  weights = cfg.objectives  # validated by setup.build (objectives.parse_objectives)
+  impl = cfg.get("loss_impl", "gather")
+  accum = int(cfg.get("grad_accum_steps", 1))
+  mode = cfg.get("grad_accum_mode", "mean")
+  if mode not in GRAD_ACCUM_MODES:
+    raise ValueError(f"grad_accum_mode={mode!r} is unknown; valid: {list(GRAD_ACCUM_MODES)}")
+  if mode == "gradcache":
+    gradcache.check_objectives(weights)
+
+  def apply_fn(trainable, frozen_params, micro, rng):
+    params = merge_params(trainable, frozen_params)
+    return model.apply({"params": params}, image=micro["image"], text=micro["text"], train=True,
+                       rngs={"dropout": rng})
+
+  def loss_fn(trainable, frozen_params, micro, rng):
+    out = apply_fn(trainable, frozen_params, micro, rng)
+    return objectives.combined_loss(weights, out, micro, impl=impl)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grads_fn(trainable, frozen_params, batch, rng):
+    if accum == 1:
+      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng)
+      return loss, metrics, grads
+    if mode == "gradcache":
+      return gradcache.gradcache_value_and_grad(apply_fn, weights, trainable, frozen_params, batch, rng,
+                                                k=accum, impl=impl)
+
+    def one(i):
+      # Micro-batch i = examples i, k+i, 2k+i...: every device keeps its own rows.
+      micro = gradcache.take_micro(batch, accum, i)
+      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i))
+      return l, m, g
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(one, 0))
+    (loss, metrics, grads), _ = jax.lax.scan(lambda acc, i: (jax.tree.map(jnp.add, acc, one(i)), None), zeros,
+                                             jnp.arange(accum))
+    return jax.tree.map(lambda x: x / accum, (loss, metrics, grads))
+
+  return grads_fn
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, schedule: optax.Schedule,
                     mesh, state_shardings) -> Callable:
   """jit(train_step)(state, batch) -> (state, metrics); state donated, shardings pinned."""
-  weights = cfg.objectives  # validated by setup.build (objectives.parse_objectives)
-  impl = cfg.get("loss_impl", "gather")
-  accum = int(cfg.get("grad_accum_steps", 1))
   frozen = list(cfg.frozen)
-
-  def loss_fn(trainable, frozen_params, micro, rng):
-    params = merge_params(trainable, frozen_params)
-    out = model.apply({"params": params}, image=micro["image"], text=micro["text"], train=True,
-                      rngs={"dropout": rng})
-    loss, metrics = objectives.combined_loss(weights, out, micro, impl=impl)
-    return loss, metrics
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grads_fn = make_grads_fn(model, cfg)
 
   def train_step(state: TrainState, batch: dict):
     trainable, frozen_params = split_frozen(state.params, frozen)
@@ -49,18 +81,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
     frozen_params = jax.lax.stop_gradient(frozen_params)
     rng = jax.random.fold_in(state.rng, state.step)
     with nn.logical_axis_rules(LOGICAL_RULES):
-      if accum == 1:
-        (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng)
-      else:
-        def body(carry, xs):
-          micro, i = xs
-          (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i))
-          return jax.tree.map(jnp.add, carry, (l, m, g)), None
-        micro = _split_micro(batch, accum)
-        (l0, m0), g0 = jax.eval_shape(grad_fn, trainable, frozen_params, jax.tree.map(lambda x: x[0], micro), rng)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, m0, g0))
-        (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-        loss, metrics, grads = jax.tree.map(lambda x: x / accum, (loss, metrics, grads))
+      loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     new_state = state.replace(step=state.step + 1, params=merge_params(trainable, frozen_params),
