@@ -9,9 +9,13 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-# bf16 dense peak FLOP/s per device; MFU is logged only where the device is known.
+# bf16 dense peak FLOP/s per device, matched as a substring of jax's device_kind (longest name
+# first: "NVIDIA H100 PCIe" before "H100"; JAX calls v5e "TPU v5 lite", v5p "TPU v5", v6e "TPU v6
+# lite"). MFU is logged only where the device is known. SXM parts are the H100/H200 defaults; the
+# PCIe and NVL cards run lower clocks.
 PEAK_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "A100": 312e12,
+    "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H200 NVL": 835e12,
+    "A100": 312e12,
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
     "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }

@@ -1,0 +1,285 @@
+"""Train-step benchmark: compile the jitted step, then time it on synthetic batches already on device.
+
+  python -m vljax.bench --config configs/clip_vit_b16.py [--config.KEY=VALUE ...] [--steps 20]
+
+No data pipeline: the batch is generated once, sharded like the trainer's, and reused, so the
+numbers are the step alone. Two FLOP counts: the model's (analytic matmuls + attention, 3x the
+forward; vljax.models.flops), which MFU divides by the peak, and XLA's (cost analysis of the
+compiled step: everything it executes, remat recomputation and elementwise ops included), which
+HFU divides by the peak. XLA's cost analysis counts one iteration of a loop, so a step that loops
+over matmuls (scanned layers, gradient accumulation, a ring loss) is counted from the lowering of
+its loop-free equivalent instead. The model count is 3x the forward even where params are frozen
+(no weight gradients: XLA's count is then the lower one).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vljax import evals
+from vljax import metrics as metrics_lib
+from vljax.bench.decode import machine_name
+from vljax.data import pipeline
+from vljax.models import flops as flops_lib
+from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
+from vljax.parallel.sharding import MESH_AXES, batch_sharding, bytes_per_device
+from vljax.train import setup, state as state_lib, step as step_lib
+
+
+def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int = 0) -> dict[str, jax.Array]:
+  """A global batch of cfg.data.format generated on device, sharded over the batch mesh axes.
+
+  Images uniform in [-1, 1] (the pipeline's range). Text rows are `[BOS] ids [EOS] [PAD]...` with
+  lengths between half and all of max_len, content ids random in [1, vocab) minus the special ids
+  ("vlm": one "<image>" per chunk), so last-token pooling and padding masks see what real
+  batches give them. loss_mask (formats that have one) covers the second half of each row.
+  """
+  fmt, b, size, length = cfg.data.format, cfg.batch_size, cfg.data.image_size, cfg.data.max_len
+  ndims = pipeline.batch_ndims(fmt)
+  chunks = int(cfg.data.chunks) if fmt == "vlm" else 0
+  if length < chunks + 2:
+    raise ValueError(f"data.max_len={length} cannot hold BOS, EOS and {chunks} image token(s)")
+  image_shape = {"caption": (b, size, size, 3), "lm": (b, 1, 1, 3),  # "lm" batches carry a dummy image
+                 "vlm": (b, chunks, size, size, 3)}[fmt]
+  specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, *tokenizer.special_ids.values()}
+  filler = min(set(range(1, len(specials) + 2)) - specials)  # an ordinary id to stand in for specials
+  special_ids = jnp.asarray(sorted(specials), jnp.int32)
+
+  def make(rng):
+    k_image, k_ids, k_len = jax.random.split(rng, 3)
+    image = jax.random.uniform(k_image, image_shape, jnp.float32, -1.0, 1.0)
+    ids = jax.random.randint(k_ids, (b, length), 1, tokenizer.vocab_size, jnp.int32)
+    ids = jnp.where(jnp.isin(ids, special_ids), filler, ids)
+    lengths = jax.random.randint(k_len, (b, 1), max(chunks + 2, length // 2), length + 1)
+    pos = jnp.arange(length)[None]
+    ids = jnp.where(pos == 0, tokenizer.bos_id, ids)
+    for k in range(chunks):  # chunk k's image token opens the k-th equal share of the row
+      ids = jnp.where(pos == 1 + k * ((lengths - 2) // chunks), tokenizer.image_id, ids)
+    ids = jnp.where(pos == lengths - 1, tokenizer.eos_id, ids)
+    ids = jnp.where(pos >= lengths, tokenizer.pad_id, ids)
+    out = {"image": image, "text": ids}
+    if "loss_mask" in ndims:
+      out["loss_mask"] = (pos >= lengths // 2) & (pos < lengths)
+    return out
+
+  shardings = {k: batch_sharding(mesh, n) for k, n in ndims.items()}
+  return jax.jit(make, out_shardings=shardings)(jax.random.PRNGKey(seed))
+
+
+def _cost_flops(stage) -> float | None:
+  """"flops" of a Lowered / Compiled stage's cost analysis; None where the backend gives none."""
+  cost = stage.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def _subjaxprs(eqn):
+  for value in eqn.params.values():
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+      if hasattr(v, "eqns"):
+        yield v
+      elif hasattr(getattr(v, "jaxpr", None), "eqns"):  # ClosedJaxpr
+        yield v.jaxpr
+
+
+def _has_matmul(jaxpr) -> bool:
+  return any(e.primitive.name in ("dot_general", "conv_general_dilated") or any(map(_has_matmul, _subjaxprs(e)))
+             for e in jaxpr.eqns)
+
+
+def has_matmul_loops(jaxpr) -> bool:
+  """Whether a scan or while loop of the jaxpr does matmuls (nn.scan layers, gradient
+  accumulation, the ring of a shard_map loss). XLA's cost analysis counts one iteration of a
+  loop; loops without matmuls (e.g. threefry's rounds on CPU) are too cheap to matter."""
+  for e in jaxpr.eqns:
+    subs = list(_subjaxprs(e))
+    if e.primitive.name in ("scan", "while") and any(map(_has_matmul, subs)):
+      return True
+    if any(map(has_matmul_loops, subs)):
+      return True
+  return False
+
+
+def _unscanned(tree: Any) -> Any:
+  """A model config with every `scan` switched off: the same layers unrolled."""
+  if isinstance(tree, dict):
+    return {k: False if k == "scan" else _unscanned(v) for k, v in tree.items()}
+  return tree
+
+
+def loop_free_xla_flops(cfg: ml_collections.ConfigDict, mesh, batch: dict) -> float | None:
+  """Global FLOPs of one step from XLA's cost analysis of its loop-free equivalent: layers
+  unrolled (scan=False), the batch in one pass (grad_accum_steps=1), the contrastive loss by
+  all-gather (loss_impl="gather"; the ring does the same matmuls). Same arithmetic, remat
+  included. Lowered only: abstract state, no compile, no memory. None if matmul loops remain."""
+  flat = cfg.to_dict()
+  flat.update(model=_unscanned(flat["model"]), grad_accum_steps=1, loss_impl="gather")
+  cfg = ml_collections.ConfigDict(flat)
+  parts = setup.build(cfg)
+  shardings = {}
+
+  def init():
+    state, shardings["state"] = state_lib.create_train_state(
+        parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, batch_shards(mesh)))
+    return state
+
+  state_like = jax.eval_shape(init)  # fills shardings["state"]
+  abstract = state_lib.abstract_state(shardings["state"], state_like)
+  step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings["state"])
+  traced = step.trace(abstract, batch)
+  return None if has_matmul_loops(traced.jaxpr.jaxpr) else _cost_flops(traced.lower())
+
+
+def xla_step_flops(compiled, matmul_loops: bool, cfg: ml_collections.ConfigDict, mesh,
+                   batch: dict) -> tuple[float | None, str]:
+  """Global FLOPs of one step as XLA counts them (everything executed: remat recomputation,
+  elementwise ops, replicated work on every device), and where the count comes from."""
+  per_device = _cost_flops(compiled)
+  if per_device is None:
+    return None, "n/a: the backend gives no cost analysis"
+  if not matmul_loops:
+    return per_device * mesh.devices.size, "cost analysis of the compiled step"
+  mode = cfg.get("grad_accum_mode", "mean")
+  if cfg.grad_accum_steps > 1 and mode != "mean":
+    return None, f"n/a: grad_accum_mode={mode!r} re-runs the forward in its loop; no loop-free equivalent"
+  total = loop_free_xla_flops(cfg, mesh, batch)
+  if total is None:
+    return None, "n/a: the step loops over matmuls, and cost analysis counts one iteration"
+  return total, "cost analysis of the loop-free lowering: the compiled step's loops count once"
+
+
+def memory_stats(compiled) -> dict[str, int | None]:
+  """Per-device bytes of the compiled step. The donated state is both an argument and an
+  output sharing one buffer (alias), so the total counts it once: argument + output - alias +
+  temp. None where the backend gives no memory analysis."""
+  keys = ("temp", "argument", "output", "alias")
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return {f"memory_{k}_bytes": None for k in (*keys, "per_device")}
+  out = {f"memory_{k}_bytes": int(getattr(mem, f"{k}_size_in_bytes", 0) or 0) for k in keys}
+  out["memory_per_device_bytes"] = (out["memory_argument_bytes"] + out["memory_output_bytes"]
+                                    - out["memory_alias_bytes"] + out["memory_temp_bytes"])
+  return out
+
+
+def _max_device_bytes(tree) -> int:
+  """Bytes on the fullest device (replicated leaves count in full on every device)."""
+  return max(bytes_per_device(tree).values(), default=0)
+
+
+def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, devices=None) -> dict[str, Any]:
+  """Compiles and times cfg's train step on `devices` (default: all); the result is JSON-able.
+
+  Keys: machine, device_kind, num_devices, cpu_cores, mesh, model, batch_size, steps, warmup,
+  compile_s, step_time_median_s, step_time_p90_s, examples_per_sec, model_tflops_per_step,
+  model_tflops_per_sec_per_device, xla_tflops_per_step, xla_flops_source, peak_tflops, mfu, hfu,
+  memory_{per_device,temp,argument,output,alias}_bytes, params_bytes_per_device,
+  opt_state_bytes_per_device. peak_tflops, mfu and hfu are None where the device has no known
+  peak (CPU) and config.peak_flops is unset; xla_tflops_per_step and hfu where XLA gives no count;
+  memory_* where the backend has no memory analysis.
+  """
+  if steps < 1 or warmup < 0:
+    raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
+  # The trainer's checks (unknown keys, model, objectives, evaluator names), without building the
+  # evaluators: they render eval sets the benchmark never uses.
+  for name in cfg.evals:
+    evals.get_evaluator(name)
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.evals = {}
+  parts = setup.build(cfg)
+  mesh = make_mesh(cfg.mesh, devices)
+  check_batch_divisible(cfg.batch_size, mesh)
+  check_batch_divisible(cfg.batch_size // cfg.grad_accum_steps, mesh, "batch_size / grad_accum_steps")
+  num_devices, device = int(mesh.devices.size), mesh.devices.flat[0]
+
+  with jax.set_mesh(mesh):
+    inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
+    state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+    params_bytes, opt_bytes = _max_device_bytes(state.params), _max_device_bytes(state.opt_state)
+    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
+    batch = synthetic_batch(cfg, parts.tokenizer, mesh, cfg.seed)
+
+    start = time.perf_counter()
+    traced = train_step.trace(state, batch)
+    compiled = traced.lower().compile()
+    compile_s = time.perf_counter() - start
+    matmul_loops = has_matmul_loops(traced.jaxpr.jaxpr)
+
+    for _ in range(warmup):
+      state, out = compiled(state, batch)
+      jax.block_until_ready((state, out))
+    times = []
+    for _ in range(steps):  # each step waited for: the time of one step, not of a pipelined run
+      start = time.perf_counter()
+      state, out = compiled(state, batch)
+      jax.block_until_ready((state, out))
+      times.append(time.perf_counter() - start)
+    xla_total, xla_source = xla_step_flops(compiled, matmul_loops, cfg, mesh, batch)
+
+  median, p90 = float(np.median(times)), float(np.percentile(times, 90))
+  model_flops = (flops_lib.model_flops_per_example(parts.model_cfg, cfg.data.image_size)
+                 * flops_lib.TRAIN_FLOPS_FACTOR * cfg.batch_size)
+  peak = cfg.peak_flops or metrics_lib.device_peak_flops(device)
+  tput = metrics_lib.throughput_metrics(steps=1, seconds=median, global_batch=cfg.batch_size,
+                                        flops_per_step=model_flops, num_devices=num_devices, peak_flops=peak)
+  return {
+      "machine": machine_name(), "device_kind": device.device_kind, "num_devices": num_devices,
+      "cpu_cores": os.cpu_count(), "mesh": dict(zip(MESH_AXES, (int(s) for s in mesh.devices.shape))),
+      "model": cfg.model.name, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
+      "compile_s": compile_s, "step_time_median_s": median, "step_time_p90_s": p90,
+      "examples_per_sec": tput["examples_per_sec"], "model_tflops_per_step": model_flops / 1e12,
+      "model_tflops_per_sec_per_device": tput["tflops_per_device"],
+      "xla_tflops_per_step": xla_total / 1e12 if xla_total else None, "xla_flops_source": xla_source,
+      "peak_tflops": peak / 1e12 if peak else None, "mfu": tput.get("mfu"),
+      "hfu": xla_total / num_devices / median / peak if xla_total and peak else None,
+      **memory_stats(compiled),
+      "params_bytes_per_device": params_bytes, "opt_state_bytes_per_device": opt_bytes,
+  }
+
+
+def _bytes(n: int | None) -> str:
+  if n is None:
+    return "n/a"
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def format_table(r: dict[str, Any]) -> str:
+  """The result as a markdown table (metric | value)."""
+  no_peak = "n/a (no known peak; set --config.peak_flops)"
+  mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items())
+  xla = r["xla_tflops_per_step"]
+  memory = r["memory_per_device_bytes"]
+  rows = [
+      ("machine", r["machine"]),
+      ("devices used", f"{r['num_devices']} x {r['device_kind']} (mesh {mesh})"),
+      ("model / global batch", f"{r['model']} / {r['batch_size']}"),
+      ("compile", f"{r['compile_s']:.1f} s"),
+      (f"step time, median / p90 of {r['steps']} (after {r['warmup']} warm-up)",
+       f"{1e3 * r['step_time_median_s']:.1f} / {1e3 * r['step_time_p90_s']:.1f} ms"),
+      ("examples/s", f"{r['examples_per_sec']:.1f}"),
+      ("model TFLOPs per step (analytic: matmuls + attention, 3 x forward)", f"{r['model_tflops_per_step']:.4g}"),
+      ("model TFLOP/s per device", f"{r['model_tflops_per_sec_per_device']:.4g}"),
+      ("XLA TFLOPs per step (all it executes, remat included)",
+       f"{xla:.4g} ({r['xla_flops_source']})" if xla else r["xla_flops_source"]),
+      ("peak TFLOP/s per device (bf16 dense)", f"{r['peak_tflops']:g}" if r["peak_tflops"] else no_peak),
+      ("MFU (model FLOPs / peak)", f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else no_peak),
+      ("HFU (XLA FLOPs / peak)", f"{100 * r['hfu']:.1f}%" if r["hfu"] is not None
+       else no_peak if not r["peak_tflops"] else "n/a (no XLA count)"),
+      ("memory per device (argument + output - aliased + temp)",
+       f"{_bytes(memory)} ({_bytes(r['memory_argument_bytes'])} + {_bytes(r['memory_output_bytes'])} - "
+       f"{_bytes(r['memory_alias_bytes'])} + {_bytes(r['memory_temp_bytes'])})"
+       if memory is not None else "n/a (the backend gives no memory analysis)"),
+      ("params + optimizer per device",
+       f"{_bytes(r['params_bytes_per_device'] + r['opt_state_bytes_per_device'])} "
+       f"({_bytes(r['params_bytes_per_device'])} + {_bytes(r['opt_state_bytes_per_device'])})"),
+  ]
+  return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
