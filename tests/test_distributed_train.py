@@ -129,3 +129,31 @@ def test_a_mesh_that_cannot_hold_a_parameter_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match=r"param \S+ of shape .* cannot be sharded on mesh .*over \('tensor',\) = 4 ways"):
     train_and_evaluate(c, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
+
+
+DECODER_MODELS = {
+    "coca": (dict(name="coca", embed_dim=32, image=dict(variant="mu/8"), text=dict(variant="mu", num_heads=2),
+                  num_queries=8), {"softmax_contrastive": 1.0, "captioning": 2.0}, "caption"),
+    "cappa": (dict(name="cappa", image=dict(variant="mu/8"), text=dict(variant="mu"), parallel_fraction=0.5),
+              {"captioning": 1.0}, "caption"),
+    "lm": (dict(name="lm", text=dict(variant="mu", max_len=32)), {"captioning": 1.0}, "lm"),
+    "llava": (dict(name="llava", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=64)),
+              {"captioning": 1.0}, "vlm"),
+    "flamingo": (dict(name="flamingo", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=32),
+                      num_latents=4), {"captioning": 1.0}, "vlm"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(DECODER_MODELS))
+def test_decoder_models_step_on_fsdp4_tensor2_equals_single_device(name):
+  model, objectives, data_format = DECODER_MODELS[name]
+  cfg = _config()
+  cfg.model, cfg.objectives = model, objectives
+  cfg.data.update(format=data_format, max_len=32)
+  batch = _batch(cfg)
+  ref_params, ref, _, _ = _one_step(cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), batch)
+  params, got, _, _ = _one_step(cfg, make_mesh({"fsdp": 4, "tensor": 2}), batch)
+  np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
