@@ -136,6 +136,9 @@ def ring_sigmoid_contrastive_loss(zimg: jnp.ndarray, ztxt: jnp.ndarray, logit_sc
     # shifts device i holds chunk i-k, so n-1 shifts visit every pair exactly once.
     own = _sigmoid_block_sum(zimg_l, ztxt_l, scale, bias, True)
 
+    # Rematerialised: the backward pass recomputes each (b, b) block instead of keeping all n - 1
+    # of them, so memory grows with the local batch, not with the number of devices.
+    @jax.checkpoint
     def step(carry, _):
       txt, total = carry
       txt = lax.ppermute(txt, axes, ring)
