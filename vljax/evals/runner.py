@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.experimental import multihost_utils
 
 from vljax import decode as decode_lib
 from vljax.data import prompts
@@ -53,8 +54,8 @@ class ModelRunner:
       parts = [a[start:start + chunk] for a in arrays]
       n = len(parts[0])
       parts = [np.concatenate([p, np.repeat(p[-1:], chunk - n, axis=0)]) if n < chunk else p for p in parts]
-      parts = [jax.device_put(p, batch_sharding(self.mesh, p.ndim)) for p in parts]
-      outs.append(jax.tree.map(lambda x: np.asarray(x)[:n], fn(*parts)))
+      parts = [_global_array(p, batch_sharding(self.mesh, p.ndim)) for p in parts]
+      outs.append(jax.tree.map(lambda x: _to_host(x)[:n], fn(*parts)))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
   def _require(self, what: str, ok: bool, need: str) -> None:
@@ -217,6 +218,19 @@ class ModelRunner:
     # Everything from <eoc> on is not part of the answer.
     tokens = np.where(np.cumsum(tokens == self.tokenizer.eoc_id, axis=1) > 0, self.tokenizer.pad_id, tokens)
     return self.tokenizer.decode(tokens)
+
+
+def _global_array(host: np.ndarray, sharding) -> jax.Array:
+  """A global array from a host array every process holds whole (evaluation data is rendered on
+  every host): each process fills its own devices' shards."""
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """The whole array on this host, also when other processes hold some of its shards."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def eval_images(examples: list[dict]) -> np.ndarray:

@@ -68,6 +68,7 @@ class EinsumDense(nn.Module):
   kernel_shape: tuple[int, ...]
   names: tuple[str, ...]
   fan_axes: tuple[tuple[int, ...], tuple[int, ...]]  # (fan-in axes, fan-out axes) of the kernel
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -76,10 +77,12 @@ class EinsumDense(nn.Module):
     fan_in, fan_out = self.fan_axes
     init = nn.initializers.xavier_uniform(in_axis=fan_in, out_axis=fan_out)
     kernel = self.param("kernel", partitioned(init, self.names), self.kernel_shape, self.param_dtype)
+    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    if not self.use_bias:
+      return y
     bias_shape = tuple(self.kernel_shape[a] for a in fan_out)
     bias = self.param("bias", partitioned(zeros, tuple(self.names[a] for a in fan_out)), bias_shape,
                       self.param_dtype)
-    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
     return y + bias.astype(self.dtype)
 
 
@@ -128,8 +131,10 @@ class MultiHeadAttention(nn.Module):
     head_dim = width // self.num_heads
 
     def proj(name, x):  # x [B, L, any width] -> [B, L, heads, head_dim]
+      # No key bias: it adds the same q.b to every logit of a query, which softmax cancels. Its true
+      # gradient is 0, and Adam would turn the float noise in it into full-size updates.
       return EinsumDense("bld,dhk->blhk", (x.shape[-1], self.num_heads, head_dim), ("embed", "heads", "kv"),
-                         fan_axes=((0,), (1, 2)), name=name, **kw)(x)
+                         fan_axes=((0,), (1, 2)), use_bias=name != "key", name=name, **kw)(x)
 
     q = checkpoint_name(proj("query", x_q), "query")
     if self.cross:
