@@ -36,3 +36,19 @@ def tiny_config(**overrides):
   c.update(overrides)
   return c
 
+
+
+def greedy_by_recompute(model, params, images, ids, lengths, steps, tokenizer):
+  """Each prompt continued `steps` tokens by rerunning the full teacher-forced decoder: the
+  reference a KV-cached generation must equal."""
+  import jax.numpy as jnp
+
+  memory = model.apply({"params": params}, images, method="encode_image")["memory"]
+  out = []
+  for b, n in enumerate(lengths):
+    seq = [int(i) for i in ids[b, :n]]
+    for _ in range(steps):
+      logits = model.apply({"params": params}, memory[b:b + 1], jnp.asarray([seq]), method="caption_logits")
+      seq.append(int(jnp.argmax(logits[0, -1])))
+    out.append(tokenizer.decode([seq[n:]])[0])
+  return out

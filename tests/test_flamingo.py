@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from conftest import greedy_by_recompute
 from vljax.data import prompts, tokenizers
 from vljax.models import get_model
 
@@ -84,13 +85,7 @@ def test_kv_cached_generation_equals_recompute():
   with jax.set_mesh(mesh):
     runner = ModelRunner(model, mesh, chunk=2, tokenizer=TOK)
     got = runner.generate(params, np.asarray(images), pids, lengths, decode_lib.DecodeOptions(max_len=3, min_len=3))
-  memory = model.apply({"params": params}, images, method="encode_image")["memory"]
-  for b, n in enumerate(lengths):
-    seq = list(pids[b, :n])
-    for _ in range(3):
-      logits = model.apply({"params": params}, memory[b:b + 1], jnp.asarray([seq]), method="caption_logits")
-      seq.append(int(jnp.argmax(logits[0, -1])))
-    assert got[b] == TOK.decode([seq[n:]])[0]
+  assert got == greedy_by_recompute(model, params, images, pids, lengths, 3, TOK)
 
 
 def test_config_errors():

@@ -8,6 +8,7 @@ import optax
 import pytest
 from flax import linen as nn
 
+from conftest import greedy_by_recompute
 from vljax import decode as decode_lib
 from vljax import objectives
 from vljax.data import tokenizers
@@ -256,10 +257,4 @@ def test_llava_generation_with_kv_cache_equals_greedy_recompute():
     got = runner.generate(params, np.asarray(image), ids, lengths, options)
     with pytest.raises(ValueError, match="prompt 0 has 1 <image> tokens but 2 images are given"):
       runner.generate(params, np.repeat(np.asarray(image), 2, axis=1), ids, lengths, options)
-  memory = model.apply({"params": params}, image, method="encode_image")["memory"]
-  for b, n in enumerate(lengths):
-    seq = list(ids[b, :n])
-    for _ in range(4):
-      logits = model.apply({"params": params}, memory[b:b + 1], jnp.asarray([seq]), method="caption_logits")
-      seq.append(int(jnp.argmax(logits[0, -1])))
-    assert got[b] == tok.decode([seq[n:]])[0]
+  assert got == greedy_by_recompute(model, params, image, ids, lengths, 4, tok)

@@ -22,7 +22,7 @@ class BindingEvaluator:
     self.scoring = settings.get("scoring", "auto")
 
   def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
-    score = {k: runner.pair_scores(params, self.images, t, self.scoring) for k, t in self.tokens.items()}
+    score = runner.pair_scores(params, self.images, self.tokens, self.scoring)
     attribute = float(np.mean(score["caption"] > score["attribute_swapped"]))
     relation = float(np.mean(score["caption"] > score["relation_swapped"]))
     return {"acc": (attribute + relation) / 2, "attribute_acc": attribute, "relation_acc": relation}

@@ -94,7 +94,9 @@ class ModelRunner:
 
   def pair_loglik(self, params, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """log p(tokens[i] | images[i]) for each i -> [N]."""
-    memory = self.memory(params, images)
+    return self._pair_loglik(params, self.memory(params, images), tokens)
+
+  def _pair_loglik(self, params, memory: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     return self._chunked(lambda m, t: self._loglik(params, m, t), memory, tokens)
 
   def loglik_matrix(self, params, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -117,11 +119,15 @@ class ModelRunner:
       return self.images(params, images) @ self.texts(params, tokens).T
     return self.loglik_matrix(params, images, tokens)
 
-  def pair_scores(self, params, images: np.ndarray, tokens: np.ndarray, scoring: str) -> np.ndarray:
-    """Score of each (images[i], tokens[i]) pair -> [N]."""
+  def pair_scores(self, params, images: np.ndarray, tokens: dict[str, np.ndarray], scoring: str
+                  ) -> dict[str, np.ndarray]:
+    """For each named caption set, the score of each (images[i], tokens[i]) pair -> [N]; the images
+    are encoded once for all sets."""
     if self.resolve_scoring(scoring) == "embedding":
-      return np.sum(self.images(params, images) * self.texts(params, tokens), axis=1)
-    return self.pair_loglik(params, images, tokens)
+      zimg = self.images(params, images)
+      return {k: np.sum(zimg * self.texts(params, t), axis=1) for k, t in tokens.items()}
+    memory = self.memory(params, images)
+    return {k: self._pair_loglik(params, memory, t) for k, t in tokens.items()}
 
   def resolve_scoring(self, scoring: str) -> str:
     """"auto" -> embeddings when the model has them, else likelihood."""
