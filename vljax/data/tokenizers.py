@@ -38,6 +38,7 @@ class Tokenizer(abc.ABC):
   bos_id: int
   eos_id: int
   special_ids: dict[str, int]  # SPECIAL_TOKENS -> id
+  id_offset: int = 0  # our id - the backend's own id (1 when the backend's id 0 is not padding)
 
   def _add_special_tokens(self, first_id: int) -> None:
     """Give SPECIAL_TOKENS the ids first_id, first_id + 1, ... and count them in vocab_size."""
@@ -164,7 +165,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     self._map = _ShiftedVocab(self.sp.get_piece_size(), special(self.sp.pad_id()),
                               special(self.sp.bos_id()), special(self.sp.eos_id()))
-    self.bos_id, self.eos_id = self._map.bos_id, self._map.eos_id
+    self.bos_id, self.eos_id, self.id_offset = self._map.bos_id, self._map.eos_id, self._map.shift
     self._add_special_tokens(self._map.vocab_size)
 
   def _content_ids(self, text: str) -> list[int]:
@@ -201,7 +202,7 @@ class HuggingFaceTokenizer(Tokenizer):
 
     self._map = _ShiftedVocab(self.tok.get_vocab_size(with_added_tokens=True), special(_HF_PAD),
                               special(_HF_BOS), special(_HF_EOS))
-    self.bos_id, self.eos_id = self._map.bos_id, self._map.eos_id
+    self.bos_id, self.eos_id, self.id_offset = self._map.bos_id, self._map.eos_id, self._map.shift
     self._add_special_tokens(self._map.vocab_size)
 
   def _content_ids(self, text: str) -> list[int]:
