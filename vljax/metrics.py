@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from etils import epath
 
 # bf16 dense peak FLOP/s per device, matched as a substring of jax's device_kind (longest name
 # first: "NVIDIA H100 PCIe" before "H100"; JAX calls v5e "TPU v5 lite", v5p "TPU v5", v6e "TPU v6
@@ -61,6 +62,14 @@ class MetricWriter:
     if self.enabled:
       self._file.close()
       self._tb.close()
+
+
+def write_text(workdir: str, name: str, text: str) -> str:
+  """Write workdir/name whole (local or object store, e.g. gs://); returns its path."""
+  path = epath.Path(workdir) / name
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+  return os.fspath(path)
 
 
 def read_metrics(workdir: str) -> dict[str, dict[int, float]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
@@ -118,9 +117,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
       state = _init_from(state, cfg, expected_shapes)
 
     if process == 0:  # only now: a config that fails above leaves the workdir as it was
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(cfg.to_json_best_effort(indent=2))
+      metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
     writer = metrics_lib.MetricWriter(workdir)
     train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
     runner = ModelRunner(parts.model, mesh, cfg.eval_batch_size, parts.tokenizer)
@@ -191,7 +188,4 @@ def write_final_metrics(workdir: str, final: dict) -> str | None:
   """workdir/final_metrics.json (process 0); its path, or None when there is nothing to write."""
   if jax.process_index() != 0 or not final:
     return None
-  path = os.path.join(workdir, "final_metrics.json")
-  with open(path, "w") as f:
-    json.dump(final, f, indent=2, sort_keys=True)
-  return path
+  return metrics_lib.write_text(workdir, "final_metrics.json", json.dumps(final, indent=2, sort_keys=True))
