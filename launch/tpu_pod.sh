@@ -172,7 +172,8 @@ if ! command -v $py >/dev/null; then
 fi
 [ -x .venv/bin/python ] || $py -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -r requirements.txt \"jax[tpu]==$jax_ver\""
+# gcsfs: metrics/config on gs:// through etils.epath without TensorFlow; google-cloud-storage: tensorboard event files.
+.venv/bin/pip install -q -r requirements.txt \"jax[tpu]==$jax_ver\" gcsfs google-cloud-storage"
 }
 
 # ---- 3. train on every worker ----------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from vljax import decode as decode_lib
@@ -142,10 +143,9 @@ class Predictor:
 
 def load(workdir: str, step: int | None = None) -> Predictor:
   """The model trained in `workdir` (its config.json and latest checkpoint, or `step`)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"vljax.load: {path!r} does not exist; is {workdir!r} a vljax workdir?")
-  with open(path) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
+  path = epath.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"vljax.load: {str(path)!r} does not exist; is {workdir!r} a vljax workdir?")
+  cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
   params, step = ckpt_lib.load_params(workdir, step, purpose="vljax.load")
   return Predictor(cfg, params, step)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 
 import jax
@@ -31,36 +32,64 @@ def device_peak_flops(device=None) -> float | None:
   return None
 
 
+def is_object_store(path: str | os.PathLike) -> bool:
+  """gs://, s3://, ...: no appends, no local absolute paths."""
+  return "://" in os.fspath(path)
+
+
 class MetricWriter:
   """Appends `{"step": int, key: float, ...}` lines to metrics.jsonl and tensorboard scalars.
 
   Only process 0 writes. The file is append-only: a resumed run re-logs the steps after its
-  checkpoint, and readers keep the last value per (step, key) (see `read_metrics`).
+  checkpoint, and readers keep the last value per (step, key) (see `read_metrics`). Object
+  stores (gs://...) cannot append, so there the writer keeps the file's lines and rewrites the
+  whole object at most every `object_store_flush_secs` and at close; nothing already written
+  is dropped, and a preempted run loses at most that many seconds of lines.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+  def __init__(self, workdir: str, *, enabled: bool | None = None, rewrite: bool | None = None,
+               object_store_flush_secs: float = 30.0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self._tb = None
-    self._file = None
+    self.rewrite = is_object_store(workdir) if rewrite is None else rewrite
+    self._flush_secs, self._last_flush = object_store_flush_secs, 0.0
+    self._tb = self._file = None
+    self._lines: list[str] = []
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._path = epath.Path(workdir) / "metrics.jsonl"
+      self._path.parent.mkdir(parents=True, exist_ok=True)
+      if self.rewrite:
+        self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+      else:
+        self._file = open(self._path, "a")
+      from tensorboardX import SummaryWriter  # writes gs:// itself (google-cloud-storage)
+      self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tb"))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
-    self._file.write(json.dumps({"step": int(step), **scalars}) + "\n")
-    self._file.flush()
+    line = json.dumps({"step": int(step), **scalars}) + "\n"
+    if self.rewrite:
+      self._lines.append(line)
+      self._flush_object(force=False)
+    else:
+      self._file.write(line)
+      self._file.flush()
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, int(step))
     self._tb.flush()
 
+  def _flush_object(self, force: bool) -> None:
+    if force or time.monotonic() - self._last_flush >= self._flush_secs:
+      self._path.write_text("".join(self._lines))
+      self._last_flush = time.monotonic()
+
   def close(self) -> None:
     if self.enabled:
-      self._file.close()
+      if self.rewrite:
+        self._flush_object(force=True)
+      else:
+        self._file.close()
       self._tb.close()
 
 
@@ -75,14 +104,11 @@ def write_text(workdir: str, name: str, text: str) -> str:
 def read_metrics(workdir: str) -> dict[str, dict[int, float]]:
   """key -> {step: value}, the last logged value winning (resumed runs re-log steps)."""
   out: dict[str, dict[int, float]] = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return out
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
+  for line in path.read_text().splitlines():
+    if line.strip():
       row = json.loads(line)
       step = row.pop("step")
       for k, v in row.items():

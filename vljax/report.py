@@ -6,6 +6,7 @@ import os
 import sys
 
 from absl import app, flags
+from etils import epath
 
 from vljax.metrics import read_metrics
 
@@ -40,7 +41,8 @@ def plot_curves(series: dict[str, dict[int, float]], path: str) -> None:
   ax_eval.set(xlabel="step", ylabel="value", title="evaluations", ylim=(0, 1.02))
   ax_eval.legend(fontsize=7, ncol=2)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with epath.Path(path).open("wb") as f:  # also gs://
+    fig.savefig(f, format="png", dpi=110)
   plt.close(fig)
 
 
@@ -48,9 +50,9 @@ def main(argv):
   del argv
   series = read_metrics(_WORKDIR.value)
   if not series:
-    sys.exit(f"error: no metrics in {os.path.join(_WORKDIR.value, 'metrics.jsonl')}; train first")
+    sys.exit(f"error: no metrics in {epath.Path(_WORKDIR.value) / 'metrics.jsonl'}; train first")
   print(final_table(series))
-  path = os.path.join(_WORKDIR.value, "curves.png")
+  path = os.fspath(epath.Path(_WORKDIR.value) / "curves.png")
   plot_curves(series, path)
   print(f"curves: {path}")
 

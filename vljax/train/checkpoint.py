@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
@@ -29,12 +30,18 @@ def shape_mismatches(saved: dict, expected: dict, limit: int = 8) -> list[str]:
   return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """workdir/checkpoints: absolute for local paths (Orbax needs that), as given for gs://..."""
+  path = os.path.join(os.fspath(workdir), "checkpoints")
+  return path if "://" in path else os.path.abspath(path)
+
+
 class Checkpointer:
   """Wraps one `ocp.CheckpointManager` over `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, *, every: int, keep: int, async_save: bool = True):
     self.every = every
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -76,8 +83,8 @@ class Checkpointer:
 
 def load_params(workdir: str, step: int | None = None, purpose: str = "init_from") -> tuple[dict, int]:
   """All params of a run's checkpoint as host numpy arrays (for `init_from`, `vljax.load`)."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(directory):
+  directory = checkpoint_dir(workdir)
+  if not epath.Path(directory).is_dir():
     raise FileNotFoundError(f"{purpose}: no checkpoints in {directory!r}; train that run first")
   manager = ocp.CheckpointManager(directory, item_names=("state", "data", "meta"),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
