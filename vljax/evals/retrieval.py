@@ -1,36 +1,84 @@
-"""Image <-> caption retrieval on held-out examples: R@1/5/10 both ways."""
+"""Image <-> caption retrieval, R@1/5/10 both ways: on held-out shapes examples (one caption per
+image), or on a caption set on disk with several captions per image (COCO / Flickr30k style)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from vljax.data import shapes
+from vljax.evals import datasets
 from vljax.evals.runner import ModelRunner, eval_images
 
+KS = (1, 5, 10)
 
-def recall_at_k(scores: np.ndarray, ks=(1, 5, 10)) -> dict[int, float]:
-  """scores[i, j] for query i and candidate j, the right candidate of query i being j = i."""
-  # Rank of the right candidate = how many candidates score strictly higher.
-  rank = np.sum(scores > np.diag(scores)[:, None], axis=1)
-  return {k: float(np.mean(rank < k)) for k in ks}
+
+def retrieval_ranks(scores: np.ndarray, text_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(i2t ranks [N_images], t2i ranks [N_texts]) for scores [N_images, N_texts], where caption j
+  describes image text_image[j].
+
+  A rank counts the candidates that score strictly higher than the right one: for a caption, its
+  image; for an image, the best-scoring of its captions (any of them retrieved is a hit).
+  """
+  text_image = np.asarray(text_image)
+  right = scores[text_image, np.arange(len(text_image))]  # each caption with its own image
+  best = np.full(scores.shape[0], -np.inf, scores.dtype)
+  np.maximum.at(best, text_image, right)
+  return np.sum(scores > best[:, None], axis=1), np.sum(scores > right[None, :], axis=0)
+
+
+def recall_at_k(ranks: np.ndarray, ks=KS) -> dict[int, float]:
+  return {k: float(np.mean(ranks < k)) for k in ks}
 
 
 class RetrievalEvaluator:
-  """Scores by embedding cosine, or (scoring "likelihood") by log p(caption | image)."""
+  """Scores by embedding cosine, or (scoring "likelihood") by log p(caption | image).
+
+  Settings: every, num_examples (images), scoring, dataset (see vljax.evals.datasets; default: the
+  shapes world). On a set on disk, `skipped` counts images that could not be decoded; their
+  captions leave the evaluation with them.
+  """
 
   name = "retrieval"
+  settings_keys = ("every", "num_examples", "scoring", "dataset")
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
-    n = int(settings.get("num_examples", 512))
-    examples = [world.example(i, split="eval") for i in range(n)]
-    self.images = eval_images(examples)
-    self.tokens = tokenizer.encode([e["caption"] for e in examples], max_len)
+  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+    datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
+    spec = datasets.as_dict(settings.get("dataset", None))
+    num_examples = settings.get("num_examples", None)
     self.scoring = settings.get("scoring", "auto")
+    data = data or {}  # the run's data config: image size and normalisation preset
+    normalization = data.get("normalization", "siglip")
+    if spec:
+      ds = datasets.open_captions(spec, image_size=int(data.get("image_size", world.image_size)),
+                                  normalization=normalization,
+                                  num_examples=None if num_examples is None else int(num_examples))
+      self.images, captions = ds.images, ds.captions
+    else:
+      examples = [world.example(i, split="eval") for i in range(int(num_examples or 512))]
+      self.images = datasets.ArrayImages(eval_images(examples, normalization))
+      captions = [[e["caption"]] for e in examples]
+    self.text_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
+    self.tokens = tokenizer.encode([c for cs in captions for c in cs], max_len)
+
+  def scores(self, runner: ModelRunner, params) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [N_kept, N_texts] of the decodable images with every caption, their positions)."""
+    if runner.resolve_scoring(self.scoring) == "likelihood":
+      return self.images.map(lambda x: runner.loglik_matrix(params, x, self.tokens), runner.chunk)
+    zimg, kept = self.images.map(lambda x: runner.images(params, x), runner.chunk)
+    return zimg @ runner.texts(params, self.tokens).T, kept
 
   def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
-    scores = runner.similarity(params, self.images, self.tokens, self.scoring)
+    scores, kept = self.scores(runner, params)
+    # Captions of skipped images go with them; the kept images are renumbered 0..len(kept)-1.
+    position = np.full(len(self.images), -1)
+    position[kept] = np.arange(len(kept))
+    text_image = position[self.text_image]
+    has_image = text_image >= 0
+    i2t, t2i = retrieval_ranks(scores[:, has_image], text_image[has_image])
     out = {}
-    for direction, s in (("i2t", scores), ("t2i", scores.T)):
-      for k, r in recall_at_k(s).items():
+    for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
+      for k, r in recall_at_k(ranks).items():
         out[f"{direction}_r{k}"] = r
+    if self.images.skipped:
+      out["skipped"] = float(self.images.skipped)
     return out

@@ -1,53 +1,115 @@
-"""Zero-shot classification over color x shape classes, with a prompt-template ensemble."""
+"""Zero-shot classification with a prompt-template ensemble: on the shapes world (color x shape
+classes), or on a classification set on disk (tfds / JSONL, e.g. ImageNet)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from vljax.data import shapes
+from vljax.evals import datasets, templates as templates_lib
 from vljax.evals.runner import ModelRunner, eval_images, normalize
+
+PROMPTS_PER_CALL = 8192  # text embeddings are averaged per class as they come: memory is one call's
+
+
+def class_embeddings(runner: ModelRunner, params, prompt_tokens: np.ndarray, num_templates: int) -> np.ndarray:
+  """[N_classes, E]: CLIP's ensemble, the renormalised mean of a class's normalised prompt embeddings;
+  prompt_tokens hold each class's `num_templates` prompts in a row."""
+  per_call = max(1, PROMPTS_PER_CALL // num_templates) * num_templates
+  parts = []
+  for start in range(0, len(prompt_tokens), per_call):
+    z = runner.texts(params, prompt_tokens[start:start + per_call])
+    parts.append(normalize(z.reshape(-1, num_templates, z.shape[-1])).mean(axis=1))
+  return normalize(np.concatenate(parts))
 
 
 def class_scores(runner: ModelRunner, params, images: np.ndarray, prompt_tokens: np.ndarray,
                  num_templates: int, scoring: str = "auto") -> np.ndarray:
-  """[N_images, N_classes] scores; prompt_tokens hold each class's `num_templates` prompts in a row.
+  """[N_images, N_classes] scores for preprocessed images (see ZeroShotEvaluator for the two kinds)."""
+  return _scores(runner, params, datasets.ArrayImages(images), prompt_tokens, num_templates, scoring)[0]
 
-  Embedding models: CLIP's ensemble (mean of a class's normalised prompt embeddings, renormalised,
-  cosine with the image). Captioning models: mean log-likelihood of the class's prompts.
-  """
-  shape = (len(prompt_tokens) // num_templates, num_templates)
+
+def _scores(runner: ModelRunner, params, images, prompt_tokens: np.ndarray, num_templates: int,
+            scoring: str) -> tuple[np.ndarray, np.ndarray]:
+  """(scores of the decodable images [N_kept, N_classes], their positions) for ArrayImages or
+  datasets.EvalImages."""
   if runner.resolve_scoring(scoring) == "likelihood":
-    return runner.loglik_matrix(params, images, prompt_tokens).reshape(len(images), *shape).mean(axis=2)
-  z = normalize(runner.texts(params, prompt_tokens).reshape(*shape, -1)).mean(axis=1)
-  return runner.images(params, images) @ normalize(z).T
+    num_classes = len(prompt_tokens) // num_templates
+    return images.map(lambda x: runner.loglik_matrix(params, x, prompt_tokens).reshape(
+        len(x), num_classes, num_templates).mean(axis=2), runner.chunk)
+  zcls = class_embeddings(runner, params, prompt_tokens, num_templates)
+  zimg, kept = images.map(lambda x: runner.images(params, x), runner.chunk)
+  return zimg @ zcls.T, kept
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, float]:
+  """Fraction of rows whose label is among the k best classes; ties go to the lower class index,
+  as with argmax."""
+  order = np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)]
+  hit = order == labels[:, None]
+  return {k: float(np.mean(hit[:, :k].any(axis=1))) for k in ks}
 
 
 class ZeroShotEvaluator:
-  """top1 over all classes, plus whether the predicted color / shape alone is right.
+  """Shapes world (no `dataset`): top1, and whether the predicted color / shape alone is right.
+  A classification set on disk (`dataset`, see vljax.evals.datasets): top1, top5, and `skipped`
+  when some images could not be decoded.
 
   Embedding models score classes by CLIP's prompt ensemble; captioning models (scoring
   "likelihood") by the mean log-likelihood of the class's prompts given the image.
+
+  Settings: every, num_examples, scoring ("auto", "embedding", "likelihood"), templates (a set name
+  from vljax.evals.templates, "clip80" / "short" / "shapes", or a list of strings with "{}"; also
+  accepted inside `dataset`), dataset.
   """
 
   name = "zeroshot"
+  settings_keys = ("every", "num_examples", "scoring", "templates", "dataset")
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
-    n = int(settings.get("num_examples", 640))
-    examples = [world.zeroshot_example(i) for i in range(n)]
-    self.images = eval_images(examples)
-    self.labels = np.array([e["label"] for e in examples])
-    self.classes = world.zeroshot_classes()
-    self.templates = list(settings.get("templates", None) or shapes.PROMPT_TEMPLATES)
+  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+    datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
+    spec = datasets.as_dict(settings.get("dataset", None))
     self.scoring = settings.get("scoring", "auto")
-    prompts = [shapes.fill_prompt(t, c) for c in self.classes for t in self.templates]
+    spec_templates = spec.pop("templates", None) if spec else None
+    given_templates = spec_templates or settings.get("templates", None)
+    num_examples = settings.get("num_examples", None)
+    data = data or {}  # the run's data config: image size and normalisation preset
+    normalization = data.get("normalization", "siglip")
+    if spec:
+      ds = datasets.open_classification(
+          spec, image_size=int(data.get("image_size", world.image_size)),
+          normalization=normalization,
+          num_examples=None if num_examples is None else int(num_examples))
+      self.images, self.labels, self.classes = ds.images, ds.labels, ds.class_names
+      self.templates = templates_lib.resolve_templates(given_templates or "clip80")
+      prompts = [templates_lib.fill(t, c) for c in self.classes for t in self.templates]
+    else:
+      examples = [world.zeroshot_example(i) for i in range(int(num_examples or 640))]
+      self.images = datasets.ArrayImages(eval_images(examples, normalization))
+      self.labels = np.array([e["label"] for e in examples])
+      self.classes = world.zeroshot_classes()
+      self.templates = templates_lib.resolve_templates(given_templates or "shapes")
+      prompts = [shapes.fill_prompt(t, c) for c in self.classes for t in self.templates]
+    self.shapes = not spec
     self.prompt_tokens = tokenizer.encode(prompts, max_len)
 
+  def scores(self, runner: ModelRunner, params) -> tuple[np.ndarray, np.ndarray]:
+    """(class scores [N_kept, N_classes] of the decodable images, their positions in the set)."""
+    return _scores(runner, params, self.images, self.prompt_tokens, len(self.templates), self.scoring)
+
   def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
-    scores = class_scores(runner, params, self.images, self.prompt_tokens, len(self.templates), self.scoring)
-    pred = np.argmax(scores, axis=1)
-    num_shapes = len(shapes.SHAPES)
-    return {
-        "top1": float(np.mean(pred == self.labels)),
-        "color_acc": float(np.mean(pred // num_shapes == self.labels // num_shapes)),
-        "shape_acc": float(np.mean(pred % num_shapes == self.labels % num_shapes)),
-    }
+    scores, kept = self.scores(runner, params)
+    labels = self.labels[kept]
+    if self.shapes:
+      pred = np.argmax(scores, axis=1)
+      num_shapes = len(shapes.SHAPES)
+      return {
+          "top1": float(np.mean(pred == labels)),
+          "color_acc": float(np.mean(pred // num_shapes == labels // num_shapes)),
+          "shape_acc": float(np.mean(pred % num_shapes == labels % num_shapes)),
+      }
+    out = {f"top{k}": v for k, v in topk_accuracy(scores, labels).items()}
+    if self.images.skipped:
+      out["skipped"] = float(self.images.skipped)
+    return out
+
