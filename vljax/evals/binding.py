@@ -13,10 +13,11 @@ class BindingEvaluator:
 
   name = "binding"
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
+  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+    normalization = (data or {}).get("normalization", "siglip")
     n = int(settings.get("num_examples", 512))
     examples = [world.binding_example(i) for i in range(n)]
-    self.images = eval_images(examples)
+    self.images = eval_images(examples, normalization)
     self.tokens = {k: tokenizer.encode([e[k] for e in examples], max_len)
                    for k in ("caption", "attribute_swapped", "relation_swapped")}
     self.scoring = settings.get("scoring", "auto")

@@ -28,10 +28,11 @@ class CaptionEvaluator:
 
   name = "caption"
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
+  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+    normalization = (data or {}).get("normalization", "siglip")
     n = int(settings.get("num_examples", 256))
     examples = [world.caption_example(i, int(settings.get("num_references", 5))) for i in range(n)]
-    self.images = eval_images(examples)
+    self.images = eval_images(examples, normalization)
     self.references = {i: e["references"] for i, e in enumerate(examples)}
     self.objects = [e["objects"] for e in examples]
     # [BOS] + max_len - 1 generated tokens fit the text length the model was built for.
@@ -41,9 +42,11 @@ class CaptionEvaluator:
     self.options.validate()
     self.shots = _shots(settings["shots"]) if settings.get("shots", None) is not None else ()
     if self.shots:
-      self._few_shot_prompts(settings, world, tokenizer, n, int(settings.get("prompt_max_len", max_len)))
+      self._few_shot_prompts(settings, world, tokenizer, n, int(settings.get("prompt_max_len", max_len)),
+                             normalization)
 
-  def _few_shot_prompts(self, settings, world, tokenizer, n: int, prompt_max_len: int) -> None:
+  def _few_shot_prompts(self, settings, world, tokenizer, n: int, prompt_max_len: int,
+                        normalization: str) -> None:
     num_support = int(settings.get("num_support", 256))
     # Captions run up to 24 tokens a chunk: an 8-shot prompt of long ones outgrows a small LM's
     # positions, so the support pool may be limited to short captions.
@@ -54,7 +57,7 @@ class CaptionEvaluator:
       if len(shapes.split_words(ex["caption"])) <= max_words:
         support.append(ex)
       i += 1
-    self.support_images = eval_images(support)
+    self.support_images = eval_images(support, normalization)
     self.support = support_indices(n, num_support, max(self.shots), int(settings.get("seed", 0)))
     chunks = [prompts.caption_chunk(e["caption"]) for e in support]
     self.prompts = {}

@@ -48,7 +48,8 @@ class VQAEvaluator:
 
   name = "vqa"
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int):
+  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+    normalization = (data or {}).get("normalization", "siglip")
     n = int(settings.get("num_examples", 256))
     self.shots = _shots(settings.get("shots", (0,)))
     num_support = int(settings.get("num_support", 256))
@@ -70,8 +71,8 @@ class VQAEvaluator:
     self.questions = [e["question"] for e in examples]
     self.answers = [e["answer"] for e in examples]
     self.types = [e["question_type"] for e in examples]
-    self.images = eval_images(examples)
-    self.support_images = eval_images(support)
+    self.images = eval_images(examples, normalization)
+    self.support_images = eval_images(support, normalization)
     self.support = support_indices(n, num_support, max(self.shots), seed)
     self.majority = majority_baseline([e["answer"] for e in support], [e["question_type"] for e in support],
                                       self.answers, self.types)
