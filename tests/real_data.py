@@ -60,3 +60,85 @@ def write_tfds(data_dir: str | os.PathLike, name: str, splits: Mapping[str, Sequ
   builder = _Builder(data_dir=os.fspath(data_dir), file_format="array_record")
   builder.download_and_prepare()
   return os.fspath(builder.data_dir)
+
+
+def _add(tar, name: str, data: bytes) -> None:
+  import tarfile
+
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def write_tar_shards(directory: str | os.PathLike, samples: Sequence[Mapping[str, Any]], per_shard: int,
+                     name: str = "shard-{:05d}.tar", fmt: str = "JPEG") -> list[str]:
+  """img2dataset-style shards: per sample `KEY.jpg` (or the fmt's extension) + `KEY.txt` + `KEY.json`.
+
+  A sample is a dict with `image` (uint8 array, or encoded bytes written as they are) and `caption`;
+  optional `key`, `ext` (image extension, default from fmt), `json` (dict: written as KEY.json,
+  default {"caption": caption}), `txt` (False: no KEY.txt) and `extra` (a list of (extension, bytes)
+  members). Returns the shard paths.
+  """
+  import json
+  import tarfile
+
+  os.makedirs(directory, exist_ok=True)
+  default_ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+  paths = []
+  for start in range(0, len(samples), per_shard):
+    path = os.path.join(os.fspath(directory), name.format(len(paths)))
+    with tarfile.open(path, "w") as tar:
+      for i, s in enumerate(samples[start:start + per_shard], start):
+        key = s.get("key", f"{i:09d}")
+        image = s.get("image")
+        if image is not None:
+          data = image if isinstance(image, bytes) else encode(image, fmt)
+          _add(tar, f"{key}.{s.get('ext', default_ext)}", data)
+        if s.get("txt", True):
+          _add(tar, f"{key}.txt", str(s.get("caption", "")).encode())
+        _add(tar, f"{key}.json", json.dumps(s.get("json", {"caption": s.get("caption", "")})).encode())
+        for ext, data in s.get("extra", ()):
+          _add(tar, f"{key}.{ext}", data)
+    paths.append(path)
+  return paths
+
+
+def write_folder(directory: str | os.PathLike, samples: Sequence[Mapping[str, Any]], index: str = "jsonl",
+                 image_key: str = "image", caption_key: str = "caption", fmt: str = "JPEG") -> str:
+  """Images under directory/images/ and an index file (`captions.jsonl` or `captions.csv`) naming them.
+
+  A sample is a dict with `image` (uint8 array or encoded bytes; None: listed but not written) and
+  `caption` (a list of captions in JSONL only). Returns the index file's path.
+  """
+  import csv
+  import json
+
+  os.makedirs(os.path.join(directory, "images"), exist_ok=True)
+  ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+  rows = []
+  for i, s in enumerate(samples):
+    rel = f"images/{i:06d}.{ext}"
+    if s.get("image") is not None:
+      with open(os.path.join(directory, rel), "wb") as f:
+        f.write(s["image"] if isinstance(s["image"], bytes) else encode(s["image"], fmt))
+    rows.append({image_key: rel, caption_key: s["caption"]})
+  path = os.path.join(os.fspath(directory), f"captions.{index}")
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    if index == "csv":
+      writer = csv.DictWriter(f, fieldnames=[image_key, caption_key])
+      writer.writeheader()
+      writer.writerows(rows)
+    else:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+  return path
+
+
+def write_array_records(directory: str | os.PathLike, samples: Sequence[Mapping[str, Any]],
+                        records_per_file: int = 16, fmt: str = "JPEG") -> list[str]:
+  """The `array_record` source's format (vljax.data.sources.records) from image/caption samples."""
+  from vljax.data.sources import records
+
+  return records.write_records(os.fspath(directory), [
+      {"key": s.get("key", f"{i:09d}"), "caption": s["caption"],
+       "image": s["image"] if isinstance(s["image"], bytes) else encode(s["image"], fmt)}
+      for i, s in enumerate(samples)], records_per_file)

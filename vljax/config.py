@@ -18,7 +18,12 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss_impl = "gather"               # "gather" (XLA collectives) or "shard_map" (all-gather / ring)
   c.data = dict(name="shapes", format="caption", vqa_fraction=0.5, chunks=1, image_size=64, max_len=24,
                 caption_noise=0.0, tokenizer="shapes",
-                min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0)
+                min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0,
+                normalization="siglip",      # pixel preset (vljax.data.images.NORMALIZATIONS); siglip: [-1, 1]
+                # Real data (name: tfds, array_record, webdataset, folder, mixture): the keys are
+                # documented in vljax/data/sources/__init__.py.
+                path="", split="train", tfds_name="", image_key="image", caption_key="caption",
+                label_template="a photo of a {}.", crop_scale=(0.9, 1.0), cycle_length=4, sources=())
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1
   c.grad_accum_mode = "mean"           # "mean" of micro-batch grads, or "gradcache" (full-batch negatives)

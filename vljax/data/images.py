@@ -53,13 +53,15 @@ def decode_image(data: bytes) -> Image.Image:
     return im
   except CorruptImageError:
     raise
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as e:
-    raise CorruptImageError(f"undecodable image: {e}") from e
+  except Exception as e:  # PIL raises many types on malformed input (struct.error, IndexError, ...)
+    raise CorruptImageError(f"undecodable image: {type(e).__name__}: {e}") from e
 
 
 def _to_rgb_array(im: Image.Image, box: tuple[int, int, int, int], size: int) -> np.ndarray:
   """Crop `box` (in full-resolution coordinates) out of `im`, resize to size x size, RGB uint8."""
   full_w, full_h = im.size
+  if min(full_w, full_h) < 1:
+    raise CorruptImageError(f"image of {full_w}x{full_h} pixels has no content")
   crop_w, crop_h = box[2] - box[0], box[3] - box[1]
   try:
     if im.format == "JPEG":
@@ -71,8 +73,8 @@ def _to_rgb_array(im: Image.Image, box: tuple[int, int, int, int], size: int) ->
       im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "LA", "PA") else im.convert("RGB")
     out = im.resize((size, size), Image.BICUBIC, box=box, reducing_gap=None)
     return np.asarray(out, dtype=np.uint8)
-  except (OSError, ValueError, SyntaxError) as e:  # truncated data surfaces only when pixels load
-    raise CorruptImageError(f"undecodable image: {e}") from e
+  except Exception as e:  # truncated or malformed data surfaces only when pixels load, as any type
+    raise CorruptImageError(f"undecodable image: {type(e).__name__}: {e}") from e
 
 
 def resize_center_crop(im: Image.Image | np.ndarray, size: int) -> np.ndarray:

@@ -1,40 +1,78 @@
-"""grain input pipeline: render, tokenize, batch and shard examples per host.
+"""grain input pipelines: decode, augment, tokenize, batch and shard examples per host.
 
-Host `p` of `P` reads global examples `p, p + P, p + 2P, ...` of the source, so the
-`s`-th batches of all hosts together hold examples `s*B ... s*B + B - 1` (B = global batch)
-and no two hosts ever share one. Batches are built whole in grain's prefetch threads (or
-worker processes), so rendering overlaps the training step. The iterator's state is
-grain's: a batch index, so `get_state()`/`set_state()` resume bit-identically.
+Shapes (data.name="shapes"): host `p` of `P` reads global examples `p, p + P, p + 2P, ...` of the
+world, so the `s`-th batches of all hosts together hold examples `s*B ... s*B + B - 1` (B = global
+batch) and no two hosts ever share one. Batches are built whole in grain's prefetch threads (or
+worker processes), so rendering overlaps the training step. The iterator's state is grain's: a
+batch index, so `get_state()`/`set_state()` resume bit-identically.
+
+Real data (data.name in sources.SOURCE_NAMES; config keys in vljax/data/sources/__init__.py):
+
+  random-access sources (tfds, array_record, folder):
+    MapDataset.source -> shuffle(seed) -> repeat() (reshuffled every epoch) -> random_map(decode +
+    crop, generator from (seed, index)) -> [p::P] -> to_iter_dataset (num_threads)
+  webdataset shards:
+    MapDataset.source(this host's shards) -> shuffle(seed) -> repeat() -> one TarShardDataset each
+    -> InterleaveIterDataset(cycle_length) -> random_map(decode + crop)
+  mixture: the sources above -> IterDataset.mix(weights)
+  then: SkipBadIterDataset (bad samples -> counts) -> batch(collate: normalise, tokenize, sum
+  the skip counts into "_skipped") -> mp_prefetch(data.workers) or a prefetch thread.
+
+Everything up to the batch runs in the `data.workers` processes. Resume is exact for every
+source (grain's states: indices, interleave positions and tar byte offsets) as long as
+data.workers and data.cycle_length are unchanged; the batches' composition depends on both.
+Unlike shapes, hosts' states differ on real data: a multi-host resume needs every host's own
+state in the checkpoint.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from vljax.data import prompts, shapes
+from vljax.data import images, prompts, shapes, sources
+from vljax.data.sources import examples, skips, webdataset
 from vljax.data.tokenizers import Tokenizer
 
-DATASETS = ("shapes",)
+DATASETS = ("shapes",) + sources.SOURCE_NAMES
 DEFAULT_MAX_LEN = shapes.MAX_CAPTION_WORDS + 2
+SKIPPED_KEY = skips.SKIPPED_KEY
 
 
-def preprocess_images(images: np.ndarray) -> np.ndarray:
-  """uint8 images [..., H, W, 3] -> float32 in [-1, 1]: the one place images are normalised."""
-  images = np.asarray(images)
-  if images.dtype != np.uint8:
-    raise ValueError(f"preprocess_images expects uint8 pixels, got dtype {images.dtype}.")
-  return images.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
+def preprocess_images(pixels: np.ndarray) -> np.ndarray:
+  """uint8 images [..., H, W, 3] -> float32 in [-1, 1]: the default ("siglip") normalisation."""
+  pixels = np.asarray(pixels)
+  if pixels.dtype != np.uint8:
+    raise ValueError(f"preprocess_images expects uint8 pixels, got dtype {pixels.dtype}.")
+  return pixels.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
 
 
-def make_world(data_cfg: Mapping[str, Any], seed: int) -> shapes.ShapesWorld:
-  """The shapes world a data config describes (also what evaluators should render from)."""
+def check_name(data_cfg: Mapping[str, Any]) -> str:
   name = data_cfg.get("name", "shapes")
   if name not in DATASETS:
     raise ValueError(f"Unknown dataset name {name!r}; valid names are {list(DATASETS)}.")
+  return name
+
+
+def check_data_config(data_cfg: Mapping[str, Any]) -> None:
+  """Every data setting checked before any compute: names, presets, paths, keys."""
+  if check_name(data_cfg) == "shapes":
+    images.check_normalization(data_cfg.get("normalization", "siglip"))
+    check_format(data_cfg.get("format", "caption"))
+  else:
+    sources.check(data_cfg)
+  if int(data_cfg.get("workers", 0)) < 0:
+    raise ValueError(f"data.workers={data_cfg.get('workers')} must be >= 0")
+
+
+def make_world(data_cfg: Mapping[str, Any], seed: int) -> shapes.ShapesWorld:
+  """The shapes world a data config describes (also what evaluators render from, whatever the
+  training source)."""
+  check_name(data_cfg)
   return shapes.ShapesWorld(seed=seed, image_size=data_cfg.get("image_size", 64),
                             caption_noise=data_cfg.get("caption_noise", 0.0),
                             min_objects=data_cfg.get("min_objects", 1),
@@ -55,22 +93,24 @@ class _Collate:
   For "lm" and "vlm" each example is a list of `chunks` source examples.
   """
 
-  def __init__(self, tokenizer: Tokenizer, max_len: int, data_format: str = "caption"):
+  def __init__(self, tokenizer: Tokenizer, max_len: int, data_format: str = "caption",
+               normalization: str = "siglip"):
     self.tokenizer, self.max_len, self.format = tokenizer, max_len, data_format
+    self.normalization = normalization  # "siglip" is bit-identical to preprocess_images
 
   def __call__(self, examples: Sequence) -> dict[str, np.ndarray]:
     if self.format == "caption":
-      images = preprocess_images(np.stack([ex["image"] for ex in examples]))
-      return {"image": images, "text": self.tokenizer.encode([ex["caption"] for ex in examples], self.max_len)}
+      pixels = images.normalize(np.stack([ex["image"] for ex in examples]), self.normalization)
+      return {"image": pixels, "text": self.tokenizer.encode([ex["caption"] for ex in examples], self.max_len)}
     with_image = self.format == "vlm"
     chunks = [[prompts.vqa_chunk(ex["question"], ex["answer"], with_image) if "question" in ex
                else prompts.caption_chunk(ex["caption"], with_image) for ex in seq] for seq in examples]
     text, loss_mask = prompts.encode_chunks(self.tokenizer, chunks, self.max_len)
     if with_image:
-      images = preprocess_images(np.stack([[ex["image"] for ex in seq] for seq in examples]))
+      pixels = images.normalize(np.stack([[ex["image"] for ex in seq] for seq in examples]), self.normalization)
     else:
-      images = np.zeros((len(examples), 1, 1, 3), np.float32)
-    return {"image": images, "text": text, "loss_mask": loss_mask}
+      pixels = np.zeros((len(examples), 1, 1, 3), np.float32)
+    return {"image": pixels, "text": text, "loss_mask": loss_mask}
 
 
 class _Sequences:
@@ -99,24 +139,36 @@ def check_format(data_format: str) -> None:
     raise ValueError(f"Unknown data.format {data_format!r}; valid: {list(FORMATS)}")
 
 
-def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, global_batch_size: int,
-                       seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """This host's infinite stream of training batches; `iter()` it and checkpoint the iterator.
-
-  data_cfg keys: name ("shapes"), format ("caption", "lm", "vlm": see _Collate), vqa_fraction (0.5:
-  the share of question-answer chunks in "lm" / "vlm"), chunks (1: chunks per "lm" / "vlm" sequence), image_size (64), max_len (24), caption_noise (0.0),
-  min_objects/max_objects (1/3), num_threads (2), prefetch (4 batches), workers (0 = threads
-  only; > 0 renders in that many processes).
-  """
+def _check_hosts(global_batch_size: int, process_index: int, process_count: int) -> int:
+  """This host's share of the global batch."""
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count}).")
   if global_batch_size < 1 or global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
                      f"process_count={process_count}.")
-  local_batch = global_batch_size // process_count
+  return global_batch_size // process_count
+
+
+def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, global_batch_size: int,
+                       seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """This host's infinite stream of training batches; `iter()` it and checkpoint the iterator.
+
+  data_cfg keys: name ("shapes", or a real source: see vljax/data/sources), format ("caption",
+  "lm", "vlm": see _Collate), vqa_fraction (0.5: the share of question-answer chunks in "lm" /
+  "vlm"), chunks (1: chunks per "lm" / "vlm" sequence), image_size (64), max_len (24),
+  normalization ("siglip": pixels in [-1, 1]), caption_noise (0.0), min_objects/max_objects (1/3),
+  num_threads (2), prefetch (4 batches), workers (0 = threads only; > 0 renders in that many
+  processes). Real sources add the "_skipped" field (SKIPPED_KEY) to every batch.
+  """
+  local_batch = _check_hosts(global_batch_size, process_index, process_count)
+  if check_name(data_cfg) != "shapes":
+    return _real_dataset(data_cfg, tokenizer, local_batch=local_batch, seed=seed, process_index=process_index,
+                         process_count=process_count, train=True)
   world = make_world(data_cfg, seed)
   data_format = data_cfg.get("format", "caption")
   check_format(data_format)
+  normalization = data_cfg.get("normalization", "siglip")
+  images.check_normalization(normalization)
   vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if data_format != "caption" else 0.0
   source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render=data_format != "lm")
   chunks = int(data_cfg.get("chunks", 1))
@@ -126,8 +178,8 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
     raise ValueError(f"data.chunks={chunks}: several chunks per sequence need data.format 'lm' or 'vlm'")
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]
-  ds = ds.batch(local_batch, drop_remainder=True,
-                batch_fn=_Collate(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), data_format))
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_Collate(
+      tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), data_format, normalization))
   read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=data_cfg.get("prefetch", 4))
   it_ds = ds.to_iter_dataset(read_options)
@@ -135,3 +187,85 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   if workers:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return it_ds
+
+
+def make_eval_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, global_batch_size: int,
+                      process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """One pass over a real source in order: center crops, the first caption, a short last batch.
+
+  Read in threads (data.workers is for training). Batches carry SKIPPED_KEY like training's.
+  """
+  local_batch = _check_hosts(global_batch_size, process_index, process_count)
+  if check_name(data_cfg) in ("shapes", "mixture"):
+    raise ValueError(f"make_eval_dataset reads one real source, not data.name={data_cfg.get('name')!r}")
+  return _real_dataset(data_cfg, tokenizer, local_batch=local_batch, seed=0, process_index=process_index,
+                       process_count=process_count, train=False)
+
+
+class _RealCollate:
+  """Examples -> {"image": normalised float32 [b, S, S, 3], "text": int32 [b, L], "_skipped": int64 [R]}."""
+
+  def __init__(self, tokenizer: Tokenizer, max_len: int, normalization: str):
+    self.tokenizer, self.max_len, self.normalization = tokenizer, max_len, normalization
+
+  def __call__(self, batch: Sequence[dict]) -> dict[str, np.ndarray]:
+    return {"image": images.normalize(np.stack([ex["image"] for ex in batch]), self.normalization),
+            "text": self.tokenizer.encode([ex["caption"] for ex in batch], self.max_len),
+            SKIPPED_KEY: np.sum([ex["skipped"] for ex in batch], axis=0, dtype=np.int64)}
+
+
+def source_seed(seed: int, index: int) -> int:
+  """A grain seed (< 2**32) per mixture component, decorrelated from the others."""
+  return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def shard_sequence(shards: Sequence[str], seed: int, train: bool = True) -> grain.MapDataset:
+  """The order a host reads its tar shards in: reshuffled every epoch and endless when training
+  (`seed`: source_seed(run seed, source index))."""
+  ds = grain.MapDataset.source(list(shards))
+  return ds.shuffle(seed=seed).repeat() if train else ds
+
+
+def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, Any], *, seed: int, train: bool,
+                 process_index: int, process_count: int, workers: int, read_options: grain.ReadOptions):
+  """(examples or skip markers of one source as an IterDataset, max_bad, max_bad_shards for SkipBad)."""
+  part_seed = source_seed(seed, index)
+  preprocess = examples.Preprocess(int(data_cfg.get("image_size", 64)), train, sources.crop_scale(data_cfg),
+                                   source=index)
+  if spec.name == "webdataset":
+    shards = webdataset.host_shards(webdataset.shard_paths(spec.path), process_index, process_count)
+    cycle = min(int(data_cfg.get("cycle_length", 4)), len(shards)) if train else 1
+    ds = shard_sequence(shards, part_seed, train).map(
+        functools.partial(webdataset.TarShardDataset, caption_key=spec.caption_key))
+    part = grain.experimental.InterleaveIterDataset(ds, cycle_length=cycle).random_map(preprocess, seed=part_seed)
+    # Enough consecutive shard ends without a usable sample that every shard has been read.
+    return part, None, (2 * len(shards) * max(1, workers) + cycle if train else None)
+  source = sources.open_map_source(spec)
+  ds = grain.MapDataset.source(source)
+  if train:
+    ds = ds.shuffle(seed=part_seed).repeat()
+  # random_map before the host slice: the generator follows the global example index.
+  ds = ds.random_map(preprocess, seed=part_seed)[process_index::process_count]
+  return ds.to_iter_dataset(read_options), (2 * len(source) * max(1, workers) * process_count if train else None), None
+
+
+def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_batch: int, seed: int,
+                  process_index: int, process_count: int, train: bool) -> grain.IterDataset:
+  specs = sources.check_settings(data_cfg)  # paths and keys: checked as each source opens
+  workers = int(data_cfg.get("workers", 0)) if train else 0
+  prefetch = max(1, int(data_cfg.get("prefetch", 4)))
+  read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
+                                   prefetch_buffer_size=prefetch * local_batch)
+  parts, max_bad, max_bad_shards = zip(*[
+      _source_part(spec, i, data_cfg, seed=seed, train=train, process_index=process_index,
+                   process_count=process_count, workers=workers, read_options=read_options)
+      for i, spec in enumerate(specs)])
+  ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(list(parts), [s.weight for s in specs])
+  ds = skips.SkipBadIterDataset(ds, [s.label for s in specs], max_bad, max_bad_shards)
+  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(
+      tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)), data_cfg.get("normalization", "siglip")))
+  if workers:
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                       per_worker_buffer_size=max(1, prefetch // workers)))
+  # No workers: one thread builds batches ahead, so decoding overlaps the training step.
+  return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -50,10 +51,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state, data_state: dict, meta: dict, *, force: bool = False) -> bool:
-    """Starts an async save; the data iterator state is captured now, synchronously."""
+  def save(self, step: int, state, data_state: dict, meta: dict | Callable[[], dict], *,
+           force: bool = False) -> bool:
+    """Starts an async save; the data iterator state is captured now, synchronously. `meta` may be
+    a function, called only when a save is due (its values can cost a collective)."""
     if not force and (not self.every or step % self.every):
       return False
+    meta = meta() if callable(meta) else meta
     return self.manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)))

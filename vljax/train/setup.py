@@ -48,6 +48,7 @@ def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
 def build(cfg: ml_collections.ConfigDict) -> RunParts:
   """Every name in the config is checked here, before the workdir is touched."""
   config_lib.validate(cfg)
+  pipeline.check_data_config(cfg.data)  # names, presets, paths and keys of the data, before any compute
   objectives.parse_objectives(cfg.objectives)
   evaluator_classes = {name: evals.get_evaluator(name) for name in cfg.evals}
   tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
@@ -56,7 +57,8 @@ def build(cfg: ml_collections.ConfigDict) -> RunParts:
   schedule = optim.make_schedule(cfg, cfg.total_steps)
   tx = optim.make_optimizer(cfg, schedule)
   world = pipeline.make_world(cfg.data, cfg.seed)
-  evaluators = {name: cls(cfg.evals[name], world=world, tokenizer=tokenizer, max_len=cfg.data.max_len)
+  evaluators = {name: cls(cfg.evals[name], world=world, tokenizer=tokenizer, max_len=cfg.data.max_len,
+                          data=cfg.data)  # image size and normalisation preset of the run
                 for name, cls in evaluator_classes.items()}
   return RunParts(tokenizer, model_cfg, model, schedule, tx, evaluators)
 

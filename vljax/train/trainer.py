@@ -13,6 +13,7 @@ from flax import traverse_util
 from tqdm import tqdm
 
 from vljax import metrics as metrics_lib
+from vljax.data.sources import skips as skips_lib
 from vljax.evals.runner import ModelRunner
 from vljax.models.flops import model_flops_per_example
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
@@ -88,6 +89,13 @@ def _global_batch(local: dict, mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
 
 
+def _sum_over_processes(local: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils  # lazy: multi-host only
+  return np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
+
+
 def _due(step: int, every: int, last: int) -> bool:
   return step == last or (every > 0 and step % every == 0)
 
@@ -108,10 +116,12 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     checkpointer = ckpt_lib.Checkpointer(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
                                          async_save=cfg.checkpoint.async_save)
     latest = checkpointer.latest_step()
+    skipped = skips_lib.SkipTotals()  # bad samples the data skipped (data/skipped), kept across resume
     if latest is not None:
-      state, data_state, _ = checkpointer.restore(latest, state_lib.abstract_state(shardings, state),
-                                                  expected_shapes)
+      state, data_state, saved_meta = checkpointer.restore(latest, state_lib.abstract_state(shardings, state),
+                                                           expected_shapes)
       data_iter.set_state(data_state)
+      skipped = skips_lib.SkipTotals(saved_meta.get("data_skipped"))
       logging.warning("resumed from %s at step %d", checkpointer.directory, latest)
     elif init_sources(cfg.init_from):
       state = _init_from(state, cfg, expected_shapes)
@@ -145,7 +155,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     timer_steps, timer_start = 0, None
     try:
       for step in range(start + 1, total + 1):
-        state, step_metrics = train_step(state, _global_batch(next(data_iter), mesh))
+        state, step_metrics = train_step(state, _global_batch(skipped.pop(next(data_iter)), mesh))
         bar.update(1)
         if timer_start is None:  # the first step compiles: time from its end
           jax.block_until_ready(step_metrics)
@@ -162,12 +172,18 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
           if not np.isfinite(row["train/loss"]):
             raise FloatingPointError(f"train/loss is {row['train/loss']} at step {step}; lower optimizer.lr "
                                      "or check the data")
+          if skipped.seen:
+            totals = skipped.totals(_sum_over_processes)
+            row["data/skipped"] = sum(totals.values())
+            if (message := skipped.warning(step, totals, last=step == total)) and process == 0:
+              logging.warning(message)
           writer.write(step, row)
           bar.set_postfix(loss=f"{row['train/loss']:.3f}",
                           ex_s=f"{row.get('train/examples_per_sec', 0):.0f}")
         if step == total or any(_due(step, int(s.get("every", 0)), total) for s in cfg.evals.values()):
           final.update(evaluate(step, force=step == total))
-        checkpointer.save(step, state, data_iter.get_state(), meta, force=step == total or stop.requested)
+        save_meta = lambda: dict(meta, data_skipped=skipped.totals(_sum_over_processes))  # noqa: E731
+        checkpointer.save(step, state, data_iter.get_state(), save_meta, force=step == total or stop.requested)
         if _due(step, cfg.log_every, total):
           timer_start, timer_steps = time.perf_counter(), 0  # evals and saves are not step time
         if stop.requested:
@@ -181,6 +197,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
       stop.restore()
       checkpointer.close()
       writer.close()
+      data_iter.close()  # stops grain's threads and worker processes now, not at interpreter exit
   return final
 
 

@@ -1,0 +1,177 @@
+"""Input pipeline throughput: JPEG decode + random resized crop + normalise + tokenise through grain.
+
+  python -m vljax.bench.input [--image_size 224 --workers 2 --batch_size 64 --batches 20 --sources ...]
+
+Writes `--num_images` synthetic JPEGs of COCO / LAION size (500x375, smooth shapes over a
+gradient with sensor-like noise, quality 90) to a temporary directory in each format a run can
+read (array_record, webdataset tar shards, a JSONL folder), then times `--batches` training
+batches of each through `vljax.data.pipeline.make_train_dataset` after `--warmup` batches.
+"decode only" is the per-image work in one process without grain, the per-core ceiling. Prints
+a markdown table, then the same numbers as one line `json: {...}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vljax.data import images, pipeline, shapes, tokenizers
+from vljax.data.sources import records
+
+SOURCES = ("array_record", "webdataset", "folder")
+
+
+def machine() -> str:
+  """The CPU model (from /proc/cpuinfo where there is one) and core count."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+  except OSError:
+    pass
+  return f"{model}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+
+
+def synthetic_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:
+  """A photo-like JPEG: gradient background, a few filled shapes, mild noise (not pure noise,
+  which no camera produces and which decodes slower than photos)."""
+  y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+  c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+  t = (x / width * rng.uniform(0.3, 1) + y / height * rng.uniform(0.3, 1))[..., None] / 2
+  im = Image.fromarray((c0 * (1 - t) + c1 * t).astype(np.uint8))
+  draw = ImageDraw.Draw(im)
+  for _ in range(int(rng.integers(3, 8))):
+    x0, y0 = rng.integers(0, width), rng.integers(0, height)
+    box = [int(x0), int(y0), int(x0 + rng.integers(20, width // 2)), int(y0 + rng.integers(20, height // 2))]
+    fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+  pixels = np.asarray(im, np.float32) + rng.normal(0, 6, (height, width, 3))
+  buf = io.BytesIO()
+  Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+  return buf.getvalue()
+
+
+def write_datasets(directory: str, num_images: int, width: int, height: int, seed: int = 0) -> dict[str, str]:
+  """The same samples as array_record files, tar shards and a JSONL folder; data.path of each."""
+  rng = np.random.default_rng(seed)
+  words = [w for w in shapes.VOCAB if w.isalpha()]
+  samples = [(f"{i:08d}", synthetic_jpeg(rng, width, height), " ".join(rng.choice(words, 12)))
+             for i in range(num_images)]
+  records.write_records(os.path.join(directory, "records"),
+                        [{"key": k, "image": im, "caption": c} for k, im, c in samples], records_per_file=256)
+  os.makedirs(os.path.join(directory, "shards"))
+  os.makedirs(os.path.join(directory, "folder", "images"))
+  per_shard = 128
+  for s in range(0, num_images, per_shard):
+    with tarfile.open(os.path.join(directory, "shards", f"{s // per_shard:05d}.tar"), "w") as tar:
+      for key, image, caption in samples[s:s + per_shard]:
+        for name, data in ((f"{key}.jpg", image), (f"{key}.txt", caption.encode())):
+          info = tarfile.TarInfo(name)
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
+  with open(os.path.join(directory, "folder", "captions.jsonl"), "w") as index:
+    for key, image, caption in samples:
+      with open(os.path.join(directory, "folder", "images", f"{key}.jpg"), "wb") as f:
+        f.write(image)
+      index.write(json.dumps({"image": f"images/{key}.jpg", "caption": caption}) + "\n")
+  return {"array_record": os.path.join(directory, "records"), "webdataset": os.path.join(directory, "shards"),
+          "folder": os.path.join(directory, "folder", "captions.jsonl")}
+
+
+def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: int) -> float:
+  """Images/s of decode + crop + normalise + tokenise in this process, no grain."""
+  source = records.ArrayRecordSource(paths["array_record"])
+  tok = tokenizers.get_tokenizer("shapes")
+  rng = np.random.default_rng(0)
+  start = time.perf_counter()
+  for b in range(0, num, batch_size):
+    raws = [source[i % len(source)] for i in range(b, b + batch_size)]
+    crops = [images.random_resized_crop(images.decode_image(r["image"]), image_size, rng, scale=(0.9, 1.0))
+             for r in raws]
+    images.normalize(np.stack(crops), "siglip")
+    tok.encode([r["caption"] for r in raws], 24)
+  return num / (time.perf_counter() - start)
+
+
+def time_pipeline(source: str, path: str, args) -> float:
+  """Images/s of training batches from `source` after `args.warmup` batches (workers started)."""
+  cfg = dict(name=source, path=path, image_size=args.image_size, workers=args.workers, num_threads=args.threads,
+             prefetch=4, max_len=24, normalization="clip")
+  it = iter(pipeline.make_train_dataset(cfg, tokenizers.get_tokenizer("shapes"), global_batch_size=args.batch_size,
+                                        seed=0))
+  try:
+    for _ in range(args.warmup):
+      next(it)
+    start = time.perf_counter()
+    for _ in range(args.batches):
+      batch = next(it)
+    seconds = time.perf_counter() - start
+    assert batch["image"].shape == (args.batch_size, args.image_size, args.image_size, 3)
+  finally:
+    if hasattr(it, "close"):
+      it.close()
+  return args.batches * args.batch_size / seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--workers", type=int, default=2, help="grain worker processes (data.workers)")
+  parser.add_argument("--threads", type=int, default=2, help="read threads per worker (data.num_threads)")
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--batches", type=int, default=20, help="timed batches per source")
+  parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (worker start-up)")
+  parser.add_argument("--num_images", type=int, default=512, help="distinct JPEGs written")
+  parser.add_argument("--width", type=int, default=500)
+  parser.add_argument("--height", type=int, default=375)
+  parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated, of {list(SOURCES)}")
+  parser.add_argument("--json_out", default=None, help="also write the JSON result to this file")
+  args = parser.parse_args(argv)
+  chosen = [s.strip() for s in args.sources.split(",") if s.strip()]
+  bad = sorted(set(chosen) - set(SOURCES))
+  if bad:
+    parser.error(f"--sources: unknown {bad}; valid: {list(SOURCES)}")
+  from absl import flags  # grain reads absl flags; this command line is argparse's
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  rows = []
+  with tempfile.TemporaryDirectory(prefix="vljax-bench-input-") as tmp:
+    start = time.perf_counter()
+    paths = write_datasets(tmp, args.num_images, args.width, args.height)
+    print(f"wrote {args.num_images} JPEGs of {args.width}x{args.height} in {time.perf_counter() - start:.1f}s",
+          file=sys.stderr)
+    rows.append({"path": "decode only (1 process, no grain)",
+                 "images_per_sec": decode_only(paths, args.image_size, args.batch_size,
+                                               max(args.batch_size, args.batches * args.batch_size // 4))})
+    for source in chosen:
+      rows.append({"path": f"{source}, {args.workers} workers",
+                   "images_per_sec": time_pipeline(source, paths[source], args)})
+  result = {"machine": machine(), "image_size": args.image_size, "source_size": [args.width, args.height],
+            "batch_size": args.batch_size, "workers": args.workers, "threads": args.threads,
+            "batches": args.batches, "rows": rows}
+  print(f"machine: {result['machine']}")
+  print(f"{args.width}x{args.height} JPEG -> {args.image_size}px random resized crop, normalise, tokenise; "
+        f"batch {args.batch_size}, {args.batches} timed batches")
+  print("| path | images/s |\n|---|---|")
+  for row in rows:
+    print(f"| {row['path']} | {row['images_per_sec']:.0f} |")
+  print("json: " + json.dumps(result))
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+if __name__ == "__main__":
+  main()
