@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 from etils import epath
 import orbax.checkpoint as ocp
 from flax import traverse_util
+from grain import checkpoint as grain_checkpoint
 
 
 def param_shapes(params) -> dict[str, list[int]]:
@@ -37,6 +39,23 @@ def checkpoint_dir(workdir: str) -> str:
   return path if "://" in path else os.path.abspath(path)
 
 
+class _DataState:
+  """One host's data-iterator state, in the form grain's Orbax handler saves: it writes one
+  `process_I-of-N.json` per host, since on real data every host is at its own position."""
+
+  def __init__(self, state: dict | None = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state)
+
+  def start_prefetch(self) -> None:  # called by grain's handler after set_state
+    pass
+
+
 class Checkpointer:
   """Wraps one `ocp.CheckpointManager` over `workdir/checkpoints`."""
 
@@ -59,7 +78,7 @@ class Checkpointer:
       return False
     meta = meta() if callable(meta) else meta
     return self.manager.save(step, force=force, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        state=ocp.args.StandardSave(state), data=grain_checkpoint.CheckpointSave(_DataState(data_state)),
         meta=ocp.args.JsonSave(meta)))
 
   def read_meta(self, step: int) -> dict:
@@ -74,8 +93,8 @@ class Checkpointer:
                        f"(model={meta.get('model_name')!r}); mismatched params:\n  " + "\n  ".join(problems)
                        + "\nUse a fresh --workdir for a different model, or the config the checkpoint was made with.")
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return out["state"], out["data"], meta
+        state=ocp.args.StandardRestore(abstract_state), data=grain_checkpoint.CheckpointRestore(_DataState())))
+    return out["state"], out["data"].state, meta
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
