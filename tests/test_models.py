@@ -167,6 +167,71 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out))
 
 
+# The tower options that express CLIP and SigLIP exactly (vljax.convert builds these).
+CLIP_IMAGE = dict(pool="tok", pre_norm=True, cls_posemb=True, head_bias=False, activation="quick_gelu",
+                  norm_eps=1e-5)
+CLIP_TEXT = dict(causal=True, pool="last", head_bias=False, activation="quick_gelu", norm_eps=1e-5)
+SIGLIP_IMAGE = dict(pool="map", head=False)
+
+
+def test_activations_and_default_unchanged():
+  from vljax.models.layers import ACTIVATIONS, MlpBlock
+  x = jnp.linspace(-4.0, 4.0, 101)
+  np.testing.assert_allclose(ACTIVATIONS["quick_gelu"](x), x * jax.nn.sigmoid(1.702 * x), rtol=1e-6)
+  np.testing.assert_allclose(ACTIVATIONS["gelu"](x), jax.nn.gelu(x, approximate=False), rtol=1e-6)
+  np.testing.assert_allclose(ACTIVATIONS["gelu_tanh"](x), nn.gelu(x), rtol=1e-6)
+  assert not np.allclose(ACTIVATIONS["gelu"](x), ACTIVATIONS["gelu_tanh"](x), rtol=0, atol=1e-5)
+  h = jax.random.normal(jax.random.key(0), (2, 3, 8))
+  params = MlpBlock(16).init(jax.random.key(1), h)
+  default, tanh = MlpBlock(16).apply(params, h), MlpBlock(16, "gelu_tanh").apply(params, h)
+  np.testing.assert_array_equal(default, tanh)  # existing models compute what they did
+  assert not np.allclose(MlpBlock(16, "quick_gelu").apply(params, h), default, atol=1e-4)
+
+
+def test_clip_and_siglip_tower_options_param_trees_and_outputs():
+  img, ids = batch()
+  clip = get_model(tiny_cfg(dict(CLIP_IMAGE), dict(CLIP_TEXT)))
+  params = random_params(clip, img, ids)
+  grid = (IMG // 8) ** 2
+  assert params["img"]["posemb"]["pos_embedding"].shape == (grid + 1, 32)  # [CLS] has a row
+  assert set(params["img"]["pre_norm"]) == {"scale", "bias"}
+  assert set(params["img"]["head"]) == set(params["txt"]["head"]) == {"kernel"}
+  out = apply(clip, {"params": params}, img, ids)
+  assert out["img_tokens"].shape == (B, grid, 32) and out["img_emb"].shape == (B, EMBED)
+  # eps and activation reach every LayerNorm and MLP: the same params compute differently without them
+  plain = get_model(tiny_cfg(dict(CLIP_IMAGE, activation="gelu_tanh", norm_eps=1e-6), dict(CLIP_TEXT)))
+  assert not np.allclose(apply(plain, {"params": params}, img, ids)["img_emb"], out["img_emb"], atol=1e-5)
+
+  siglip = get_model(dict(tiny_cfg(dict(SIGLIP_IMAGE)), embed_dim=32, logit_bias_init=-10.0))
+  params = random_params(siglip, img, ids)
+  assert "head" not in params["img"] and set(params["txt"]["head"]) == {"kernel", "bias"}
+  out = apply(siglip, {"params": params}, img, ids)
+  assert out["img_emb"].shape == out["txt_emb"].shape == (B, 32)
+  pooled, _ = jax.jit(siglip.img.apply)({"params": params["img"]}, img)
+  np.testing.assert_allclose(out["img_emb"], pooled / jnp.linalg.norm(pooled, axis=-1, keepdims=True), rtol=1e-5)
+
+
+def test_eos_padded_text_pools_the_final_position():
+  """SigLIP's rows are padded with EOS, not pad_id: every position is attended and "last" pools the final one."""
+  model = text_tower(causal=False, pool="last")
+  _, ids = batch(lengths=(8, 5, 3, 1))
+  eos = 9
+  rows = jnp.where(ids == 0, eos, ids)
+  params = random_params(model, rows)
+  pooled, tokens = jax.jit(model.apply)({"params": params}, rows)
+  np.testing.assert_allclose(pooled, tokens[:, -1])
+
+
+def test_default_options_keep_the_param_tree():
+  img, ids = batch()
+  image = dict(pool="tok", pre_norm=False, cls_posemb=False, head=True, head_bias=True, activation="gelu_tanh",
+               norm_eps=1e-6)
+  text = dict(head=True, head_bias=True, activation="gelu_tanh", norm_eps=1e-6)
+  shapes = lambda cfg: jax.tree.map(lambda x: x.shape, jax.eval_shape(get_model(cfg).init, jax.random.key(0), img,
+                                                                      ids))
+  assert shapes(tiny_cfg(dict(pool="tok"))) == shapes(tiny_cfg(image, text))
+
+
 LOGICAL_CONFIGS = [
     tiny_cfg(dict(stem="conv", pool="tok"), dict(pool="map"), logit_bias_init=-10.0),
     tiny_cfg(dict(pool="map", posemb="sincos2d"), dict(causal=True), scan=True, remat="minimal"),
@@ -182,6 +247,8 @@ LOGICAL_CONFIGS = [
     dict(name="coca", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=16), num_queries=4,
          pooler="parallel", scan=True),
     dict(name="cappa", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=16), scan=True),
+    tiny_cfg(dict(CLIP_IMAGE), dict(CLIP_TEXT)),
+    dict(tiny_cfg(dict(SIGLIP_IMAGE), dict(head_bias=True)), embed_dim=32, logit_bias_init=-10.0, scan=True),
 ])
 def test_every_param_has_logical_axes_that_map_to_the_mesh(cfg):
   model = get_model(cfg)
@@ -193,7 +260,7 @@ def test_every_param_has_logical_axes_that_map_to_the_mesh(cfg):
     assert isinstance(leaf, nn.LogicallyPartitioned), "/".join(path)
     assert len(leaf.names) == leaf.value.ndim, ("/".join(path), leaf.names, leaf.value.shape)
   if cfg.get("scan"):
-    assert any(leaf.names[0] == "layers" for leaf in leaves.values())
+    assert any(leaf.names[:1] == ("layers",) for leaf in leaves.values())
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, LOGICAL_RULES)
   assert all(isinstance(s, jax.sharding.NamedSharding) for s in jax.tree.leaves(shardings))
@@ -225,6 +292,8 @@ def test_sharded_params_and_apply_on_8_devices():
          text=dict(variant="shapes-64", vocab_size=1000, max_len=16), multimodal_depth=1),
     dict(name="cappa", image=dict(variant="shapes/conv-64"), text=dict(variant="shapes-64", vocab_size=1000,
                                                                        max_len=16)),
+    pytest.param(dict(name="two_tower", embed_dim=64, image=dict(variant="shapes/patch-64", pool="map", head=False),
+                      text=dict(variant="shapes-64", vocab_size=1000, max_len=16)), id="two_tower-no-image-head"),
 ], ids=lambda c: c["name"] + "-" + c.get("pooler", ""))
 def test_flops_match_xla_cost_analysis(cfg):
   model, n = get_model(cfg), 2
@@ -275,6 +344,10 @@ def test_variants_and_overrides():
     (tiny_cfg(attention_impl="flash"), "flash"),
     (tiny_cfg(dtype="bf16"), "bf16"),
     (tiny_cfg(embed=8), "embed"),
+    (tiny_cfg(dict(activation="relu")), "relu"),
+    (tiny_cfg(text=dict(activation="swish")), "swish"),
+    (tiny_cfg(dict(cls_posemb=True)), "cls_posemb=True .* needs pool='tok' and posemb='learned', got pool='gap'"),
+    (tiny_cfg(dict(head=False)), "image.head=False makes the image width 32 the embedding, but embed_dim is 16"),
 ])
 def test_bad_config_names_the_bad_value(cfg, bad):
   with pytest.raises(ValueError, match=bad):
@@ -315,3 +388,20 @@ def test_cudnn_attention_falls_back_to_xla_with_a_log_line(caplog):
   want = jax.nn.dot_product_attention(q, q, q, mask=mask, implementation="xla")
   np.testing.assert_array_equal(got, want)
   assert "cuDNN unavailable" in caplog.text and "using XLA" in caplog.text
+
+
+@pytest.mark.parametrize("image,text,top", [
+    (CLIP_IMAGE, CLIP_TEXT, dict(embed_dim=512)),
+    (SIGLIP_IMAGE, {}, dict(embed_dim=384, logit_bias_init=-10.0)),
+], ids=["clip", "siglip"])
+def test_clip_and_siglip_options_keep_98_percent_of_param_bytes_sharded(image, text, top):
+  """As tests/test_sharding_coverage.py checks for the default towers, at S width on fsdp=4 x tensor=2."""
+  model = get_model(dict(name="two_tower", image=dict(image, variant="S/16"),
+                         text=dict(text, variant="S", vocab_size=32000, max_len=64), **top))
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((8, 224, 224, 3)), jnp.ones((8, 64), jnp.int32))
+  mesh = jax.make_mesh((1, 4, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  specs = nn.get_partition_spec(abstract["params"])
+  shardings = flatten_dict(nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES))
+  sizes = {k: int(np.prod(v.shape)) for k, v in flatten_dict(nn.meta.unbox(abstract["params"])).items()}
+  sharded = sum(n for k, n in sizes.items() if any(axis is not None for axis in shardings[k].spec))
+  assert sharded / sum(sizes.values()) >= 0.98

@@ -94,7 +94,8 @@ def model_flops_per_example(model_cfg: Any, image_size: int) -> float:
   name = cfg.pop("name", None)
   if name == "two_tower":
     c = two_tower.resolve_config(cfg)
-    return vit_flops(c["image"], image_size, c["embed_dim"]) + text_flops(c["text"], c["embed_dim"])
+    head = lambda tower: c["embed_dim"] if tower["head"] else None
+    return vit_flops(c["image"], image_size, head(c["image"])) + text_flops(c["text"], head(c["text"]))
   if name == "coca":
     c = coca.resolve_config(cfg)
     img, txt = c["image"], c["text"]

@@ -6,6 +6,7 @@ residual stream is constrained to ("batch", "length", "act_embed") between block
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import chex
@@ -27,6 +28,14 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
 }
 ATTENTION_IMPLS = (None, "xla", "cudnn")
+# MLP nonlinearities by config name.
+ACTIVATIONS = {
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),  # big_vision, SigLIP ("gelu_pytorch_tanh")
+    "gelu": functools.partial(nn.gelu, approximate=False),  # exact erf: open_clip, HF "gelu"
+    "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),  # OpenAI CLIP
+}
+DEFAULT_ACTIVATION = "gelu_tanh"
+DEFAULT_NORM_EPS = 1e-6  # flax's and big_vision's; CLIP's torch LayerNorms use 1e-5
 
 default_kernel_init = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros
@@ -45,11 +54,25 @@ def dense(features: int, names: tuple[str, str], *, dtype: Dtype, param_dtype: D
                   bias_init=partitioned(zeros, names[-1:]))
 
 
-def layer_norm(*, dtype: Dtype, param_dtype: Dtype, name: str, axis_name: str | None = "embed"):
+def layer_norm(*, dtype: Dtype, param_dtype: Dtype, name: str, axis_name: str | None = "embed",
+               epsilon: float = DEFAULT_NORM_EPS):
   """LayerNorm with logically named scale/bias; statistics always in float32."""
-  return nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, name=name, force_float32_reductions=True,
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name, force_float32_reductions=True,
                       scale_init=partitioned(nn.initializers.ones, (axis_name,)),
                       bias_init=partitioned(zeros, (axis_name,)))
+
+
+def tower_head(pooled: jax.Array, out_dim: int, *, head: bool, use_bias: bool, what: str, dtype: Dtype,
+               param_dtype: Dtype) -> jax.Array:
+  """A tower's linear head "head" to out_dim, inside the calling module; head=False keeps the pooled
+  vector, whose width must then be out_dim (SigLIP's image tower)."""
+  if head:
+    return dense(out_dim, ("embed", None), name="head", use_bias=use_bias, dtype=dtype,
+                 param_dtype=param_dtype)(pooled)
+  if pooled.shape[-1] != out_dim:
+    raise ValueError(f"{what} head=False makes its width {pooled.shape[-1]} the embedding, but the embedding "
+                     f"size is {out_dim}; use head=True or a width equal to it")
+  return pooled
 
 
 def check_choice(what: str, value, valid) -> None:
@@ -87,18 +110,20 @@ class EinsumDense(nn.Module):
 
 
 class MlpBlock(nn.Module):
-  """Dense -> GELU -> Dense, width -> mlp_dim -> width."""
+  """Dense -> activation (ACTIVATIONS) -> Dense, width -> mlp_dim -> width."""
   mlp_dim: int
+  activation: str = DEFAULT_ACTIVATION
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    check_choice("activation", self.activation, ACTIVATIONS)
     width = x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = dense(self.mlp_dim, ("embed", "mlp"), name="fc1", **kw)(x)
     h = checkpoint_name(nn.with_logical_constraint(h, ("batch", "length", "mlp")), "mlp_hidden")
-    h = nn.gelu(h)
+    h = ACTIVATIONS[self.activation](h)
     return checkpoint_name(dense(width, ("mlp", "embed"), name="fc2", **kw)(h), "mlp_out")
 
 
@@ -230,6 +255,8 @@ class TransformerBlock(nn.Module):
   num_heads: int
   causal: bool = False
   cross_attention: bool = False
+  activation: str = DEFAULT_ACTIVATION
+  norm_eps: float = DEFAULT_NORM_EPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
@@ -239,7 +266,8 @@ class TransformerBlock(nn.Module):
                decode_index: jax.Array | None = None) -> tuple[jax.Array, None]:
     """Returns (x, None) so the same block works under nn.scan."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
-    norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    norm_kw = dict(dtypes, epsilon=self.norm_eps)
     x = nn.with_logical_constraint(x, ACT)
     y = layer_norm(name="ln1", **norm_kw)(x)
     y = MultiHeadAttention(self.num_heads, name="attn", **kw)(
@@ -250,7 +278,7 @@ class TransformerBlock(nn.Module):
       x = x + MultiHeadAttention(self.num_heads, cross=True, name="cross_attn", **kw)(
           y, memory, decode_index=decode_index)
     y = layer_norm(name="ln2", **norm_kw)(x)
-    x = x + MlpBlock(self.mlp_dim, name="mlp", **norm_kw)(y)
+    x = x + MlpBlock(self.mlp_dim, self.activation, name="mlp", **dtypes)(y)
     return nn.with_logical_constraint(x, ACT), None
 
 
@@ -267,6 +295,8 @@ class Transformer(nn.Module):
   cross_attention: bool = False
   scan: bool = False
   remat: str = "none"
+  activation: str = DEFAULT_ACTIVATION
+  norm_eps: float = DEFAULT_NORM_EPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
@@ -281,8 +311,8 @@ class Transformer(nn.Module):
       # Under scan, CSE across iterations is impossible anyway; prevent_cse would only slow it.
       block_cls = nn.remat(TransformerBlock, prevent_cse=not self.scan, policy=REMAT_POLICIES[self.remat])
     kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, causal=self.causal,
-              cross_attention=self.cross_attention, dtype=self.dtype, param_dtype=self.param_dtype,
-              attention_impl=self.attention_impl)
+              cross_attention=self.cross_attention, activation=self.activation, norm_eps=self.norm_eps,
+              dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
     if self.scan:
       # The cache stacks its layers on axis 1, so that every cache leaf keeps batch on axis 0.
       stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
@@ -292,7 +322,8 @@ class Transformer(nn.Module):
     else:
       for i in range(self.depth):
         x, _ = block_cls(name=f"block_{i}", **kw)(x, mask, memory, decode_index)
-    return layer_norm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return layer_norm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype,
+                      epsilon=self.norm_eps)(x)
 
 
 def unstack_layers(params: dict, depth: int) -> dict:

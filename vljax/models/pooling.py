@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models.layers import Dtype, MlpBlock, MultiHeadAttention, layer_norm, partitioned
+from vljax.models.layers import (DEFAULT_ACTIVATION, DEFAULT_NORM_EPS, Dtype, MlpBlock, MultiHeadAttention,
+                                 layer_norm, partitioned)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -38,6 +39,8 @@ class MAPHead(nn.Module):
   num_heads: int
   mlp_dim: int
   num_queries: int = 1
+  activation: str = DEFAULT_ACTIVATION
+  norm_eps: float = DEFAULT_NORM_EPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
@@ -54,5 +57,5 @@ class MAPHead(nn.Module):
     attn_mask = None if mask is None else mask[:, None, None, :]
     x = MultiHeadAttention(self.num_heads, cross=True, attention_impl=self.attention_impl, name="attn", **kw)(
         probe, x, mask=attn_mask)
-    y = layer_norm(name="ln", **kw)(x)
-    return x + MlpBlock(self.mlp_dim, name="mlp", **kw)(y)
+    y = layer_norm(name="ln", epsilon=self.norm_eps, **kw)(x)
+    return x + MlpBlock(self.mlp_dim, self.activation, name="mlp", **kw)(y)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import layers
-from vljax.models.layers import Dtype, check_choice, partitioned
+from vljax.models.layers import ACTIVATIONS, DEFAULT_ACTIVATION, DEFAULT_NORM_EPS, Dtype, check_choice, partitioned
 from vljax.models.pooling import MAPHead, gather_last, masked_mean
 
 TEXT_VARIANTS: dict[str, dict[str, int]] = {
@@ -23,18 +23,23 @@ TEXT_VARIANTS: dict[str, dict[str, int]] = {
     "g": dict(width=1408, depth=40, mlp_dim=6144, num_heads=16),
 }
 POOLS = ("last", "first", "mean", "map")
-ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "vocab_size", "max_len", "causal", "pool", "pad_id")
+ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "vocab_size", "max_len", "causal", "pool", "pad_id",
+             "head", "head_bias", "activation", "norm_eps")
+SHARED_DEFAULTS = dict(vocab_size=32_000, max_len=64, causal=False, pool="last", pad_id=0,
+                       head=True,  # linear head to the two-tower embedding; False: width is the embedding
+                       head_bias=True, activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS)
 
 
 def text_settings(variant: str, **overrides: Any) -> dict[str, Any]:
   """Variant name + overrides -> every architecture hyperparameter of a TextTransformer."""
   check_choice("text variant", variant, TEXT_VARIANTS)
-  cfg = dict(TEXT_VARIANTS[variant], vocab_size=32_000, max_len=64, causal=False, pool="last", pad_id=0)
+  cfg = dict(TEXT_VARIANTS[variant], **SHARED_DEFAULTS)
   for key, value in overrides.items():
     check_choice("text key", key, ARCH_KEYS)
     if value is not None:
       cfg[key] = value
   check_choice("text pool", cfg["pool"], POOLS)
+  check_choice("text activation", cfg["activation"], ACTIVATIONS)
   return cfg
 
 
@@ -49,7 +54,11 @@ class TextTransformer(nn.Module):
   causal: bool = False
   pool: str = "last"
   pad_id: int = 0
-  out_dim: int | None = None  # linear head after pooling (two-tower projection)
+  head: bool = True
+  head_bias: bool = True
+  activation: str = DEFAULT_ACTIVATION
+  norm_eps: float = DEFAULT_NORM_EPS
+  out_dim: int | None = None  # linear head after pooling (two-tower projection), when `head`
   scan: bool = False
   remat: str = "none"
   dtype: Dtype = jnp.float32
@@ -69,25 +78,30 @@ class TextTransformer(nn.Module):
     x = layers.LearnedPosEmb(self.max_len, self.param_dtype, name="posemb")(x)
 
     # 2. Encoder. Pad keys are masked in both modes, so right-padding never changes real tokens.
+    # (Rows padded with EOS instead, as SigLIP's are, hold no pad_id: every position is attended.)
+    block_kw = dict(activation=self.activation, norm_eps=self.norm_eps)
     x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, causal=self.causal, scan=self.scan,
-                       remat=self.remat, attention_impl=self.attention_impl, name="encoder", **kw)(
-                           x, valid[:, None, None, :])
+                           remat=self.remat, attention_impl=self.attention_impl, name="encoder", **block_kw,
+                           **kw)(x, valid[:, None, None, :])
 
     # 3. Pool.
     check_choice("text pool", self.pool, POOLS)
     if self.pool == "last":
-      pooled = gather_last(x, valid)  # the EOS token: sees the whole caption even when causal
+      # The EOS token: sees the whole caption even when causal. Without pad_id (EOS-padded rows, as
+      # SigLIP's) it is the final position, which SigLIP pools.
+      pooled = gather_last(x, valid)
     elif self.pool == "first":
       pooled = x[:, 0]
     elif self.pool == "mean":
       pooled = masked_mean(x, valid)
     else:
-      pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **kw)(
-          x, valid)[:, 0]
+      pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **block_kw,
+                       **kw)(x, valid)[:, 0]
 
     # 4. Optional linear head.
     if self.out_dim is not None:
-      pooled = layers.dense(self.out_dim, ("embed", None), name="head", **kw)(pooled)
+      pooled = layers.tower_head(pooled, self.out_dim, head=self.head, use_bias=self.head_bias, what="text",
+                                 **kw)
     chex.assert_shape(pooled, (batch, self.out_dim or self.width))
     chex.assert_shape(x, (batch, length, self.width))
     return pooled, x

@@ -50,7 +50,11 @@ def logit_params(module: nn.Module, scale_init: float, bias_init: float | None, 
 
 
 class TwoTower(nn.Module):
-  """Params: img/... (tower + img/head), txt/... (tower + txt/head), t (log scale), b (bias, SigLIP)."""
+  """Params: img/... (tower + img/head), txt/... (tower + txt/head), t (log scale), b (bias, SigLIP).
+
+  A tower with head=False has no img/head (txt/head): its pooled width is the embedding (SigLIP's
+  image tower).
+  """
   contrastive = True  # outputs img_emb / txt_emb: evaluators may score by embedding
   img: ViT
   txt: TextTransformer
@@ -87,5 +91,9 @@ class TwoTower(nn.Module):
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   """Validate a two_tower config and fill every default; image/text become full tower settings."""
-  return model_config.resolve("two_tower", cfg, TWO_TOWER_DEFAULTS,
-                              {"image": vit_settings, "text": text_settings})
+  c = model_config.resolve("two_tower", cfg, TWO_TOWER_DEFAULTS, {"image": vit_settings, "text": text_settings})
+  for key in ("image", "text"):
+    if not c[key]["head"] and c[key]["width"] != c["embed_dim"]:
+      raise ValueError(f"two_tower {key}.head=False makes the {key} width {c[key]['width']} the embedding, but "
+                       f"embed_dim is {c['embed_dim']}; set embed_dim={c[key]['width']} or {key}.head=True")
+  return c

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import layers
-from vljax.models.layers import Dtype, check_choice, partitioned
+from vljax.models.layers import ACTIVATIONS, DEFAULT_ACTIVATION, DEFAULT_NORM_EPS, Dtype, check_choice, partitioned
 from vljax.models.pooling import MAPHead
 
 # name -> size; the variant string "NAME/PATCH" adds the patch size ("B/16").
@@ -31,7 +31,14 @@ SHAPES_DEPTH, SHAPES_PATCH = 4, 8
 STEMS = ("patch", "conv")
 POSEMBS = ("learned", "sincos2d")
 POOLS = ("tok", "gap", "max", "map")
-ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "patch", "stem", "stem_channels", "posemb", "pool")
+ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "patch", "stem", "stem_channels", "posemb", "pool",
+             "pre_norm", "cls_posemb", "head", "head_bias", "activation", "norm_eps")
+# Defaults of the keys every variant shares; the last six express CLIP's and SigLIP's published towers.
+SHARED_DEFAULTS = dict(stem_channels=(32, 64), posemb="learned", pool="gap",
+                       pre_norm=False,  # LayerNorm before the encoder (CLIP's ln_pre)
+                       cls_posemb=False,  # the [CLS] token gets a position embedding row (CLIP), not none
+                       head=True,  # linear head to the two-tower embedding; False: width is the embedding
+                       head_bias=True, activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS)
 
 
 def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
@@ -46,7 +53,7 @@ def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
       raise ValueError(f"Unknown ViT variant {variant!r}; valid: NAME/PATCH with NAME in "
                        f"{list(VIT_VARIANTS)} (e.g. 'B/16'), or 'shapes/conv-WIDTH', 'shapes/patch-WIDTH'")
     cfg = dict(VIT_VARIANTS[name], patch=int(patch), stem="patch")
-  cfg.update(stem_channels=(32, 64), posemb="learned", pool="gap")
+  cfg.update(SHARED_DEFAULTS)
   for key, value in overrides.items():
     check_choice("ViT key", key, ARCH_KEYS)
     if value is not None:
@@ -54,6 +61,10 @@ def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
   check_choice("ViT stem", cfg["stem"], STEMS)
   check_choice("ViT posemb", cfg["posemb"], POSEMBS)
   check_choice("ViT pool", cfg["pool"], POOLS)
+  check_choice("ViT activation", cfg["activation"], ACTIVATIONS)
+  if cfg["cls_posemb"] and (cfg["pool"], cfg["posemb"]) != ("tok", "learned"):
+    raise ValueError(f"ViT cls_posemb=True gives the [CLS] token a learned position row: it needs pool='tok' "
+                     f"and posemb='learned', got pool={cfg['pool']!r}, posemb={cfg['posemb']!r}")
   if cfg["stem"] == "conv":
     conv_stem_last_kernel(cfg["patch"], cfg["stem_channels"])
   return cfg
@@ -139,7 +150,13 @@ class ViT(nn.Module):
   stem_channels: tuple[int, ...] = (32, 64)
   posemb: str = "learned"
   pool: str = "gap"
-  out_dim: int | None = None  # linear head after pooling (two-tower projection)
+  pre_norm: bool = False
+  cls_posemb: bool = False
+  head: bool = True
+  head_bias: bool = True
+  activation: str = DEFAULT_ACTIVATION
+  norm_eps: float = DEFAULT_NORM_EPS
+  out_dim: int | None = None  # linear head after pooling (two-tower projection), when `head`
   scan: bool = False
   remat: str = "none"
   dtype: Dtype = jnp.float32
@@ -166,20 +183,33 @@ class ViT(nn.Module):
     _, h, w, c = x.shape
     x = jnp.reshape(x, (batch, h * w, c))
 
-    # 2. Position embedding.
+    # 2. Optional [CLS] token, then the position embedding: big_vision gives [CLS] none (it joins
+    # after), CLIP (cls_posemb) a row of its own.
+    check_choice("ViT pool", self.pool, POOLS)
     check_choice("ViT posemb", self.posemb, POSEMBS)
+    if self.cls_posemb and (self.pool, self.posemb) != ("tok", "learned"):
+      raise ValueError(f"ViT cls_posemb=True needs pool='tok' and posemb='learned', got pool={self.pool!r}, "
+                       f"posemb={self.posemb!r}")
+
+    def with_cls(x):
+      cls = self.param("cls", partitioned(nn.initializers.zeros, ("embed",)), (c,), self.param_dtype)
+      return jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, c)), x], axis=1)
+
+    if self.cls_posemb:
+      x = with_cls(x)
     if self.posemb == "learned":
-      x = layers.LearnedPosEmb(h * w, self.param_dtype, name="posemb")(x)
+      x = layers.LearnedPosEmb(x.shape[1], self.param_dtype, name="posemb")(x)
     else:
       x = x + layers.posemb_sincos_2d(h, w, c).astype(x.dtype)[None]
+    if self.pool == "tok" and not self.cls_posemb:
+      x = with_cls(x)
 
-    # 3. Optional [CLS] token (no posemb, as in big_vision), then the encoder.
-    check_choice("ViT pool", self.pool, POOLS)
-    if self.pool == "tok":
-      cls = self.param("cls", partitioned(nn.initializers.zeros, ("embed",)), (c,), self.param_dtype)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, c)), x], axis=1)
+    # 3. Encoder, after CLIP's extra LayerNorm when pre_norm.
+    block_kw = dict(activation=self.activation, norm_eps=self.norm_eps)
+    if self.pre_norm:
+      x = layers.layer_norm(name="pre_norm", epsilon=self.norm_eps, **kw)(x)
     x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, scan=self.scan, remat=self.remat,
-                       attention_impl=self.attention_impl, name="encoder", **kw)(x)
+                           attention_impl=self.attention_impl, name="encoder", **block_kw, **kw)(x)
 
     # 4. Pool.
     if self.pool == "tok":
@@ -189,12 +219,13 @@ class ViT(nn.Module):
     elif self.pool == "max":  # small objects on a large background: max keeps them, a mean dilutes them
       pooled = jnp.max(x, axis=1)
     else:
-      pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **kw)(x)[:, 0]
+      pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **block_kw,
+                       **kw)(x)[:, 0]
     chex.assert_shape(x, (batch, h * w, self.width))
 
     # 5. Optional linear head.
     if self.out_dim is not None:
-      pooled = layers.dense(self.out_dim, ("embed", None), name="head", **kw)(pooled)
+      pooled = layers.tower_head(pooled, self.out_dim, head=self.head, use_bias=self.head_bias, what="ViT", **kw)
     chex.assert_shape(pooled, (batch, self.out_dim or self.width))
     return pooled, x
 

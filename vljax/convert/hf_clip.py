@@ -1,0 +1,73 @@
+"""Hugging Face `CLIPModel` (config.json + model.safetensors) -> vljax two_tower.
+
+Also the second half of `openai_clip`, which renames OpenAI's state dict into these names.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vljax.convert import files, towers
+from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, image_positions, logit_config, text_config,
+                                  text_tables, vit_config)
+from vljax.convert.towers import Tensors
+
+# transformers' CLIPTextConfig / CLIPVisionConfig defaults, for keys a config.json leaves out.
+TEXT_DEFAULTS = dict(num_attention_heads=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+VISION_DEFAULTS = dict(num_attention_heads=12, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+CLIP_NORMALIZATION = IMAGE_NORMALIZATIONS["clip"]
+IGNORED = (r".*position_ids",)  # buffers of older transformers versions
+
+
+def read(path: str) -> tuple[Tensors, dict]:
+  """(tensors, spec) of a Hugging Face CLIP folder (or its weights file with config.json beside it)."""
+  config_path, weights = files.hf_folder_files(path)
+  config = files.read_json(config_path)
+  if config.get("model_type") != "clip":
+    raise ValueError(f"{config_path}: model_type {config.get('model_type')!r} is not a Hugging Face CLIP "
+                     "('clip'); for SigLIP use format 'hf_siglip'")
+  spec = dict(vision=towers.hf_tower_spec(config.get("vision_config", {}), VISION_DEFAULTS),
+              text=towers.hf_tower_spec(config.get("text_config", {}), TEXT_DEFAULTS),
+              normalization=files.hf_image_normalization(os.path.dirname(config_path), CLIP_NORMALIZATION))
+  return Tensors(files.read_tensors(weights), weights), spec
+
+
+def to_vljax(t: Tensors, spec: dict, target: Target) -> tuple[dict, dict, dict]:
+  """(model config, params, data settings) of HF-named CLIP tensors; spec gives heads/activation/eps."""
+  v, x = spec["vision"], spec["text"]
+  v_act, x_act = (towers.check_activation(target.activation or s["activation"]) for s in (v, x))
+
+  # Image tower: conv (no bias) -> [CLS] + patches, each with a position row -> ln_pre -> encoder ->
+  # ln_post on [CLS] (vljax norms every token; [CLS] comes out the same) -> projection without bias.
+  patch_weight = t.take("vision_model.embeddings.patch_embedding.weight")
+  patch = patch_weight.shape[-1]
+  posemb, image_size = image_positions(t.take("vision_model.embeddings.position_embedding.weight"),
+                                       patch, 1, target, "CLIP image position embedding")
+  encoder, depth = towers.encoder(t, "vision_model.encoder", v["num_heads"], "vision_model.post_layernorm")
+  img = {"embedding": towers.patch_embedding(patch_weight, None, spec["normalization"], target.normalization),
+         "cls": t.take("vision_model.embeddings.class_embedding"),
+         "posemb": {"pos_embedding": posemb},
+         "pre_norm": towers.layer_norm(t, "vision_model.pre_layrnorm"),
+         "encoder": encoder,
+         "head": towers.linear(t, "visual_projection", bias=False)}
+  width, mlp_dim = img["cls"].shape[0], encoder["block_0"]["mlp"]["fc1"]["kernel"].shape[1]
+  image_cfg = vit_config(width, depth, mlp_dim, v["num_heads"], patch, pool="tok", pre_norm=True,
+                         cls_posemb=True, head_bias=False, activation=v_act, norm_eps=v["norm_eps"])
+
+  # Text tower: causal, pooled at EOS (the last non-pad token of vljax's rows), projection without bias.
+  embedding, positions = text_tables(t.take("text_model.embeddings.token_embedding.weight"),
+                                     t.take("text_model.embeddings.position_embedding.weight"), target)
+  encoder, depth = towers.encoder(t, "text_model.encoder", x["num_heads"], "text_model.final_layer_norm")
+  txt = {"embedding": {"embedding": embedding}, "posemb": {"pos_embedding": positions}, "encoder": encoder,
+         "head": towers.linear(t, "text_projection", bias=False)}
+  width, mlp_dim = embedding.shape[1], encoder["block_0"]["mlp"]["fc1"]["kernel"].shape[1]
+  text_cfg = text_config(width, depth, mlp_dim, x["num_heads"], vocab_size=embedding.shape[0],
+                         max_len=positions.shape[0], causal=True, pool="last", head_bias=False,
+                         activation=x_act, norm_eps=x["norm_eps"])
+
+  log_scale = float(t.take("logit_scale").reshape(()))
+  t.check_all_taken(IGNORED)
+  model_cfg = dict(name="two_tower", embed_dim=img["head"]["kernel"].shape[1], image=image_cfg, text=text_cfg,
+                   **logit_config(log_scale))
+  params = {"img": img, "txt": txt, "t": log_scale}
+  return model_cfg, params, dict(image_size=image_size, max_len=positions.shape[0])
