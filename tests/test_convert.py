@@ -461,6 +461,16 @@ def test_cli_workdir_opens_with_vljax_load_and_matches_transformers(small_clip, 
     convert.write_workdir(convert.import_checkpoint(str(folder)), str(out))
 
 
+def test_workdir_with_published_patch_weights_normalises_inputs_with_clip_statistics(small_clip, tmp_path):
+  # vljax.load follows the workdir's data.normalization: CLIP mean/std here, not [-1, 1].
+  out = tmp_path / "clip_stats"
+  assert convert_main(["--checkpoint", str(small_clip["folder"]), "--workdir", str(out),
+                       "--input_normalization", "clip"]) == 0
+  assert json.loads((out / "config.json").read_text())["data"]["normalization"] == "clip"
+  np.testing.assert_allclose(vljax.load(str(out)).encode_image(small_clip["pixels"]), small_clip["ref"]["img"],
+                             atol=TOLERANCE)
+
+
 def test_cli_siglip_workdir_with_an_eos_padding_tokenizer(small_siglip, tmp_path):
   # SigLIP's rows: no BOS, EOS-padded to the full length; the final position is pooled.
   path = word_tokenizer(tmp_path / "tokenizer.json", ["<pad>", "</s>", "<unk>", *WORDS[3:]])

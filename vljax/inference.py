@@ -23,7 +23,9 @@ from etils import epath
 from PIL import Image
 
 from vljax import decode as decode_lib
-from vljax.data import pipeline, shapes, tokenizers
+from vljax.data import images as images_lib
+from vljax.data import shapes, tokenizers
+from vljax.evals import templates as templates_lib
 from vljax.evals.runner import ModelRunner
 from vljax.evals.zeroshot import class_scores
 from vljax.models import get_model
@@ -49,18 +51,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     raise ValueError(f"cannot decode image file {path!r}: {e}") from e
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-  """Resize the shorter side to `size` (bicubic), then center-crop to size x size."""
-  h, w = image.shape[:2]
-  if (h, w) == (size, size):
-    return image
-  scale = size / min(h, w)
-  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-  im = Image.fromarray(image).resize((nw, nh), Image.BICUBIC)
-  top, left = (nh - size) // 2, (nw - size) // 2
-  return np.asarray(im)[top:top + size, left:left + size]
-
-
 def load_images(images: ImageInput, size: int) -> np.ndarray:
   """Paths / arrays -> uint8 [N, size, size, 3]."""
   if isinstance(images, (str, os.PathLike)):
@@ -75,7 +65,7 @@ def load_images(images: ImageInput, size: int) -> np.ndarray:
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
       raise ValueError(f"image {i}: expected a file path or a uint8 array [H, W, 3], got "
                        f"dtype {array.dtype} shape {array.shape}")
-    out.append(resize_square(array, size))
+    out.append(array if array.shape[:2] == (size, size) else images_lib.resize_center_crop(array, size))
   if not out:
     raise ValueError("no images given")
   return np.stack(out)
@@ -96,7 +86,7 @@ class Predictor:
     self.params = jax.device_put(params, replicated(self.mesh))
 
   def _images(self, images: ImageInput) -> np.ndarray:
-    return pipeline.preprocess_images(load_images(images, self.image_size))
+    return images_lib.normalize(load_images(images, self.image_size), self.cfg.data.get("normalization", "siglip"))
 
   def _tokens(self, texts: str | Sequence[str]) -> np.ndarray:
     return self.tokenizer.encode([texts] if isinstance(texts, str) else list(texts), self.max_len)
@@ -118,12 +108,14 @@ class Predictor:
 
   def zero_shot(self, images: ImageInput, class_names: Sequence[str],
                 templates: Sequence[str] | None = None, scoring: str = "auto") -> tuple[list[str], np.ndarray]:
-    """(predicted class name per image, probabilities [N, C]); templates default to the training world's."""
+    """(predicted class name per image, probabilities [N, C]); templates default to the shapes world's
+    for shapes runs, else the short CLIP set (vljax.evals.templates: CLIP_IMAGENET_TEMPLATES has all 80)."""
     if isinstance(class_names, str) or not class_names:
       raise ValueError(f"class_names must be a non-empty list of names, got {class_names!r}")
     if templates is None:
-      templates = shapes.PROMPT_TEMPLATES if self.cfg.data.name == "shapes" else ("a photo of a {}.",)
-    prompts = [shapes.fill_prompt(t, c) for c in class_names for t in templates]
+      templates = shapes.PROMPT_TEMPLATES if self.cfg.data.name == "shapes" else templates_lib.SHORT_TEMPLATES
+    fill = shapes.fill_prompt if self.cfg.data.name == "shapes" else templates_lib.fill
+    prompts = [fill(t, c) for c in class_names for t in templates]
     with jax.set_mesh(self.mesh):
       scores = class_scores(self.runner, self.params, self._images(images), self._tokens(prompts),
                             len(templates), scoring)
