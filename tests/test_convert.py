@@ -593,3 +593,44 @@ def test_bad_inputs_name_the_value_and_the_choices(small_clip, tmp_path):
   gelu = convert.import_checkpoint(write_checkpoint(small_clip, "openai_clip", tmp_path / "oc.safetensors"),
                                    activation="gelu")
   assert gelu.model_cfg["image"]["activation"] == gelu.model_cfg["text"]["activation"] == "gelu"
+
+
+# ---- the fine-tuning recipe: imported weights, real data, real evals ---------------------------------
+
+@pytest.mark.slow
+def test_finetune_recipe_trains_imported_weights_on_array_records_with_tfds_zero_shot(small_clip, tmp_path):
+  import os
+
+  import tensorflow_datasets as tfds
+
+  import real_data
+  from vljax import config as config_lib
+  from vljax.data import shapes
+  from vljax.metrics import read_metrics
+  from vljax.train.trainer import train_and_evaluate
+
+  folder = shutil.copytree(small_clip["folder"], tmp_path / "hf_clip")
+  word_tokenizer(folder / "tokenizer.json", CLIP_WORDS)
+  imported = tmp_path / "imported"
+  assert convert_main(["--checkpoint", str(folder), "--workdir", str(imported)]) == 0
+  real_data.write_array_records(tmp_path / "train", real_data.shapes_pairs(32, image_size=48))
+  world = shapes.ShapesWorld(image_size=48)
+  classes = [world.zeroshot_example(i) for i in range(16)]
+  zeroshot_set = real_data.write_tfds(
+      tmp_path / "tfds", "shapes_cls", {"validation": [dict(image=e["image"], label=e["label"]) for e in classes]},
+      dict(image=tfds.features.Image(shape=(None, None, 3)),
+           label=tfds.features.ClassLabel(names=world.zeroshot_classes())))
+
+  recipe = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "finetune_imported.py")
+  cfg = config_lib.load_config(recipe, f"init={imported},train=array_record:{tmp_path / 'train'},"
+                                       f"zeroshot={zeroshot_set}")
+  assert cfg.data.tokenizer.startswith("hf:") and cfg.data.image_size == SMALL_IMAGE
+  cfg.update(batch_size=8, total_steps=2, log_every=1, progress_bar=False)
+  cfg.evals.zeroshot.every = 2
+  cfg.checkpoint.update(every=2, async_save=False)
+  cfg.data.num_threads = 1
+  final = train_and_evaluate(cfg, str(tmp_path / "ft"))
+  assert 0 <= final["eval/zeroshot/top1"] <= final["eval/zeroshot/top5"] <= 1
+  assert read_metrics(str(tmp_path / "ft"))["data/skipped"][2] == 0
+  with pytest.raises(FileNotFoundError, match="vljax.convert"):
+    config_lib.load_config(recipe, f"init={tmp_path / 'nowhere'}")

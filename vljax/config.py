@@ -70,6 +70,46 @@ def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:
   return out
 
 
+# `:ARG` keys of the real-scale recipes: where their data lives (all empty: the shapes world).
+REAL_DATA_ARGS = dict(train="", tokenizer="", zeroshot="", classnames="", retrieval="")
+TRAIN_SOURCE_KINDS = ("tfds", "array_record", "webdataset", "folder")
+
+
+def use_real_data(c: ml_collections.ConfigDict, args: dict[str, str], eval_every: int) -> ml_collections.ConfigDict:
+  """Point a recipe at data on disk from its `:ARG` keys (REAL_DATA_ARGS):
+
+    train=KIND:PATH      training source, KIND one of TRAIN_SOURCE_KINDS (vljax/data/sources)
+    tokenizer=SPEC       e.g. bpe:/path/bpe_simple_vocab_16e6.txt.gz (vljax/data/tokenizers.py)
+    zeroshot=DIR         tfds classification set (builder dir, split "validation"): top1/top5 over
+                         the 80 CLIP templates
+    classnames=FILE      its class names, one per line (default: the set's ClassLabel names)
+    retrieval=DIR|FILE   multi-caption retrieval set: tfds builder dir (split "test"), or a .jsonl of
+                         {"image", "captions"}; other splits: --config.evals.<name>.dataset.split=...
+
+  Paths may not contain commas (`:ARG` is comma-separated): use brace ranges, not {a,b} lists.
+  With a real training source the shapes evaluators are dropped; the real ones run if given.
+  """
+  if args["train"]:
+    kind, sep, path = args["train"].partition(":")
+    if not sep or kind not in TRAIN_SOURCE_KINDS or not path:
+      raise ValueError(f"config argument train={args['train']!r}: expected KIND:PATH with KIND in "
+                       f"{list(TRAIN_SOURCE_KINDS)}")
+    c.data.update(name=kind, path=path)
+    c.evals = {}
+  if args["tokenizer"]:
+    c.data.tokenizer = args["tokenizer"]
+  if args["zeroshot"]:
+    c.evals["zeroshot"] = dict(every=eval_every, dataset=dict(
+        source="tfds", path=args["zeroshot"], templates="clip80",
+        class_names=args["classnames"] or None))
+  elif args["classnames"]:
+    raise ValueError("config argument classnames= needs zeroshot=DIR (the set the names belong to)")
+  if args["retrieval"]:
+    source = "jsonl" if args["retrieval"].endswith(".jsonl") else "tfds"
+    c.evals["retrieval"] = dict(every=eval_every, dataset=dict(source=source, path=args["retrieval"]))
+  return c
+
+
 def shapes_two_tower(**overrides) -> dict:
   """The CPU shapes two-tower: a conv image tower with max pooling, a 2-layer text transformer.
 
