@@ -568,7 +568,7 @@ def test_bad_inputs_name_the_value_and_the_choices(small_clip, tmp_path):
     convert.import_checkpoint(folder, activation="relu")
   with pytest.raises(ValueError, match="Unknown input_normalization 'zscore'"):
     convert.import_checkpoint(folder, input_normalization="zscore")
-  with pytest.raises(ValueError, match="model_type 'clip' is not a Hugging Face SigLIP"):
+  with pytest.raises(ValueError, match="model_type 'clip' is not 'siglip'; use format 'hf_clip'"):
     convert.import_checkpoint(folder, format="hf_siglip")
   with pytest.raises(ValueError, match="max_len 20 exceeds the checkpoint's 16 text positions"):
     convert.import_checkpoint(folder, max_len=20)

@@ -5,9 +5,7 @@ Also the second half of `openai_clip`, which renames OpenAI's state dict into th
 
 from __future__ import annotations
 
-import os
-
-from vljax.convert import files, towers
+from vljax.convert import towers
 from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, image_positions, logit_config, text_config,
                                   text_tables, vit_config)
 from vljax.convert.towers import Tensors
@@ -21,15 +19,9 @@ IGNORED = (r".*position_ids",)  # buffers of older transformers versions
 
 def read(path: str) -> tuple[Tensors, dict]:
   """(tensors, spec) of a Hugging Face CLIP folder (or its weights file with config.json beside it)."""
-  config_path, weights = files.hf_folder_files(path)
-  config = files.read_json(config_path)
-  if config.get("model_type") != "clip":
-    raise ValueError(f"{config_path}: model_type {config.get('model_type')!r} is not a Hugging Face CLIP "
-                     "('clip'); for SigLIP use format 'hf_siglip'")
-  spec = dict(vision=towers.hf_tower_spec(config.get("vision_config", {}), VISION_DEFAULTS),
-              text=towers.hf_tower_spec(config.get("text_config", {}), TEXT_DEFAULTS),
-              normalization=files.hf_image_normalization(os.path.dirname(config_path), CLIP_NORMALIZATION))
-  return Tensors(files.read_tensors(weights), weights), spec
+  tensors, spec, _ = towers.read_hf_two_tower(path, "clip", "hf_siglip", VISION_DEFAULTS, TEXT_DEFAULTS,
+                                              CLIP_NORMALIZATION)
+  return tensors, spec
 
 
 def to_vljax(t: Tensors, spec: dict, target: Target) -> tuple[dict, dict, dict]:

@@ -5,9 +5,7 @@ Also the second half of `big_vision_siglip`, which renames big_vision's arrays i
 
 from __future__ import annotations
 
-import os
-
-from vljax.convert import files, towers
+from vljax.convert import towers
 from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, image_positions, logit_config, text_config,
                                   text_tables, vit_config)
 from vljax.convert.towers import Tensors
@@ -20,18 +18,11 @@ IGNORED = (r".*position_ids",)
 
 def read(path: str) -> tuple[Tensors, dict]:
   """(tensors, spec) of a Hugging Face SigLIP folder (or its weights file with config.json beside it)."""
-  config_path, weights = files.hf_folder_files(path)
-  config = files.read_json(config_path)
-  if config.get("model_type") != "siglip":
-    raise ValueError(f"{config_path}: model_type {config.get('model_type')!r} is not a Hugging Face SigLIP "
-                     "('siglip'); for CLIP use format 'hf_clip'")
-  vision = config.get("vision_config", {})
-  if not vision.get("vision_use_head", True):
-    raise ValueError(f"{config_path}: vision_use_head=False leaves SigLIP without an image embedding")
-  spec = dict(vision=towers.hf_tower_spec(vision, DEFAULTS),
-              text=towers.hf_tower_spec(config.get("text_config", {}), DEFAULTS),
-              normalization=files.hf_image_normalization(os.path.dirname(config_path), SIGLIP_NORMALIZATION))
-  return Tensors(files.read_tensors(weights), weights), spec
+  tensors, spec, config = towers.read_hf_two_tower(path, "siglip", "hf_clip", DEFAULTS, DEFAULTS,
+                                                   SIGLIP_NORMALIZATION)
+  if not config.get("vision_config", {}).get("vision_use_head", True):
+    raise ValueError(f"{path}: vision_use_head=False leaves SigLIP without an image embedding")
+  return tensors, spec
 
 
 def to_vljax(t: Tensors, spec: dict, target: Target) -> tuple[dict, dict, dict]:

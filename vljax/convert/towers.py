@@ -8,12 +8,14 @@ Every source format is first renamed into the Hugging Face CLIP / SigLIP names a
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable
 
 import jax
 import numpy as np
 
+from vljax.convert import files
 from vljax.models.layers import ACTIVATIONS
 
 # Hugging Face `hidden_act` -> vljax activation; "gelu_new"/"gelu_pytorch_tanh" are the tanh form.
@@ -61,6 +63,21 @@ def hf_tower_spec(config: dict, defaults: dict) -> dict:
   c = dict(defaults, **config)
   return dict(num_heads=c["num_attention_heads"], activation=activation_from_hf(c["hidden_act"]),
               norm_eps=c["layer_norm_eps"])
+
+
+def read_hf_two_tower(path: str, model_type: str, other: str, vision_defaults: dict, text_defaults: dict,
+                      normalization: tuple) -> tuple[Tensors, dict, dict]:
+  """(tensors, spec, config.json) of a Hugging Face two-tower folder (or its weights file with config.json
+  beside it); `other` names the format to use when the folder holds the other model type."""
+  config_path, weights = files.hf_folder_files(path)
+  config = files.read_json(config_path)
+  if config.get("model_type") != model_type:
+    raise ValueError(f"{config_path}: model_type {config.get('model_type')!r} is not {model_type!r}; "
+                     f"use format {other!r} for that model")
+  spec = dict(vision=hf_tower_spec(config.get("vision_config", {}), vision_defaults),
+              text=hf_tower_spec(config.get("text_config", {}), text_defaults),
+              normalization=files.hf_image_normalization(os.path.dirname(config_path), normalization))
+  return Tensors(files.read_tensors(weights), weights), spec, config
 
 
 def check_activation(name: str) -> str:
