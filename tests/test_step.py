@@ -36,7 +36,8 @@ def test_grad_accumulation_averages_micro_batches():
 
     # Micro-batch j holds examples j, j+2, j+4, ... (see gradcache.take_micro).
     micro = [jax.tree.map(lambda x, j=j: x[j::2], local) for j in range(2)]
-    losses, grads = zip(*(jax.value_and_grad(loss_fn)(params0, m) for m in micro))
+    value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
+    losses, grads = zip(*(value_and_grad(params0, m) for m in micro))
     mean_grads = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
     updates, _ = parts.tx.update(mean_grads, opt0, params0)
     expected = optax.apply_updates(params0, updates)
