@@ -140,3 +140,27 @@ def test_init_from_shape_mismatch_names_the_params(finished_run, tmp_path):
   cfg.init_from = dict(workdir=source, subtree="img", step=-1)
   with pytest.raises(ValueError, match=r"does not fit this model:\n  img/head/.*\[.*16\] vs model \[.*24\]"):
     train_and_evaluate(cfg, str(tmp_path / "w"))
+
+
+def test_data_state_is_saved_per_host_and_older_shared_states_still_restore(tmp_path):
+  import orbax.checkpoint as ocp
+
+  state = {"w": np.arange(4, dtype=np.float32)}
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  meta = {"param_shapes": {}}
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "new"), every=1, keep=2, async_save=False)
+  checkpointer.save(1, state, {"next_index": 7}, meta)
+  assert (tmp_path / "new" / "checkpoints" / "1" / "data" / "process_0-of-1.json").exists()
+  _, data_state, _ = checkpointer.restore(1, abstract, {})
+  assert data_state == {"next_index": 7}
+  checkpointer.close()
+  # Earlier checkpoints hold one JSON item for every host.
+  legacy = ckpt_lib.Checkpointer(str(tmp_path / "legacy"), every=1, keep=2, async_save=False)
+  legacy.manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 data=ocp.args.JsonSave({"next_index": 5}),
+                                                 meta=ocp.args.JsonSave(meta)))
+  legacy.wait()
+  restored, data_state, _ = legacy.restore(1, abstract, {})
+  assert data_state == {"next_index": 5}
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  legacy.close()

@@ -92,9 +92,21 @@ class Checkpointer:
       raise ValueError(f"checkpoint {self.directory}/{step} was written by a different model "
                        f"(model={meta.get('model_name')!r}); mismatched params:\n  " + "\n  ".join(problems)
                        + "\nUse a fresh --workdir for a different model, or the config the checkpoint was made with.")
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=grain_checkpoint.CheckpointRestore(_DataState())))
-    return out["state"], out["data"].state, meta
+    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return state["state"], self._restore_data_state(step), meta
+
+  def _restore_data_state(self, step: int) -> dict:
+    """This host's iterator state; checkpoints from before per-host states hold one JSON for all."""
+    if (epath.Path(self.directory) / str(step) / "data" / f"process_{jax.process_index()}-of-"
+        f"{jax.process_count()}.json").exists():
+      args = grain_checkpoint.CheckpointRestore(_DataState())
+      return self.manager.restore(step, args=ocp.args.Composite(data=args))["data"].state
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+    except (FileNotFoundError, ValueError) as e:
+      raise ValueError(f"checkpoint {self.directory}/{step} has no data-iterator state for process "
+                       f"{jax.process_index()} of {jax.process_count()}: was it written with another "
+                       f"number of processes? ({e})") from e
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
