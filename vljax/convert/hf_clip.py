@@ -6,8 +6,8 @@ Also the second half of `openai_clip`, which renames OpenAI's state dict into th
 from __future__ import annotations
 
 from vljax.convert import towers
-from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, image_positions, logit_config, text_config,
-                                  text_tables, vit_config)
+from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, activations, hf_vision_trunk, logit_config,
+                                  text_config, text_tables, vit_config)
 from vljax.convert.towers import Tensors
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults, for keys a config.json leaves out.
@@ -27,15 +27,12 @@ def read(path: str) -> tuple[Tensors, dict]:
 def to_vljax(t: Tensors, spec: dict, target: Target) -> tuple[dict, dict, dict]:
   """(model config, params, data settings) of HF-named CLIP tensors; spec gives heads/activation/eps."""
   v, x = spec["vision"], spec["text"]
-  v_act, x_act = (towers.check_activation(target.activation or s["activation"]) for s in (v, x))
+  v_act, x_act = activations(spec, target)
 
   # Image tower: conv (no bias) -> [CLS] + patches, each with a position row -> ln_pre -> encoder ->
   # ln_post on [CLS] (vljax norms every token; [CLS] comes out the same) -> projection without bias.
-  patch_weight = t.take("vision_model.embeddings.patch_embedding.weight")
-  patch = patch_weight.shape[-1]
-  posemb, image_size = image_positions(t.take("vision_model.embeddings.position_embedding.weight"),
-                                       patch, 1, target, "CLIP image position embedding")
-  encoder, depth = towers.encoder(t, "vision_model.encoder", v["num_heads"], "vision_model.post_layernorm")
+  trunk = hf_vision_trunk(t, spec, target, 1, "CLIP image position embedding")
+  patch_weight, patch, posemb, image_size, encoder, depth = trunk
   img = {"embedding": towers.patch_embedding(patch_weight, None, spec["normalization"], target.normalization),
          "cls": t.take("vision_model.embeddings.class_embedding"),
          "posemb": {"pos_embedding": posemb},

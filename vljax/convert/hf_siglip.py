@@ -6,8 +6,8 @@ Also the second half of `big_vision_siglip`, which renames big_vision's arrays i
 from __future__ import annotations
 
 from vljax.convert import towers
-from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, image_positions, logit_config, text_config,
-                                  text_tables, vit_config)
+from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, activations, hf_vision_trunk, logit_config,
+                                  text_config, text_tables, vit_config)
 from vljax.convert.towers import Tensors
 
 # transformers' SiglipTextConfig / SiglipVisionConfig defaults, for keys a config.json leaves out.
@@ -28,14 +28,11 @@ def read(path: str) -> tuple[Tensors, dict]:
 def to_vljax(t: Tensors, spec: dict, target: Target) -> tuple[dict, dict, dict]:
   """(model config, params, data settings) of HF-named SigLIP tensors; spec gives heads/activation/eps."""
   v, x = spec["vision"], spec["text"]
-  v_act, x_act = (towers.check_activation(target.activation or s["activation"]) for s in (v, x))
+  v_act, x_act = activations(spec, target)
 
   # Image tower: conv with bias -> + position rows -> encoder -> LayerNorm -> MAP head; no projection.
-  patch_weight = t.take("vision_model.embeddings.patch_embedding.weight")
-  patch = patch_weight.shape[-1]
-  posemb, image_size = image_positions(t.take("vision_model.embeddings.position_embedding.weight"),
-                                       patch, 0, target, "SigLIP image position embedding")
-  encoder, depth = towers.encoder(t, "vision_model.encoder", v["num_heads"], "vision_model.post_layernorm")
+  trunk = hf_vision_trunk(t, spec, target, 0, "SigLIP image position embedding")
+  patch_weight, patch, posemb, image_size, encoder, depth = trunk
   probe = t.take("vision_model.head.probe")
   img = {"embedding": towers.patch_embedding(patch_weight, t.take("vision_model.embeddings.patch_embedding.bias"),
                                              spec["normalization"], target.normalization),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
-from vljax.convert.towers import grid_of, resize_posemb, token_table
+from vljax.convert import towers
+from vljax.convert.towers import Tensors, grid_of, resize_posemb, token_table
 from vljax.data.images import NORMALIZATIONS as IMAGE_NORMALIZATIONS
 from vljax.data.tokenizers import SPECIAL_TOKENS
 from vljax.models.text import TEXT_VARIANTS
@@ -72,3 +74,29 @@ def logit_config(log_scale: float, bias: float | None = None) -> dict:
   scale = math.exp(log_scale)
   clamp = 100.0 if scale <= 100.0 * (1 + 1e-6) else float(math.ceil(scale))  # CLIP's trained t sits at log(100)
   return dict(logit_scale_init=scale, logit_bias_init=bias, max_logit_scale=clamp)
+
+
+class VisionTrunk(NamedTuple):
+  """What Hugging Face CLIP and SigLIP image towers share, in vljax layout."""
+  patch_weight: np.ndarray  # the patch conv as published; callers add their bias and normalisation
+  patch: int
+  posemb: np.ndarray        # resized to the target image size
+  image_size: int
+  encoder: dict             # blocks + final LayerNorm
+  depth: int
+
+
+def hf_vision_trunk(t: Tensors, spec: dict, target: Target, cls_rows: int, what: str) -> VisionTrunk:
+  """Patch conv, position rows (`cls_rows` of them before the grid) and encoder of an HF image tower."""
+  patch_weight = t.take("vision_model.embeddings.patch_embedding.weight")
+  patch = patch_weight.shape[-1]
+  posemb, image_size = image_positions(t.take("vision_model.embeddings.position_embedding.weight"),
+                                       patch, cls_rows, target, what)
+  encoder, depth = towers.encoder(t, "vision_model.encoder", spec["vision"]["num_heads"],
+                                  "vision_model.post_layernorm")
+  return VisionTrunk(patch_weight, patch, posemb, image_size, encoder, depth)
+
+
+def activations(spec: dict, target: Target) -> tuple[str, str]:
+  """(image, text) activations: the target's override, else each tower's own."""
+  return tuple(towers.check_activation(target.activation or spec[k]["activation"]) for k in ("vision", "text"))
