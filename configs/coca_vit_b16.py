@@ -28,10 +28,4 @@ def get_config(arg=None):
   c.total_steps = 500_000
   c.optimizer = dict(name="adamw", lr=8e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0)
   c.schedule = dict(name="warmup_cosine", warmup_steps=2000, end_fraction=0.0)
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
-  c.precision = dict(param_dtype="float32", compute_dtype="bfloat16")
-  c.evals = common.shapes_evals(every=5000, captioning=True)
-  c.eval_batch_size = 1024
-  c.checkpoint = dict(every=1000, keep=3, async_save=True)
-  c.log_every = 100
-  return c
+  return common.accelerator_training(c, eval_every=5000, captioning=True)

@@ -27,10 +27,4 @@ def get_config(arg=None):
   c.total_steps = 100_000
   c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.95, eps=1e-6, weight_decay=1e-4, grad_clip_norm=1.0)
   c.schedule = dict(name="warmup_cosine", warmup_steps=5000, end_fraction=0.0)
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
-  c.precision = dict(param_dtype="float32", compute_dtype="bfloat16")
-  c.evals = common.shapes_evals(every=2000)
-  c.eval_batch_size = 1024
-  c.checkpoint = dict(every=1000, keep=3, async_save=True)
-  c.log_every = 100
-  return common.use_real_data(c, args, eval_every=2000)
+  return common.use_real_data(common.accelerator_training(c, eval_every=2000), args, eval_every=2000)

@@ -70,6 +70,19 @@ def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:
   return out
 
 
+def accelerator_training(c: ml_collections.ConfigDict, *, eval_every: int,
+                         captioning: bool = False) -> ml_collections.ConfigDict:
+  """What the real-scale recipes share: an FSDP mesh, bfloat16 compute over float32 params,
+  large eval batches, async checkpoints every 1000 steps, the shapes evals until data is given."""
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.precision = dict(param_dtype="float32", compute_dtype="bfloat16")
+  c.evals = shapes_evals(every=eval_every, captioning=captioning)
+  c.eval_batch_size = 1024
+  c.checkpoint = dict(every=1000, keep=3, async_save=True)
+  c.log_every = 100
+  return c
+
+
 # `:ARG` keys of the real-scale recipes: where their data lives (all empty: the shapes world).
 REAL_DATA_ARGS = dict(train="", tokenizer="", zeroshot="", classnames="", retrieval="")
 TRAIN_SOURCE_KINDS = ("tfds", "array_record", "webdataset", "folder")
