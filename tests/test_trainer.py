@@ -76,6 +76,8 @@ def test_bad_checkpoint_shape_is_clear_and_harmless(finished_run):
     (dict(evals={"vqa_v9": {"every": 1}}), "vqa_v9"),
     (dict(batch_size=12), "batch_size=12 is not divisible"),
     (dict(mesh=dict(data=16, fsdp=1, tensor=1)), "needs 16 devices but 8 exist"),
+    (dict(objectives={"softmax_contrastive": 1.0, "captioning": 1.0}, data=dict(tokenizer="shapes?pad=eos")),
+     "bos=none and pad=eos are for contrastive text towers"),
 ])
 def test_bad_input_fails_before_touching_workdir(tmp_path, change, message):
   cfg = tiny_config()

@@ -45,6 +45,16 @@ def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
   return m
 
 
+def check_tokenizer_layout(cfg: ml_collections.ConfigDict, tokenizer) -> None:
+  """Rows without BOS or padded with EOS suit contrastive text towers (SigLIP's); next-token losses
+  need the BOS to predict the first word from and the padding to see where the text ends."""
+  generative = "captioning" in cfg.objectives or cfg.data.format != "caption"
+  if generative and (not tokenizer.add_bos or tokenizer.pad_with_eos):
+    raise ValueError(f"data.tokenizer={cfg.data.tokenizer!r}: bos=none and pad=eos are for contrastive text "
+                     f"towers; objectives {sorted(cfg.objectives)} with data.format={cfg.data.format!r} "
+                     "need the default layout (drop those options)")
+
+
 def build(cfg: ml_collections.ConfigDict) -> RunParts:
   """Every name in the config is checked here, before the workdir is touched."""
   config_lib.validate(cfg)
@@ -52,6 +62,7 @@ def build(cfg: ml_collections.ConfigDict) -> RunParts:
   objectives.parse_objectives(cfg.objectives)
   evaluator_classes = {name: evals.get_evaluator(name) for name in cfg.evals}
   tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  check_tokenizer_layout(cfg, tokenizer)
   model_cfg = resolve_model_config(cfg, tokenizer)
   model = models.get_model(model_cfg)
   schedule = optim.make_schedule(cfg, cfg.total_steps)
