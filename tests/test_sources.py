@@ -396,3 +396,25 @@ def test_fuzz_training_run_skips_and_reports_exactly_the_bad_samples(tmp_path, c
   part = read_metrics(str(tmp_path / "part"))
   assert part["data/skipped"] == full
   assert part["train/loss"] == read_metrics(str(tmp_path / "full"))["train/loss"]  # same batches after resume
+
+
+def test_webdataset_shards_on_an_object_store(tmp_path, pairs, monkeypatch):
+  # gs://bucket/... is served from tmp_path/store/bucket/... through etils' mock backend, so only
+  # code that goes through epath finds the shards (a plain open or glob of gs:// finds nothing).
+  from etils.epath import testing as epath_testing
+
+  store = str(tmp_path / "store")
+  write_tar_shards(tmp_path / "store" / "bucket" / "laion", pairs, per_shard=8, fmt="PNG")
+  local = lambda path: os.fspath(path).replace("gs://", store + "/")  # noqa: E731
+  on_store = lambda fn: lambda original, path, *a, **k: fn(original(local(path), *a, **k))  # noqa: E731
+  same = lambda x: x  # noqa: E731
+  mocks = {name: on_store(same) for name in ("open", "exists", "isdir", "listdir", "stat")}
+  mocks["glob"] = on_store(lambda found: [p.replace(store + "/", "gs://") for p in found])
+  monkeypatch.chdir(tmp_path)
+  with epath_testing.mock_epath(**mocks):
+    assert files.resolve_files("gs://bucket/laion", "test", suffix=".tar") == [
+        f"gs://bucket/laion/shard-{i:05d}.tar" for i in range(4)]
+    assert len(files.resolve_files("gs://bucket/laion/*.tar", "test")) == 4
+    _check_exact(_eval_all(_cfg("webdataset", "gs://bucket/laion/shard-{00000..00003}.tar", image_size=48)), pairs)
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+      files.resolve_files("gs://bucket/laion/*.tgz", "test")

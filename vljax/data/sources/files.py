@@ -6,6 +6,8 @@ import glob
 import os
 import re
 
+from etils import epath
+
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
 
@@ -38,24 +40,35 @@ def expand_braces(pattern: str) -> list[str]:
 def resolve_files(pattern: str, what: str, suffix: str | None = None) -> list[str]:
   """Files a pattern names, in order: braces expanded, globs sorted, a directory -> its `*suffix` files.
 
-  Raises FileNotFoundError naming the pattern when it names nothing (empty glob, missing file).
+  Local paths and object stores (gs://, s3://: through etils.epath). Raises FileNotFoundError
+  naming the pattern when it names nothing (empty glob, missing file).
   """
   if not pattern:
     raise ValueError(f"{what}: data.path is empty; give a file, a directory or a pattern")
   out: list[str] = []
   for part in expand_braces(os.path.expanduser(pattern)):
     if glob.has_magic(part):
-      found = sorted(p for p in glob.glob(part) if os.path.isfile(p))
+      found = _glob(part)
       if not found:
         raise FileNotFoundError(f"{what}: the pattern {part!r} matches no file")
       out.extend(found)
-    elif os.path.isdir(part) and suffix:
-      found = sorted(glob.glob(os.path.join(part, f"*{suffix}")))
+    elif epath.Path(part).is_dir() and suffix:
+      found = _glob(f"{part.rstrip('/')}/*{suffix}")
       if not found:
         raise FileNotFoundError(f"{what}: the directory {part!r} holds no *{suffix} file")
       out.extend(found)
-    elif os.path.isfile(part):
+    elif epath.Path(part).is_file():
       out.append(part)
     else:
       raise FileNotFoundError(f"{what}: {part!r} does not exist")
   return list(dict.fromkeys(out))  # a file named twice is read once
+
+
+def _glob(pattern: str) -> list[str]:
+  """Sorted files matching a glob; on object stores, epath globs below the pattern's fixed prefix."""
+  if "://" not in pattern:
+    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+  parts = pattern.split("/")
+  fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+  base = epath.Path("/".join(parts[:fixed]))
+  return sorted(os.fspath(p) for p in base.glob("/".join(parts[fixed:])) if p.is_file())

@@ -1,6 +1,6 @@
 """img2dataset / webdataset `.tar` shards, streamed.
 
-data.path is a pattern of uncompressed tar shards: brace ranges (`shards/{00000..00099}.tar`),
+data.path is a pattern of uncompressed tar shards, local or on an object store (gs://): brace ranges (`shards/{00000..00099}.tar`),
 lists (`{laion,coyo}/*.tar`), globs, or a directory (its `*.tar`). A sample is the run of
 consecutive members sharing a key (the member name up to the first dot of its base name):
 the image is the first `.jpg`/`.jpeg`/`.png`/`.webp`, the caption the `.txt`, else the
@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grain
+from etils import epath
 
 from vljax.data.sources import files, skips
 
@@ -81,7 +82,7 @@ def _samples(path: str, offset: int, caption_key: str) -> Iterator[tuple[dict, i
   the next key (or the end) appears; its members are then read by seeking back.
   """
   try:
-    f = open(path, "rb")
+    f = epath.Path(path).open("rb")  # local, or gs:// (seekable)
   except OSError:
     yield skips.marker("empty_shard"), _DONE
     return
