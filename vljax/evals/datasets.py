@@ -40,6 +40,7 @@ from absl import logging
 from etils import epath
 
 from vljax.data import images as images_lib
+from vljax.data.sources import tfds_source
 
 SOURCES = ("tfds", "jsonl")
 COMMON_KEYS = ("source", "path", "name", "data_dir", "split", "image_key", "image_root", "num_threads",
@@ -58,7 +59,7 @@ class _TfdsReader:
   def __init__(self, spec: Mapping[str, Any], default_split: str, image_key: str):
     import tensorflow_datasets as tfds
 
-    builder = _tfds_builder(spec)
+    builder = tfds_source.open_builder(spec.get("path"), name=spec.get("name"), data_dir=spec.get("data_dir"))
     split = spec.get("split") or default_split
     available = sorted(builder.info.splits)
     for part in split.split("+"):  # tfds split expressions: "train+validation[:10%]"
@@ -92,44 +93,6 @@ class _TfdsReader:
     if top not in self.features:
       raise ValueError(f"dataset {what} {key!r} is not a feature of {self.where}; features: "
                        f"{sorted(self.features)}")
-
-
-def _tfds_builder(spec: Mapping[str, Any]):
-  """The builder of `path` (a builder directory, or a dataset folder of versions) or of `name`
-  prepared under `data_dir`."""
-  import tensorflow_datasets as tfds
-
-  path, name, data_dir = spec.get("path"), spec.get("name"), spec.get("data_dir")
-  if bool(path) == bool(name):
-    raise ValueError(f"a tfds dataset needs either path=BUILDER_DIR or name=NAME (with data_dir); got "
-                     f"path={path!r}, name={name!r}")
-  if path:
-    p = epath.Path(path)
-    if not p.exists():
-      raise FileNotFoundError(f"dataset path {os.fspath(path)!r} does not exist")
-    if not (p / "dataset_info.json").exists():
-      versions = sorted((d for d in p.iterdir() if _version(d.name) and (d / "dataset_info.json").exists()),
-                        key=lambda d: _version(d.name))
-      if not versions:
-        raise ValueError(f"dataset path {os.fspath(path)!r} is not a prepared tfds dataset: no "
-                         "dataset_info.json in it or in a version folder (like 1.0.0) under it")
-      p = versions[-1]
-    return tfds.builder_from_directory(os.fspath(p))
-  if data_dir and not epath.Path(data_dir).exists():
-    raise FileNotFoundError(f"dataset data_dir {os.fspath(data_dir)!r} does not exist")
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"dataset name {name!r} is neither a tfds dataset nor prepared under data_dir="
-                     f"{data_dir!r}") from e
-  if not builder.is_prepared():
-    raise FileNotFoundError(f"tfds dataset {name!r} is not prepared under {builder.data_dir}; prepare it "
-                            "(`tfds build`) or give path=BUILDER_DIR")
-  return builder
-
-
-def _version(name: str) -> tuple[int, ...] | None:
-  return tuple(int(x) for x in name.split(".")) if re.fullmatch(r"\d+\.\d+\.\d+", name) else None
 
 
 class _JsonlReader:

@@ -12,7 +12,10 @@ Images are read as encoded bytes (tfds SkipDecoding) and decoded by the image st
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
+
+from etils import epath
 
 from vljax.data.sources import skips
 
@@ -23,20 +26,39 @@ def _tfds():
   return tfds
 
 
-def open_builder(path: str, tfds_name: str = ""):
+def open_builder(path: str | None, name: str | None = None, data_dir: str | None = None, what: str = "dataset"):
+  """The builder of `path` (a builder directory, or a dataset folder of versions: the newest) or of
+  `name` prepared under `data_dir`; `what` starts the error messages."""
   tfds = _tfds()
-  if not path:
-    raise ValueError("tfds source: data.path is empty; give the builder directory (or the data_dir with "
-                     "data.tfds_name)")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"tfds source: {path!r} does not exist")
+  if bool(path) == bool(name):
+    raise ValueError(f"{what}: a tfds dataset needs either path=BUILDER_DIR or name=NAME (with data_dir); "
+                     f"got path={path!r}, name={name!r}")
+  if path:
+    p = epath.Path(path)
+    if not p.exists():
+      raise FileNotFoundError(f"{what}: {os.fspath(path)!r} does not exist")
+    if not (p / "dataset_info.json").exists():
+      versions = sorted((d for d in p.iterdir() if _version(d.name) and (d / "dataset_info.json").exists()),
+                        key=lambda d: _version(d.name))
+      if not versions:
+        raise ValueError(f"{what}: {os.fspath(path)!r} is not a prepared tfds dataset: no "
+                         "dataset_info.json in it or in a version folder (like 1.0.0) under it")
+      p = versions[-1]
+    return tfds.builder_from_directory(os.fspath(p))
+  if data_dir and not epath.Path(data_dir).exists():
+    raise FileNotFoundError(f"{what}: data_dir {os.fspath(data_dir)!r} does not exist")
   try:
-    if tfds_name:
-      return tfds.builder(tfds_name, data_dir=path)
-    return tfds.builder_from_directory(path)
-  except Exception as e:  # tfds raises several types for a directory that holds no dataset
-    what = f"dataset {tfds_name!r} under data_dir" if tfds_name else "builder directory"
-    raise FileNotFoundError(f"tfds source: {path!r} is not a prepared tfds {what}: {e}") from e
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"{what}: {name!r} is neither a tfds dataset nor prepared under data_dir={data_dir!r}") from e
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"{what}: tfds dataset {name!r} is not prepared under {builder.data_dir}; prepare "
+                            "it (`tfds build`) or give its builder directory")
+  return builder
+
+
+def _version(name: str) -> tuple[int, ...] | None:
+  return tuple(int(x) for x in name.split(".")) if re.fullmatch(r"\d+\.\d+\.\d+", name) else None
 
 
 def _feature(features, key: str, what: str):
@@ -73,7 +95,11 @@ class TfdsSource:
   def __init__(self, path: str, split: str = "train", image_key: str = "image", caption_key: str = "caption",
                tfds_name: str = "", label_template: str = "a photo of a {}."):
     tfds = _tfds()
-    builder = open_builder(path, tfds_name)
+    if not path:
+      raise ValueError("tfds source: data.path is empty; give the builder directory (or the data_dir with "
+                       "data.tfds_name)")
+    builder = (open_builder(None, name=tfds_name, data_dir=path, what="tfds source") if tfds_name
+               else open_builder(path, what="tfds source"))
     features = builder.info.features
     image_feature = _feature(features, image_key, "image_key")
     if not isinstance(image_feature, tfds.features.Image):
