@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -52,3 +54,23 @@ def greedy_by_recompute(model, params, images, ids, lengths, steps, tokenizer):
       seq.append(int(jnp.argmax(logits[0, -1])))
     out.append(tokenizer.decode([seq[n:]])[0])
   return out
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory):
+  """A small random Hugging Face CLIP, saved, with its reference outputs (tests/hf_reference.py)."""
+  return _reference_family("clip", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def small_siglip(tmp_path_factory):
+  """A small random Hugging Face SigLIP, saved, with its reference outputs (tests/hf_reference.py)."""
+  return _reference_family("siglip", tmp_path_factory)
+
+
+def _reference_family(kind: str, tmp_path_factory) -> dict:
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from hf_reference import reference_family  # torch and transformers: only where these fixtures are used
+
+  return reference_family(kind, True, tmp_path_factory.mktemp(f"small_{kind}"))
