@@ -13,7 +13,6 @@ from jax.experimental import multihost_utils
 
 from vljax import decode as decode_lib
 from vljax.data import images as images_lib, prompts
-from vljax.data.pipeline import preprocess_images
 from vljax.models import decoder
 from vljax.parallel.mesh import batch_shards
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding
@@ -242,7 +241,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
 def eval_images(examples: list[dict], normalization: str = "siglip") -> np.ndarray:
   """The examples' uint8 images, stacked and normalised as in training (data.normalization)."""
   pixels = np.stack([e["image"] for e in examples])
-  return preprocess_images(pixels) if normalization == "siglip" else images_lib.normalize(pixels, normalization)
+  return images_lib.normalize(pixels, normalization)
 
 
 def normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
