@@ -89,6 +89,15 @@ def test_normalisation_presets():
     images.normalize(x, "openai")
   with pytest.raises(ValueError, match="uint8"):
     images.normalize(x.astype(np.float32), "clip")
+  with pytest.raises(ValueError, match=r"RGB.*\(3, 1\)"):
+    images.normalize(x[:, :1], "clip")
+
+
+def test_normalisation_table_gives_the_arithmetic_bit_for_bit():
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3)).astype(np.uint8)
+  for name, (mean, std) in images.NORMALIZATIONS.items():
+    arithmetic = (pixels.astype(np.float32) * np.float32(1 / 255) - np.float32(mean)) / np.float32(std)
+    np.testing.assert_array_equal(images.normalize(pixels, name), arithmetic)
 
 
 def test_siglip_preset_is_bit_identical_to_the_shapes_pixels():

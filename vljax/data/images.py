@@ -12,6 +12,7 @@ photo several times faster and changes nothing a bicubic downscale would not.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -126,5 +127,18 @@ def normalize(images: np.ndarray, preset: str = "siglip") -> np.ndarray:
   images = np.asarray(images)
   if images.dtype != np.uint8:
     raise ValueError(f"normalize expects uint8 pixels, got dtype {images.dtype}.")
+  if images.ndim == 0 or images.shape[-1] != 3:
+    raise ValueError(f"normalize expects RGB pixels [..., 3], got shape {images.shape}.")
+  table = _normalization_table(preset)
+  out = np.empty(images.shape, np.float32)
+  for channel in range(3):  # a lookup per channel: the same values, twice as fast as the arithmetic
+    np.take(table[:, channel], images[..., channel], out=out[..., channel])
+  return out
+
+
+@functools.cache
+def _normalization_table(preset: str) -> np.ndarray:
+  """float32 [256, 3]: (v / 255 - mean) / std for every uint8 value v and channel."""
   mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[preset])
-  return (images.astype(np.float32) * np.float32(1 / 255) - mean) / std
+  values = np.arange(256, dtype=np.float32)[:, None]
+  return (values * np.float32(1 / 255) - mean) / std
