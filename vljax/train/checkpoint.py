@@ -70,12 +70,14 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state, data_state: dict, meta: dict | Callable[[], dict], *,
+  def save(self, step: int, state, data_state: dict | Callable[[], dict], meta: dict | Callable[[], dict], *,
            force: bool = False) -> bool:
-    """Starts an async save; the data iterator state is captured now, synchronously. `meta` may be
-    a function, called only when a save is due (its values can cost a collective)."""
+    """Starts an async save; the data iterator state is captured now, synchronously. `data_state`
+    and `meta` may be functions, called only when a save is due (an iterator state gathers worker
+    states; meta values can cost a collective)."""
     if not force and (not self.every or step % self.every):
       return False
+    data_state = data_state() if callable(data_state) else data_state
     meta = meta() if callable(meta) else meta
     return self.manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain_checkpoint.CheckpointSave(_DataState(data_state)),

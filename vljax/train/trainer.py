@@ -183,7 +183,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
         if step == total or any(_due(step, int(s.get("every", 0)), total) for s in cfg.evals.values()):
           final.update(evaluate(step, force=step == total))
         save_meta = lambda: dict(meta, data_skipped=skipped.totals(_sum_over_processes))  # noqa: E731
-        checkpointer.save(step, state, data_iter.get_state(), save_meta, force=step == total or stop.requested)
+        checkpointer.save(step, state, data_iter.get_state, save_meta, force=step == total or stop.requested)
         if _due(step, cfg.log_every, total):
           timer_start, timer_steps = time.perf_counter(), 0  # evals and saves are not step time
         if stop.requested:
