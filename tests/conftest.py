@@ -1,4 +1,5 @@
-"""Eight simulated CPU devices for every test, set before JAX touches a backend."""
+"""Eight simulated CPU devices for every test, set before JAX touches a backend; the error log of
+`cross_path` tests (tests/numerics.py)."""
 
 import os
 
@@ -11,6 +12,21 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 from vljax import config as config_lib  # noqa: E402
+from numerics import ErrorRecorder  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _record_cross_path_errors(request, monkeypatch):
+  """With VLJAX_NUMERICS_LOG set, a `cross_path` test appends its worst float error and its
+  tolerances to that file (what tests/isa_sweep.py tabulates per instruction set)."""
+  log = os.environ.get("VLJAX_NUMERICS_LOG")
+  if not log or request.node.get_closest_marker("cross_path") is None:
+    yield
+    return
+  recorder = ErrorRecorder(request.node.nodeid)
+  recorder.install(monkeypatch)
+  yield
+  recorder.append_to(log)
 
 
 def tiny_config(**overrides):

@@ -17,6 +17,7 @@ from vljax.data import pipeline  # noqa: E402
 
 # ---- numerics, every format -------------------------------------------------------------------
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("fmt,file", [("hf_clip", None), ("openai_clip", "clip.safetensors"),
                                       ("openai_clip", "clip.pt"), ("openai_clip", "clip_jit.pt")])
 def test_small_clip_matches_transformers(small_clip, tmp_path, fmt, file):
@@ -35,6 +36,7 @@ def test_small_clip_matches_transformers(small_clip, tmp_path, fmt, file):
   assert_matches(ours, small_clip["ref"], f"small CLIP via {fmt}")
 
 
+@pytest.mark.cross_path
 def test_clip_normalised_inputs_keep_the_published_patch_embedding(small_clip):
   # Default: CLIP's mean/std are folded into the patch embedding for vljax's [-1, 1] pixels (exact: the
   # numerics tests above). With input_normalization="clip" the conv is kept as published, bias zero.
@@ -44,12 +46,14 @@ def test_clip_normalised_inputs_keep_the_published_patch_embedding(small_clip):
   assert converted.data["normalization"] == "clip"
   embedding = converted.params["img"]["embedding"]
   conv = small_clip["sd"]["vision_model.embeddings.patch_embedding.weight"]
+  # the published conv, transposed: the same numbers up to the float32 cast
   np.testing.assert_allclose(embedding["kernel"], conv.transpose(2, 3, 1, 0), rtol=1e-6)
   assert not embedding["bias"].any()
   ours = vljax_outputs(converted, small_clip["pixels"], small_clip["ids"], normalization="clip")
   assert_matches(ours, small_clip["ref"], "small CLIP, clip-normalised inputs")
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("fmt,file", [("hf_siglip", None), ("big_vision_siglip", "siglip.npz"),
                                       ("big_vision_siglip", "siglip_scanned.npz")])
 def test_small_siglip_matches_transformers(small_siglip, tmp_path, fmt, file):
@@ -65,6 +69,7 @@ def test_small_siglip_matches_transformers(small_siglip, tmp_path, fmt, file):
   assert_matches(ours, small_siglip["ref"], f"small SigLIP via {fmt}")
 
 
+@pytest.mark.cross_path
 @pytest.mark.slow
 def test_clip_vit_b32_every_format_matches_transformers(tmp_path):
   family = reference_family("clip", False, tmp_path)
@@ -76,6 +81,7 @@ def test_clip_vit_b32_every_format_matches_transformers(tmp_path):
     assert_matches(vljax_outputs(converted, family["pixels"], family["ids"]), family["ref"], f"CLIP B/32 via {fmt}")
 
 
+@pytest.mark.cross_path
 @pytest.mark.slow
 def test_siglip_b16_every_format_matches_transformers(tmp_path):
   family = reference_family("siglip", False, tmp_path)
@@ -108,6 +114,7 @@ def test_resize_posemb_keeps_the_class_row_and_resamples_the_grid():
   np.testing.assert_allclose(got[..., 2], 0.5, atol=1e-6)
 
 
+@pytest.mark.cross_path
 def test_import_at_another_image_size_resamples_clip_and_siglip_posembs(small_clip, small_siglip):
   clip = convert.import_checkpoint(str(small_clip["folder"]), image_size=48)
   siglip = convert.import_checkpoint(str(small_siglip["folder"]), image_size=48)
@@ -116,6 +123,7 @@ def test_import_at_another_image_size_resamples_clip_and_siglip_posembs(small_cl
   original = small_clip["sd"]["vision_model.embeddings.position_embedding.weight"]
   assert clip_pe.shape == (1 + 6 * 6, 128) and siglip.params["img"]["posemb"]["pos_embedding"].shape == (36, 128)
   np.testing.assert_array_equal(clip_pe[0], original[0])  # the class token's row is kept
+  # the same bilinear resize, through the importer: float32 interpolation roundings
   np.testing.assert_allclose(clip_pe[1:], towers.resize_posemb(original[1:], 4, 6), rtol=1e-6)
   for converted in (clip, siglip):
     ids = clip_ids(SMALL_VOCAB, SMALL_LEN) if converted is clip else siglip_ids(SMALL_VOCAB, SMALL_LEN)

@@ -35,6 +35,7 @@ CLIP_WORDS = ["!", *WORDS[1:SMALL_VOCAB - 2], "<|startoftext|>", "<|endoftext|>"
 TEXTS = ["w5 w7 w9", "w3", "w10 w11 w12 w13 w14 w15"]
 
 
+@pytest.mark.cross_path
 def test_cli_workdir_opens_with_vljax_load_and_matches_transformers(small_clip, tmp_path):
   # The folder's own tokenizer.json is picked up.
   folder = shutil.copytree(small_clip["folder"], tmp_path / "hf_clip")
@@ -56,6 +57,7 @@ def test_cli_workdir_opens_with_vljax_load_and_matches_transformers(small_clip, 
     convert.write_workdir(convert.import_checkpoint(str(folder)), str(out))
 
 
+@pytest.mark.cross_path
 def test_workdir_with_published_patch_weights_normalises_inputs_with_clip_statistics(small_clip, tmp_path):
   # vljax.load follows the workdir's data.normalization: CLIP mean/std here, not [-1, 1].
   out = tmp_path / "clip_stats"
@@ -66,6 +68,7 @@ def test_workdir_with_published_patch_weights_normalises_inputs_with_clip_statis
                              atol=TOLERANCE)
 
 
+@pytest.mark.cross_path
 def test_cli_siglip_workdir_with_an_eos_padding_tokenizer(small_siglip, tmp_path):
   # SigLIP's rows: no BOS, EOS-padded to the full length; the final position is pooled.
   path = word_tokenizer(tmp_path / "tokenizer.json", ["<pad>", "</s>", "<unk>", *WORDS[3:]])
@@ -83,6 +86,7 @@ def test_cli_siglip_workdir_with_an_eos_padding_tokenizer(small_siglip, tmp_path
   assert probs.shape == (1, 2)
 
 
+@pytest.mark.cross_path
 @pytest.mark.slow
 def test_converted_workdir_is_an_init_from_source(small_clip, tmp_path):
   import ml_collections

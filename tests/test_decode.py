@@ -130,6 +130,7 @@ SAMPLE = DecodeOptions(method="sample", max_len=L, temperature=1.5, top_k=4, top
 # ---------------------------------------------------------------- greedy
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("parts", [("markov",), ("position",), ALL_PARTS], ids="+".join)
 def test_greedy_matches_reference_loop(parts):
   for seed in range(2):
@@ -139,6 +140,7 @@ def test_greedy_matches_reference_loop(parts):
       ref = np_greedy(params, r, L, GREEDY.min_len)
       assert out.tokens[r].tolist() == padded(ref)
       assert out.lengths[r] == len(ref)
+      # float32 log-softmax per step vs a float64 replay of the tokens: a few roundings a step, 12 steps
       np.testing.assert_allclose(out.scores[r], np_score(params, r, ref), rtol=1e-5, atol=1e-5)
 
 
@@ -172,12 +174,14 @@ def test_greedy_stops_once_all_done():
 # ---------------------------------------------------------------- beam search
 
 
+@pytest.mark.cross_path
 def test_beam_size_1_is_greedy():
   for seed in range(3):
     params = random_params(seed, eos_bias=1.0)
     greedy, beam = run(params, init_cache(B), GREEDY), run(params, init_cache(B), BEAM1)
     np.testing.assert_array_equal(beam.tokens, greedy.tokens)
     np.testing.assert_array_equal(beam.lengths, greedy.lengths)
+    # the same log-probs through other ops (top-k bookkeeping vs argmax): a rounding or two
     np.testing.assert_allclose(beam.scores, greedy.scores, rtol=1e-6)
 
 
@@ -196,6 +200,7 @@ def test_beam_finishes_only_candidates_in_the_top_k():
   assert np.asarray(run(params, init_cache(B), BEAM).tokens[0]).tolist() == padded([3, EOS])
 
 
+@pytest.mark.cross_path
 def test_beam_early_exit_is_exact():
   """Stopping once no alive beam can beat the worst finished one returns all beams as running on does."""
   seeds, cache = range(30, 36), init_cache(B)
@@ -210,10 +215,12 @@ def test_beam_early_exit_is_exact():
     assert n_full == L and n_early <= L
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_array_equal(got.lengths, want.lengths)
+    # one program with the exit, one without: the same scores up to fusion (a rounding or two)
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
   assert min(n for _, n in early) < L  # the exit did happen
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_finds_brute_force_optimum(alpha):
   """V=4, max_len=4: 36 beams hold every prefix and every candidate, so beam search is exact."""
@@ -226,6 +233,7 @@ def test_beam_finds_brute_force_optimum(alpha):
       score, best = np_brute_force(params, r, max_len, min_len, alpha, vocab)
       assert out.tokens[r].tolist() == padded(best, max_len), (parts, r)
       assert out.lengths[r] == len(best)
+      # float32 scores vs a float64 brute force: a few roundings a step, 4 steps
       np.testing.assert_allclose(out.scores[r], score, rtol=1e-5)
 
 
@@ -235,12 +243,14 @@ def beam_replay_errors(out, params, alpha):
                    for (r, k), n in np.ndenumerate(out.lengths)])
 
 
+@pytest.mark.cross_path
 def test_beam_cache_follows_beams():
   """Every returned beam's score replays from its tokens: the history leaf moved with the beams."""
   params = random_params(20, ("history",), eos_bias=0.5)
   out = jax.device_get(run(params, init_cache(B), BEAM, return_all_beams=True))
   assert out.tokens.shape == (B, 4, L) and out.scores.shape == out.lengths.shape == (B, 4)
   assert (np.diff(out.scores, axis=1) <= 0).all()  # best first
+  # float32 scores vs their float64 replay: a few roundings a step, 12 steps (scores ~ -10)
   np.testing.assert_allclose(beam_replay_errors(out, params, BEAM.length_penalty), 0, atol=1e-5)
   for toks, n in zip(out.tokens.reshape(-1, L).tolist(), out.lengths.ravel().tolist()):
     assert toks[n:] == [PAD] * (L - n) and EOS not in toks[:n - 1]
@@ -280,21 +290,25 @@ def test_sampling_distribution(temperature, top_k, top_p, kept):
   np.testing.assert_allclose(freq, expected, atol=0.015)
 
 
+@pytest.mark.cross_path
 def test_sampling_top_k_1_is_greedy():
   params = random_params(6, eos_bias=1.0)
   greedy = run(params, init_cache(B), GREEDY)
   top1 = DecodeOptions(method="sample", max_len=L, top_k=1, temperature=0.8)
   sampled = run(params, init_cache(B), top1, rng=jax.random.key(3))
   np.testing.assert_array_equal(sampled.tokens, greedy.tokens)
+  # the same log-probs through other ops (sampling bookkeeping vs argmax): a rounding or two
   np.testing.assert_allclose(sampled.scores, greedy.scores, rtol=1e-6)
 
 
+@pytest.mark.cross_path
 def test_sampling_is_deterministic_given_rng():
   params = random_params(7)
   a, b, c = (jax.device_get(run(params, init_cache(B), SAMPLE, rng=jax.random.key(s))) for s in (0, 0, 1))
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert (a.tokens != c.tokens).any()
   for r in range(B):  # scores are the model's log-probs (T = 1, unfiltered) of the drawn tokens
+    # float32 log-softmax per step vs a float64 replay of the tokens: a few roundings a step
     np.testing.assert_allclose(a.scores[r], np_score(params, r, a.tokens[r, :a.lengths[r]].tolist()),
                                rtol=1e-5)
 
@@ -302,15 +316,18 @@ def test_sampling_is_deterministic_given_rng():
 # ---------------------------------------------------------------- jit, eager, mesh
 
 
+@pytest.mark.cross_path
 def test_eager_call_matches_jit():
   params = random_params(8)
   eager = decode(make_step(params), jax.tree.map(jnp.asarray, init_cache(B)), B,
                  bos_id=BOS, eos_id=EOS, pad_id=PAD, options=GREEDY)
   jitted = run(params, init_cache(B), GREEDY)
   np.testing.assert_array_equal(eager.tokens, jitted.tokens)
+  # op by op vs one fused program: XLA fuses exp / log differently (a rounding or two)
   np.testing.assert_allclose(eager.scores, jitted.scores, rtol=1e-6)
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("options", [GREEDY, BEAM, SAMPLE], ids=lambda o: o.method)
 def test_sharded_batch_matches_unsharded(options):
   """Cache sharded over data x fsdp (8 devices): same result, and no data moves between shards."""
@@ -325,6 +342,7 @@ def test_sharded_batch_matches_unsharded(options):
   want = run(params, init_cache(B), options, rng=key)
   np.testing.assert_array_equal(got.tokens, want.tokens)
   np.testing.assert_array_equal(got.lengths, want.lengths)
+  # rows split over devices: each row's sums stay its own; other per-device shapes, other kernels
   np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
 
 

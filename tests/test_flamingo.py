@@ -39,6 +39,7 @@ def params_with_open_gates(model, images, ids, seed=0):
       lambda path, x: jnp.full_like(x, 0.5) if "gate" in jax.tree_util.keystr(path) else x, params)
 
 
+@pytest.mark.cross_path
 def test_untrained_flamingo_is_exactly_its_language_model():
   images, ids = batch()
   model = flamingo(cross_attn_every_n_layers=1)
@@ -52,6 +53,7 @@ def test_untrained_flamingo_is_exactly_its_language_model():
   assert float(jnp.max(jnp.abs(got - want))) == 0.0
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("immediate", [True, False])
 def test_changing_an_image_changes_only_the_tokens_that_see_it(immediate):
   images, ids = batch()
@@ -70,6 +72,7 @@ def test_changing_an_image_changes_only_the_tokens_that_see_it(immediate):
   assert not np.any(counts[0, :3] > 0)  # "a red" before the first image: sees none, never changes
 
 
+@pytest.mark.cross_path
 def test_kv_cached_generation_equals_recompute():
   from vljax.evals.runner import ModelRunner
   from vljax import decode as decode_lib
@@ -143,6 +146,7 @@ def _mu_text(max_len):
   return dict(text_settings("mu", vocab_size=TOK.vocab_size + (-TOK.vocab_size % 128), max_len=max_len))
 
 
+@pytest.mark.cross_path
 @pytest.mark.slow
 def test_frozen_parts_stay_bit_identical_to_their_init_from_sources(tmp_path):
   from flax import traverse_util

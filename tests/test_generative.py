@@ -47,6 +47,7 @@ CASES = [("coca", {}), ("coca", dict(pooler="parallel", scan=True)), ("cappa", {
          ("cappa", dict(scan=True, remat="full"))]
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("name,overrides", CASES)
 def test_kv_cached_steps_equal_full_teacher_forcing(name, overrides):
   model = get_model(model_cfg(name, **overrides))
@@ -55,6 +56,7 @@ def test_kv_cached_steps_equal_full_teacher_forcing(name, overrides):
   out = model.apply({"params": params}, image=image, text=ids)
   memory = model.apply({"params": params}, image, method="encode_image")["memory"]
   full = model.apply({"params": params}, memory, ids, method="caption_logits")
+  # one token at a time vs the whole sequence: attention over the cached keys vs masked ones, logits ~1
   np.testing.assert_allclose(out["caption_logits"], full, atol=1e-5)
   cache = decoder.init_cache(model, params, memory, LEN)
   assert {x.shape[0] for x in jax.tree.leaves(cache)} == {B}  # batch leads every leaf (beam reorder)
@@ -64,6 +66,7 @@ def test_kv_cached_steps_equal_full_teacher_forcing(name, overrides):
     np.testing.assert_allclose(logits, full[:, i], atol=1e-5, err_msg=f"position {i}")
 
 
+@pytest.mark.cross_path
 def test_caption_logits_never_look_ahead_and_coca_cls_sees_the_whole_caption():
   model = get_model(model_cfg("coca"))
   image, ids = inputs()
@@ -77,6 +80,7 @@ def test_caption_logits_never_look_ahead_and_coca_cls_sees_the_whole_caption():
   np.testing.assert_array_equal(a["txt_emb"][1:], b["txt_emb"][1:])
 
 
+@pytest.mark.cross_path
 def test_coca_text_embedding_ignores_padding():
   model = get_model(model_cfg("coca", text=dict(variant="mu", vocab_size=VOCAB, max_len=LEN + 6)))
   image, ids = inputs()
@@ -84,9 +88,11 @@ def test_coca_text_embedding_ignores_padding():
   longer = jnp.pad(ids, ((0, 0), (0, 6)))
   a = model.apply({"params": params}, text=ids)["txt_emb"]
   b = model.apply({"params": params}, text=longer)["txt_emb"]
+  # masked padding adds exact zeros: the same terms, other shapes (a rounding of values ~1)
   np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.cross_path
 def test_cappa_parallel_prediction_sees_only_mask_tokens_and_no_causal_mask():
   image, ids = inputs()
   model = get_model(model_cfg("cappa", parallel_fraction=1.0))
@@ -94,14 +100,17 @@ def test_cappa_parallel_prediction_sees_only_mask_tokens_and_no_causal_mask():
   run = lambda m, t, train: m.apply({"params": params}, image=image, text=t, train=train,
                                     rngs={"dropout": jax.random.PRNGKey(3)})["caption_logits"]
   other = (ids % (VOCAB - 1)) + 1
+  # mask tokens only: the same inputs whatever the caption, other values only behind the mask
   np.testing.assert_allclose(run(model, ids, True), run(model, other, True), atol=1e-6)
   # Position 0 of all-[MASK] input sees later positions, which a causal decoder never would.
   assert not np.allclose(run(model, ids, True)[:, 0], run(model, ids, False)[:, 0])
   # Evaluation is always causal teacher forcing; fraction 0 trains that way too.
   causal = get_model(model_cfg("cappa", parallel_fraction=0.0))
+  # the same attention computed with and without a causal mask of all-True (a rounding of values ~1)
   np.testing.assert_allclose(run(causal, ids, True), run(model, ids, False), atol=1e-6)
 
 
+@pytest.mark.cross_path
 def test_captioning_loss_masks_pads_and_matches_optax():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(B, LEN, VOCAB)), jnp.float32)
@@ -109,6 +118,7 @@ def test_captioning_loss_masks_pads_and_matches_optax():
   loss, acc = objectives.captioning_loss(logits, ids)
   targets, real = ids[:, 1:], ids[:, 1:] != 0
   ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
+  # optax's cross-entropy vs ours: the same float32 formula in other ops (a rounding or two)
   assert loss == pytest.approx(float(jnp.sum(ce * real) / jnp.sum(real)), rel=1e-6)
   # Logits at positions whose target is a pad do not matter.
   noisy = logits.at[3, 5:].add(100.0)
@@ -116,6 +126,7 @@ def test_captioning_loss_masks_pads_and_matches_optax():
   smooth, _ = objectives.captioning_loss(logits, ids, label_smoothing=0.1)
   soft = optax.smooth_labels(jax.nn.one_hot(targets, VOCAB), 0.1)
   ce_smooth = optax.softmax_cross_entropy(logits[:, :-1], soft)
+  # smoothing also sums all 128 log-probs: another 128-term order (2 gamma_127 = 1.5e-5 of its terms)
   assert smooth == pytest.approx(float(jnp.sum(ce_smooth * real) / jnp.sum(real)), rel=1e-5)
   assert 0.0 <= float(acc) <= 1.0
 
@@ -136,6 +147,7 @@ def test_objective_options_and_their_errors():
     objectives.combined_loss({"captioning": 1.0}, {"img_emb": None}, {"text": ids})
 
 
+@pytest.mark.cross_path
 def test_runner_likelihood_scores_and_sharded_captions_match_one_device():
   tok = tokenizers.get_tokenizer("shapes")
   cfg = model_cfg("cappa", text=dict(variant="mu", vocab_size=128, max_len=LEN))
@@ -157,6 +169,7 @@ def test_runner_likelihood_scores_and_sharded_captions_match_one_device():
       options = decode_lib.DecodeOptions(method="beam", beam_size=3, max_len=LEN)
       results[mesh_cfg["data"]] = (matrix, runner.caption(params, images, options))
   matrix, (captions, scores) = results[1]
+  # log-likelihoods, sums over ~10 tokens, in batches of other shapes and on 4 devices vs 1
   np.testing.assert_allclose(np.diag(matrix), pairs, rtol=1e-5)
   assert matrix.shape == (8, 8) and np.all(matrix < 0)
   np.testing.assert_allclose(results[4][0], matrix, rtol=1e-5)
@@ -197,12 +210,14 @@ def test_cappa_config_errors():
     get_model(model_cfg("cappa", parallel_fraction=1.5))
 
 
+@pytest.mark.cross_path
 def test_decode_benchmark_paths_agree():
   from vljax.bench import decode as bench
   result = bench.run("configs/coca_shapes.py", batch=2, tokens=4, repeats=1)
   assert result["same_tokens"] and result["cached_s"] > 0 and result["recompute_s"] > 0
 
 
+@pytest.mark.cross_path
 def test_prompts_of_unequal_length_continue_as_if_each_ran_alone():
   from vljax.data import prompts
   tok = tokenizers.get_tokenizer("shapes")
@@ -244,6 +259,7 @@ def test_llava_splices_image_tokens_at_the_image_token():
   np.testing.assert_array_equal(pos, [[0, 3, 4, 5, 6], [0, 1, 4, 5, 6]])  # <image> -> its last token
 
 
+@pytest.mark.cross_path
 def test_llava_generation_with_kv_cache_equals_greedy_recompute():
   from vljax.data import prompts
   tok, model, image, params = llava_and_params()

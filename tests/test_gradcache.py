@@ -82,6 +82,7 @@ def assert_close(actual, expected):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=TOL, atol=TOL), actual, expected)
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("objective", ["softmax_contrastive", "sigmoid_contrastive"])
 def test_gradcache_equals_full_batch_and_mean_mode_does_not(objective):
   cfg = small_config(objective)
@@ -102,6 +103,7 @@ def test_gradcache_equals_full_batch_and_mean_mode_does_not(objective):
   assert max_diff(mean, full) > 1e-2
 
 
+@pytest.mark.cross_path
 def test_gradcache_train_step_on_mesh_and_peak_memory():
   """The real step on a data x fsdp x tensor = 2x2x2 mesh: new params equal the k=1 step's, and the
   compiled step's temp memory is that of one micro-batch."""
@@ -134,6 +136,7 @@ def test_gradcache_train_step_on_mesh_and_peak_memory():
   assert temp["gradcache"] < 0.5 * temp["mean"]
 
 
+@pytest.mark.cross_path
 def test_gradcache_matches_autodiff_with_dropout_scalars_and_captioning():
   """A toy captioner against plain autodiff of the same k forward passes: each micro-batch's dropout
   mask is the same in both passes, the temperature and bias (in every micro-batch's outputs) count

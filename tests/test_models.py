@@ -96,6 +96,7 @@ def encoder_inputs(length=LEN):
   return x, mask[:, None, None, :]
 
 
+@pytest.mark.cross_path
 def test_scan_matches_loop_after_unstacking():
   x, mask = encoder_inputs()
   scanned, looped = (Transformer(3, 64, 2, scan=True), Transformer(3, 64, 2, scan=False))
@@ -105,9 +106,11 @@ def test_scan_matches_loop_after_unstacking():
   assert jax.tree.structure(loop_params) == jax.tree.structure(random_params(looped, x, mask))
   a = jax.jit(scanned.apply)({"params": params}, x, mask)
   b = jax.jit(looped.apply)({"params": loop_params}, x, mask)
+  # scanned vs unrolled layers: the same ops, fused differently across layer boundaries
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("scan", [False, True])
 def test_remat_policies_give_same_output_and_grads(scan):
   x, mask = encoder_inputs()
@@ -121,6 +124,7 @@ def test_remat_policies_give_same_output_and_grads(scan):
   ref_loss, ref_grads = value_and_grads("none")
   for remat in ("full", "minimal", "save_qkv"):
     loss, grads = value_and_grads(remat)
+    # remat recomputes the forward inside the backward: other fusions; gradients near 0 need the atol
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4), grads, ref_grads)
 
@@ -140,6 +144,7 @@ def test_causal_text_differs_and_never_looks_ahead():
   np.testing.assert_allclose(run_causal(variables, changed)[1][:, :4], tokens_c[:, :4], atol=1e-5)
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("pool", ["last", "first", "mean", "map"])
 def test_text_embedding_ignores_padding(pool):
   model = text_tower(causal=False, pool=pool)
@@ -148,6 +153,7 @@ def test_text_embedding_ignores_padding(pool):
   run = jax.jit(lambda p, ids: model.apply({"params": p}, ids)[0])
   pooled = run(params, ids)
   longer = jnp.pad(ids, ((0, 0), (0, 4)))  # more pad tokens after the EOS
+  # masked padding vs a shorter row: the same attention terms plus exact zeros, other shapes
   np.testing.assert_allclose(run(params, longer), pooled, atol=1e-5)
   table = params["embedding"]["embedding"]
   params["embedding"]["embedding"] = table.at[0].set(5.0)  # what a pad token "says"
@@ -211,6 +217,7 @@ def test_clip_and_siglip_tower_options_param_trees_and_outputs():
   np.testing.assert_allclose(out["img_emb"], pooled / jnp.linalg.norm(pooled, axis=-1, keepdims=True), rtol=1e-5)
 
 
+@pytest.mark.cross_path
 def test_eos_padded_text_pools_the_final_position():
   """SigLIP's rows are padded with EOS, not pad_id: every position is attended and "last" pools the final one."""
   model = text_tower(causal=False, pool="last")
@@ -266,6 +273,7 @@ def test_every_param_has_logical_axes_that_map_to_the_mesh(cfg):
   assert all(isinstance(s, jax.sharding.NamedSharding) for s in jax.tree.leaves(shardings))
 
 
+@pytest.mark.cross_path
 def test_sharded_params_and_apply_on_8_devices():
   model = get_model(LOGICAL_CONFIGS[1])
   img, ids = batch(lengths=(8, 5, 3, 1, 2, 6, 7, 4))
@@ -279,6 +287,7 @@ def test_sharded_params_and_apply_on_8_devices():
     fc1 = params["img"]["encoder"]["layers"]["mlp"]["fc1"]["kernel"]
     assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     out = apply(model, {"params": params}, img, ids)
+  # fsdp x tensor: matmul sums split over the tensor axis and added by a collective (unit vectors)
   np.testing.assert_allclose(out["img_emb"], reference["img_emb"], atol=1e-5)
   np.testing.assert_allclose(out["txt_emb"], reference["txt_emb"], atol=1e-5)
 
@@ -304,6 +313,7 @@ def test_flops_match_xla_cost_analysis(cfg):
   assert model_flops_per_example(cfg, 64) == pytest.approx(cost["flops"] / n, rel=0.15)
 
 
+@pytest.mark.cross_path
 def test_conv_as_matmul_matches_lax_conv():
   x = jax.random.normal(jax.random.key(0), (2, 12, 12, 5))
 
@@ -315,6 +325,7 @@ def test_conv_as_matmul_matches_lax_conv():
     return conv_as_matmul(x, w, stride, pad), ref
 
   for k, stride, pad in ((3, 2, 1), (2, 2, 0)):
+    # im2col matmul vs lax.conv: sums of up to 5*5*5 products of normals, in other orders (|sum| ~ 10)
     np.testing.assert_allclose(*both(x, k, stride, pad), atol=1e-4)
 
 

@@ -57,25 +57,32 @@ def numpy_sigmoid(zimg, ztxt, scale, bias):
 # ---------------------------------------------------------------- pinned numerics
 
 
+@pytest.mark.cross_path
 def test_softmax_pinned():
   zimg, ztxt = tiny_example()
   loss = float(obj.softmax_contrastive_loss(zimg, ztxt, 2.0))
+  # float32 against float64 of a 3x3 loss: a few roundings of 6e-8 each; 1e-6 is ~16 of them
   np.testing.assert_allclose(loss, numpy_softmax(zimg, ztxt, 2.0), rtol=1e-6)
   np.testing.assert_allclose(loss, 0.13003848117034228, rtol=1e-6)
 
 
+@pytest.mark.cross_path
 def test_sigmoid_pinned():
   zimg, ztxt = tiny_example()
   loss = float(obj.sigmoid_contrastive_loss(zimg, ztxt, 2.0, -1.0))
+  # float32 against float64 of 9 pairs: a few roundings of 6e-8 each; 1e-6 is ~16 of them
   np.testing.assert_allclose(loss, numpy_sigmoid(zimg, ztxt, 2.0, -1.0), rtol=1e-6)
   np.testing.assert_allclose(loss, 0.655967310428253, rtol=1e-6)
 
 
+@pytest.mark.cross_path
 def test_closed_form_orthonormal():
   """With zimg = ztxt = I_2 the logits are s*I: both losses have a textbook closed form."""
   eye = np.eye(2, dtype=np.float32)
   s, b = 3.0, -1.5
   softplus = lambda x: np.log1p(np.exp(x))
+  # float32 against float64: softplus(-3) = 0.049 comes out of a log-sum-exp of ~3 minus 3, whose
+  # rounding (~2e-7) is 4.5e-7 of the result, the same on every ISA (table in the README)
   np.testing.assert_allclose(obj.softmax_contrastive_loss(eye, eye, s), softplus(-s), rtol=1e-6)
   np.testing.assert_allclose(obj.sigmoid_contrastive_loss(eye, eye, s, b),
                              softplus(-(s + b)) + softplus(b), rtol=1e-6)
@@ -90,20 +97,24 @@ def test_perfect_alignment_is_low_and_mismatch_is_high():
   assert obj.sigmoid_contrastive_loss(z, wrong, 100.0, -10.0) > 10.0
 
 
+@pytest.mark.cross_path
 def test_symmetric_in_image_and_text():
   zimg, ztxt = random_embeddings()
+  # transposed logits: the same 16-term sums along the other axis, in another order (gamma_15 = 9e-7)
   np.testing.assert_allclose(obj.softmax_contrastive_loss(zimg, ztxt, 7.0),
                              obj.softmax_contrastive_loss(ztxt, zimg, 7.0), rtol=1e-6)
   np.testing.assert_allclose(obj.sigmoid_contrastive_loss(zimg, ztxt, 7.0, -3.0),
                              obj.sigmoid_contrastive_loss(ztxt, zimg, 7.0, -3.0), rtol=1e-6)
 
 
+@pytest.mark.cross_path
 def test_softmax_matches_optax():
   zimg, ztxt = random_embeddings()
   logits = 7.0 * zimg @ ztxt.T
   labels = jnp.arange(len(zimg))
   ce = optax.softmax_cross_entropy_with_integer_labels
   expected = (ce(logits, labels).mean() + ce(logits.T, labels).mean()) / 2
+  # optax's log-softmax and ours: the same float32 formula in other ops (a rounding or two)
   np.testing.assert_allclose(obj.softmax_contrastive_loss(zimg, ztxt, 7.0), expected, rtol=1e-6)
 
 
@@ -144,6 +155,7 @@ def value_and_grads(fn, *args):
   return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3)))(*args)
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("mesh_name", MESHES)
 @pytest.mark.parametrize("form", DISTRIBUTED)
 def test_distributed_equals_single_device(mesh_name, form):
@@ -158,14 +170,18 @@ def test_distributed_equals_single_device(mesh_name, form):
     zi, zt = jax.device_put(zimg, rows), jax.device_put(ztxt, rows)
     got_loss, got_grads = value_and_grads(distributed, zi, zt, scale, bias)
 
+  # another split of 16 rows: every sum reordered (2 gamma_15 = 1.8e-6 of its terms, ~5x that on
+  # the loss through log-sum-exp); 1e-5 holds that with room; atol for gradients near 0
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5, atol=1e-5)
   for name, got, want in zip(("zimg", "ztxt", "scale", "bias"), got_grads, want_grads):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"d loss / d {name}")
 
 
+@pytest.mark.cross_path
 def test_explicit_mesh_without_set_mesh():
   zimg, ztxt = random_embeddings()
   mesh = make_mesh((2, 2, 2))
+  # the sharded forms reorder 16-term sums (2 gamma_15 = 1.8e-6 of their terms)
   np.testing.assert_allclose(
       obj.all_gather_softmax_contrastive_loss(zimg, ztxt, 7.0, mesh=mesh),
       obj.softmax_contrastive_loss(zimg, ztxt, 7.0), rtol=1e-5)
@@ -174,9 +190,11 @@ def test_explicit_mesh_without_set_mesh():
       obj.sigmoid_contrastive_loss(zimg, ztxt, 7.0, -3.0), rtol=1e-5)
 
 
+@pytest.mark.cross_path
 def test_falls_back_without_mesh_or_batch_shards():
   zimg, ztxt = random_embeddings()
   want = obj.sigmoid_contrastive_loss(zimg, ztxt, 7.0, -3.0)
+  # the fallback is the plain loss itself: numpy's default rtol=1e-7 (within a rounding)
   np.testing.assert_allclose(obj.ring_sigmoid_contrastive_loss(zimg, ztxt, 7.0, -3.0), want)
   with jax.set_mesh(make_mesh((1, 1, 8))):  # batch axes of size 1: nothing to shard over
     np.testing.assert_allclose(obj.ring_sigmoid_contrastive_loss(zimg, ztxt, 7.0, -3.0), want)
@@ -268,6 +286,7 @@ def test_register_objective_adds_and_rejects_duplicates():
     del obj.OBJECTIVES["_test_constant"]
 
 
+@pytest.mark.cross_path
 def test_combined_loss_weights_and_metrics():
   zimg, ztxt = random_embeddings()
   outputs = {"img_emb": zimg, "txt_emb": ztxt, "logit_scale": 7.0, "logit_bias": -3.0}
@@ -275,6 +294,7 @@ def test_combined_loss_weights_and_metrics():
                                      outputs, {})
   soft = obj.softmax_contrastive_loss(zimg, ztxt, 7.0)
   sig = obj.sigmoid_contrastive_loss(zimg, ztxt, 7.0, -3.0)
+  # the same losses in one jitted sum vs alone: only XLA's fusion differs (a rounding or two)
   np.testing.assert_allclose(total, soft + 0.5 * sig, rtol=1e-6)
   np.testing.assert_allclose(metrics["softmax_contrastive_loss"], soft, rtol=1e-6)
   np.testing.assert_allclose(metrics["sigmoid_contrastive_loss"], sig, rtol=1e-6)

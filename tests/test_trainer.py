@@ -48,6 +48,7 @@ def test_run_writes_contract_files_and_metrics(finished_run):
   assert set(final) >= {"eval/zeroshot/top1", "eval/binding/acc"}
 
 
+@pytest.mark.cross_path
 def test_resume_continues_bitwise(finished_run, tmp_path):
   """Stop after step 3 (as a kill after that checkpoint would), rerun to 6: same losses, same evals."""
   workdir, final = finished_run
@@ -94,6 +95,7 @@ def test_missing_tokenizer_file(tmp_path):
     train_and_evaluate(cfg, str(tmp_path / "w"))
 
 
+@pytest.mark.cross_path
 def test_lit_init_from_and_frozen_tower_is_bit_identical(finished_run, tmp_path):
   source, _ = finished_run
   cfg = tiny_config(frozen=("img/.*",), total_steps=3)
@@ -109,6 +111,7 @@ def test_lit_init_from_and_frozen_tower_is_bit_identical(finished_run, tmp_path)
   assert any(not np.array_equal(src_txt[k], lit_txt[k]) for k in src_txt)  # text did train
 
 
+@pytest.mark.cross_path
 def test_init_from_several_sources(finished_run, tmp_path):
   source, _ = finished_run
   cfg = tiny_config(frozen=("img/.*", "txt/.*"), total_steps=1)
