@@ -146,7 +146,6 @@ def _mu_text(max_len):
   return dict(text_settings("mu", vocab_size=TOK.vocab_size + (-TOK.vocab_size % 128), max_len=max_len))
 
 
-@pytest.mark.cross_path
 @pytest.mark.slow
 def test_frozen_parts_stay_bit_identical_to_their_init_from_sources(tmp_path):
   from flax import traverse_util

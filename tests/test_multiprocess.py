@@ -46,17 +46,16 @@ def _start(devices: int, program: list[str]) -> subprocess.Popen:
                           stderr=subprocess.STDOUT, text=True)
 
 
-def _two_processes_then_one(program: list[str], two: list[str], one: list[str]) -> None:
-  """`program` + `two` as 2 processes x 2 devices, then `program` + `one` as 1 process x 4 devices."""
+def _two_processes_and_one(program: list[str], two: list[str], one: list[str]) -> None:
+  """`program` + `two` as 2 processes x 2 devices and, at the same time, `program` + `one` as 1
+  process x 4 devices."""
   port = _free_port()
   procs = [_start(2, [*program, *two, f"--coordinator_address=localhost:{port}", "--num_processes=2",
                       f"--process_id={i}"]) for i in range(2)]
+  procs.append(_start(4, [*program, *one]))
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
-  single = _start(4, [*program, *one])
-  out = single.communicate(timeout=600)[0]
-  assert single.returncode == 0, out[-3000:]
 
 
 FIRST_STEP = ["tests/first_step.py", "--config", "configs/clip_shapes.py", "--config.batch_size=64"]
@@ -75,7 +74,7 @@ def test_first_step_loss_and_gradients_of_two_processes_are_one_within_float32_r
     per-example terms computed here (per tensor, not per element: see
     numerics.assert_first_steps_within_reordering).
   Neither bound was fitted to a CPU: both hold for any order of additions, any instruction set."""
-  _two_processes_then_one(FIRST_STEP, ["--out", str(tmp_path / "two.npz")], ["--out", str(tmp_path / "one.npz")])
+  _two_processes_and_one(FIRST_STEP, ["--out", str(tmp_path / "two.npz")], ["--out", str(tmp_path / "one.npz")])
   two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
   rows = lambda a: sorted(map(bytes, a.reshape(len(a), -1).view(np.uint8)))  # noqa: E731
   for key in ("batch/image", "batch/text"):
@@ -93,7 +92,7 @@ def test_first_step_loss_and_gradients_of_two_processes_are_one_within_float32_r
 def test_two_processes_log_the_same_losses_as_one(tmp_path):
   """20 steps with checkpoints: the plumbing of a whole run (both processes log, save and agree)."""
   train = ["-m", "vljax.train", "--config", "configs/clip_shapes.py", *OVERRIDES]
-  _two_processes_then_one(train, ["--workdir", str(tmp_path / "two")], ["--workdir", str(tmp_path / "one")])
+  _two_processes_and_one(train, ["--workdir", str(tmp_path / "two")], ["--workdir", str(tmp_path / "one")])
   two, single = read_metrics(tmp_path / "two")["train/loss"], read_metrics(tmp_path / "one")["train/loss"]
   assert sorted(two) == sorted(single) == list(range(1, 21))
   steps = sorted(single)

@@ -95,7 +95,6 @@ def test_missing_tokenizer_file(tmp_path):
     train_and_evaluate(cfg, str(tmp_path / "w"))
 
 
-@pytest.mark.cross_path
 def test_lit_init_from_and_frozen_tower_is_bit_identical(finished_run, tmp_path):
   source, _ = finished_run
   cfg = tiny_config(frozen=("img/.*",), total_steps=3)
@@ -111,7 +110,6 @@ def test_lit_init_from_and_frozen_tower_is_bit_identical(finished_run, tmp_path)
   assert any(not np.array_equal(src_txt[k], lit_txt[k]) for k in src_txt)  # text did train
 
 
-@pytest.mark.cross_path
 def test_init_from_several_sources(finished_run, tmp_path):
   source, _ = finished_run
   cfg = tiny_config(frozen=("img/.*", "txt/.*"), total_steps=1)
