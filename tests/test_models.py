@@ -157,9 +157,10 @@ def test_text_embedding_ignores_padding(pool):
   np.testing.assert_allclose(run(params, longer), pooled, atol=1e-5)
   table = params["embedding"]["embedding"]
   params["embedding"]["embedding"] = table.at[0].set(5.0)  # what a pad token "says"
-  np.testing.assert_allclose(run(params, ids), pooled, atol=1e-5)
+  np.testing.assert_allclose(run(params, ids), pooled, atol=1e-5)  # masked: other values, same zeros
   if pool == "last":  # the EOS token is the last real one
     pooled, tokens = jax.jit(model.apply)({"params": params}, ids)
+    # pooling picks a token's vector: a copy, within numpy's default rtol=1e-7
     np.testing.assert_allclose(pooled, tokens[jnp.arange(B), jnp.array([7, 4, 2, 0])])
 
 
@@ -226,7 +227,7 @@ def test_eos_padded_text_pools_the_final_position():
   rows = jnp.where(ids == 0, eos, ids)
   params = random_params(model, rows)
   pooled, tokens = jax.jit(model.apply)({"params": params}, rows)
-  np.testing.assert_allclose(pooled, tokens[:, -1])
+  np.testing.assert_allclose(pooled, tokens[:, -1])  # a copy of the last token: default rtol=1e-7
 
 
 def test_default_options_keep_the_param_tree():
