@@ -38,8 +38,7 @@ def run_under(isa: str, pytest_args: list[str]) -> tuple[dict, list[dict]]:
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_max_isa={isa}".strip()
   with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as log:
     env["VLJAX_NUMERICS_LOG"] = log.name
-    cmd = [sys.executable, "-m", "pytest", "-m", "cross_path", "-n", "2", "--dist", "loadgroup", "-q",
-           "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-m", "cross_path", "-n", "2", "-q", "-p", "no:cacheprovider",
            *pytest_args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

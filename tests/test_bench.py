@@ -18,9 +18,6 @@ from vljax.parallel.mesh import make_mesh
 from vljax.parallel.sharding import BATCH_AXES
 from vljax.train import setup
 
-# One worker runs this file's tests: its module fixtures are built once, not once per xdist worker.
-pytestmark = pytest.mark.xdist_group("test_bench")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITIVE = ("num_devices", "cpu_cores", "batch_size", "steps", "compile_s", "step_time_median_s", "step_time_p90_s",
             "examples_per_sec", "model_tflops_per_step", "model_tflops_per_sec_per_device", "xla_tflops_per_step",

@@ -14,9 +14,6 @@ from vljax.convert import towers  # noqa: E402
 from vljax.data import images as images_lib  # noqa: E402
 from vljax.data import pipeline  # noqa: E402
 
-# One worker runs this file's tests: its module fixtures are built once, not once per xdist worker.
-pytestmark = pytest.mark.xdist_group("test_convert")
-
 
 # ---- numerics, every format -------------------------------------------------------------------
 

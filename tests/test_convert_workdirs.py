@@ -17,9 +17,6 @@ from hf_reference import (SMALL_IMAGE, SMALL_LEN, SMALL_VOCAB, TOLERANCE, clip_h
 from vljax import convert  # noqa: E402
 from vljax.convert.__main__ import main as convert_main  # noqa: E402
 
-# One worker runs this file's tests: its module fixtures are built once, not once per xdist worker.
-pytestmark = pytest.mark.xdist_group("test_convert_workdirs")
-
 
 # ---- workdirs: python -m vljax.convert, vljax.load, init_from --------------------------------------
 

@@ -64,7 +64,6 @@ MESHES = {"data8": {"data": 8}, "fsdp8": {"fsdp": 8}, "d2f2t2": {"data": 2, "fsd
 
 
 @pytest.mark.cross_path
-@pytest.mark.xdist_group("sharded_reference")  # one worker builds the reference
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
 @pytest.mark.parametrize("loss_impl", ["gather", "shard_map"])
 def test_sharded_first_step_equals_single_device(reference, mesh_name, loss_impl):
@@ -79,7 +78,6 @@ def test_sharded_first_step_equals_single_device(reference, mesh_name, loss_impl
 
 
 @pytest.mark.cross_path
-@pytest.mark.xdist_group("sharded_reference")
 @pytest.mark.parametrize("loss_impl", ["gather", "shard_map"])
 def test_sharded_step_equals_single_device(reference, loss_impl):
   """The whole step (clipping, sharded Adam state) on data x fsdp x tensor."""
@@ -95,7 +93,6 @@ def test_sharded_step_equals_single_device(reference, loss_impl):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
 
 
-@pytest.mark.xdist_group("sharded_reference")
 def test_fsdp8_holds_an_eighth_per_device(reference):
   batch = reference[1]
   cfg = _config()

@@ -12,9 +12,6 @@ from vljax import predict
 from vljax.data import shapes
 from vljax.train import trainer
 
-# One worker runs this file's tests: its module fixtures are built once, not once per xdist worker.
-pytestmark = pytest.mark.xdist_group("test_inference")
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

@@ -26,9 +26,6 @@ from vljax.parallel.mesh import make_mesh
 from vljax.train import setup, state as state_lib
 from vljax.train.trainer import train_and_evaluate
 
-# One worker runs this file's tests: its module fixtures are built once, not once per xdist worker.
-pytestmark = pytest.mark.xdist_group("test_real_evals")
-
 SIZE, MAX_LEN, NUM_CLS, NUM_CAP = 32, 12, 64, 24
 # No "a"/"an" to agree: shapes prompts fix articles, published templates are used as written.
 TEMPLATES = ["a photo of the {}.", "the {} on a noisy background."]

@@ -15,9 +15,6 @@ from vljax.data import pipeline, sources
 from vljax.data.sources import files, skips, webdataset
 from vljax.data.tokenizers import ShapesTokenizer
 
-# One worker runs this file's tests: its module fixtures are built once, not once per xdist worker.
-pytestmark = pytest.mark.xdist_group("test_sources")
-
 if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
   flags.FLAGS.mark_as_parsed()
 

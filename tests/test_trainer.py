@@ -13,9 +13,6 @@ from vljax.metrics import read_metrics
 from vljax.train import checkpoint as ckpt_lib
 from vljax.train.trainer import train_and_evaluate
 
-# One worker runs this file's tests: its module fixtures are built once, not once per xdist worker.
-pytestmark = pytest.mark.xdist_group("test_trainer")
-
 
 def _files(workdir):
   out = {}
