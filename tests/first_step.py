@@ -54,8 +54,8 @@ def first_step(cfg, mesh=None, local_batch: dict | None = None) -> dict[str, np.
 
   from vljax.data.sources import skips as skips_lib
   from vljax.parallel.mesh import batch_shards, make_mesh
-  from vljax.parallel.sharding import batch_sharding
   from vljax.train import setup, state as state_lib
+  from vljax.train.trainer import _global_batch
 
   parts = setup.build(cfg)
   mesh = mesh or make_mesh(cfg.mesh)
@@ -66,8 +66,7 @@ def first_step(cfg, mesh=None, local_batch: dict | None = None) -> dict[str, np.
       data = setup.make_data_iterator(cfg, parts.tokenizer, jax.process_index(), jax.process_count())
       local_batch = skips_lib.SkipTotals().pop(next(data))
       data.close()
-    batch = {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
-             for k, v in local_batch.items()}
+    batch = _global_batch(local_batch, mesh)
     loss, grads = loss_and_grads(cfg, parts.model, state, batch)
     gathered = multihost_utils.process_allgather(
         {"loss": loss, "grad": grads, "param": state.params, "batch": batch}, tiled=True)
