@@ -29,7 +29,6 @@ from vljax.evals import templates as templates_lib
 from vljax.evals.runner import ModelRunner
 from vljax.evals.zeroshot import class_scores
 from vljax.models import get_model
-from vljax.models.two_tower import clamped_scale
 from vljax.parallel.mesh import make_mesh
 from vljax.parallel.sharding import replicated
 from vljax.train import checkpoint as ckpt_lib
@@ -120,7 +119,7 @@ class Predictor:
       scores = class_scores(self.runner, self.params, self._images(images), self._tokens(prompts),
                             len(templates), scoring)
     if self.runner.resolve_scoring(scoring) == "embedding":  # cosines -> logits at the learned temperature
-      scores = scores * float(clamped_scale(self.params["t"], getattr(self.model, "max_logit_scale", 100.0)))
+      scores = scores * float(np.exp(self.params["t"]))
     probs = np.asarray(jax.nn.softmax(scores, axis=-1))
     return [class_names[i] for i in np.argmax(scores, axis=1)], probs
 

@@ -25,7 +25,7 @@ from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
 from vljax.models.text import text_settings
-from vljax.models.two_tower import clamped_scale, l2_normalize, temperature_param
+from vljax.models.two_tower import l2_normalize, temperature_param
 from vljax.models.vit import ViT, vit_settings
 
 POOLER_MODES = ("cascade", "parallel")
@@ -108,7 +108,7 @@ class CoCa(nn.Module):
     if image is not None and text is not None:
       # One unimodal pass serves both losses: causal, so [CLS] at the end changes no text token.
       out["caption_logits"] = self.multimodal(out["txt_tokens"], out["memory"], causal_mask(text.shape[1]))
-    out["logit_scale"] = clamped_scale(self.t, self.max_logit_scale)
+    out["logit_scale"] = jnp.exp(self.t)  # clamped after each update (two_tower.clamp_log_scale)
     return out
 
   @classmethod

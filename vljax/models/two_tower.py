@@ -34,15 +34,18 @@ def temperature_param(module: nn.Module, scale_init: float) -> jax.Array:
   return module.param("t", partitioned(nn.initializers.constant(math.log(scale_init)), ()), (), jnp.float32)
 
 
-def clamped_scale(t: jax.Array, max_scale: float) -> jax.Array:
-  """exp(t) clamped at max_scale, as CLIP does to keep training stable."""
-  return jnp.exp(jnp.minimum(t, math.log(max_scale)))
+def clamp_log_scale(params: dict, max_scale: float) -> dict:
+  """params with t (log logit scale) clipped to [0, log max_scale]: the last step of every update, as
+  CLIP's `logit_scale.clamp_(0, ln 100)`. The forward pass uses exp(t) as it is: a clamp inside it
+  would have zero gradient above the cap, and a scale that crossed it could never come back."""
+  if "t" not in params:  # frozen, or a model without a learned temperature
+    return params
+  return {**params, "t": jnp.clip(params["t"], 0.0, math.log(max_scale))}
 
 
-def logit_params(module: nn.Module, scale_init: float, bias_init: float | None, max_scale: float
-                 ) -> dict[str, jax.Array]:
+def logit_params(module: nn.Module, scale_init: float, bias_init: float | None) -> dict[str, jax.Array]:
   """logit_scale (param t) and, when bias_init is given, logit_bias (param b) of a compact module."""
-  out = {"logit_scale": clamped_scale(temperature_param(module, scale_init), max_scale)}
+  out = {"logit_scale": jnp.exp(temperature_param(module, scale_init))}
   if bias_init is not None:
     out["logit_bias"] = module.param("b", partitioned(nn.initializers.constant(bias_init), ()), (),
                                      jnp.float32)
@@ -60,7 +63,7 @@ class TwoTower(nn.Module):
   txt: TextTransformer
   logit_scale_init: float = 1 / 0.07
   logit_bias_init: float | None = None
-  max_logit_scale: float = 100.0
+  max_logit_scale: float = 100.0  # the trainer clamps exp(t) to it after each update
 
   @nn.compact
   def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
@@ -76,7 +79,7 @@ class TwoTower(nn.Module):
     if image is not None and text is not None:
       chex.assert_equal_shape([out["img_emb"], out["txt_emb"]])
 
-    out.update(logit_params(self, self.logit_scale_init, self.logit_bias_init, self.max_logit_scale))
+    out.update(logit_params(self, self.logit_scale_init, self.logit_bias_init))
     return out
 
   @classmethod

@@ -13,6 +13,7 @@ from flax import linen as nn
 from vljax import objectives
 from vljax.config import GRAD_ACCUM_MODES
 from vljax.data import pipeline
+from vljax.models.two_tower import clamp_log_scale
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding, replicated
 from vljax.train import gradcache
 from vljax.train.optim import merge_params, split_frozen
@@ -74,6 +75,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
   """jit(train_step)(state, batch) -> (state, metrics); state donated, shardings pinned."""
   frozen = list(cfg.frozen)
   grads_fn = make_grads_fn(model, cfg)
+  max_logit_scale = getattr(model, "max_logit_scale", None)
 
   def train_step(state: TrainState, batch: dict):
     trainable, frozen_params = split_frozen(state.params, frozen)
@@ -84,6 +86,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
       loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
+    if max_logit_scale:
+      trainable = clamp_log_scale(trainable, max_logit_scale)
     new_state = state.replace(step=state.step + 1, params=merge_params(trainable, frozen_params),
                               opt_state=opt_state)
     metrics = {"loss": loss, **metrics, "lr": schedule(state.step),
