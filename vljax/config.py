@@ -12,12 +12,13 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """All top-level fields with their defaults; recipes set `model`, `objectives`, `evals`."""
   del arg
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0                           # initialisation and training data order (not the eval sets)
   c.model = dict(name="two_tower")
   c.objectives = {"softmax_contrastive": 1.0}
   c.loss_impl = "gather"               # "gather" (XLA collectives) or "shard_map" (all-gather / ring)
   c.data = dict(name="shapes", format="caption", vqa_fraction=0.5, chunks=1, image_size=64, max_len=24,
                 caption_noise=0.0, tokenizer="shapes",
+                world_seed=0,                # the shapes world and its eval sets: fixed across run seeds
                 min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0,
                 normalization="siglip",      # pixel preset (vljax.data.images.NORMALIZATIONS); siglip: [-1, 1]
                 # Real data (name: tfds, array_record, webdataset, folder, mixture): the keys are

@@ -69,11 +69,20 @@ def check_data_config(data_cfg: Mapping[str, Any]) -> None:
     raise ValueError(f"data.workers={data_cfg.get('workers')} must be >= 0")
 
 
-def make_world(data_cfg: Mapping[str, Any], seed: int) -> shapes.ShapesWorld:
+# Runs of seed s read the shapes training split from index s * TRAIN_SEED_STRIDE: the same world and
+# evaluation sets (data.world_seed), other training examples.
+TRAIN_SEED_STRIDE = 2**32
+
+
+def make_world(data_cfg: Mapping[str, Any]) -> shapes.ShapesWorld:
   """The shapes world a data config describes (also what evaluators render from, whatever the
-  training source)."""
+  training source). Its seed is data.world_seed, not the run's seed: runs that differ only in seed
+  are evaluated on the same examples."""
   check_name(data_cfg)
-  return shapes.ShapesWorld(seed=seed, image_size=data_cfg.get("image_size", 64),
+  world_seed = data_cfg.get("world_seed", 0)
+  if not isinstance(world_seed, int) or world_seed < 0:
+    raise ValueError(f"data.world_seed={world_seed!r} must be an integer >= 0")
+  return shapes.ShapesWorld(seed=world_seed, image_size=data_cfg.get("image_size", 64),
                             caption_noise=data_cfg.get("caption_noise", 0.0),
                             min_objects=data_cfg.get("min_objects", 1),
                             max_objects=data_cfg.get("max_objects", 3))
@@ -164,13 +173,16 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   if check_name(data_cfg) != "shapes":
     return _real_dataset(data_cfg, tokenizer, local_batch=local_batch, seed=seed, process_index=process_index,
                          process_count=process_count, train=True)
-  world = make_world(data_cfg, seed)
+  if not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"seed={seed!r} must be an integer >= 0")
+  world = make_world(data_cfg)
   data_format = data_cfg.get("format", "caption")
   check_format(data_format)
   normalization = data_cfg.get("normalization", "siglip")
   images.check_normalization(normalization)
   vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if data_format != "caption" else 0.0
-  source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render=data_format != "lm")
+  source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render=data_format != "lm",
+                               start=seed * TRAIN_SEED_STRIDE)
   chunks = int(data_cfg.get("chunks", 1))
   if data_format != "caption":
     source = _Sequences(source, chunks)

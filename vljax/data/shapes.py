@@ -421,20 +421,24 @@ class ShapesSource:
   """grain random-access source over one split of a world: {"image": uint8, "caption": str}."""
 
   def __init__(self, world: ShapesWorld, split: str = "train", length: int = 2**31 - 1,
-               vqa_fraction: float = 0.0, render: bool = True):
+               vqa_fraction: float = 0.0, render: bool = True, start: int = 0):
+    """`start`: the split's index that this source's index 0 reads (runs of another seed read
+    another stretch of the same infinite split: other training data, the same world)."""
     if split not in SPLITS:
       raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
     if not 0.0 <= vqa_fraction <= 1.0:
       raise ValueError(f"vqa_fraction={vqa_fraction} must be a fraction in [0, 1].")
     self.world, self.split, self._length, self.vqa_fraction = world, split, length, vqa_fraction
-    self.render = render
+    self.render, self.start = render, int(start)
+    if self.start < 0:
+      raise ValueError(f"start={start} must be >= 0.")
 
   def __len__(self) -> int:
     return self._length
 
   def __getitem__(self, index: int) -> dict:
     """{"image", "caption"}, or with probability vqa_fraction {"image", "question", "answer"}."""
-    index = int(index)
+    index = self.start + int(index)
     # The choice is a pure function of the index too, so resumed runs see the same stream.
     if self.vqa_fraction and np.random.default_rng([self.world.seed, 7, index]).random() < self.vqa_fraction:
       ex = self.world.vqa_example(index, self.split, render=self.render)
@@ -444,4 +448,4 @@ class ShapesSource:
 
   def __repr__(self) -> str:
     return (f"ShapesSource(seed={self.world.seed}, split={self.split!r}, image_size={self.world.image_size}, "
-            f"vqa_fraction={self.vqa_fraction}, render={self.render})")
+            f"vqa_fraction={self.vqa_fraction}, render={self.render}, start={self.start})")

@@ -67,7 +67,7 @@ def build(cfg: ml_collections.ConfigDict) -> RunParts:
   model = models.get_model(model_cfg)
   schedule = optim.make_schedule(cfg, cfg.total_steps)
   tx = optim.make_optimizer(cfg, schedule)
-  world = pipeline.make_world(cfg.data, cfg.seed)
+  world = pipeline.make_world(cfg.data)  # data.world_seed: the same eval sets for every seed
   evaluators = {name: cls(cfg.evals[name], world=world, tokenizer=tokenizer, max_len=cfg.data.max_len,
                           data=cfg.data)  # image size and normalisation preset of the run
                 for name, cls in evaluator_classes.items()}
