@@ -5,9 +5,12 @@ one thing the two layouts do differently: the order in which they add the batch'
 """
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -98,3 +101,53 @@ def test_two_processes_log_the_same_losses_as_one(tmp_path):
   steps = sorted(single)
   np.testing.assert_allclose([two[s] for s in steps], [single[s] for s in steps], rtol=MULTI_STEP_RTOL)
   assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["10", "20"]
+
+
+# A tiny two-tower at a constant learning rate (after warmup), so a run of any length follows the
+# same trajectory: the resumed run is compared with an uninterrupted one of its final length.
+TINY = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "--config.model.embed_dim=16",
+        "--config.data.image_size=32", "--config.data.max_len=12", "--config.batch_size=16",
+        "--config.schedule.name=warmup_constant", "--config.schedule.warmup_steps=2", "--config.log_every=1",
+        "--config.checkpoint.every=0", "--config.progress_bar=False", "--config.eval_batch_size=32"]
+TINY += [f"--config.evals.{e}.{k}" for e in ("zeroshot", "retrieval", "binding") for k in ("every=0", "num_examples=32")]
+
+
+def _two_processes(workdir, *extra) -> list[subprocess.Popen]:
+  port = _free_port()
+  return [_start(1, ["-m", "vljax.train", "--config", "configs/clip_shapes.py", "--workdir", str(workdir), *TINY,
+                     *extra, f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"])
+          for i in range(2)]
+
+
+def _finish(procs) -> list[str]:
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+  """SIGTERM reaches one host: both processes agree on a step, save it, exit 0; the rerun goes on
+  bit for bit like a run that was never stopped."""
+  stopped = tmp_path / "stopped"
+  procs = _two_processes(stopped, "--config.total_steps=100000")
+  deadline = time.time() + 300
+  while not (stopped / "metrics.jsonl").exists() or max(read_metrics(stopped).get("train/loss", {0: 0})) < 3:
+    assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not reach step 3"
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # process 0 hears nothing
+  outputs = _finish(procs)
+  steps = [re.findall(r"stopped at step (\d+) after SIGTERM", out) for out in outputs]
+  assert steps[0] == steps[1] and len(steps[0]) == 1, steps
+  assert "preemption notice" in outputs[0], outputs[0][-3000:]  # process 0 learned it from process 1
+  step = int(steps[0][0])
+  assert os.listdir(stopped / "checkpoints") == [str(step)]
+
+  end = step + 3
+  reference = _two_processes(tmp_path / "reference", f"--config.total_steps={end}")
+  rerun = _two_processes(stopped, f"--config.total_steps={end}")
+  _finish(reference + rerun)
+  want, got = read_metrics(tmp_path / "reference")["train/loss"], read_metrics(stopped)["train/loss"]
+  assert sorted(got) == list(range(1, end + 1))
+  assert got == want  # bit for bit

@@ -22,19 +22,45 @@ from vljax.train import checkpoint as ckpt_lib
 from vljax.train import setup, state as state_lib, step as step_lib
 
 
-class _StopRequested:
-  """SIGTERM (preemption) sets a flag; the loop saves a checkpoint and returns at the next step."""
+class _StopAgreement:
+  """Preemption: after SIGTERM reaches any process, every process stops at the same step, saves it
+  and returns. Hosts are signalled one at a time; a host acting on its own flag alone would enter
+  the next step's collectives without the others and hang.
+
+  One process: a SIGTERM handler sets a flag. Several: JAX's preemption service (on by default with
+  jax.distributed) catches SIGTERM and agrees on a step (reached_preemption_sync_point); without
+  the service the processes all-reduce their flags every step.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._processes = jax.process_count()
+    self._service = self._processes > 1 and jax.config.jax_enable_preemption_service
+    self._previous = None
+    if not self._service:  # the service's own handler must stay in place
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     logging.warning("SIGTERM: will checkpoint and stop after the current step")
     self.requested = True
 
+  def at(self, step: int) -> bool:
+    """Whether every process stops after `step` (call at every step, on every process)."""
+    if self._service:
+      from jax.experimental import multihost_utils  # lazy: multi-host only
+      stop = multihost_utils.reached_preemption_sync_point(step)
+    elif self._processes > 1:
+      stop = bool(_sum_over_processes(np.array([self.requested], np.int32))[0])
+    else:
+      stop = self.requested
+    if stop and not self.requested:
+      logging.warning("preemption notice (SIGTERM on some process): every process stops at step %d", step)
+    self.requested = stop
+    return stop
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def init_sources(init_from) -> list[tuple[str, list[str], int | None]]:
@@ -148,7 +174,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
 
     start = int(state.step)
     total = cfg.total_steps
-    stop = _StopRequested()
+    stop = _StopAgreement()
     bar = tqdm(total=total, initial=start, disable=not cfg.progress_bar or process != 0, dynamic_ncols=True,
                desc="train")
     final: dict[str, float] = {}
@@ -156,13 +182,14 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     try:
       for step in range(start + 1, total + 1):
         state, step_metrics = train_step(state, _global_batch(skipped.pop(next(data_iter)), mesh))
+        stopping = stop.at(step)
         bar.update(1)
         if timer_start is None:  # the first step compiles: time from its end
           jax.block_until_ready(step_metrics)
           timer_start, timer_steps = time.perf_counter(), 0
         else:
           timer_steps += 1
-        if _due(step, cfg.log_every, total) or stop.requested:
+        if _due(step, cfg.log_every, total) or stopping:
           host = jax.device_get(step_metrics)
           row = {f"train/{k}": v for k, v in host.items()}
           if timer_steps:
@@ -183,10 +210,10 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
         if step == total or any(_due(step, int(s.get("every", 0)), total) for s in cfg.evals.values()):
           final.update(evaluate(step, force=step == total))
         save_meta = lambda: dict(meta, data_skipped=skipped.totals(_sum_over_processes))  # noqa: E731
-        checkpointer.save(step, state, data_iter.get_state, save_meta, force=step == total or stop.requested)
+        checkpointer.save(step, state, data_iter.get_state, save_meta, force=step == total or stopping)
         if _due(step, cfg.log_every, total):
           timer_start, timer_steps = time.perf_counter(), 0  # evals and saves are not step time
-        if stop.requested:
+        if stopping:
           logging.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step)
           break
       else:
