@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from flax import traverse_util
 
 from conftest import tiny_config
+from vljax import metrics as metrics_lib
 from vljax.metrics import read_metrics
 from vljax.train import checkpoint as ckpt_lib
 from vljax.train.trainer import train_and_evaluate
@@ -49,15 +51,26 @@ def test_run_writes_contract_files_and_metrics(finished_run):
 
 
 @pytest.mark.cross_path
-def test_resume_continues_bitwise(finished_run, tmp_path):
-  """Stop after step 3 (as a kill after that checkpoint would), rerun to 6: same losses, same evals."""
+def test_resume_continues_bitwise(finished_run, tmp_path, monkeypatch):
+  """The same 6-step run, preempted (SIGTERM) after step 3 is logged, so it saves and stops at step 4;
+  the rerun of the same command continues to 6: same losses, same evals."""
   workdir, final = finished_run
   part = str(tmp_path / "part")
-  train_and_evaluate(tiny_config(total_steps=3), part)
-  # Later steps come from the resumed run: same config except total_steps, like rerunning after a kill.
+  write = metrics_lib.MetricWriter.write
+
+  def write_then_preempt(self, step, row):
+    write(self, step, row)
+    if step == 3 and "train/loss" in row:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write_then_preempt)
+  train_and_evaluate(tiny_config(), part)
+  monkeypatch.undo()
+  assert ckpt_lib.Checkpointer(part, every=3, keep=2).latest_step() == 4
+  assert sorted(read_metrics(part)["train/loss"]) == [1, 2, 3, 4]
   resumed_final = train_and_evaluate(tiny_config(), part)
   full, resumed = read_metrics(workdir), read_metrics(part)
-  for step in (4, 5, 6):
+  for step in (5, 6):
     assert resumed["train/loss"][step] == full["train/loss"][step]
   assert resumed_final == final
 
