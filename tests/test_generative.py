@@ -147,6 +147,20 @@ def test_objective_options_and_their_errors():
     objectives.combined_loss({"captioning": 1.0}, {"img_emb": None}, {"text": ids})
 
 
+def test_captioning_objective_masks_the_run_pad_id_which_the_config_cannot_set():
+  rng = np.random.default_rng(1)
+  out = {"caption_logits": jnp.asarray(rng.normal(size=(B, LEN, VOCAB)), jnp.float32)}
+  _, ids = inputs()
+  pad = int(np.setdiff1d(np.arange(1, VOCAB), np.asarray(ids))[0])  # an id no caption uses
+  repadded = jnp.where(ids == 0, pad, ids)
+  spec = {"captioning": 1.0}
+  want = float(objectives.combined_loss(spec, out, {"text": ids})[0])
+  assert float(objectives.combined_loss(spec, out, {"text": repadded}, pad_id=pad)[0]) == want
+  assert float(objectives.combined_loss(spec, out, {"text": repadded})[0]) != want  # pads trained on
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['pad_id'\]; valid: \['label_smoothing'\]"):
+    objectives.parse_objectives({"captioning": {"weight": 1.0, "pad_id": 3}})
+
+
 @pytest.mark.cross_path
 def test_runner_likelihood_scores_and_sharded_captions_match_one_device():
   tok = tokenizers.get_tokenizer("shapes")
