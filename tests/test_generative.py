@@ -147,6 +147,20 @@ def test_objective_options_and_their_errors():
     objectives.combined_loss({"captioning": 1.0}, {"img_emb": None}, {"text": ids})
 
 
+def test_captioning_objective_masks_the_run_pad_id_which_the_config_cannot_set():
+  rng = np.random.default_rng(1)
+  out = {"caption_logits": jnp.asarray(rng.normal(size=(B, LEN, VOCAB)), jnp.float32)}
+  _, ids = inputs()
+  pad = int(np.setdiff1d(np.arange(1, VOCAB), np.asarray(ids))[0])  # an id no caption uses
+  repadded = jnp.where(ids == 0, pad, ids)
+  spec = {"captioning": 1.0}
+  want = float(objectives.combined_loss(spec, out, {"text": ids})[0])
+  assert float(objectives.combined_loss(spec, out, {"text": repadded}, pad_id=pad)[0]) == want
+  assert float(objectives.combined_loss(spec, out, {"text": repadded})[0]) != want  # pads trained on
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['pad_id'\]; valid: \['label_smoothing'\]"):
+    objectives.parse_objectives({"captioning": {"weight": 1.0, "pad_id": 3}})
+
+
 @pytest.mark.cross_path
 def test_runner_likelihood_scores_and_sharded_captions_match_one_device():
   tok = tokenizers.get_tokenizer("shapes")
@@ -274,3 +288,30 @@ def test_llava_generation_with_kv_cache_equals_greedy_recompute():
     with pytest.raises(ValueError, match="prompt 0 has 1 <image> tokens but 2 images are given"):
       runner.generate(params, np.repeat(np.asarray(image), 2, axis=1), ids, lengths, options)
   assert got == greedy_by_recompute(model, params, image, ids, lengths, 4, tok)
+
+
+def test_sampling_draws_fresh_noise_in_every_chunk():
+  """Two chunks holding the same inputs: sampled rows differ between the chunks (each chunk folds
+  its number into the key), greedy rows agree."""
+  from vljax.data import prompts
+  tok = tokenizers.get_tokenizer("shapes")
+  mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  sample = decode_lib.DecodeOptions(method="sample", temperature=2.0, max_len=6, min_len=6)
+  greedy = decode_lib.DecodeOptions(max_len=6, min_len=6)
+  cappa = get_model(model_cfg("cappa", text=dict(variant="mu", vocab_size=128, max_len=LEN)))
+  image, ids = inputs(lengths=(3, 5))
+  cappa_params = params_of(cappa, image, ids)
+  images = np.tile(np.asarray(image), (2, 1, 1, 1))  # chunk 0 and chunk 1: the same two images
+  lm = get_model(dict(name="lm", text=dict(variant="mu", vocab_size=128, max_len=24)))
+  questions = ["what color is the circle?", "is there a star?"] * 2
+  prompt, lengths = prompts.prompt_ids(tok, [[prompts.vqa_chunk(q, image=False)] for q in questions], 16)
+  lm_params = nn.unbox(lm.init(jax.random.PRNGKey(0), text=jnp.asarray(prompt))["params"])
+  with jax.set_mesh(mesh):
+    for model, run in (
+        (cappa, lambda r, o: r.caption(cappa_params, images, o, jax.random.PRNGKey(5))[1]),
+        (lm, lambda r, o: r.generate(lm_params, None, prompt, lengths, o, jax.random.PRNGKey(5)))):
+      runner = ModelRunner(model, mesh, chunk=2, tokenizer=tok)
+      sampled, same = run(runner, sample), run(runner, greedy)
+      # caption: the samples' log-probs; generate: their text
+      assert all(sampled[r] != sampled[r + 2] for r in range(2)), sampled
+      assert list(same[:2]) == list(same[2:])

@@ -137,11 +137,12 @@ def test_gradcache_train_step_on_mesh_and_peak_memory():
 
 
 @pytest.mark.cross_path
-def test_gradcache_matches_autodiff_with_dropout_scalars_and_captioning():
+@pytest.mark.parametrize("pad_id", [0, 9])
+def test_gradcache_matches_autodiff_with_dropout_scalars_and_captioning(pad_id):
   """A toy captioner against plain autodiff of the same k forward passes: each micro-batch's dropout
   mask is the same in both passes, the temperature and bias (in every micro-batch's outputs) count
   once, and captioning keeps the whole batch's token mean though micro-batches hold different
-  numbers of target tokens (micro-batch 3: none, all masked)."""
+  numbers of target tokens (micro-batch 3: none, all masked), counted with the given pad id."""
   rng = np.random.default_rng(0)
   n, length, vocab, width = 16, 7, 10, 4
   params = {"wi": rng.normal(size=(6, width)), "tok": rng.normal(size=(vocab, width)),
@@ -149,7 +150,7 @@ def test_gradcache_matches_autodiff_with_dropout_scalars_and_captioning():
             "wv": rng.normal(size=(6, vocab)), "t": np.log(10.0), "b": -3.0}
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
   ends = rng.integers(1, length, n)
-  text = np.where(np.arange(length)[None] <= ends[:, None], rng.integers(1, vocab, (n, length)), 0)
+  text = np.where(np.arange(length)[None] <= ends[:, None], rng.integers(1, vocab - 1, (n, length)), pad_id)
   loss_mask = (np.arange(length)[None] >= 2) & (np.arange(n)[:, None] % K != 3)  # rows j, j+k.. = micro j
   batch = {"image": rng.normal(size=(n, 6)).astype(np.float32), "text": text.astype(np.int32),
            "loss_mask": loss_mask}
@@ -170,12 +171,12 @@ def test_gradcache_matches_autodiff_with_dropout_scalars_and_captioning():
             for j in range(K)]
     rows = gradcache.merge_micro({name: jnp.stack([o[name] for o in outs])
                                   for name in ("img_emb", "txt_emb", "caption_logits")})
-    return objectives.combined_loss(spec, {**outs[-1], **rows}, batch)
+    return objectives.combined_loss(spec, {**outs[-1], **rows}, batch, pad_id=pad_id)
 
   def both(batch, key):
     frozen = {"b": params["b"]}  # a frozen scalar gets no gradient and still reaches the loss
     trainable = {name: v for name, v in params.items() if name != "b"}
-    got = gradcache.gradcache_value_and_grad(apply_fn, spec, trainable, frozen, batch, key, k=K)
+    got = gradcache.gradcache_value_and_grad(apply_fn, spec, trainable, frozen, batch, key, k=K, pad_id=pad_id)
     (loss, metrics), grads = jax.value_and_grad(autodiff, has_aux=True)(trainable, frozen, batch, key)
     return got, (loss, metrics, grads)
 

@@ -418,3 +418,8 @@ def test_webdataset_shards_on_an_object_store(tmp_path, pairs, monkeypatch):
     _check_exact(_eval_all(_cfg("webdataset", "gs://bucket/laion/shard-{00000..00003}.tar", image_size=48)), pairs)
     with pytest.raises(FileNotFoundError, match="matches no file"):
       files.resolve_files("gs://bucket/laion/*.tgz", "test")
+
+
+def test_crop_scale_default_is_one_constant():
+  from vljax import config
+  assert sources.crop_scale({}) == tuple(config.base_config().data.crop_scale) == config.CROP_SCALE

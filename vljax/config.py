@@ -7,6 +7,10 @@ import os
 
 import ml_collections
 
+# Area range of the training random resized crop: open_clip's default, and the fallback of a data
+# config without one (vljax.data.sources.crop_scale).
+CROP_SCALE = (0.9, 1.0)
+
 
 def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """All top-level fields with their defaults; recipes set `model`, `objectives`, `evals`."""
@@ -24,7 +28,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # Real data (name: tfds, array_record, webdataset, folder, mixture): the keys are
                 # documented in vljax/data/sources/__init__.py.
                 path="", split="train", tfds_name="", image_key="image", caption_key="caption",
-                label_template="a photo of a {}.", crop_scale=(0.9, 1.0), cycle_length=4, sources=())
+                label_template="a photo of a {}.", crop_scale=CROP_SCALE, cycle_length=4, sources=())
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1
   c.grad_accum_mode = "mean"           # "mean" of micro-batch grads, or "gradcache" (full-batch negatives)

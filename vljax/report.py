@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -23,6 +24,14 @@ def final_table(series: dict[str, dict[int, float]]) -> str:
   return "\n".join(lines)
 
 
+def eval_ylim(series: dict[str, dict[int, float]]) -> tuple[float, float]:
+  """y range of the evaluations plot: [0, 1.02] for accuracies and recalls, stretched to show
+  metrics beyond it (CIDEr reaches 10, a loss may be negative); NaN and inf are left out."""
+  values = [v for k, s in series.items() if k.startswith("eval/") for v in s.values() if math.isfinite(v)]
+  low, high = min([0.0, *values]), max([1.0, *values])
+  return low - 0.02 * (high - low), high + 0.02 * (high - low)
+
+
 def plot_curves(series: dict[str, dict[int, float]], path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -38,7 +47,7 @@ def plot_curves(series: dict[str, dict[int, float]], path: str) -> None:
   for key in evals:
     steps = sorted(series[key])
     ax_eval.plot(steps, [series[key][s] for s in steps], marker="o", ms=3, label=key.removeprefix("eval/"))
-  ax_eval.set(xlabel="step", ylabel="value", title="evaluations", ylim=(0, 1.02))
+  ax_eval.set(xlabel="step", ylabel="value", title="evaluations", ylim=eval_ylim(series))
   ax_eval.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   with epath.Path(path).open("wb") as f:  # also gs://

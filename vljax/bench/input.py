@@ -25,6 +25,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vljax.config import CROP_SCALE
 from vljax.data import images, pipeline, shapes, tokenizers
 from vljax.data.sources import records
 
@@ -96,7 +97,7 @@ def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: in
   start = time.perf_counter()
   for b in range(0, num, batch_size):
     raws = [source[i % len(source)] for i in range(b, b + batch_size)]
-    crops = [images.random_resized_crop(images.decode_image(r["image"]), image_size, rng, scale=(0.9, 1.0))
+    crops = [images.random_resized_crop(images.decode_image(r["image"]), image_size, rng, scale=CROP_SCALE)
              for r in raws]
     images.normalize(np.stack(crops), "siglip")
     tok.encode([r["caption"] for r in raws], 24)

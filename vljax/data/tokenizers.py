@@ -95,11 +95,14 @@ def _check_option(key: str, value: str, where: str = "") -> None:
                      f"{', '.join(OPTIONS[key])}.")
 
 
+PAD_ID = 0  # the layout's padding id, the same for every backend (see the module docstring)
+
+
 class Tokenizer(abc.ABC):
   """Texts <-> int32 id rows in the `[BOS] ... [EOS] [PAD]...` layout."""
 
   vocab_size: int
-  pad_id: int = 0
+  pad_id: int = PAD_ID
   bos_id: int  # exists even with bos=none, so generation can still start from it
   eos_id: int
   special_ids: dict[str, int]  # SPECIAL_TOKENS -> id
@@ -196,7 +199,7 @@ class ShapesTokenizer(Tokenizer):
   def __init__(self, vocab: Sequence[str] = shapes.VOCAB, *, bos: str = "add", pad: str = "zero",
                clean: str = "none"):
     self._set_options(bos, pad, clean)
-    self.pad_id, self.bos_id, self.eos_id, self.unk_id = 0, 1, 2, 3
+    self.pad_id, self.bos_id, self.eos_id, self.unk_id = PAD_ID, 1, 2, 3
     self.words = ("<pad>", "<bos>", "<eos>", "<unk>", *vocab)
     self._ids = {w: i for i, w in enumerate(self.words)}
     self._add_special_tokens(len(self.words))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
+from vljax.evals import ranking
 from vljax.evals.runner import ModelRunner, eval_images
 
 
@@ -24,6 +25,7 @@ class BindingEvaluator:
 
   def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
     score = runner.pair_scores(params, self.images, self.tokens, self.scoring)
-    attribute = float(np.mean(score["caption"] > score["attribute_swapped"]))
-    relation = float(np.mean(score["caption"] > score["relation_swapped"]))
+    # A tie with the swapped twin, or a NaN true caption, is a miss (vljax.evals.ranking).
+    attribute = float(np.mean(ranking.beats(score["caption"], score["attribute_swapped"])))
+    relation = float(np.mean(ranking.beats(score["caption"], score["relation_swapped"])))
     return {"acc": (attribute + relation) / 2, "attribute_acc": attribute, "relation_acc": relation}

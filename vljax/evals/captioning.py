@@ -8,7 +8,7 @@ from vljax import decode as decode_lib
 from vljax.data import prompts, shapes
 from vljax.evals.coco_metrics import caption_metrics
 from vljax.evals.runner import ModelRunner, eval_images
-from vljax.evals.vqa import _shots, support_indices
+from vljax.evals.shots import parse_shots, support_indices
 
 
 def attribute_correct(caption: str, objects: list[dict]) -> bool:
@@ -40,7 +40,8 @@ class CaptionEvaluator:
     decode.setdefault("max_len", max_len - 1)
     self.options = decode_lib.DecodeOptions.from_kwargs(**decode)
     self.options.validate()
-    self.shots = _shots(settings["shots"]) if settings.get("shots", None) is not None else ()
+    shots = settings.get("shots", None)
+    self.shots = () if shots is None else parse_shots(shots, "evals.caption.shots")
     if self.shots:
       self._few_shot_prompts(settings, world, tokenizer, n, int(settings.get("prompt_max_len", max_len)),
                              normalization)

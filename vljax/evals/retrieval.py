@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.evals import datasets
+from vljax.evals import datasets, ranking
 from vljax.evals.runner import ModelRunner, eval_images
 
 KS = (1, 5, 10)
@@ -16,14 +16,13 @@ def retrieval_ranks(scores: np.ndarray, text_image: np.ndarray) -> tuple[np.ndar
   """(i2t ranks [N_images], t2i ranks [N_texts]) for scores [N_images, N_texts], where caption j
   describes image text_image[j].
 
-  A rank counts the candidates that score strictly higher than the right one: for a caption, its
-  image; for an image, the best-scoring of its captions (any of them retrieved is a hit).
+  By vljax.evals.ranking's rule (ties and NaN count against the model): a caption's rank counts
+  the other images scoring >= its own; an image's counts the other images' captions scoring >= the
+  best of its own (any of them retrieved is a hit). Constant scores give R@K = 0 for K < N.
   """
   text_image = np.asarray(text_image)
-  right = scores[text_image, np.arange(len(text_image))]  # each caption with its own image
-  best = np.full(scores.shape[0], -np.inf, scores.dtype)
-  np.maximum.at(best, text_image, right)
-  return np.sum(scores > best[:, None], axis=1), np.sum(scores > right[None, :], axis=0)
+  own = text_image[None, :] == np.arange(scores.shape[0])[:, None]  # [N_images, N_texts]
+  return ranking.ranks(scores, own), ranking.ranks(scores.T, own.T)
 
 
 def recall_at_k(ranks: np.ndarray, ks=KS) -> dict[int, float]:

@@ -45,16 +45,18 @@ class ModelRunner:
   def _encode(self):
     return jax.jit(lambda params, **inputs: self._apply(params, train=False, **inputs))
 
-  def _chunked(self, fn, *arrays: np.ndarray, chunk: int | None = None) -> np.ndarray:
-    """fn(*chunks) over aligned arrays, tails padded by repeating the last row; results concatenated."""
+  def _chunked(self, fn, *arrays: np.ndarray, chunk: int | None = None, indexed: bool = False) -> np.ndarray:
+    """fn(*chunks) over aligned arrays, tails padded by repeating the last row; results concatenated.
+    indexed: fn(i, *chunks) with i the chunk's number (int32), for a fresh rng per chunk."""
     chunk = chunk or self.chunk
     outs = []
-    for start in range(0, len(arrays[0]), chunk):
+    for i, start in enumerate(range(0, len(arrays[0]), chunk)):
       parts = [a[start:start + chunk] for a in arrays]
       n = len(parts[0])
       parts = [np.concatenate([p, np.repeat(p[-1:], chunk - n, axis=0)]) if n < chunk else p for p in parts]
       parts = [_global_array(p, batch_sharding(self.mesh, p.ndim)) for p in parts]
-      outs.append(jax.tree.map(lambda x: _to_host(x)[:n], fn(*parts)))
+      out = fn(np.int32(i), *parts) if indexed else fn(*parts)
+      outs.append(jax.tree.map(lambda x: _to_host(x)[:n], out))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
   def _require(self, what: str, ok: bool, need: str) -> None:
@@ -144,7 +146,8 @@ class ModelRunner:
   def _caption_fn(self, options: decode_lib.DecodeOptions):
     tok = self.tokenizer
 
-    def caption(params, images, rng):
+    def caption(params, images, rng, chunk_index):
+      rng = jax.random.fold_in(rng, chunk_index)  # else row r of every chunk draws the same noise
       with nn.logical_axis_rules(LOGICAL_RULES):
         memory = self.model.apply({"params": params}, images, method="encode_image")["memory"]
         # BOS and the first max_len - 1 generated tokens are fed back: max_len positions.
@@ -167,7 +170,7 @@ class ModelRunner:
                        f"{self.max_text_len}; valid: 1..{self.max_text_len}")
     rng = jax.random.PRNGKey(0) if rng is None else rng
     fn = self._caption_fn(options)
-    result = self._chunked(lambda x: fn(params, x, rng), images)
+    result = self._chunked(lambda i, x: fn(params, x, rng, i), images, indexed=True)
     return self.tokenizer.decode(result.tokens), result.scores
 
 
@@ -175,7 +178,8 @@ class ModelRunner:
   def _generate_fn(self, options: decode_lib.DecodeOptions, prompt_len: int):
     tok = self.tokenizer
 
-    def generate(params, images, ids, lengths, rng):
+    def generate(params, images, ids, lengths, rng, chunk_index):
+      rng = jax.random.fold_in(rng, chunk_index)  # else row r of every chunk draws the same noise
       with nn.logical_axis_rules(LOGICAL_RULES):
         memory = None
         if hasattr(self.model, "encode_image"):
@@ -218,8 +222,8 @@ class ModelRunner:
     rng = jax.random.PRNGKey(0) if rng is None else rng
     fn = self._generate_fn(options, prompt_len)
     images = np.zeros((len(prompt_ids), 1), np.float32) if images is None else images
-    tokens = self._chunked(lambda x, i, n: fn(params, x, i, n, rng).tokens, images, prompt_ids,
-                           np.asarray(prompt_lengths, np.int32))
+    tokens = self._chunked(lambda c, x, i, n: fn(params, x, i, n, rng, c).tokens, images, prompt_ids,
+                           np.asarray(prompt_lengths, np.int32), indexed=True)
     # Everything from <eoc> on is not part of the answer.
     tokens = np.where(np.cumsum(tokens == self.tokenizer.eoc_id, axis=1) > 0, self.tokenizer.pad_id, tokens)
     return self.tokenizer.decode(tokens)

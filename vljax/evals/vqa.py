@@ -7,35 +7,13 @@ The model generates the answer; it is scored with the VQA v2 normalisation and a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from vljax import decode as decode_lib
 from vljax.data import prompts, shapes
 from vljax.evals.runner import eval_images
+from vljax.evals.shots import parse_shots, support_indices
 from vljax.evals.vqa_metrics import accuracy_by_type, majority_baseline
-
-
-def support_indices(num_eval: int, num_support: int, max_shots: int, seed: int) -> np.ndarray:
-  """int [num_eval, max_shots]: distinct support examples per eval question, from (seed, index).
-
-  k-shot prompts take the first k, so the 4-shot supports of a question are in its 8-shot ones.
-  """
-  if max_shots == 0:
-    return np.zeros((num_eval, 0), np.int64)
-  return np.stack([np.random.default_rng([seed, i]).choice(num_support, max_shots, replace=False)
-                   for i in range(num_eval)])
-
-
-def _shots(value) -> tuple[int, ...]:
-  shots = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
-  if not shots or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0 for k in shots):
-    raise ValueError(f"evals.vqa.shots={value!r} is invalid; valid: a non-empty list of ints >= 0, "
-                     "e.g. (0, 4, 8).")
-  if len(set(shots)) != len(shots):
-    raise ValueError(f"evals.vqa.shots={value!r} repeats a value; list each number of shots once.")
-  return tuple(int(k) for k in shots)
 
 
 class VQAEvaluator:
@@ -51,7 +29,7 @@ class VQAEvaluator:
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
     normalization = (data or {}).get("normalization", "siglip")
     n = int(settings.get("num_examples", 256))
-    self.shots = _shots(settings.get("shots", (0,)))
+    self.shots = parse_shots(settings.get("shots", (0,)), "evals.vqa.shots")
     num_support = int(settings.get("num_support", 256))
     if n < 1:
       raise ValueError(f"evals.vqa.num_examples={n} is invalid; valid: >= 1.")

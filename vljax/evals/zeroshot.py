@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.evals import datasets, templates as templates_lib
+from vljax.evals import datasets, ranking, templates as templates_lib
 from vljax.evals.runner import ModelRunner, eval_images, normalize
 
 PROMPTS_PER_CALL = 8192  # text embeddings are averaged per class as they come: memory is one call's
@@ -43,11 +43,21 @@ def _scores(runner: ModelRunner, params, images, prompt_tokens: np.ndarray, num_
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, float]:
-  """Fraction of rows whose label is among the k best classes; ties go to the lower class index,
-  as with argmax."""
-  order = np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)]
-  hit = order == labels[:, None]
-  return {k: float(np.mean(hit[:, :k].any(axis=1))) for k in ks}
+  """Fraction of rows whose label is among the k best classes, by vljax.evals.ranking's rule: a
+  class tying with the label ranks above it, a NaN label score is a miss."""
+  rank = ranking.label_ranks(scores, labels)
+  return {k: float(np.mean(rank < k)) for k in ks}
+
+
+def shapes_accuracy(scores: np.ndarray, labels: np.ndarray, num_shapes: int) -> dict[str, float]:
+  """top1, and whether the best class has the right color / shape alone, for shapes classes
+  (class = color * num_shapes + shape). A part is right when some class with it beats every class
+  without it: argmax's color (shape) when nothing ties, and a miss when something does."""
+  classes = np.arange(scores.shape[1])
+  out = {"top1": ranking.label_ranks(scores, labels)}
+  for name, part in (("color_acc", classes // num_shapes), ("shape_acc", classes % num_shapes)):
+    out[name] = ranking.ranks(scores, part[None, :] == part[labels][:, None])
+  return {name: float(np.mean(rank == 0)) for name, rank in out.items()}
 
 
 class ZeroShotEvaluator:
@@ -101,13 +111,7 @@ class ZeroShotEvaluator:
     scores, kept = self.scores(runner, params)
     labels = self.labels[kept]
     if self.shapes:
-      pred = np.argmax(scores, axis=1)
-      num_shapes = len(shapes.SHAPES)
-      return {
-          "top1": float(np.mean(pred == labels)),
-          "color_acc": float(np.mean(pred // num_shapes == labels // num_shapes)),
-          "shape_acc": float(np.mean(pred % num_shapes == labels % num_shapes)),
-      }
+      return shapes_accuracy(scores, labels, len(shapes.SHAPES))
     out = {f"top{k}": v for k, v in topk_accuracy(scores, labels).items()}
     if self.images.skipped:
       out["skipped"] = float(self.images.skipped)

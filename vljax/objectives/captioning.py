@@ -6,19 +6,19 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from vljax.data import tokenizers
 from vljax.objectives.registry import register_objective
 
-PAD_ID = 0  # every vljax tokenizer pads with 0 (vljax/data/tokenizers.py)
 
-
-def captioning_loss(logits: jnp.ndarray, ids: jnp.ndarray, *, pad_id: int = PAD_ID,
+def captioning_loss(logits: jnp.ndarray, ids: jnp.ndarray, *, pad_id: int = tokenizers.PAD_ID,
                     label_smoothing: float = 0.0, loss_mask: jnp.ndarray | None = None
                     ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(mean cross-entropy, token accuracy) over the real target tokens of the batch.
 
   logits [B, L, V] are the model's outputs on ids [B, L] ([BOS] first): position t predicts
   ids[:, t+1]. The mean is over tokens, not examples, so long captions weigh more, as usual.
-  `loss_mask` [B, L] (True = train this token) keeps prompts out of the loss.
+  `loss_mask` [B, L] (True = train this token) keeps prompts out of the loss; pad_id is the
+  tokenizer's.
   """
   chex.assert_rank(logits, 3)
   chex.assert_shape(ids, logits.shape[:2])
@@ -40,13 +40,14 @@ def captioning_loss(logits: jnp.ndarray, ids: jnp.ndarray, *, pad_id: int = PAD_
 
 
 @register_objective("captioning")
-def captioning(outputs: dict, batch: dict, *, impl: str = "gather", label_smoothing: float = 0.0
+def captioning(outputs: dict, batch: dict, *, impl: str = "gather", pad_id: int, label_smoothing: float = 0.0
                ) -> tuple[jnp.ndarray, dict]:
-  """Teacher-forced next-token loss on outputs caption_logits and batch["text"] (and "loss_mask")."""
+  """Teacher-forced next-token loss on outputs caption_logits and batch["text"] (and "loss_mask");
+  pad_id comes from the run's tokenizer (registry.RUN_ARGS), not the config."""
   del impl  # XLA shards the token-level mean like any other reduction
   if "caption_logits" not in outputs:
     raise ValueError(f"objective 'captioning' needs model output 'caption_logits'; the model returned "
                      f"{sorted(outputs)} (use a generative model: coca, cappa)")
-  loss, accuracy = captioning_loss(outputs["caption_logits"], batch["text"], label_smoothing=label_smoothing,
-                                   loss_mask=batch.get("loss_mask"))
+  loss, accuracy = captioning_loss(outputs["caption_logits"], batch["text"], pad_id=pad_id,
+                                   label_smoothing=label_smoothing, loss_mask=batch.get("loss_mask"))
   return loss, {"caption_token_acc": jax.lax.stop_gradient(accuracy)}

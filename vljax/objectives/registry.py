@@ -1,4 +1,8 @@
-"""Objective registry: config name -> fn(outputs, batch, *, impl, **options) -> (loss, metrics)."""
+"""Objective registry: config name -> fn(outputs, batch, *, impl, **options) -> (loss, metrics).
+
+Options come from the config; the run's own arguments (RUN_ARGS) come from the trainer, to the
+objectives whose signature names them.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,14 @@ from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 
+from vljax.data import tokenizers
+
 Objective = Callable[..., tuple[jnp.ndarray, dict]]
 
 OBJECTIVES: dict[str, Objective] = {}
+# Keyword arguments the run supplies, never the config: the loss implementation ("gather" or
+# "shard_map") and the tokenizer's pad id.
+RUN_ARGS = ("impl", "pad_id")
 
 
 def register_objective(name: str) -> Callable[[Objective], Objective]:
@@ -47,7 +56,7 @@ def parse_objectives(spec: Mapping[str, Any]) -> dict[str, tuple[float, dict[str
       raise ValueError(f"objectives.{name}: a dict value needs a 'weight', got {options}")
     weight = float(options.pop("weight"))
     valid = [p.name for p in inspect.signature(fn).parameters.values()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "impl"]
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in RUN_ARGS]
     unknown = sorted(set(options) - set(valid))
     if unknown:
       raise ValueError(f"objectives.{name}: unknown option(s) {unknown}; valid: {valid}")
@@ -55,13 +64,24 @@ def parse_objectives(spec: Mapping[str, Any]) -> dict[str, tuple[float, dict[str
   return parsed
 
 
-def combined_loss(spec: Mapping[str, Any], outputs: dict, batch: dict, *,
-                  impl: str = "gather") -> tuple[jnp.ndarray, dict]:
-  """Weighted sum of objectives; metrics hold each '<name>_loss' unweighted plus their extras."""
+def call_objective(name: str, outputs: dict, batch: dict, options: Mapping[str, Any], **run: Any
+                   ) -> tuple[jnp.ndarray, dict]:
+  """Objective `name` with its config options and those of the run's arguments it takes."""
+  fn = get_objective(name)
+  params = inspect.signature(fn).parameters
+  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    run = {k: v for k, v in run.items() if k in params}
+  return fn(outputs, batch, **run, **options)
+
+
+def combined_loss(spec: Mapping[str, Any], outputs: dict, batch: dict, *, impl: str = "gather",
+                  pad_id: int = tokenizers.PAD_ID) -> tuple[jnp.ndarray, dict]:
+  """Weighted sum of objectives; metrics hold each '<name>_loss' unweighted plus their extras.
+  pad_id: the run's tokenizer's (the trainer passes it)."""
   total = jnp.zeros((), jnp.float32)
   metrics: dict = {}
   for name, (weight, options) in parse_objectives(spec).items():
-    loss, extra = get_objective(name)(outputs, batch, impl=impl, **options)
+    loss, extra = call_objective(name, outputs, batch, options, impl=impl, pad_id=pad_id)
     total = total + weight * loss
     metrics.update(extra)
     metrics[f"{name}_loss"] = loss

@@ -21,15 +21,15 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from vljax import objectives
-from vljax.objectives.captioning import PAD_ID
+from vljax.data import tokenizers
 from vljax.parallel.sharding import BATCH_AXES
 
 ApplyFn = Callable[[Any, Any, dict, jax.Array], dict]
 
 
-def _caption_tokens(batch: dict) -> jax.Array:
+def _caption_tokens(batch: dict, pad_id: int) -> jax.Array:
   """The target tokens captioning_loss averages over (not pad, inside loss_mask)."""
-  real = batch["text"][:, 1:] != PAD_ID
+  real = batch["text"][:, 1:] != pad_id
   if "loss_mask" in batch:
     real = real & batch["loss_mask"][:, 1:]
   return jnp.sum(real.astype(jnp.float32))
@@ -43,8 +43,8 @@ CROSS_EXAMPLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # Objectives that are sum(per-unit loss) / max(count, 1) over the batch: computed per micro-batch
 # and rescaled by max(count_j, 1) / max(count, 1), which makes their sum the whole batch's mean.
-# name -> count(batch), additive over examples.
-PER_EXAMPLE: dict[str, Callable[[dict], jax.Array]] = {
+# name -> count(batch, pad_id), additive over examples.
+PER_EXAMPLE: dict[str, Callable[[dict, int], jax.Array]] = {
     "captioning": _caption_tokens,
 }
 
@@ -87,14 +87,15 @@ def _pull(cotangent: jax.Array, value: jax.Array) -> jax.Array:
 
 
 def gradcache_value_and_grad(apply_fn: ApplyFn, loss_spec: Mapping[str, Any], trainable: Any, frozen: Any,
-                             batch: dict, rng: jax.Array, *, k: int, impl: str = "gather"
-                             ) -> tuple[jax.Array, dict, Any]:
+                             batch: dict, rng: jax.Array, *, k: int, impl: str = "gather",
+                             pad_id: int = tokenizers.PAD_ID) -> tuple[jax.Array, dict, Any]:
   """(loss, metrics, grads) of the combined loss on the whole `batch`, one of its k micro-batches of
   activations at a time.
 
   apply_fn(trainable, frozen, micro, rng) -> model outputs. Micro-batch j (take_micro) runs with rng
   fold_in(rng, j) in both passes, so dropout masks match. Metrics carry the keys that
-  objectives.combined_loss gives on the whole batch.
+  objectives.combined_loss gives on the whole batch. pad_id: the run's tokenizer's, for the
+  captioning loss and its token count alike.
   """
   parsed = check_objectives(loss_spec)
   cross = {n: v for n, v in parsed.items() if n in CROSS_EXAMPLE}
@@ -130,13 +131,13 @@ def gradcache_value_and_grad(apply_fn: ApplyFn, loss_spec: Mapping[str, Any], tr
   # Per-example objectives: micro-batch j weighs max(count_j, 1) / max(count, 1).
   weights = {}
   for name in local:
-    counts = jax.vmap(lambda j, name=name: PER_EXAMPLE[name](take_micro(batch, k, j)))(steps)
+    counts = jax.vmap(lambda j, name=name: PER_EXAMPLE[name](take_micro(batch, k, j), pad_id))(steps)
     weights[name] = jnp.maximum(counts, 1.0) / jnp.maximum(counts.sum(), 1.0)
 
   def local_loss(out, j):
     total, extra = jnp.zeros((), jnp.float32), {}
     for name, (w, options) in local.items():
-      loss, m = objectives.get_objective(name)(out, take_micro(batch, k, j), impl=impl, **options)
+      loss, m = objectives.call_objective(name, out, take_micro(batch, k, j), options, impl=impl, pad_id=pad_id)
       share = weights[name][j]
       total = total + w * share * loss
       extra.update({key: share * v for key, v in m.items()})

@@ -12,7 +12,7 @@ from flax import linen as nn
 
 from vljax import objectives
 from vljax.config import GRAD_ACCUM_MODES
-from vljax.data import pipeline
+from vljax.data import pipeline, tokenizers
 from vljax.models.two_tower import clamp_log_scale
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding, replicated
 from vljax.train import gradcache
@@ -30,6 +30,7 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
   """
   weights = cfg.objectives  # validated by setup.build (objectives.parse_objectives)
   impl = cfg.get("loss_impl", "gather")
+  pad_id = tokenizers.get_tokenizer(cfg.data.tokenizer).pad_id  # what the captioning loss skips
   accum = int(cfg.get("grad_accum_steps", 1))
   mode = cfg.get("grad_accum_mode", "mean")
   if mode not in GRAD_ACCUM_MODES:
@@ -44,7 +45,7 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
 
   def loss_fn(trainable, frozen_params, micro, rng):
     out = apply_fn(trainable, frozen_params, micro, rng)
-    return objectives.combined_loss(weights, out, micro, impl=impl)
+    return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -54,7 +55,7 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
       return loss, metrics, grads
     if mode == "gradcache":
       return gradcache.gradcache_value_and_grad(apply_fn, weights, trainable, frozen_params, batch, rng,
-                                                k=accum, impl=impl)
+                                                k=accum, impl=impl, pad_id=pad_id)
 
     def one(i):
       # Micro-batch i = examples i, k+i, 2k+i...: every device keeps its own rows.

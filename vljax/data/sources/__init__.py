@@ -22,7 +22,7 @@ pipeline from them):
   label_template  caption for a class label ("a photo of a {}.")
   normalization   pixel normalisation preset of images.NORMALIZATIONS: "siglip" ([-1, 1], what
                   the shapes world has always used), "clip", "imagenet", "inception"
-  crop_scale      area range of the training random resized crop ((0.9, 1.0), open_clip's default)
+  crop_scale      area range of the training random resized crop (vljax.config.CROP_SCALE)
   cycle_length    webdataset shards each worker reads at once (4)
   sources         mixture: a tuple of dicts, each with name, path, weight and optionally split,
                   tfds_name, image_key, caption_key, label_template (unset ones come from data)
@@ -38,6 +38,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from vljax.config import CROP_SCALE
 from vljax.data import images
 from vljax.data.sources import folder, records, tfds_source, webdataset
 
@@ -112,7 +113,7 @@ def open_map_source(spec: SourceSpec):
 
 
 def crop_scale(data_cfg: Mapping[str, Any]) -> tuple[float, float]:
-  scale = tuple(float(s) for s in data_cfg.get("crop_scale", (0.9, 1.0)))
+  scale = tuple(float(s) for s in data_cfg.get("crop_scale", CROP_SCALE))
   if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
     raise ValueError(f"data.crop_scale={scale} must be (low, high) with 0 < low <= high <= 1")
   return scale
