@@ -11,7 +11,8 @@ and COCO retrieval (paths are examples; keys: vljax.config.use_real_data):
 it runs on the shapes world. Batch 32k over an FSDP mesh, bfloat16 compute, scanned and
 rematerialised layers. Smoke test on CPU:
   python -m vljax.train --config configs/clip_vit_b16.py --workdir /tmp/b16 \\
-      --config.batch_size=8 --config.total_steps=2 --config.precision.compute_dtype=float32
+      --config.batch_size=8 --config.total_steps=2 --config.schedule.warmup_steps=1 \\
+      --config.precision.compute_dtype=float32
 """
 
 from vljax import config as common

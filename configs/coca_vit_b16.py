@@ -7,7 +7,8 @@ one contrastive query, 12 unimodal + 12 multimodal text layers of width 768 (tex
 embed 512, batch 65,536, captioning weight 2 with label smoothing 0.1. Runs on the shapes world until real data sources exist.
 Smoke test on CPU:
   python -m vljax.train --config configs/coca_vit_b16.py --workdir /tmp/coca_b16 \\
-      --config.batch_size=8 --config.total_steps=2 --config.precision.compute_dtype=float32 \\
+      --config.batch_size=8 --config.total_steps=2 --config.schedule.warmup_steps=1 \\
+      --config.precision.compute_dtype=float32 \\
       --config.evals.caption.num_examples=8
 """
 

@@ -59,6 +59,20 @@ def _record_cross_path_errors(request, monkeypatch):
   recorder.append_to(log)
 
 
+def workdir_listing(path):
+  """Everything under `path` (None when it does not exist): relative path, kind, size, mtime. Equal
+  before and after a failed run means the run left the workdir exactly as it was."""
+  if not os.path.exists(path):
+    return None
+  out = [(".", "dir", 0, os.stat(path).st_mtime_ns)]
+  for root, dirs, files in os.walk(path):
+    for name in dirs + files:
+      full = os.path.join(root, name)
+      st = os.stat(full)
+      out.append((os.path.relpath(full, path), "dir" if name in dirs else "file", st.st_size, st.st_mtime_ns))
+  return sorted(out)
+
+
 def tiny_config(**overrides):
   """A two-tower recipe small enough to compile and train in seconds on CPU (top-level overrides)."""
   c = config_lib.base_config()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from conftest import workdir_listing
 from vljax.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,12 +41,23 @@ def _run(*args, **kw):
     ("--config.no_such_key=1", "no_such_key"),
     ("--config.model.name=perceiver", "perceiver"),
     ("--config.objectives.triplet=1.0", "triplet"),
+    ("--config.loss_impl=ring", "config.loss_impl='ring' is invalid; valid: one of ['gather', 'shard_map']"),
 ])
 def test_bad_flags_exit_nonzero_naming_the_value(tmp_path, flag, message):
   proc = _run(tmp_path / "w", *TINY, flag)
   assert proc.returncode != 0
   assert message in proc.stderr
-  assert not (tmp_path / "w" / "metrics.jsonl").exists()
+  assert workdir_listing(tmp_path / "w") is None  # no file or directory: absl and Orbax included
+
+
+def test_a_bad_value_leaves_an_existing_workdir_as_it_was(tmp_path):
+  (tmp_path / "w" / "notes").mkdir(parents=True)
+  (tmp_path / "w" / "notes" / "plan.txt").write_text("clip sweep")
+  before = workdir_listing(tmp_path / "w")
+  proc = _run(tmp_path / "w", *TINY, "--config.optimizer.grad_clip_norm=-1")
+  assert proc.returncode == 2
+  assert "config.optimizer.grad_clip_norm=-1.0 is invalid; valid: a number > 0, or 0 for no clipping" in proc.stderr
+  assert workdir_listing(tmp_path / "w") == before
 
 
 def _wait_for_step(workdir, step, proc, timeout=300):

@@ -100,7 +100,8 @@ def test_converted_workdir_is_an_init_from_source(small_clip, tmp_path):
   cfg = ml_collections.ConfigDict(json.loads((tmp_path / "converted" / "config.json").read_text()))
   cfg.update(total_steps=2, batch_size=8, evals={}, log_every=1, progress_bar=False)
   cfg.init_from.workdir = source
-  cfg.optimizer.lr = 0.0  # the steps run, the weights stay the imported ones
+  cfg.schedule.warmup_steps = 1
+  cfg.frozen = ("img/.*", "txt/.*")  # the steps run, the towers stay the imported ones (lr 0 is no valid lr)
   cfg.checkpoint.update(every=2, async_save=False)
   cfg.data.num_threads = 1
   run = str(tmp_path / "finetune")
@@ -110,8 +111,10 @@ def test_converted_workdir_is_an_init_from_source(small_clip, tmp_path):
   expected = traverse_util.flatten_dict(converted.params, sep="/")
   got = traverse_util.flatten_dict(trained, sep="/")
   assert set(got) == set(expected)
-  for k, v in expected.items():
-    np.testing.assert_array_equal(got[k], v, err_msg=k)
+  towers = [k for k in expected if k.startswith(("img/", "txt/"))]
+  assert len(towers) > 20
+  for k in towers:
+    np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
 
 
 # ---- fitting to a training config, and errors -------------------------------------------------------
@@ -225,6 +228,7 @@ def test_finetune_recipe_trains_imported_weights_on_array_records_with_tfds_zero
                                        f"zeroshot={zeroshot_set}")
   assert cfg.data.tokenizer.startswith("hf:") and cfg.data.image_size == SMALL_IMAGE
   cfg.update(batch_size=8, total_steps=2, log_every=1, progress_bar=False)
+  cfg.schedule.warmup_steps = 1
   cfg.evals.zeroshot.every = 2
   cfg.checkpoint.update(every=2, async_save=False)
   cfg.data.num_threads = 1

@@ -161,6 +161,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
 
 def test_a_mesh_that_cannot_hold_a_parameter_is_a_clear_error(tmp_path):
   c = tiny_config(evals={}, total_steps=1)  # text and image towers have 2 heads
+  c.schedule.warmup_steps = 1
   c.mesh = dict(data=2, fsdp=1, tensor=4)
   with pytest.raises(ValueError, match=r"param \S+ of shape .* cannot be sharded on mesh .*over \('tensor',\) = 4 ways"):
     train_and_evaluate(c, str(tmp_path / "w"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import tiny_config
+from conftest import tiny_config, workdir_listing
 from vljax import metrics as metrics_lib
 from vljax.metrics import read_metrics
 from vljax.train import checkpoint as ckpt_lib
@@ -98,7 +98,7 @@ def test_bad_input_fails_before_touching_workdir(tmp_path, change, message):
   cfg.update(change)
   with pytest.raises(ValueError, match=message):
     train_and_evaluate(cfg, str(tmp_path / "w"))
-  assert not os.path.exists(tmp_path / "w" / "metrics.jsonl")
+  assert workdir_listing(tmp_path / "w") is None  # not a file or directory written
 
 
 def test_missing_tokenizer_file(tmp_path):
@@ -126,6 +126,7 @@ def test_lit_init_from_and_frozen_tower_is_bit_identical(finished_run, tmp_path)
 def test_init_from_several_sources(finished_run, tmp_path):
   source, _ = finished_run
   cfg = tiny_config(frozen=("img/.*", "txt/.*"), total_steps=1)
+  cfg.schedule.warmup_steps = 1
   cfg.init_from = dict(workdir=source, subtree="img", step=-1, sources=(f"{source}:txt",))
   run = str(tmp_path / "two")
   train_and_evaluate(cfg, run)
@@ -148,6 +149,34 @@ def test_init_from_bad_subtree(finished_run, tmp_path):
   cfg.init_from = dict(workdir=source, subtree="vision", step=-1)
   with pytest.raises(ValueError, match="init_from subtree 'vision' matches nothing"):
     train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert workdir_listing(tmp_path / "w") is None  # no checkpoints/ made before the check
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(frozen=("img/.*",)), r"frozen changed from \[\] to \['img/\.\*'\]: \d+ param\(s\) trained in the "
+                               r"checkpoint, frozen now \(img/"),
+    (dict(optimizer=dict(tiny_config().optimizer.to_dict(), grad_clip_norm=0.0)),
+     r"the optimizer state has another layout \(optimizer settings that differ: grad_clip_norm: 1\.0 -> 0\.0"),
+])
+def test_resume_with_another_state_layout_names_what_changed(finished_run, change, message):
+  workdir, _ = finished_run
+  before = _files(workdir)
+  with pytest.raises(ValueError, match=r"cannot be resumed with this config:\n  " + message):
+    train_and_evaluate(tiny_config(**change), workdir)
+  assert _files(workdir) == before
+
+
+def test_a_failing_evaluation_keeps_its_steps_checkpoint(tmp_path, monkeypatch):
+  from vljax.evals.binding import BindingEvaluator
+
+  def fail(self, runner, params):
+    raise RuntimeError("evaluation failed")
+  monkeypatch.setattr(BindingEvaluator, "__call__", fail)
+  cfg = tiny_config(total_steps=2, evals=dict(binding=dict(every=2, num_examples=8)),
+                    checkpoint=dict(every=2, keep=1, async_save=True))
+  with pytest.raises(RuntimeError, match="evaluation failed"):
+    train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert ckpt_lib.Checkpointer(str(tmp_path / "w"), every=2, keep=1).latest_step() == 2
 
 
 def test_init_from_shape_mismatch_names_the_params(finished_run, tmp_path):

@@ -198,7 +198,8 @@ GRAD_ACCUM_MODES = ("mean", "gradcache")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-  """Fails fast, naming the bad value, before any file in the workdir is touched."""
+  """Fails fast, naming the bad key or value, before any file in the workdir is touched: the keys
+  here, their values in vljax/config_values.py."""
   unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
   if unknown:
     raise ValueError(f"config: unknown key(s) {unknown}; valid top-level keys: {sorted(TOP_LEVEL_KEYS)}")
@@ -206,9 +207,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     extra = sorted(set(cfg[section].keys()) - set(base_config()[section].keys()))
     if extra:
       raise ValueError(f"config.{section}: unknown key(s) {extra}; valid: {sorted(base_config()[section].keys())}")
-  if cfg.batch_size <= 0 or cfg.total_steps < 0:
-    raise ValueError(f"config: batch_size={cfg.batch_size} must be > 0 and total_steps={cfg.total_steps} >= 0")
-  if cfg.grad_accum_steps < 1 or cfg.batch_size % cfg.grad_accum_steps:
+  from vljax import config_values  # lazy: it reads the registries, which import jax
+  config_values.check_values(cfg)
+  if cfg.batch_size % cfg.grad_accum_steps:
     raise ValueError(f"config: grad_accum_steps={cfg.grad_accum_steps} must be >= 1 and divide "
                      f"batch_size={cfg.batch_size}")
   if cfg.grad_accum_mode not in GRAD_ACCUM_MODES:

@@ -29,14 +29,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import vljax  # after argument parsing: --help stays fast
+  from vljax.evals import requirements
   options = {k: v for k, v in vars(args).items()
              if k in decode_lib.DecodeOptions.__dataclass_fields__ and v is not None}
   classes = [c.strip() for c in args.classes.split(",") if c.strip()]
   try:
     model = vljax.load(args.workdir, args.step)
-    if not model.runner.generative and not classes:
+    can_caption = requirements.GENERATION in model.runner.capabilities
+    if not can_caption and not classes:
       raise ValueError(f"the model in {args.workdir!r} has no caption decoder; pass --classes for zero-shot labels")
-    captions = model.caption(args.images, seed=args.seed, **options) if model.runner.generative else None
+    if classes:  # before any captioning: a model that cannot score fails now, naming what it can do
+      model.runner.resolve_scoring("auto")
+    captions = model.caption(args.images, seed=args.seed, **options) if can_caption else None
     labels = model.zero_shot(args.images, classes) if classes else None
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -116,6 +116,7 @@ class _Collate:
                else prompts.caption_chunk(ex["caption"], with_image) for ex in seq] for seq in examples]
     text, loss_mask = prompts.encode_chunks(self.tokenizer, chunks, self.max_len)
     if with_image:
+      prompts.check_image_tokens(self.tokenizer, text, [len(seq) for seq in examples])
       pixels = images.normalize(np.stack([[ex["image"] for ex in seq] for seq in examples]), self.normalization)
     else:
       pixels = np.zeros((len(examples), 1, 1, 3), np.float32)

@@ -56,6 +56,18 @@ def encode_chunks(tokenizer: Tokenizer, sequences: Sequence[Sequence[tuple[str, 
   return ids, mask
 
 
+def check_image_tokens(tokenizer: Tokenizer, ids: np.ndarray, images: Sequence[int]) -> None:
+  """Each row of ids holds exactly as many <image> tokens as it has images: a model would otherwise
+  put an image where there is none (LLaVA over the BOS) or leave one unseen."""
+  counts = np.sum(np.asarray(ids) == tokenizer.image_id, axis=1)
+  bad = np.flatnonzero(counts != np.asarray(images))
+  if len(bad):
+    row = int(bad[0])
+    raise ValueError(f"sequence {row} has {counts[row]} <image> tokens for its {images[row]} image(s); each "
+                     f"image needs exactly one (does its text contain a literal {IMAGE!r}?): "
+                     f"{tokenizer.decode(np.asarray(ids)[row:row + 1])[0]!r}")
+
+
 def prompt_ids(tokenizer: Tokenizer, sequences: Sequence[Sequence[tuple[str, str]]], max_len: int
                ) -> tuple[np.ndarray, np.ndarray]:
   """(ids [N, max_len], lengths [N]) of prompts to continue: [BOS] chunks, no EOS, right-padded."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vljax.data import shapes
-from vljax.evals import ranking
+from vljax.evals import datasets, ranking
 from vljax.evals.runner import ModelRunner, eval_images
 
 
@@ -13,8 +13,11 @@ class BindingEvaluator:
   """acc = mean of attribute_acc and relation_acc; chance is 0.5 for each."""
 
   name = "binding"
+  needs = "scores"  # vljax.evals.requirements: embeddings or likelihood, as `scoring` picks
+  settings_keys = ("every", "num_examples", "scoring")
 
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+    datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
     normalization = (data or {}).get("normalization", "siglip")
     n = int(settings.get("num_examples", 512))
     examples = [world.binding_example(i) for i in range(n)]

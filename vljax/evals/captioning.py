@@ -6,6 +6,7 @@ import numpy as np
 
 from vljax import decode as decode_lib
 from vljax.data import prompts, shapes
+from vljax.evals import datasets
 from vljax.evals.coco_metrics import caption_metrics
 from vljax.evals.runner import ModelRunner, eval_images
 from vljax.evals.shots import parse_shots, support_indices
@@ -27,8 +28,12 @@ class CaptionEvaluator:
   """
 
   name = "caption"
+  needs = "generation"  # with `shots`: prompted generation (vljax.evals.requirements)
+  settings_keys = ("every", "num_examples", "num_references", "decode", "shots", "num_support",
+                   "support_max_words", "seed", "prompt_max_len")
 
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+    datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
     normalization = (data or {}).get("normalization", "siglip")
     n = int(settings.get("num_examples", 256))
     examples = [world.caption_example(i, int(settings.get("num_references", 5))) for i in range(n)]

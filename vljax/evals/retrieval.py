@@ -38,6 +38,7 @@ class RetrievalEvaluator:
   """
 
   name = "retrieval"
+  needs = "scores"  # vljax.evals.requirements: embeddings or likelihood, as `scoring` picks
   settings_keys = ("every", "num_examples", "scoring", "dataset")
 
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):

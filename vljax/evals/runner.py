@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 
 from vljax import decode as decode_lib
 from vljax.data import images as images_lib, prompts
+from vljax.evals import requirements
 from vljax.models import decoder
 from vljax.parallel.mesh import batch_shards
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding
@@ -30,6 +31,7 @@ class ModelRunner:
     self.chunk = max(shards, chunk - chunk % shards)  # a multiple of the batch shards
     self.generative = self.generative_model(model)
     self.has_embeddings = getattr(model, "contrastive", False)
+    self.capabilities = requirements.model_capabilities(model)
 
   @staticmethod
   def generative_model(model: nn.Module) -> bool:
@@ -63,6 +65,13 @@ class ModelRunner:
     if not ok:
       raise ValueError(f"{what} needs a model with {need}; {type(self.model).__name__} has none")
 
+  def _require_capability(self, what: str, *options: str) -> None:
+    """A clear error, not a shape assertion deep in the model, when it cannot do `what`."""
+    if not self.capabilities & set(options):
+      can = ", ".join(requirements.DESCRIPTIONS[c] for c in sorted(self.capabilities)) or "none of them"
+      raise ValueError(f"{what} needs a model with {' or '.join(requirements.DESCRIPTIONS[o] for o in options)}; "
+                       f"{type(self.model).__name__} has {can}")
+
   # ---- embeddings
 
   def images(self, params, images: np.ndarray) -> np.ndarray:
@@ -90,7 +99,7 @@ class ModelRunner:
 
   def memory(self, params, images: np.ndarray) -> np.ndarray:
     """What the caption decoder cross-attends to, per image [N, S, D]."""
-    self._require("caption scoring", self.generative, "a caption decoder")
+    self._require_capability("caption scoring", requirements.LIKELIHOOD)
     return self._chunked(lambda x: self._memory(params, x), images)
 
   def pair_loglik(self, params, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -134,10 +143,9 @@ class ModelRunner:
     """"auto" -> embeddings when the model has them, else likelihood."""
     if scoring not in SCORINGS:
       raise ValueError(f"Unknown scoring {scoring!r}; valid: {list(SCORINGS)}")
+    self._require_capability(f"image-text scoring (scoring={scoring!r})", *requirements.SCORING_NEEDS[scoring])
     if scoring == "auto":
       return "embedding" if self.has_embeddings else "likelihood"
-    self._require(f"scoring={scoring!r}", self.has_embeddings if scoring == "embedding" else self.generative,
-                  "contrastive embeddings" if scoring == "embedding" else "a caption decoder")
     return scoring
 
   # ---- generation
@@ -213,12 +221,19 @@ class ModelRunner:
     if prompt_len + options.max_len > self.max_text_len:
       raise ValueError(f"prompt length {prompt_len} + decode max_len={options.max_len} exceeds the model's "
                        f"text max_len {self.max_text_len}")
+    name = type(self.model).__name__
+    if images is None and requirements.PROMPTED in self.capabilities:
+      raise ValueError(f"{name} reads images through the prompts' <image> tokens: generate needs images "
+                       "[N, M, H, W, 3], one per <image>")
     if images is not None:
       counts = np.sum(prompt_ids == self.tokenizer.image_id, axis=1)
       if np.any(counts != images.shape[1]):
         bad = int(np.argmax(counts != images.shape[1]))
         raise ValueError(f"prompt {bad} has {counts[bad]} <image> tokens but {images.shape[1]} images are "
                          f"given per prompt; they must match")
+      if getattr(self.model, "splices_image_tokens", False) and images.shape[1] != 1:
+        raise ValueError(f"{name} splices exactly one image into a prompt; got {images.shape[1]} images and "
+                         "<image> tokens per prompt; valid: one of each")
     rng = jax.random.PRNGKey(0) if rng is None else rng
     fn = self._generate_fn(options, prompt_len)
     images = np.zeros((len(prompt_ids), 1), np.float32) if images is None else images

@@ -11,6 +11,7 @@ import numpy as np
 
 from vljax import decode as decode_lib
 from vljax.data import prompts, shapes
+from vljax.evals import datasets
 from vljax.evals.runner import eval_images
 from vljax.evals.shots import parse_shots, support_indices
 from vljax.evals.vqa_metrics import accuracy_by_type, majority_baseline
@@ -25,8 +26,11 @@ class VQAEvaluator:
   """
 
   name = "vqa"
+  needs = "prompted_generation"  # several images with shots > 0 (vljax.evals.requirements)
+  settings_keys = ("every", "num_examples", "shots", "num_support", "seed", "prompt_max_len", "decode")
 
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+    datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
     normalization = (data or {}).get("normalization", "siglip")
     n = int(settings.get("num_examples", 256))
     self.shots = parse_shots(settings.get("shots", (0,)), "evals.vqa.shots")

@@ -74,6 +74,7 @@ class ZeroShotEvaluator:
   """
 
   name = "zeroshot"
+  needs = "scores"  # vljax.evals.requirements: embeddings or likelihood, as `scoring` picks
   settings_keys = ("every", "num_examples", "scoring", "templates", "dataset")
 
   def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):

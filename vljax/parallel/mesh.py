@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 
 import jax
@@ -11,16 +12,22 @@ from jax.sharding import AxisType, Mesh
 from vljax.parallel.sharding import BATCH_AXES, MESH_AXES
 
 
-def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
-  """Mesh sizes in MESH_AXES order, with at most one -1 filled from `num_devices`."""
+def check_mesh_sizes(sizes: Mapping[str, int]) -> list[int]:
+  """Mesh sizes in MESH_AXES order (-1: fill), checked without devices: known axes, ints, one fill."""
   unknown = sorted(set(sizes) - set(MESH_AXES))
   if unknown:
     raise ValueError(f"mesh: unknown axis {unknown}; valid axes are {list(MESH_AXES)}")
-  shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
-  if any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"mesh: sizes must be positive or -1 (fill), got {dict(zip(MESH_AXES, shape))}")
+  shape = [sizes.get(axis, 1) for axis in MESH_AXES]
+  if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s == 0 or s < -1 for s in shape):
+    raise ValueError(f"mesh: sizes must be positive ints or -1 (fill), got {dict(zip(MESH_AXES, shape))}")
   if shape.count(-1) > 1:
     raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+  return [int(s) for s in shape]
+
+
+def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Mesh sizes in MESH_AXES order, with at most one -1 filled from `num_devices`."""
+  shape = check_mesh_sizes(sizes)
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:

@@ -14,6 +14,8 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from grain import checkpoint as grain_checkpoint
 
+from vljax.train.optim import frozen_predicate
+
 
 def param_shapes(params) -> dict[str, list[int]]:
   """'img/encoder/.../kernel' -> shape: what a checkpoint must match to be restored."""
@@ -31,6 +33,39 @@ def shape_mismatches(saved: dict, expected: dict, limit: int = 8) -> list[str]:
     elif list(saved[k]) != list(expected[k]):
       problems.append(f"{k}: checkpoint {saved[k]} vs model {expected[k]}")
   return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+
+
+def state_layout(state, frozen, optimizer: dict) -> dict:
+  """What the state tree depends on besides param shapes, saved in the metadata so that a resume
+  with another layout names what changed: which params train (frozen) and the optimizer's state."""
+  is_frozen = frozen_predicate(frozen)
+  params = traverse_util.flatten_dict(state.params, sep="/")
+  heads = set()  # each optimizer state leaf's path down to the param tree it mirrors
+  for path, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
+    cut = next((i for i, k in enumerate(path) if isinstance(k, jax.tree_util.DictKey)), len(path))
+    heads.add(jax.tree_util.keystr(tuple(path[:cut])))
+  return {"frozen": list(frozen), "trainable_params": sorted(k for k in params if not is_frozen(k)),
+          "optimizer": dict(optimizer), "opt_state_layout": sorted(heads)}
+
+
+def layout_changes(saved: dict, now: dict, limit: int = 4) -> list[str]:
+  """How `now` (state_layout) differs from a checkpoint's metadata; checkpoints without it pass."""
+  problems = []
+  if "trainable_params" in saved and saved["trainable_params"] != now["trainable_params"]:
+    was, now_trained = set(saved["trainable_params"]), set(now["trainable_params"])
+    moved = [(what, sorted(keys)) for what, keys in (("trained in the checkpoint, frozen now", was - now_trained),
+                                                     ("frozen in the checkpoint, trained now", now_trained - was))
+             if keys]
+    problems.append(f"frozen changed from {saved.get('frozen')} to {now['frozen']}: " + "; ".join(
+        f"{len(keys)} param(s) {what} ({', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''})"
+        for what, keys in moved))
+  if "opt_state_layout" in saved and saved["opt_state_layout"] != now["opt_state_layout"]:
+    before, after = saved.get("optimizer", {}), now["optimizer"]
+    differ = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
+              if before.get(k) != after.get(k)]
+    problems.append(f"the optimizer state has another layout (optimizer settings that differ: "
+                    f"{', '.join(differ) or 'none'}; state {saved['opt_state_layout']} -> {now['opt_state_layout']})")
+  return problems
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -62,7 +97,9 @@ class Checkpointer:
   def __init__(self, workdir: str, *, every: int, keep: int, async_save: bool = True):
     self.every = every
     self.directory = checkpoint_dir(workdir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    # create=False: the directory appears with the first save, so a run that fails before it
+    # leaves the workdir as it was (the save makes the directories it needs).
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=False,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
@@ -86,14 +123,21 @@ class Checkpointer:
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-  def restore(self, step: int, abstract_state, expected_shapes: dict) -> tuple[Any, dict, dict]:
-    """(state, data_state, meta) restored onto the shardings in `abstract_state` (any mesh)."""
+  def restore(self, step: int, abstract_state, expected_shapes: dict, layout: dict | None = None
+              ) -> tuple[Any, dict, dict]:
+    """(state, data_state, meta) restored onto the shardings in `abstract_state` (any mesh);
+    `layout` (state_layout) is compared with the checkpoint's first, for an error naming what changed."""
     meta = self.read_meta(step)
     problems = shape_mismatches(meta.get("param_shapes", {}), expected_shapes)
     if problems:
       raise ValueError(f"checkpoint {self.directory}/{step} was written by a different model "
                        f"(model={meta.get('model_name')!r}); mismatched params:\n  " + "\n  ".join(problems)
                        + "\nUse a fresh --workdir for a different model, or the config the checkpoint was made with.")
+    problems = layout_changes(meta, layout) if layout else []
+    if problems:
+      raise ValueError(f"checkpoint {self.directory}/{step} cannot be resumed with this config:\n  "
+                       + "\n  ".join(problems) + "\nResume with the config the run was started with (its "
+                       "config.json), or start a new run from these weights with --config.init_from.workdir.")
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return state["state"], self._restore_data_state(step), meta
 

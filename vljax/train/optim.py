@@ -63,8 +63,11 @@ def split_frozen(params, patterns: Sequence[str]):
   flat = traverse_util.flatten_dict(params, sep="/")
   trainable = {k: v for k, v in flat.items() if not is_frozen(k)}
   frozen = {k: v for k, v in flat.items() if is_frozen(k)}
-  if patterns and not frozen:
-    raise ValueError(f"frozen={list(patterns)} matches no parameter; paths look like {sorted(flat)[:3]}")
+  for p in patterns:  # a typo in one pattern would silently train what it meant to freeze
+    if not any(re.fullmatch(p, k) for k in flat):
+      raise ValueError(f"frozen pattern {p!r} (of frozen={list(patterns)}) matches no parameter; valid: regexes "
+                       f"over param paths, top level {sorted({k.split('/')[0] for k in flat})}, e.g. "
+                       f"{sorted(flat)[:2]}")
   if not trainable:
     raise ValueError(f"frozen={list(patterns)} freezes every parameter; nothing left to train")
   unflat = lambda d: traverse_util.unflatten_dict(d, sep="/") if d else {}

@@ -10,6 +10,7 @@ import ml_collections
 from vljax import config as config_lib
 from vljax import evals, models, objectives
 from vljax.data import pipeline, tokenizers
+from vljax.evals import requirements
 from vljax.train import optim
 
 
@@ -55,6 +56,19 @@ def check_tokenizer_layout(cfg: ml_collections.ConfigDict, tokenizer) -> None:
                      "need the default layout (drop those options)")
 
 
+def check_model_data(cfg: ml_collections.ConfigDict, model) -> None:
+  """Image-prompted models read images only through <image> tokens: they train on "vlm" sequences,
+  one image per chunk, and LLaVA splices in exactly one image per sequence."""
+  if not getattr(model, "image_prompted", False):
+    return
+  if cfg.data.format != "vlm":
+    raise ValueError(f"model {cfg.model.name!r} reads images through <image> tokens in its text: "
+                     f"data.format={cfg.data.format!r} has none; valid: data.format='vlm'")
+  if getattr(model, "splices_image_tokens", False) and cfg.data.chunks != 1:
+    raise ValueError(f"model {cfg.model.name!r} splices exactly one image into a sequence: "
+                     f"data.chunks={cfg.data.chunks} would give it {cfg.data.chunks}; valid: data.chunks=1")
+
+
 def build(cfg: ml_collections.ConfigDict) -> RunParts:
   """Every name in the config is checked here, before the workdir is touched."""
   config_lib.validate(cfg)
@@ -65,6 +79,8 @@ def build(cfg: ml_collections.ConfigDict) -> RunParts:
   check_tokenizer_layout(cfg, tokenizer)
   model_cfg = resolve_model_config(cfg, tokenizer)
   model = models.get_model(model_cfg)
+  check_model_data(cfg, model)
+  requirements.check_evaluators(evaluator_classes, cfg.evals, model, cfg.model.name, models.MODELS)
   schedule = optim.make_schedule(cfg, cfg.total_steps)
   tx = optim.make_optimizer(cfg, schedule)
   world = pipeline.make_world(cfg.data)  # data.world_seed: the same eval sets for every seed

@@ -138,6 +138,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
     state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
     expected_shapes = ckpt_lib.param_shapes(state.params)
+    layout = ckpt_lib.state_layout(state, cfg.frozen, cfg.optimizer.to_dict())
     data_iter = setup.make_data_iterator(cfg, parts.tokenizer, process, jax.process_count())
     checkpointer = ckpt_lib.Checkpointer(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
                                          async_save=cfg.checkpoint.async_save)
@@ -145,7 +146,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     skipped = skips_lib.SkipTotals()  # bad samples the data skipped (data/skipped), kept across resume
     if latest is not None:
       state, data_state, saved_meta = checkpointer.restore(latest, state_lib.abstract_state(shardings, state),
-                                                           expected_shapes)
+                                                           expected_shapes, layout)
       data_iter.set_state(data_state)
       skipped = skips_lib.SkipTotals(saved_meta.get("data_skipped"))
       logging.warning("resumed from %s at step %d", checkpointer.directory, latest)
@@ -157,7 +158,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     writer = metrics_lib.MetricWriter(workdir)
     train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
     runner = ModelRunner(parts.model, mesh, cfg.eval_batch_size, parts.tokenizer)
-    meta = {"model_name": cfg.model.name, "param_shapes": expected_shapes}
+    meta = {"model_name": cfg.model.name, "param_shapes": expected_shapes, **layout}
     flops_per_step = 3 * model_flops_per_example(parts.model_cfg, cfg.data.image_size) * cfg.batch_size
     peak = cfg.peak_flops or metrics_lib.device_peak_flops()
 
@@ -207,10 +208,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
           writer.write(step, row)
           bar.set_postfix(loss=f"{row['train/loss']:.3f}",
                           ex_s=f"{row.get('train/examples_per_sec', 0):.0f}")
-        if step == total or any(_due(step, int(s.get("every", 0)), total) for s in cfg.evals.values()):
-          final.update(evaluate(step, force=step == total))
+        # The step's checkpoint first: an evaluation that fails must not cost the steps before it.
         save_meta = lambda: dict(meta, data_skipped=skipped.totals(_sum_over_processes))  # noqa: E731
         checkpointer.save(step, state, data_iter.get_state, save_meta, force=step == total or stopping)
+        if step == total or any(_due(step, int(s.get("every", 0)), total) for s in cfg.evals.values()):
+          final.update(evaluate(step, force=step == total))
         if _due(step, cfg.log_every, total):
           timer_start, timer_steps = time.perf_counter(), 0  # evals and saves are not step time
         if stopping:

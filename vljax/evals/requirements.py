@@ -1,0 +1,100 @@
+"""What a model can do for evaluators, and the start-up check that every evaluator gets what it needs.
+
+A mismatch found here fails the run before the workdir is touched, not at its first evaluation.
+Capabilities come from what a model class declares: `contrastive`, `caption_logits`,
+`encode_image`, `image_prompted`, `splices_image_tokens`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+EMBEDDINGS = "embeddings"
+LIKELIHOOD = "likelihood"
+GENERATION = "generation"
+PROMPTED = "prompted_generation"
+MULTI_IMAGE = "multi_image_prompts"
+SCORES = "scores"  # an evaluator's `needs`: EMBEDDINGS or LIKELIHOOD, as its `scoring` setting picks
+
+DESCRIPTIONS = {
+    EMBEDDINGS: "contrastive embeddings",
+    LIKELIHOOD: "caption log-likelihood given an image",
+    GENERATION: "caption generation from an image",
+    PROMPTED: "generation continuing an <image> prompt",
+    MULTI_IMAGE: "prompts with several images (few-shot)",
+}
+SCORING_NEEDS = {"embedding": (EMBEDDINGS,), "likelihood": (LIKELIHOOD,), "auto": (EMBEDDINGS, LIKELIHOOD)}
+
+
+def model_capabilities(model: Any) -> frozenset[str]:
+  """The capabilities of a model instance or class (see DESCRIPTIONS)."""
+  decoder = hasattr(model, "caption_logits")
+  sees_images = hasattr(model, "encode_image")
+  prompted = bool(getattr(model, "image_prompted", False))
+  caps = set()
+  if getattr(model, "contrastive", False):
+    caps.add(EMBEDDINGS)
+  if decoder and sees_images:
+    caps.add(GENERATION)
+    # Image-prompted models read images only through <image> tokens in a prompt: a plain caption
+    # has none, so it cannot be scored given an image.
+    caps.add(PROMPTED if prompted else LIKELIHOOD)
+    if prompted and not getattr(model, "splices_image_tokens", False):
+      caps.add(MULTI_IMAGE)  # LLaVA splices exactly one image into a sequence
+  return frozenset(caps)
+
+
+def _shots(settings: Mapping[str, Any]) -> tuple:
+  shots = settings.get("shots", None)
+  if shots is None:
+    return ()
+  return tuple(shots) if isinstance(shots, (list, tuple)) else (shots,)
+
+
+def evaluator_needs(cls: type, settings: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+  """(capabilities of which any one suffices, the setting that decides it)."""
+  if cls.needs == SCORES:
+    scoring = settings.get("scoring", "auto")
+    return SCORING_NEEDS[scoring], f"scoring={scoring!r}"
+  shots = _shots(settings)
+  if cls.needs == GENERATION and not shots:
+    return (GENERATION,), "captioning"
+  if any(isinstance(k, int) and k > 0 for k in shots):
+    return (MULTI_IMAGE,), f"shots={shots}"
+  return (PROMPTED,), f"shots={shots or (0,)}"
+
+
+def check_evaluators(evaluator_classes: Mapping[str, type], evals_cfg: Mapping[str, Any], model: Any,
+                     model_name: str, models: Mapping[str, type]) -> None:
+  """Every evaluator can run on `model`; else an error naming the evaluator, the model and what would work."""
+  caps = model_capabilities(model)
+  for name, cls in evaluator_classes.items():
+    settings = evals_cfg[name]
+    options, why = evaluator_needs(cls, settings)
+    if caps & set(options):
+      continue
+    need = " or ".join(DESCRIPTIONS[o] for o in options)
+    fits = [m for m, c in sorted(models.items()) if set(options) & model_capabilities(c)]
+    hint = [f"a model with it ({', '.join(fits)})" if fits else "another model"]
+    if cls.needs == SCORES:
+      other = [s for s, needs in SCORING_NEEDS.items() if s != "auto" and caps & set(needs)]
+      hint = [f"evals.{name}.scoring={s!r}" for s in other] + hint
+    if cls.needs != SCORES and _shots(settings) and PROMPTED in caps:
+      hint.insert(0, f"evals.{name}.shots=(0,)")
+    raise ValueError(
+        f"evals.{name} ({why}) needs {need}; model {model_name!r} has "
+        f"{', '.join(DESCRIPTIONS[c] for c in sorted(caps)) or 'none of the evaluator capabilities'}. "
+        f"Valid: {' or '.join(hint)}, or drop evals.{name}.")
+
+
+def check_settings(name: str, cls: type, settings: Mapping[str, Any]) -> None:
+  """The settings every evaluator shares, before it renders anything: known keys, `every`, `scoring`."""
+  unknown = sorted(set(settings.keys()) - set(cls.settings_keys))
+  if unknown:
+    raise ValueError(f"evals.{name}: unknown key(s) {unknown}; valid: {sorted(cls.settings_keys)}")
+  every = settings.get("every", 0)
+  if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+    raise ValueError(f"evals.{name}.every={every!r} is invalid; valid: an int >= 0 (0: at the end only)")
+  if cls.needs == SCORES and settings.get("scoring", "auto") not in SCORING_NEEDS:
+    raise ValueError(f"evals.{name}.scoring={settings.get('scoring')!r} is unknown; valid: {list(SCORING_NEEDS)}")
