@@ -132,11 +132,17 @@ def test_a_frozen_pattern_that_matches_nothing_is_named_before_anything_is_writt
                                            r"valid: .*top level \[")
 
 
-def test_every_default_and_recipe_value_passes():
-  config_lib.validate(tiny_config())
+def test_every_default_and_recipe_value_passes_and_its_evaluators_fit_its_model():
   import glob
   import os
+  from vljax import evals, models
+  from vljax.evals import requirements
+  config_lib.validate(tiny_config())
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for path in sorted(glob.glob(os.path.join(root, "configs", "*.py"))):
-    if os.path.basename(path) != "finetune_imported.py":  # needs a converted workdir
-      config_lib.validate(config_lib.load_config(path))
+    if os.path.basename(path) == "finetune_imported.py":  # needs a converted workdir
+      continue
+    cfg = config_lib.load_config(path)
+    config_lib.validate(cfg)
+    requirements.check_evaluators({n: evals.get_evaluator(n) for n in cfg.evals}, cfg.evals,
+                                  models.MODELS[cfg.model.name], cfg.model.name, models.MODELS)

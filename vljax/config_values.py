@@ -18,8 +18,14 @@ import ml_collections
 WARMUP_SCHEDULES = ("warmup_cosine", "warmup_constant")
 
 
+_UNSET = object()
+
+
 def _get(cfg: ml_collections.ConfigDict, key: str) -> Any:
+  """The value at a dotted key, or _UNSET where a recipe leaves it out (its user's default applies)."""
   for part in key.split("."):
+    if part not in cfg:
+      return _UNSET
     cfg = cfg[part]
   return cfg
 
@@ -28,40 +34,38 @@ def _fail(key: str, value: Any, valid: str) -> None:
   raise ValueError(f"config.{key}={value!r} is invalid; valid: {valid}")
 
 
+def _check(cfg, key: str, ok: Callable[[Any], bool], valid: str) -> None:
+  value = _get(cfg, key)
+  if value is not _UNSET and not ok(value):
+    _fail(key, value, valid)
+
+
 def _is_int(v: Any) -> bool:
   return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_dict(v: Any) -> bool:
-  return isinstance(v, (Mapping, ml_collections.ConfigDict))
 
 
 def _is_number(v: Any) -> bool:
   return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_dict(v: Any) -> bool:
+  return isinstance(v, (Mapping, ml_collections.ConfigDict))
+
+
 def _int(cfg, key: str, low: int, valid: str | None = None) -> None:
-  value = _get(cfg, key)
-  if not _is_int(value) or value < low:
-    _fail(key, value, valid or f"an int >= {low}")
+  _check(cfg, key, lambda v: _is_int(v) and v >= low, valid or f"an int >= {low}")
 
 
 def _number(cfg, key: str, ok: Callable[[float], bool], valid: str) -> None:
-  value = _get(cfg, key)
-  if not _is_number(value) or not ok(value):
-    _fail(key, value, valid)
+  _check(cfg, key, lambda v: _is_number(v) and ok(v), valid)
 
 
 def _choice(cfg, key: str, valid) -> None:
-  value = _get(cfg, key)
-  if value not in valid:
-    _fail(key, value, f"one of {list(valid)}")
+  _check(cfg, key, lambda v: v in valid, f"one of {list(valid)}")
 
 
 def _bool(cfg, key: str) -> None:
-  value = _get(cfg, key)
-  if not isinstance(value, bool):
-    _fail(key, value, "True or False")
+  _check(cfg, key, lambda v: isinstance(v, bool), "True or False")
 
 
 def check_values(cfg: ml_collections.ConfigDict) -> None:
@@ -109,8 +113,8 @@ def _check_objective_weights(spec: Mapping[str, Any]) -> None:
 def _check_schedule(cfg, schedules) -> None:
   _choice(cfg, "schedule.name", schedules)
   _int(cfg, "schedule.warmup_steps", 0)
-  warmup, total = cfg.schedule.warmup_steps, cfg.total_steps
-  if cfg.schedule.name in WARMUP_SCHEDULES and total and warmup > total:
+  warmup, total = _get(cfg, "schedule.warmup_steps"), cfg.total_steps
+  if cfg.schedule.name in WARMUP_SCHEDULES and warmup is not _UNSET and total and warmup > total:
     _fail("schedule.warmup_steps", warmup, f"0..total_steps={total} (the peak learning rate would never "
                                            "be reached)")
   _number(cfg, "schedule.end_fraction", lambda v: 0 <= v <= 1, "0 <= value <= 1 (of the peak learning rate)")
