@@ -216,19 +216,20 @@ class Flamingo(nn.Module):
     img, t, m, k = c["image"], c["text"], c["num_latents"], inputs.images
     n, dv, d, length = flops.image_tokens(img, inputs.image_size), img["width"], t["width"], inputs.text_len
     vit, tokens = flops.vit_parts(img, inputs.image_size, "img")
-    media = 4 * n * dv * dv  # per resampler layer: keys and values of the vision tokens
-    layer = (2 * m * dv * dv + 4 * m * dv * dv + media + 2 * m * dv * dv + 4 * m * dv * img["mlp_dim"],
+    # Per resampler layer: query, keys and values of [vision tokens, latents] (one matmul: its input
+    # gradient covers the vision tokens too once the latents need one), output, MLP.
+    layer = (2 * m * dv * dv + 4 * (n + m) * dv * dv + 2 * m * dv * dv + 4 * m * dv * img["mlp_dim"],
              4 * m * (n + m) * dv)
-    parts = flops.times(vit, k) + [flops.Part("resampler", ("resampler",), float(k * c["resampler_depth"] * layer[0]),
-                                              float(k * c["resampler_depth"] * layer[1]),
-                                              {tokens: float(k * c["resampler_depth"] * media)})]
+    depth = k * c["resampler_depth"]
+    parts = flops.times(vit, k) + [flops.Part("resampler", ("resampler",), float(depth * layer[0]),
+                                              float(depth * layer[1]), {tokens: 0.0})]
     parts.append(flops.Part("txt", ("txt",), reads={"text": 0.0}))
     last, s = "txt", k * m  # keys: every image's latents
     for i in range(t["depth"]):
       if i % c["cross_attn_every_n_layers"] == 0:
         name, q, kv = f"xattn_{i // c['cross_attn_every_n_layers']}", 2 * length * d * d, 4 * s * dv * d
         parts.append(flops.Part(name, (name,), float(q + kv + 2 * length * d * d + 4 * length * d * t["mlp_dim"]),
-                                float(4 * length * s * d), {last: float(q), "resampler": float(kv)}))
+                                float(4 * length * s * d), {last: 0.0, "resampler": float(kv)}))
         last = name
       parts.append(flops.block(f"lm/block_{i}", length, d, t["mlp_dim"], last))
       last = parts[-1].name

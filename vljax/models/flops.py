@@ -34,8 +34,9 @@ class Part:
   params: tuple[str, ...] = ()  # param path prefixes it owns ("img/encoder/block_0")
   dense: float = 0.0  # matmuls with its own weights
   attention: float = 0.0  # weightless matmuls: QK^T and AV
-  # Every input (a part declared before it, or DATA) -> the FLOPs of `dense` that read it directly
-  # (0 where it is read through something else first, e.g. added to the residual stream).
+  # Every input (a part declared before it, or DATA) -> the FLOPs of `dense` that read it directly,
+  # with nothing trainable between: 0 where it passes a LayerNorm of the part's own first, or joins a
+  # concatenation or the residual stream (their input gradients are computed whole).
   reads: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -108,10 +109,10 @@ def times(parts: Sequence[Part], k: int) -> list[Part]:
 def block(name: str, length: int, width: int, mlp_dim: int, reads: str,
           memory: tuple[str, int, int] | None = None) -> Part:
   """A pre-LN transformer block over `length` tokens of part `reads`; memory=(part, tokens,
-  width) adds cross-attention to that part's output."""
+  width) adds cross-attention to that part's output (its keys and values read it directly)."""
   n, d = length, width
-  qkv = 6 * n * d * d
-  dense, attention, inputs = qkv + 2 * n * d * d + 4 * n * d * mlp_dim, 4 * n * n * d, {reads: float(qkv)}
+  # Q, K, V read LN(input), whose scale and bias are the block's: no direct read of `reads`.
+  dense, attention, inputs = 8 * n * d * d + 4 * n * d * mlp_dim, 4 * n * n * d, {reads: 0.0}
   if memory is not None:
     source, s, dm = memory
     kv = 4 * s * dm * d
@@ -127,10 +128,8 @@ def encoder(prefix: str, depth: int, length: int, width: int, mlp_dim: int, read
   parts, last = [], reads
   if scan and depth:
     one = block(f"{prefix}/layers", length, width, mlp_dim, reads, memory)
-    direct = {r: depth * f for r, f in one.reads.items()}
-    direct[reads] = 6.0 * length * width * width  # layer 0 alone reads the input (each layer its memory)
     parts, last = [dataclasses.replace(one, dense=depth * one.dense, attention=depth * one.attention,
-                                       reads=direct)], one.name
+                                       reads={r: depth * f for r, f in one.reads.items()})], one.name
   else:
     for i in range(depth):
       parts.append(block(f"{prefix}/block_{i}", length, width, mlp_dim, last, memory))
