@@ -10,12 +10,14 @@ to `from_config`): each owns param paths, its matmul FLOPs per example, and whic
 (or which data) it reads. The backward pass then costs, per part:
   weight gradients   1x its dense FLOPs, times the fraction of its params that train;
   input gradients    1x its dense FLOPs where a gradient must pass through it (a param in it or
-                     upstream of it trains), less the matmuls that read an input nothing trains;
+                     upstream of it trains), less the matmuls that read an input no gradient
+                     reaches with nothing trainable between (a ViT's stem reading pixels);
   attention          2x its QK^T / AV FLOPs where a gradient passes (dP, dV, dQ, dK: no weights).
 So a trained part costs about 3x its forward; a frozen part above a trained one (Flamingo's LM,
 between its trained cross-attention blocks) about 2x; a frozen part nothing trained feeds (LiT's
 image tower) 1x. A part whose params are partly frozen gets weight gradients for its trained share
 of params and input gradients throughout (exact for whole blocks, an upper bound otherwise).
+The count of a config's train step (batch, frozen set) is vljax/train/step_flops.py's.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def model_parts(model_cfg: Any, inputs: Inputs) -> list[Part] | None:
   """The parts the model named by model_cfg["name"] declares; None where its class declares none."""
   from vljax import models  # lazy: the model files import this one
 
-  cfg = models._to_dict(model_cfg)
+  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
   name = cfg.pop("name", None)
   if name not in models.MODELS:
     raise ValueError(f"Unknown model name {name!r}; valid: {sorted(models.MODELS)}")
