@@ -1,5 +1,5 @@
-"""`python -m vljax.bench`: the train-step benchmark reports every number, the analytic FLOPs,
-MFU only where a peak is known, and bad input as `error: ...` with exit code 2."""
+"""`python -m vljax.bench`: the train-step benchmark reports every number, analytic FLOPs that agree
+with XLA's, MFU only where a peak is known, and bad input as `error: ...` with exit code 2."""
 
 import json
 import os
@@ -13,10 +13,8 @@ import pytest
 from conftest import tiny_config
 from vljax.bench import train as bench
 from vljax.data import tokenizers
-from vljax.models import flops
 from vljax.parallel.mesh import make_mesh
 from vljax.parallel.sharding import BATCH_AXES
-from vljax.train import setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITIVE = ("num_devices", "cpu_cores", "batch_size", "steps", "compile_s", "step_time_median_s", "step_time_p90_s",
@@ -24,11 +22,6 @@ POSITIVE = ("num_devices", "cpu_cores", "batch_size", "steps", "compile_s", "ste
             "memory_per_device_bytes", "memory_temp_bytes", "memory_argument_bytes", "memory_output_bytes",
             "params_bytes_per_device", "opt_state_bytes_per_device")
 PEAK_DEPENDENT = ("peak_tflops", "mfu", "hfu")
-
-
-def _analytic_tflops(cfg) -> float:
-  model_cfg = setup.resolve_model_config(cfg, tokenizers.get_tokenizer(cfg.data.tokenizer))
-  return flops.model_flops_per_example(model_cfg, cfg.data.image_size) * 3 * cfg.batch_size / 1e12
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +32,9 @@ def mesh_run():
 
 @pytest.fixture(scope="module")
 def one_device_run():
-  # Gradient accumulation compiles to a while loop, whose body XLA's cost analysis counts once.
-  cfg = tiny_config(mesh=dict(data=1), grad_accum_steps=2, peak_flops=1e12)
+  # Gradient accumulation compiles to a while loop, whose body XLA's cost analysis counts once. The
+  # image tower frozen (as LiT's): no backward pass of it in either count.
+  cfg = tiny_config(mesh=dict(data=1), grad_accum_steps=2, peak_flops=1e12, frozen=("img/.*",))
   return cfg, bench.run(cfg, steps=2, warmup=1, devices=jax.devices()[:1])
 
 
@@ -53,10 +47,9 @@ def test_every_number_is_reported_and_positive(which, request):
   assert r["memory_per_device_bytes"] >= r["memory_temp_bytes"]
   assert r["step_time_p90_s"] >= r["step_time_median_s"]
   assert r["examples_per_sec"] == pytest.approx(16 / r["step_time_median_s"])
-  assert r["model_tflops_per_step"] == pytest.approx(_analytic_tflops(cfg), rel=1e-9)
-  # XLA executes at least the analytic matmuls (plus elementwise work): a count far below them
-  # means loop bodies counted once.
-  assert r["xla_tflops_per_step"] >= 0.9 * r["model_tflops_per_step"], r["xla_flops_source"]
+  # XLA executes the analytic matmuls and elementwise work besides: a count far below them means
+  # loop bodies counted once (or a model count too high: 3x a frozen tower's forward was 1.6x).
+  assert r["model_tflops_per_step"] <= r["xla_tflops_per_step"], r["xla_flops_source"]
   assert set(PEAK_DEPENDENT) <= set(r)
   json.dumps(r)  # the JSON line needs no custom encoder
   table = bench.format_table(r)
@@ -73,6 +66,9 @@ def test_mesh_run_shards_and_has_no_mfu_on_cpu(mesh_run):
 def test_peak_flops_gives_mfu_and_loops_are_counted_in_full(one_device_run, mesh_run):
   cfg, r = one_device_run
   assert r["num_devices"] == 1 and r["peak_tflops"] == 1.0
+  # One device: XLA counts the step once. The model count leaves out its elementwise, loss and
+  # optimizer work, 8% at these widths (32; 3-6% from 64 up: tests/test_flops.py).
+  assert 0.9 * r["xla_tflops_per_step"] <= r["model_tflops_per_step"], r["xla_flops_source"]
   achieved = r["model_tflops_per_step"] / r["step_time_median_s"]
   assert r["mfu"] == pytest.approx(achieved / 1.0)
   assert r["hfu"] == pytest.approx(r["xla_tflops_per_step"] / r["step_time_median_s"])
@@ -80,6 +76,13 @@ def test_peak_flops_gives_mfu_and_loops_are_counted_in_full(one_device_run, mesh
   # Sharded, the devices together execute at least the one-device (whole batch, loop-free) count.
   assert mesh_run[1]["xla_tflops_per_step"] >= 0.95 * r["xla_tflops_per_step"]
   assert mesh_run[1]["params_bytes_per_device"] < r["params_bytes_per_device"]  # fsdp x tensor shards
+
+
+def test_a_model_without_flop_count_has_no_mfu_and_says_why(one_device_run):
+  r = dict(one_device_run[1], model_tflops_per_step=None, model_tflops_per_sec_per_device=None, mfu=None,
+           model_flops_missing="model 'x' declares no FLOP count")
+  rows = [line for line in bench.format_table(r).splitlines() if line.startswith(("| model TFLOP", "| MFU"))]
+  assert len(rows) == 3 and all("declares no FLOP count" in row for row in rows), rows
 
 
 def test_matmul_loops_are_found_inside_nested_jaxprs():

@@ -128,12 +128,13 @@ def test_frozen_towers_cost_no_gradient_flops():
       step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
       cost = step.lower(state, _global_batch(local, mesh)).compile().cost_analysis()
     flops[frozen] = (cost[0] if isinstance(cost, list) else cost)["flops"]
-  from vljax.models.flops import lm_flops, vit_flops
+  from vljax.models import flops as flops_lib
   from vljax.models.vit import vit_settings
   cfg = flamingo_config()
   images = cfg.batch_size * cfg.data.chunks
-  img_forward = images * vit_flops(vit_settings("mu/8", posemb="sincos2d"), cfg.data.image_size)
-  lm_forward = cfg.batch_size * lm_flops(dict(TEXT, **_mu_text(56)), 56)
+  img_forward = images * flops_lib.forward_flops(flops_lib.vit_parts(vit_settings("mu/8", posemb="sincos2d"),
+                                                                     cfg.data.image_size)[0])
+  lm_forward = cfg.batch_size * flops_lib.forward_flops(flops_lib.decoder_lm(dict(TEXT, **_mu_text(56)), 56, "text"))
   # Freezing the image tower drops its whole backward pass (weight and input gradients: nothing
   # below it trains), about 2x its forward. Freezing the LM as well drops its weight gradients
   # (about 1x its forward minus attention); its input gradients still reach the cross-attention.

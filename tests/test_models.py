@@ -12,7 +12,7 @@ from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
 from vljax.models import MODELS, get_model
-from vljax.models.flops import model_flops_per_example
+from vljax.models import flops
 from vljax.models.layers import Transformer, posemb_sincos_2d, unstack_layers
 from vljax.models.text import make_text
 from vljax.models.vit import conv_as_matmul, vit_settings
@@ -311,7 +311,8 @@ def test_flops_match_xla_cost_analysis(cfg):
   abstract = jax.eval_shape(model.init, jax.random.key(0), img, ids)
   cost = jax.jit(model.apply).lower(abstract, img, ids).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  assert model_flops_per_example(cfg, 64) == pytest.approx(cost["flops"] / n, rel=0.15)
+  forward = flops.forward_flops(flops.model_parts(cfg, flops.Inputs(image_size=64, images=1, text_len=16)))
+  assert forward == pytest.approx(cost["flops"] / n, rel=0.15)
 
 
 @pytest.mark.cross_path

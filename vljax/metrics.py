@@ -118,12 +118,13 @@ def read_metrics(workdir: str) -> dict[str, dict[int, float]]:
 
 def throughput_metrics(*, steps: int, seconds: float, global_batch: int, flops_per_step: float | None,
                        num_devices: int, peak_flops: float | None) -> dict[str, float]:
-  """examples/s, step time, achieved TFLOP/s per device and MFU (where the peak is known)."""
+  """examples/s, step time, achieved model TFLOP/s per device (where the model has a FLOP count) and
+  MFU (where the peak is known too)."""
   step_time = seconds / max(steps, 1)
   m = {"step_time": step_time, "examples_per_sec": global_batch / step_time}
   if flops_per_step:
     per_device = flops_per_step / step_time / num_devices
-    m["tflops_per_device"] = per_device / 1e12
+    m["model_tflops_per_sec_per_device"] = per_device / 1e12
     if peak_flops:
       m["mfu"] = per_device / peak_flops
   return m

@@ -3,13 +3,12 @@
   python -m vljax.bench --config configs/clip_vit_b16.py [--config.KEY=VALUE ...] [--steps 20]
 
 No data pipeline: the batch is generated once, sharded like the trainer's, and reused, so the
-numbers are the step alone. Two FLOP counts: the model's (analytic matmuls + attention, 3x the
-forward; vljax.models.flops), which MFU divides by the peak, and XLA's (cost analysis of the
-compiled step: everything it executes, remat recomputation and elementwise ops included), which
-HFU divides by the peak. XLA's cost analysis counts one iteration of a loop, so a step that loops
-over matmuls (scanned layers, gradient accumulation, a ring loss) is counted from the lowering of
-its loop-free equivalent instead. The model count is 3x the forward even where params are frozen
-(no weight gradients: XLA's count is then the lower one).
+numbers are the step alone. Two FLOP counts: the model's (analytic matmuls + attention: the
+forward and the backward that config.frozen leaves, part by part; vljax.models.flops), which MFU
+divides by the peak, and XLA's (cost analysis of the compiled step: everything it executes, remat
+recomputation and elementwise ops included), which HFU divides by the peak. XLA's cost analysis
+counts one iteration of a loop, so a step that loops over matmuls (scanned layers, gradient
+accumulation, a ring loss) is counted from the lowering of its loop-free equivalent instead.
 """
 
 from __future__ import annotations
@@ -27,10 +26,9 @@ from vljax import evals
 from vljax import metrics as metrics_lib
 from vljax.bench.decode import machine_name
 from vljax.data import pipeline
-from vljax.models import flops as flops_lib
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import MESH_AXES, batch_sharding, bytes_per_device
-from vljax.train import setup, state as state_lib, step as step_lib
+from vljax.train import checkpoint as ckpt_lib, setup, state as state_lib, step as step_lib, step_flops
 
 
 def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int = 0) -> dict[str, jax.Array]:
@@ -183,9 +181,10 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
   compile_s, step_time_median_s, step_time_p90_s, examples_per_sec, model_tflops_per_step,
   model_tflops_per_sec_per_device, xla_tflops_per_step, xla_flops_source, peak_tflops, mfu, hfu,
   memory_{per_device,temp,argument,output,alias}_bytes, params_bytes_per_device,
-  opt_state_bytes_per_device. peak_tflops, mfu and hfu are None where the device has no known
-  peak (CPU) and config.peak_flops is unset; xla_tflops_per_step and hfu where XLA gives no count;
-  memory_* where the backend has no memory analysis.
+  opt_state_bytes_per_device, model_flops_missing. peak_tflops, mfu and hfu are None where the
+  device has no known peak (CPU) and config.peak_flops is unset; model_tflops_* and mfu where the
+  model declares no FLOP count (model_flops_missing says why); xla_tflops_per_step and hfu where XLA
+  gives no count; memory_* where the backend has no memory analysis.
   """
   if steps < 1 or warmup < 0:
     raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
@@ -226,8 +225,7 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
     xla_total, xla_source = xla_step_flops(compiled, matmul_loops, cfg, mesh, batch)
 
   median, p90 = float(np.median(times)), float(np.percentile(times, 90))
-  model_flops = (flops_lib.model_flops_per_example(parts.model_cfg, cfg.data.image_size)
-                 * flops_lib.TRAIN_FLOPS_FACTOR * cfg.batch_size)
+  model_flops, no_count = step_flops.train_step_flops(cfg, parts.model_cfg, ckpt_lib.param_shapes(state.params))
   peak = cfg.peak_flops or metrics_lib.device_peak_flops(device)
   tput = metrics_lib.throughput_metrics(steps=1, seconds=median, global_batch=cfg.batch_size,
                                         flops_per_step=model_flops, num_devices=num_devices, peak_flops=peak)
@@ -236,8 +234,9 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
       "cpu_cores": os.cpu_count(), "mesh": dict(zip(MESH_AXES, (int(s) for s in mesh.devices.shape))),
       "model": cfg.model.name, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
       "compile_s": compile_s, "step_time_median_s": median, "step_time_p90_s": p90,
-      "examples_per_sec": tput["examples_per_sec"], "model_tflops_per_step": model_flops / 1e12,
-      "model_tflops_per_sec_per_device": tput["tflops_per_device"],
+      "examples_per_sec": tput["examples_per_sec"],
+      "model_tflops_per_step": model_flops / 1e12 if model_flops else None, "model_flops_missing": no_count or None,
+      "model_tflops_per_sec_per_device": tput.get("model_tflops_per_sec_per_device"),
       "xla_tflops_per_step": xla_total / 1e12 if xla_total else None, "xla_flops_source": xla_source,
       "peak_tflops": peak / 1e12 if peak else None, "mfu": tput.get("mfu"),
       "hfu": xla_total / num_devices / median / peak if xla_total and peak else None,
@@ -257,6 +256,7 @@ def format_table(r: dict[str, Any]) -> str:
   no_peak = "n/a (no known peak; set --config.peak_flops)"
   mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items())
   xla = r["xla_tflops_per_step"]
+  model, no_count = r["model_tflops_per_step"], f"n/a ({r['model_flops_missing']})"
   memory = r["memory_per_device_bytes"]
   rows = [
       ("machine", r["machine"]),
@@ -266,12 +266,14 @@ def format_table(r: dict[str, Any]) -> str:
       (f"step time, median / p90 of {r['steps']} (after {r['warmup']} warm-up)",
        f"{1e3 * r['step_time_median_s']:.1f} / {1e3 * r['step_time_p90_s']:.1f} ms"),
       ("examples/s", f"{r['examples_per_sec']:.1f}"),
-      ("model TFLOPs per step (analytic: matmuls + attention, 3 x forward)", f"{r['model_tflops_per_step']:.4g}"),
-      ("model TFLOP/s per device", f"{r['model_tflops_per_sec_per_device']:.4g}"),
+      ("model TFLOPs per step (analytic: matmuls + attention; forward + the backward frozen params leave)",
+       f"{r['model_tflops_per_step']:.4g}" if model else no_count),
+      ("model TFLOP/s per device", f"{r['model_tflops_per_sec_per_device']:.4g}" if model else no_count),
       ("XLA TFLOPs per step (all it executes, remat included)",
        f"{xla:.4g} ({r['xla_flops_source']})" if xla else r["xla_flops_source"]),
       ("peak TFLOP/s per device (bf16 dense)", f"{r['peak_tflops']:g}" if r["peak_tflops"] else no_peak),
-      ("MFU (model FLOPs / peak)", f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else no_peak),
+      ("MFU (model FLOPs / peak)", f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None
+       else no_peak if model else no_count),
       ("HFU (XLA FLOPs / peak)", f"{100 * r['hfu']:.1f}%" if r["hfu"] is not None
        else no_peak if not r["peak_tflops"] else "n/a (no XLA count)"),
       ("memory per device (argument + output - aliased + temp)",

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from vljax.models import model_config
+from vljax.models import flops, model_config
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import partitioned
 from vljax.models.text import text_settings
@@ -74,6 +74,17 @@ class CapPa(nn.Module):
     kw = model_config.module_kwargs(c)
     return cls(img=ViT(**c["image"], **kw), text=c["text"], parallel_fraction=c["parallel_fraction"],
                module_kw=kw)
+
+  @classmethod
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
+    """Forward FLOPs by part (vljax/models/flops.py): ViT, then the decoder reading its tokens."""
+    c = resolve_config(cfg)
+    img, t, length = c["image"], c["text"], inputs.text_len
+    parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=c["scan"])
+    parts.append(flops.Part("txt", ("txt", "mask_embedding"), reads={"text": 0.0}))
+    memory = (tokens, flops.image_tokens(img, inputs.image_size), img["width"])
+    parts += flops.encoder("dec/decoder", t["depth"], length, t["width"], t["mlp_dim"], "txt", c["scan"], memory)
+    return parts + [flops.linear("dec/logits", 2 * length * t["width"] * t["vocab_size"], "dec/decoder/encoder_norm")]
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import layers, model_config
+from vljax.models import flops, layers, model_config
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
@@ -118,6 +118,26 @@ class CoCa(nn.Module):
     return cls(img=ViT(**c["image"], **kw), text=c["text"], embed_dim=c["embed_dim"],
                multimodal_depth=c["multimodal_depth"], pooler=c["pooler"], num_queries=c["num_queries"],
                logit_scale_init=c["logit_scale_init"], max_logit_scale=c["max_logit_scale"], module_kw=kw)
+
+  @classmethod
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
+    """Forward FLOPs by part (vljax/models/flops.py), in the order of the figure above."""
+    c = resolve_config(cfg)
+    img, t, q, scan = c["image"], c["text"], c["num_queries"], c["scan"]
+    n, dv, d, length = flops.image_tokens(img, inputs.image_size), img["width"], t["width"], inputs.text_len
+    parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=scan)
+    parts.append(flops.attention_pool("pool_caption", q, n, dv, img["mlp_dim"], tokens))
+    cascade = c["pooler"] == "cascade"
+    parts.append(flops.attention_pool("pool_contrastive", 1, q if cascade else n, dv, img["mlp_dim"],
+                                      "pool_caption" if cascade else tokens))
+    parts.append(flops.linear("img_head", 2 * dv * c["embed_dim"], "pool_contrastive"))
+    parts.append(flops.Part("txt", ("txt", "cls"), reads={"text": 0.0}))
+    parts += flops.encoder("unimodal", t["depth"], length + 1, d, t["mlp_dim"], "txt", scan)  # + [CLS]
+    parts.append(flops.linear("txt_head", 2 * d * c["embed_dim"], "unimodal/encoder_norm"))
+    parts += flops.encoder("multimodal/decoder", c["multimodal_depth"], length, d, t["mlp_dim"],
+                           "unimodal/encoder_norm", scan, memory=("pool_caption", q, dv))
+    return parts + [flops.linear("multimodal/logits", 2 * length * d * t["vocab_size"],
+                                 "multimodal/decoder/encoder_norm")]
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

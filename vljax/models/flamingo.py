@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import layers, model_config
+from vljax.models import flops, layers, model_config
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import MlpBlock, MultiHeadAttention, REMAT_POLICIES, layer_norm, partitioned
 from vljax.models.text import text_settings
@@ -206,6 +206,34 @@ class Flamingo(nn.Module):
                resampler_depth=c["resampler_depth"], cross_attn_every_n_layers=c["cross_attn_every_n_layers"],
                only_attend_immediate_media=c["only_attend_immediate_media"], image_token_id=c["image_token_id"],
                module_kw=kw)
+
+  @classmethod
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
+    """Forward FLOPs by part (vljax/models/flops.py): every image of the example through the ViT and
+    the resampler; every text token's cross-attention over all images' latents (the media mask
+    hides most, but they are computed)."""
+    c = resolve_config(cfg)
+    img, t, m, k = c["image"], c["text"], c["num_latents"], inputs.images
+    n, dv, d, length = flops.image_tokens(img, inputs.image_size), img["width"], t["width"], inputs.text_len
+    vit, tokens = flops.vit_parts(img, inputs.image_size, "img")
+    # Per resampler layer: query, keys and values of [vision tokens, latents] (one matmul: its input
+    # gradient covers the vision tokens too once the latents need one), output, MLP.
+    layer = (2 * m * dv * dv + 4 * (n + m) * dv * dv + 2 * m * dv * dv + 4 * m * dv * img["mlp_dim"],
+             4 * m * (n + m) * dv)
+    depth = k * c["resampler_depth"]
+    parts = flops.times(vit, k) + [flops.Part("resampler", ("resampler",), float(depth * layer[0]),
+                                              float(depth * layer[1]), {tokens: 0.0})]
+    parts.append(flops.Part("txt", ("txt",), reads={"text": 0.0}))
+    last, s = "txt", k * m  # keys: every image's latents
+    for i in range(t["depth"]):
+      if i % c["cross_attn_every_n_layers"] == 0:
+        name, q, kv = f"xattn_{i // c['cross_attn_every_n_layers']}", 2 * length * d * d, 4 * s * dv * d
+        parts.append(flops.Part(name, (name,), float(q + kv + 2 * length * d * d + 4 * length * d * t["mlp_dim"]),
+                                float(4 * length * s * d), {last: 0.0, "resampler": float(kv)}))
+        last = name
+      parts.append(flops.block(f"lm/block_{i}", length, d, t["mlp_dim"], last))
+      last = parts[-1].name
+    return parts + flops.decoder_lm(dict(t, depth=0), length, last)
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

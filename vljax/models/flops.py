@@ -1,143 +1,207 @@
-"""Analytic FLOPs of the models, for MFU accounting.
+"""Analytic model FLOPs of a train step, part by part, for MFU.
 
-Counts 2 FLOPs per multiply-accumulate of every matmul and conv, attention's QK^T and AV
-included; elementwise ops (norms, GELU, softmax, adds) are left out, as MFU conventionally
-does. A training step (forward + backward) costs ~3x the forward: the backward pass does
-two matmuls (input and weight gradients) for each forward one. Remat recomputation is not
-counted (MFU measures useful work), so remat lowers MFU as it should.
+Counts 2 FLOPs per multiply-accumulate of every matmul and conv, attention's QK^T and AV included
+(the full square, even where a causal or media mask hides keys: it is computed); elementwise ops
+(norms, activations, softmax, loss, optimizer) are left out, as MFU conventionally does. Remat
+recomputation is not counted: MFU measures useful work, so remat lowers it as it should.
+
+A model declares its forward pass as a list of Parts (its class's `flop_parts(cfg, inputs)`, next
+to `from_config`): each owns param paths, its matmul FLOPs per example, and which parts' outputs
+(or which data) it reads. The backward pass then costs, per part:
+  weight gradients   1x its dense FLOPs, times the fraction of its params that train;
+  input gradients    1x its dense FLOPs where a gradient must pass through it (a param in it or
+                     upstream of it trains), less the matmuls that read an input no gradient
+                     reaches with nothing trainable between (a ViT's stem reading pixels);
+  attention          2x its QK^T / AV FLOPs where a gradient passes (dP, dV, dQ, dK: no weights).
+So a trained part costs about 3x its forward; a frozen part above a trained one (Flamingo's LM,
+between its trained cross-attention blocks) about 2x; a frozen part nothing trained feeds (LiT's
+image tower) 1x. A part whose params are partly frozen gets weight gradients for its trained share
+of params and input gradients throughout (exact for whole blocks, an upper bound otherwise).
+The count of a config's train step (batch, frozen set) is vljax/train/step_flops.py's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from vljax.models import cappa, coca, flamingo, llava, lm, two_tower
-
-TRAIN_FLOPS_FACTOR = 3.0
+DATA = ("image", "text")  # what parts may read besides other parts: never gets a gradient
 
 
-def encoder_flops(length: int, width: int, mlp_dim: int, depth: int) -> float:
-  """Forward FLOPs of `depth` pre-LN blocks on one sequence of `length` tokens."""
-  n, d, m = length, width, mlp_dim
-  qkv_out = 2 * n * d * 3 * d + 2 * n * d * d
-  attention = 2 * (2 * n * n * d)  # QK^T and AV (the full square, even when causal)
-  mlp = 2 * (2 * n * d * m)
-  return float(depth * (qkv_out + attention + mlp))
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One piece of a model's forward pass; FLOPs per example."""
+  name: str
+  params: tuple[str, ...] = ()  # param path prefixes it owns ("img/encoder/block_0")
+  dense: float = 0.0  # matmuls with its own weights
+  attention: float = 0.0  # weightless matmuls: QK^T and AV
+  # Every input (a part declared before it, or DATA) -> the FLOPs of `dense` that read it directly,
+  # with nothing trainable between: 0 where it passes a LayerNorm of the part's own first, or joins a
+  # concatenation or the residual stream (their input gradients are computed whole).
+  reads: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
-def map_head_flops(length: int, width: int, mlp_dim: int) -> float:
-  """Forward FLOPs of a MAP head: one probe query attending over `length` tokens, then its MLP."""
-  n, d, m = length, width, mlp_dim
-  return float(2 * d * d + 2 * 2 * n * d * d + 2 * 2 * n * d + 2 * d * d + 2 * 2 * d * m)
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What one example feeds the model."""
+  image_size: int
+  images: int  # images per example ("vlm" data: data.chunks)
+  text_len: int  # ids per example (data.max_len)
+
+  @classmethod
+  def from_data(cls, data: Any) -> "Inputs":
+    images = int(data.get("chunks", 1)) if data.get("format", "caption") == "vlm" else 1
+    return cls(image_size=int(data["image_size"]), images=images, text_len=int(data["max_len"]))
 
 
-def vit_flops(settings: dict[str, Any], image_size: int, out_dim: int | None = None) -> float:
-  """Forward FLOPs of one image through a ViT given its vit_settings()."""
-  d, p = settings["width"], settings["patch"]
-  if image_size % p:
-    raise ValueError(f"image_size {image_size} is not divisible by patch {p}")
-  grid = image_size // p
-  n = grid * grid
-  if settings["stem"] == "patch":
-    flops = 2 * n * (p * p * 3) * d
+def model_parts(model_cfg: Any, inputs: Inputs) -> list[Part] | None:
+  """The parts the model named by model_cfg["name"] declares; None where its class declares none."""
+  from vljax import models  # lazy: the model files import this one
+
+  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
+  name = cfg.pop("name", None)
+  if name not in models.MODELS:
+    raise ValueError(f"Unknown model name {name!r}; valid: {sorted(models.MODELS)}")
+  declare = getattr(models.MODELS[name], "flop_parts", None)
+  return None if declare is None else list(declare(cfg, inputs))
+
+
+def forward_flops(parts: Sequence[Part]) -> float:
+  return float(sum(p.dense + p.attention for p in parts))
+
+
+def train_flops(parts: Sequence[Part], param_sizes: Mapping[str, int], is_frozen: Callable[[str], bool]) -> float:
+  """Forward + backward FLOPs per example of `parts` (in forward order) when the params for which
+  is_frozen(path) holds get no gradient; param_sizes: path -> number of elements."""
+  carries: dict[str, bool] = {}  # part -> its output carries a gradient (it or something upstream trains)
+  total = 0.0
+  for p in parts:
+    unknown = sorted(set(p.reads) - set(carries) - set(DATA))
+    if unknown:
+      raise ValueError(f"FLOP part {p.name!r} reads {unknown}: not parts declared before it nor {list(DATA)}")
+    trains = _trained_fraction(p, param_sizes, is_frozen)
+    passes = trains > 0 or any(carries.get(r, False) for r in p.reads)
+    carries[p.name] = passes
+    inner = p.dense - sum(p.reads.values())  # matmuls reading the part's own activations
+    input_grads = (inner if passes else 0.0) + sum(f for r, f in p.reads.items() if carries.get(r, False))
+    total += p.dense + p.attention + trains * p.dense + input_grads + (2 * p.attention if passes else 0.0)
+  return total
+
+
+def _trained_fraction(part: Part, param_sizes: Mapping[str, int], is_frozen: Callable[[str], bool]) -> float:
+  owned = {k: n for k, n in param_sizes.items() if any(k == q or k.startswith(q + "/") for q in part.params)}
+  total = sum(owned.values())
+  return sum(n for k, n in owned.items() if not is_frozen(k)) / total if total else 0.0
+
+
+# ---- building blocks the model files compose --------------------------------------------
+
+def linear(name: str, flops: float, reads: str) -> Part:
+  """A dense layer (params under `name`) applied to part `reads`."""
+  return Part(name, (name,), dense=float(flops), reads={reads: float(flops)})
+
+
+def times(parts: Sequence[Part], k: int) -> list[Part]:
+  """The same parts run k times per example (Flamingo's images)."""
+  return [dataclasses.replace(p, dense=k * p.dense, attention=k * p.attention,
+                              reads={r: k * f for r, f in p.reads.items()}) for p in parts]
+
+
+def block(name: str, length: int, width: int, mlp_dim: int, reads: str,
+          memory: tuple[str, int, int] | None = None) -> Part:
+  """A pre-LN transformer block over `length` tokens of part `reads`; memory=(part, tokens,
+  width) adds cross-attention to that part's output (its keys and values read it directly)."""
+  n, d = length, width
+  # Q, K, V read LN(input), whose scale and bias are the block's: no direct read of `reads`.
+  dense, attention, inputs = 8 * n * d * d + 4 * n * d * mlp_dim, 4 * n * n * d, {reads: 0.0}
+  if memory is not None:
+    source, s, dm = memory
+    kv = 4 * s * dm * d
+    dense, attention = dense + 4 * n * d * d + kv, attention + 4 * n * s * d
+    inputs[source] = inputs.get(source, 0.0) + kv
+  return Part(name, (name,), float(dense), float(attention), inputs)
+
+
+def encoder(prefix: str, depth: int, length: int, width: int, mlp_dim: int, reads: str, scan: bool = False,
+            memory: tuple[str, int, int] | None = None) -> list[Part]:
+  """layers.Transformer `prefix`: `depth` blocks (one part "layers" when scanned) and its final
+  norm, the part "{prefix}/encoder_norm" that later parts read."""
+  parts, last = [], reads
+  if scan and depth:
+    one = block(f"{prefix}/layers", length, width, mlp_dim, reads, memory)
+    parts, last = [dataclasses.replace(one, dense=depth * one.dense, attention=depth * one.attention,
+                                       reads={r: depth * f for r, f in one.reads.items()})], one.name
   else:
-    flops, size, cin = 0, image_size, 3
-    for c in settings["stem_channels"]:
-      size //= 2
-      flops += 2 * size * size * (9 * cin) * c
-      cin = c
-    k = size // grid
-    flops += 2 * n * (k * k * cin) * d
-  tokens = n + 1 if settings["pool"] == "tok" else n
-  flops += encoder_flops(tokens, d, settings["mlp_dim"], settings["depth"])
-  if settings["pool"] == "map":
-    flops += map_head_flops(n, d, settings["mlp_dim"])
-  if out_dim is not None:
-    flops += 2 * d * out_dim
-  return float(flops)
+    for i in range(depth):
+      parts.append(block(f"{prefix}/block_{i}", length, width, mlp_dim, last, memory))
+      last = parts[-1].name
+  return parts + [Part(f"{prefix}/encoder_norm", (f"{prefix}/encoder_norm",), reads={last: 0.0})]
 
 
-def text_flops(settings: dict[str, Any], out_dim: int | None = None, extra_tokens: int = 0) -> float:
-  """Forward FLOPs of one caption padded to max_len (+ extra_tokens, e.g. CoCa's [CLS]); the
-  embedding lookup is a gather: free."""
-  n, d = settings["max_len"] + extra_tokens, settings["width"]
-  flops = encoder_flops(n, d, settings["mlp_dim"], settings["depth"])
-  if settings["pool"] == "map":
-    flops += map_head_flops(n, d, settings["mlp_dim"])
-  if out_dim is not None:
-    flops += 2 * d * out_dim
-  return float(flops)
-
-
-def cross_decoder_flops(settings: dict[str, Any], depth: int, memory_len: int, memory_width: int) -> float:
-  """Forward FLOPs of a caption through `depth` blocks with cross-attention, and the vocab head."""
-  n, d, s = settings["max_len"], settings["width"], memory_len
-  cross = 2 * n * d * d + 2 * s * memory_width * 2 * d + 2 * (2 * n * s * d) + 2 * n * d * d
-  return float(encoder_flops(n, d, settings["mlp_dim"], depth) + depth * cross
-               + 2 * n * d * settings["vocab_size"])
-
-
-def attention_pool_flops(queries: int, length: int, width: int, mlp_dim: int) -> float:
-  """Forward FLOPs of `queries` learned probes attending over `length` tokens, then their MLP."""
+def attention_pool(name: str, queries: int, length: int, width: int, mlp_dim: int, reads: str) -> Part:
+  """A MAP head / attentional pooler: `queries` learned probes attend over `length` tokens, then an MLP."""
   d = width
-  return float(queries * (2 * d * d + 2 * d * d + 2 * 2 * d * mlp_dim) + 2 * 2 * length * d * d
-               + 2 * 2 * queries * length * d)
+  kv = 4 * length * d * d
+  dense = queries * (2 * d * d + 2 * d * d + 4 * d * mlp_dim) + kv
+  return Part(name, (name,), float(dense), float(4 * queries * length * d), {reads: float(kv)})
 
 
-def _image_tokens(settings: dict[str, Any], image_size: int) -> int:
+def image_tokens(settings: dict[str, Any], image_size: int) -> int:
+  """Patch tokens of one image (no [CLS])."""
+  if image_size % settings["patch"]:
+    raise ValueError(f"image_size {image_size} is not divisible by patch {settings['patch']}")
   return (image_size // settings["patch"]) ** 2
 
 
-def model_flops_per_example(model_cfg: Any, image_size: int) -> float:
-  """Forward FLOPs for one (image, caption) pair; multiply by TRAIN_FLOPS_FACTOR for a train step."""
-  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
-  name = cfg.pop("name", None)
-  if name == "two_tower":
-    c = two_tower.resolve_config(cfg)
-    head = lambda tower: c["embed_dim"] if tower["head"] else None
-    return vit_flops(c["image"], image_size, head(c["image"])) + text_flops(c["text"], head(c["text"]))
-  if name == "coca":
-    c = coca.resolve_config(cfg)
-    img, txt = c["image"], c["text"]
-    n = _image_tokens(img, image_size)
-    pools = attention_pool_flops(c["num_queries"], n, img["width"], img["mlp_dim"])
-    pools += attention_pool_flops(1, c["num_queries"] if c["pooler"] == "cascade" else n, img["width"],
-                                  img["mlp_dim"])
-    return (vit_flops(img, image_size) + pools + 2 * img["width"] * c["embed_dim"]
-            + text_flops(txt, c["embed_dim"], extra_tokens=1)
-            + cross_decoder_flops(txt, c["multimodal_depth"], c["num_queries"], img["width"]))
-  if name == "cappa":
-    c = cappa.resolve_config(cfg)
-    img = c["image"]
-    return vit_flops(img, image_size) + cross_decoder_flops(c["text"], c["text"]["depth"],
-                                                            _image_tokens(img, image_size), img["width"])
-  if name == "lm":
-    t = lm.resolve_config(cfg)["text"]
-    return lm_flops(t, t["max_len"])
-  if name == "llava":
-    c = llava.resolve_config(cfg)
-    img, t = c["image"], c["text"]
-    n = _image_tokens(img, image_size)
-    projector = 2 * n * img["width"] * t["width"] + (2 * n * t["width"] ** 2 if c["projector"] == "mlp2x_gelu" else 0)
-    # The LM runs over the text with the image tokens spliced in (the text itself is data.max_len, not
-    # known here: count the model's full max_len, an upper bound).
-    return vit_flops(img, image_size) + projector + lm_flops(t, t["max_len"])
-  if name == "flamingo":
-    c = flamingo.resolve_config(cfg)
-    img, t = c["image"], c["text"]
-    n, d, dv, m = _image_tokens(img, image_size), t["width"], img["width"], c["num_latents"]
-    # Per image: the resampler's latents attend over tokens + latents. Per text token: each gated
-    # block's cross-attention over one image's latents (the count this computes; masked keys of
-    # other images are extra work XLA also does) and its MLP. Counted for one image per sequence.
-    resampler = c["resampler_depth"] * (attention_pool_flops(m, n + m, dv, img["mlp_dim"]))
-    blocks = len(range(0, t["depth"], c["cross_attn_every_n_layers"]))
-    cross = blocks * (t["max_len"] * (4 * d * d + 4 * m * d + 4 * d * t["mlp_dim"]) + 4 * m * dv * d)
-    return vit_flops(img, image_size) + resampler + cross + lm_flops(t, t["max_len"])
-  raise ValueError(f"FLOPs are not known for model name {name!r}; known: two_tower, coca, cappa, lm, llava, "
-                   "flamingo")
+def vit_parts(settings: dict[str, Any], image_size: int, prefix: str = "img", out_dim: int | None = None,
+              scan: bool = False) -> tuple[list[Part], str]:
+  """(parts, the part whose output is the patch tokens) of a ViT given its vit_settings(); the last
+  part is the pooled output (its head where out_dim is given and head=True)."""
+  s, d, p = settings, settings["width"], settings["patch"]
+  n = image_tokens(s, image_size)
+  if s["stem"] == "patch":
+    stem = linear(f"{prefix}/embedding", 2 * n * (p * p * 3) * d, "image")
+  else:
+    convs, size, cin = [], image_size, 3
+    for c in s["stem_channels"]:
+      size //= 2
+      convs.append(2 * size * size * (9 * cin) * c)
+      cin = c
+    k = size // (image_size // p)
+    convs.append(2 * n * (k * k * cin) * d)
+    stem = Part(f"{prefix}/stem", (f"{prefix}/stem",), float(sum(convs)), reads={"image": float(convs[0])})
+  extras = [f"{prefix}/{k}" for k, on in (("posemb", s["posemb"] == "learned"), ("cls", s["pool"] == "tok"),
+                                          ("pre_norm", s["pre_norm"])) if on]
+  parts = [stem, Part(f"{prefix}/tokens", tuple(extras), reads={stem.name: 0.0})]
+  length = n + 1 if s["pool"] == "tok" else n
+  parts += encoder(f"{prefix}/encoder", s["depth"], length, d, s["mlp_dim"], parts[-1].name, scan)
+  tokens = parts[-1].name
+  if s["pool"] == "map":
+    parts.append(attention_pool(f"{prefix}/map", 1, n, d, s["mlp_dim"], tokens))
+  if out_dim is not None and s["head"]:
+    parts.append(linear(f"{prefix}/head", 2 * d * out_dim, parts[-1].name))
+  return parts, tokens
 
 
-def lm_flops(text: dict[str, Any], length: int) -> float:
-  """Forward FLOPs of a decoder-only LM over `length` positions, vocab head included."""
-  return encoder_flops(length, text["width"], text["mlp_dim"], text["depth"]) + 2 * length * text["width"] * text[
-      "vocab_size"]
+def text_parts(settings: dict[str, Any], length: int, prefix: str = "txt", out_dim: int | None = None,
+               scan: bool = False) -> list[Part]:
+  """A TextTransformer given its text_settings() over `length` ids; the last part is the pooled output."""
+  s, d = settings, settings["width"]
+  parts = [Part(f"{prefix}/embed", (f"{prefix}/embedding", f"{prefix}/posemb"), reads={"text": 0.0})]
+  parts += encoder(f"{prefix}/encoder", s["depth"], length, d, s["mlp_dim"], parts[-1].name, scan)
+  if s["pool"] == "map":
+    parts.append(attention_pool(f"{prefix}/map", 1, length, d, s["mlp_dim"], parts[-1].name))
+  if out_dim is not None and s["head"]:
+    parts.append(linear(f"{prefix}/head", 2 * d * out_dim, parts[-1].name))
+  return parts
+
+
+def decoder_lm(text: dict[str, Any], length: int, reads: str, prefix: str = "lm", head: str = "logits",
+               scan: bool = False, head_length: int | None = None) -> list[Part]:
+  """A decoder-only LM's causal blocks over `length` positions of part `reads`, and its vocab head
+  (over head_length positions, default all)."""
+  d = text["width"]
+  parts = encoder(prefix, text["depth"], length, d, text["mlp_dim"], reads, scan)
+  positions = length if head_length is None else head_length
+  return parts + [linear(head, 2 * positions * d * text["vocab_size"], parts[-1].name)]

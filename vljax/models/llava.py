@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import layers, model_config
+from vljax.models import flops, layers, model_config
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import check_choice
 from vljax.models.text import text_settings
@@ -130,6 +130,20 @@ class LLaVA(nn.Module):
     kw = model_config.module_kwargs(c)
     return cls(img=ViT(**c["image"], **kw), text=c["text"], projector_kind=c["projector"],
                image_token_id=c["image_token_id"], module_kw=kw)
+
+  @classmethod
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
+    """Forward FLOPs by part (vljax/models/flops.py): the LM runs over the text with the image's
+    tokens spliced in (text_len + tokens - 1 positions); the vocab head over the text positions."""
+    c = resolve_config(cfg)
+    img, t, length = c["image"], c["text"], inputs.text_len
+    parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=c["scan"])
+    n, dv, d = flops.image_tokens(img, inputs.image_size), img["width"], t["width"]
+    fc2 = 2 * n * d * d if c["projector"] == "mlp2x_gelu" else 0
+    parts.append(flops.Part("projector", ("projector",), float(2 * n * dv * d + fc2), reads={tokens: 2.0 * n * dv * d}))
+    parts.append(flops.Part("txt", ("txt",), reads={"text": 0.0}))
+    parts.append(flops.Part("splice", reads={"projector": 0.0, "txt": 0.0}))
+    return parts + flops.decoder_lm(t, length + n - 1, "splice", scan=c["scan"], head_length=length)
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from vljax.models import layers, model_config
+from vljax.models import flops, layers, model_config
 from vljax.models.decoder import TokenEmbedding, causal_mask, vocab_logits
 from vljax.models.text import text_settings
 
@@ -54,6 +54,13 @@ class LanguageModel(nn.Module):
   def from_config(cls, cfg: dict[str, Any]) -> "LanguageModel":
     c = resolve_config(cfg)
     return cls(text=c["text"], module_kw=model_config.module_kwargs(c))
+
+  @classmethod
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
+    """Forward FLOPs by part (vljax/models/flops.py) over the data's text length."""
+    c = resolve_config(cfg)
+    return [flops.Part("txt", ("txt",), reads={"text": 0.0})] + flops.decoder_lm(c["text"], inputs.text_len, "txt",
+                                                                               scan=c["scan"])
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

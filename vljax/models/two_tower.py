@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import model_config
+from vljax.models import flops, model_config
 from vljax.models.layers import partitioned
 from vljax.models.text import TextTransformer, text_settings
 from vljax.models.vit import ViT, vit_settings
@@ -90,6 +90,13 @@ class TwoTower(nn.Module):
     return cls(img=ViT(**c["image"], **shared), txt=TextTransformer(**c["text"], **shared),
                logit_scale_init=c["logit_scale_init"], logit_bias_init=c["logit_bias_init"],
                max_logit_scale=c["max_logit_scale"])
+
+  @classmethod
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
+    """Forward FLOPs by part (vljax/models/flops.py): the two towers, each with its head."""
+    c = resolve_config(cfg)
+    image, _ = flops.vit_parts(c["image"], inputs.image_size, "img", c["embed_dim"], c["scan"])
+    return image + flops.text_parts(c["text"], inputs.text_len, "txt", c["embed_dim"], c["scan"])
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -15,11 +15,10 @@ from tqdm import tqdm
 from vljax import metrics as metrics_lib
 from vljax.data.sources import skips as skips_lib
 from vljax.evals.runner import ModelRunner
-from vljax.models.flops import model_flops_per_example
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import batch_sharding
 from vljax.train import checkpoint as ckpt_lib
-from vljax.train import setup, state as state_lib, step as step_lib
+from vljax.train import setup, state as state_lib, step as step_lib, step_flops
 
 
 class _StopAgreement:
@@ -159,7 +158,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
     runner = ModelRunner(parts.model, mesh, cfg.eval_batch_size, parts.tokenizer)
     meta = {"model_name": cfg.model.name, "param_shapes": expected_shapes, **layout}
-    flops_per_step = 3 * model_flops_per_example(parts.model_cfg, cfg.data.image_size) * cfg.batch_size
+    flops_per_step = step_flops.flops_per_step(cfg, parts.model_cfg, expected_shapes)  # None: no MFU
     peak = cfg.peak_flops or metrics_lib.device_peak_flops()
 
     def evaluate(step: int, force: bool = False) -> dict[str, float]:

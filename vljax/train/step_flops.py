@@ -1,0 +1,36 @@
+"""Model FLOPs of one train step of a config: what MFU, model TFLOP/s and the bench divide by."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+from absl import logging
+
+from vljax.models import flops
+from vljax.train.optim import frozen_predicate
+
+
+def train_step_flops(cfg: ml_collections.ConfigDict, model_cfg: dict,
+                     param_shapes: Mapping[str, Sequence[int]]) -> tuple[float | None, str]:
+  """(FLOPs of one step over the global batch, or None, and why none): the model's declared parts,
+  forward and the backward that cfg.frozen leaves (vljax/models/flops.py). Gradient accumulation
+  and GradCache do the same useful work for the batch; their extra forward passes count no more
+  than remat's."""
+  parts = flops.model_parts(model_cfg, flops.Inputs.from_data(cfg.data))
+  if parts is None:
+    return None, (f"model {model_cfg['name']!r} declares no FLOP count (a flop_parts classmethod, see "
+                  "vljax/models/flops.py): no MFU or model TFLOP/s logged")
+  sizes = {path: math.prod(shape) for path, shape in param_shapes.items()}
+  per_example = flops.train_flops(parts, sizes, frozen_predicate(cfg.frozen))
+  return cfg.batch_size * per_example, ""
+
+
+def flops_per_step(cfg: ml_collections.ConfigDict, model_cfg: dict,
+                   param_shapes: Mapping[str, Sequence[int]]) -> float | None:
+  """train_step_flops, logging once why there is no count where there is none."""
+  total, why = train_step_flops(cfg, model_cfg, param_shapes)
+  if total is None:
+    logging.warning("%s", why)
+  return total
