@@ -132,12 +132,17 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
   bit for bit like a run that was never stopped."""
   stopped = tmp_path / "stopped"
   procs = _two_processes(stopped, "--config.total_steps=100000")
-  deadline = time.time() + 300
-  while not (stopped / "metrics.jsonl").exists() or max(read_metrics(stopped).get("train/loss", {0: 0})) < 3:
-    assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not reach step 3"
-    time.sleep(0.05)
-  procs[1].send_signal(signal.SIGTERM)  # process 0 hears nothing
-  outputs = _finish(procs)
+  try:
+    deadline = time.time() + 300
+    while not (stopped / "metrics.jsonl").exists() or max(read_metrics(stopped).get("train/loss", {0: 0})) < 3:
+      assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not reach step 3"
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # process 0 hears nothing
+    outputs = _finish(procs)
+  finally:
+    for p in procs:  # a failed test must not leave a 100000-step run behind
+      if p.poll() is None:
+        p.kill()
   steps = [re.findall(r"stopped at step (\d+) after SIGTERM", out) for out in outputs]
   assert steps[0] == steps[1] and len(steps[0]) == 1, steps
   assert "preemption notice" in outputs[0], outputs[0][-3000:]  # process 0 learned it from process 1
