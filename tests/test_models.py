@@ -15,6 +15,7 @@ from vljax.models import MODELS, get_model
 from vljax.models import flops
 from vljax.models.layers import Transformer, posemb_sincos_2d, unstack_layers
 from vljax.models.text import make_text
+from vljax.models.two_tower import clamp_log_scale
 from vljax.models.vit import conv_as_matmul, vit_settings
 from vljax.parallel.sharding import LOGICAL_RULES
 
@@ -82,8 +83,8 @@ def test_init_values_siglip_scale_bias_clamp_and_single_tower_calls():
   np.testing.assert_allclose(jnp.linalg.norm(out["img_emb"], axis=-1), 1.0, rtol=1e-5)
   assert set(apply(model, variables, image=img)) == {"img_emb", "img_tokens", "logit_scale", "logit_bias"}
   assert set(apply(model, variables, ids=ids)) == {"txt_emb", "txt_tokens", "logit_scale", "logit_bias"}
-  params = nn.meta.unbox(variables["params"])
-  params["t"] = jnp.float32(10.0)  # exp(10) >> max_logit_scale
+  # The cap is applied to the param after each update (as CLIP does), not inside the forward pass.
+  params = clamp_log_scale(dict(nn.meta.unbox(variables["params"]), t=jnp.float32(10.0)), model.max_logit_scale)
   np.testing.assert_allclose(apply(model, {"params": params}, img, ids)["logit_scale"], 20.0, rtol=1e-5)
   clip = get_model(tiny_cfg())
   t = jax.eval_shape(clip.init, jax.random.key(0), img, ids)["params"]["t"]
