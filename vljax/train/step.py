@@ -30,7 +30,7 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
   """
   weights = cfg.objectives  # validated by setup.build (objectives.parse_objectives)
   impl = cfg.get("loss_impl", "gather")
-  pad_id = tokenizers.get_tokenizer(cfg.data.tokenizer).pad_id  # what the captioning loss skips
+  pad_id = tokenizers.PAD_ID  # what the captioning loss skips: every tokenizer backend pads with it
   accum = int(cfg.get("grad_accum_steps", 1))
   mode = cfg.get("grad_accum_mode", "mean")
   if mode not in GRAD_ACCUM_MODES:
