@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
+
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -102,16 +104,22 @@ def tiny_config(**overrides):
 
 def greedy_by_recompute(model, params, images, ids, lengths, steps, tokenizer):
   """Each prompt continued `steps` tokens by rerunning the full teacher-forced decoder: the
-  reference a KV-cached generation must equal."""
+  reference a KV-cached generation must equal. Every pass is padded to one length (the decoder is
+  causal: what follows a position cannot change its logits), so the pass compiles once."""
+  import jax
   import jax.numpy as jnp
 
   memory = model.apply({"params": params}, images, method="encode_image")["memory"]
+  logits_of = jax.jit(lambda p, mem, seq: model.apply({"params": p}, mem, seq, method="caption_logits"))
+  width = max(lengths) + steps
   out = []
   for b, n in enumerate(lengths):
     seq = [int(i) for i in ids[b, :n]]
     for _ in range(steps):
-      logits = model.apply({"params": params}, memory[b:b + 1], jnp.asarray([seq]), method="caption_logits")
-      seq.append(int(jnp.argmax(logits[0, -1])))
+      padded = np.zeros((1, width), np.int32)
+      padded[0, :len(seq)] = seq
+      logits = logits_of(params, memory[b:b + 1], jnp.asarray(padded))
+      seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     out.append(tokenizer.decode([seq[n:]])[0])
   return out
 

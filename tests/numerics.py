@@ -55,27 +55,24 @@ def per_example_gradient_abs_sum(model, params, batch: dict, objective_spec) -> 
 
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   size = batch["text"].shape[0]
-  outputs = apply(params, batch["image"], batch["text"])
-  cotangents = jax.grad(lambda out: objectives.combined_loss(objective_spec, out, batch)[0])(outputs)
-  per_example = jax.tree.map(lambda x: x.ndim > 0 and x.shape[0] == size, outputs)
 
-  def through_example(image, text, cot):
+  def through_example(params, image, text, cot, own):
     _, vjp = jax.vjp(lambda p: apply(p, image[None], text[None]), params)
-    cot = jax.tree.map(lambda c, own: c[None] if own else jnp.zeros_like(c), cot, per_example)
+    cot = jax.tree.map(lambda c, is_own: c[None] if is_own else jnp.zeros_like(c), cot, own)
     return jax.tree.map(jnp.abs, vjp(cot)[0])
 
-  def chunk_sum(images, texts, cots):
-    return jax.tree.map(lambda g: g.sum(0), jax.vmap(through_example)(images, texts, cots))
+  @jax.jit  # one program: run eagerly, every op of the model would be compiled on its own
+  def terms(params, batch):
+    outputs, vjp_all = jax.vjp(lambda p: apply(p, batch["image"], batch["text"]), params)
+    cotangents = jax.grad(lambda out: objectives.combined_loss(objective_spec, out, batch)[0])(outputs)
+    own = jax.tree.map(lambda x: x.ndim > 0 and x.shape[0] == size, outputs)
+    shared_cot = jax.tree.map(lambda c, is_own: jnp.zeros_like(c) if is_own else c, cotangents, own)
+    example_cots = jax.tree.map(lambda c, is_own: c if is_own else jnp.zeros((size, *c.shape)), cotangents, own)
+    per_example = jax.lax.map(lambda xs: through_example(params, *xs, own), (batch["image"], batch["text"], example_cots),
+                              batch_size=32)
+    return jax.tree.map(lambda shared, each: jnp.abs(shared) + each.sum(0), vjp_all(shared_cot)[0], per_example)
 
-  shared_cot = jax.tree.map(lambda c, own: jnp.zeros_like(c) if own else c, cotangents, per_example)
-  total = jax.tree.map(jnp.abs, jax.vjp(lambda p: apply(p, batch["image"], batch["text"]), params)[1](shared_cot)[0])
-  example_cots = jax.tree.map(lambda c, own: c if own else jnp.zeros((size, *c.shape)), cotangents, per_example)
-  chunk = jax.jit(chunk_sum)
-  step = 32
-  for start in range(0, size, step):
-    part = lambda x: x[start:start + step]  # noqa: B023
-    total = jax.tree.map(jnp.add, total, chunk(part(batch["image"]), part(batch["text"]),
-                                               jax.tree.map(part, example_cots)))
+  total = terms(params, batch)
   return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(total, sep="/").items()}
 
 

@@ -20,6 +20,10 @@ from vljax import config as config_lib
 from vljax.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# clip_shapes.py with tiny towers, images and batch: the plumbing tests' runs compile in seconds.
+TINY_MODEL = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "--config.model.embed_dim=16",
+              "--config.data.image_size=32", "--config.data.max_len=12", "--config.batch_size=16",
+              "--config.eval_batch_size=32"]
 # Evaluations only at the end, on few examples; checkpoints written by both processes mid-run.
 OVERRIDES = ["--config.total_steps=20", "--config.log_every=1", "--config.progress_bar=False",
              "--config.checkpoint.every=10"]
@@ -33,9 +37,10 @@ OVERRIDES += ["--config.optimizer.eps=1e-3"]
 # Warmup must fit in the run: 20 steps of warmup to 1.2e-3 give these 20 steps the learning rates of
 # the recipe's 50 steps to 3e-3 (k / 50 x 3e-3), on which the tolerance below was measured.
 OVERRIDES += ["--config.schedule.warmup_steps=20", "--config.optimizer.lr=1.2e-3"]
-# Over 20 steps the drift then reached, relative: 1.5e-5 (SSE4_2), 1.6e-6 (AVX), 3.6e-6 (AVX2) and
-# 1.1e-6 (AVX-512) on an Intel Xeon; on an AMD EPYC's AVX-512 2.6e-5 by step 16 (where 1e-5 failed).
-# 2e-4 is 7x the worst of them; the bound derived from rounding is the first step's (test below).
+# Over 20 steps of the tiny towers the drift then reached, relative: 1.5e-7 (SSE4_2 and default: AVX-512),
+# 1e-7 (AVX, AVX2) on an Intel Xeon (`tests/isa_sweep.py -- tests/test_multiprocess.py`). clip_shapes.py's
+# own towers drifted 100x more, up to 2.6e-5 by step 16 on an AMD EPYC's AVX-512; 2e-4 holds both
+# with room. The bound derived from rounding is the first step's (the test above).
 MULTI_STEP_RTOL = 2e-4
 
 
@@ -97,7 +102,7 @@ def test_first_step_loss_and_gradients_of_two_processes_are_one_within_float32_r
 @pytest.mark.cross_path
 def test_two_processes_log_the_same_losses_as_one(tmp_path):
   """20 steps with checkpoints: the plumbing of a whole run (both processes log, save and agree)."""
-  train = ["-m", "vljax.train", "--config", "configs/clip_shapes.py", *OVERRIDES]
+  train = ["-m", "vljax.train", "--config", "configs/clip_shapes.py", *TINY_MODEL, *OVERRIDES]
   _two_processes_and_one(train, ["--workdir", str(tmp_path / "two")], ["--workdir", str(tmp_path / "one")])
   two, single = read_metrics(tmp_path / "two")["train/loss"], read_metrics(tmp_path / "one")["train/loss"]
   assert sorted(two) == sorted(single) == list(range(1, 21))
@@ -108,10 +113,8 @@ def test_two_processes_log_the_same_losses_as_one(tmp_path):
 
 # A tiny two-tower at a constant learning rate (after warmup), so a run of any length follows the
 # same trajectory: the resumed run is compared with an uninterrupted one of its final length.
-TINY = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "--config.model.embed_dim=16",
-        "--config.data.image_size=32", "--config.data.max_len=12", "--config.batch_size=16",
-        "--config.schedule.name=warmup_constant", "--config.schedule.warmup_steps=2", "--config.log_every=1",
-        "--config.checkpoint.every=0", "--config.progress_bar=False", "--config.eval_batch_size=32"]
+TINY = [*TINY_MODEL, "--config.schedule.name=warmup_constant", "--config.schedule.warmup_steps=2", "--config.log_every=1",
+        "--config.checkpoint.every=0", "--config.progress_bar=False"]
 TINY += [f"--config.evals.{e}.{k}" for e in ("zeroshot", "retrieval", "binding") for k in ("every=0", "num_examples=32")]
 
 

@@ -40,9 +40,13 @@ def test_grad_accumulation_averages_micro_batches():
     micro = [jax.tree.map(lambda x, j=j: x[j::2], local) for j in range(2)]
     value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
     losses, grads = zip(*(value_and_grad(params0, m) for m in micro))
-    mean_grads = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
-    updates, _ = parts.tx.update(mean_grads, opt0, params0)
-    expected = optax.apply_updates(params0, updates)
+
+    @jax.jit  # one program: eagerly, each op on each leaf would compile on its own
+    def expected_update(grads, opt_state, params):
+      updates, _ = parts.tx.update(jax.tree.map(lambda a, b: (a + b) / 2, *grads), opt_state, params)
+      return optax.apply_updates(params, updates)
+
+    expected = expected_update(grads, opt0, params0)
   # scanned micro-batches on a mesh vs two plain calls: every sum over examples in another order,
   # then Adam's first update (lr * g / (|g| + eps)) within 1% of lr
   np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)
