@@ -98,7 +98,7 @@ def test_cappa_parallel_prediction_sees_only_mask_tokens_and_no_causal_mask():
   model = get_model(model_cfg("cappa", parallel_fraction=1.0))
   params = params_of(model, image, ids)
   run = lambda m, t, train: m.apply({"params": params}, image=image, text=t, train=train,
-                                    rngs={"dropout": jax.random.PRNGKey(3)})["caption_logits"]
+                                    rngs={"mask": jax.random.PRNGKey(3)})["caption_logits"]
   other = (ids % (VOCAB - 1)) + 1
   # mask tokens only: the same inputs whatever the caption, other values only behind the mask
   np.testing.assert_allclose(run(model, ids, True), run(model, other, True), atol=1e-6)

@@ -189,8 +189,10 @@ def test_gradcache_matches_autodiff_with_dropout_scalars_and_captioning(pad_id):
 
 
 def test_unsupported_objective_and_unknown_mode_are_rejected():
-  @objectives.register_objective("_gradcache_test_pairwise")
-  def pairwise(outputs, batch, *, impl="gather"):
+  # Couples examples and runs the model itself (as matching on negatives mined across the batch would):
+  # its extra pass takes inputs from the whole batch, so no micro-batch can stand for its share.
+  @objectives.register_objective("_gradcache_test_pairwise", reads=("img_emb",), couples_examples=True)
+  def pairwise(outputs, batch, *, impl="gather", model):
     return jnp.float32(0.0), {}
 
   try:

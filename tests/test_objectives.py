@@ -135,7 +135,7 @@ def plain_softmax(zi, zt, s, b):
 def registry_loss(name, impl):
   def fn(zi, zt, s, b):
     outputs = {"img_emb": zi, "txt_emb": zt, "logit_scale": s, "logit_bias": b}
-    return obj.get_objective(name)(outputs, {}, impl=impl)[0]
+    return obj.get_objective(name).fn(outputs, {}, impl=impl)[0]
   return fn
 
 
@@ -264,9 +264,9 @@ def test_registry_names_and_errors():
   zimg, ztxt = random_embeddings()
   outputs = {"img_emb": zimg, "txt_emb": ztxt, "logit_scale": 7.0}
   with pytest.raises(ValueError, match=r"unknown impl 'ring'.*'gather', 'shard_map'"):
-    obj.get_objective("softmax_contrastive")(outputs, {}, impl="ring")
+    obj.get_objective("softmax_contrastive").fn(outputs, {}, impl="ring")
   with pytest.raises(ValueError, match=r"needs model output 'logit_bias'"):
-    obj.get_objective("sigmoid_contrastive")(outputs, {}, impl="gather")
+    obj.call_objective("sigmoid_contrastive", outputs, {}, {}, impl="gather")
   with pytest.raises(ValueError, match="unknown objective 'nope'"):
     obj.combined_loss({"softmax_contrastive": 1.0, "nope": 1.0}, outputs, {})
   with pytest.raises(ValueError, match="no objectives given"):
@@ -274,14 +274,17 @@ def test_registry_names_and_errors():
 
 
 def test_register_objective_adds_and_rejects_duplicates():
-  @obj.register_objective("_test_constant")
+  @obj.register_objective("_test_constant", reads=("img_emb",), couples_examples=True)
   def constant(outputs, batch, *, impl="gather"):
     return jnp.float32(2.0), {}
 
   try:
-    assert obj.get_objective("_test_constant") is constant
+    info = obj.get_objective("_test_constant")
+    assert (info.fn, info.needs, info.couples_examples, info.drives_model) == (constant, ("img_emb",), True, False)
     with pytest.raises(ValueError, match="already registered"):
-      obj.register_objective("_test_constant")(lambda *a, **k: None)
+      obj.register_objective("_test_constant", reads=(), couples_examples=True)(lambda *a, **k: None)
+    with pytest.raises(ValueError, match="does not couple examples declares its count"):
+      obj.register_objective("_test_uncounted", reads=(), couples_examples=False)
   finally:
     del obj.OBJECTIVES["_test_constant"]
 

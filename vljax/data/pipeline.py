@@ -89,6 +89,9 @@ def make_world(data_cfg: Mapping[str, Any]) -> shapes.ShapesWorld:
 
 
 FORMATS = ("caption", "lm", "vlm")
+# The fields each format fills with real data (an "lm" batch's image is a placeholder): a model
+# whose `inputs` are not among them cannot train on the format.
+FORMAT_FIELDS = {"caption": ("image", "text"), "lm": ("text", "loss_mask"), "vlm": ("image", "text", "loss_mask")}
 
 
 class _Collate:

@@ -1,8 +1,7 @@
-"""What a model can do for evaluators, and the start-up check that every evaluator gets what it needs.
+"""The start-up check that every evaluator gets what it needs from the model.
 
 A mismatch found here fails the run before the workdir is touched, not at its first evaluation.
-Capabilities come from what a model class declares: `contrastive`, `caption_logits`,
-`encode_image`, `image_prompted`, `splices_image_tokens`.
+What a model can do is what its class declares (`capabilities`, vljax/models/capabilities.py).
 """
 
 from __future__ import annotations
@@ -10,39 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-EMBEDDINGS = "embeddings"
-LIKELIHOOD = "likelihood"
-GENERATION = "generation"
-PROMPTED = "prompted_generation"
-MULTI_IMAGE = "multi_image_prompts"
+from vljax.models.capabilities import (DESCRIPTIONS, EMBEDDINGS, GENERATION, LIKELIHOOD, MULTI_IMAGE,  # noqa: F401
+                                       PROMPTED, describe)
+from vljax.models.capabilities import of as model_capabilities
+
 SCORES = "scores"  # an evaluator's `needs`: EMBEDDINGS or LIKELIHOOD, as its `scoring` setting picks
-
-DESCRIPTIONS = {
-    EMBEDDINGS: "contrastive embeddings",
-    LIKELIHOOD: "caption log-likelihood given an image",
-    GENERATION: "caption generation from an image",
-    PROMPTED: "generation continuing an <image> prompt",
-    MULTI_IMAGE: "prompts with several images (few-shot)",
-}
 SCORING_NEEDS = {"embedding": (EMBEDDINGS,), "likelihood": (LIKELIHOOD,), "auto": (EMBEDDINGS, LIKELIHOOD)}
-
-
-def model_capabilities(model: Any) -> frozenset[str]:
-  """The capabilities of a model instance or class (see DESCRIPTIONS)."""
-  decoder = hasattr(model, "caption_logits")
-  sees_images = hasattr(model, "encode_image")
-  prompted = bool(getattr(model, "image_prompted", False))
-  caps = set()
-  if getattr(model, "contrastive", False):
-    caps.add(EMBEDDINGS)
-  if decoder and sees_images:
-    caps.add(GENERATION)
-    # Image-prompted models read images only through <image> tokens in a prompt: a plain caption
-    # has none, so it cannot be scored given an image.
-    caps.add(PROMPTED if prompted else LIKELIHOOD)
-    if prompted and not getattr(model, "splices_image_tokens", False):
-      caps.add(MULTI_IMAGE)  # LLaVA splices exactly one image into a sequence
-  return frozenset(caps)
 
 
 def _shots(settings: Mapping[str, Any]) -> tuple:
@@ -83,8 +55,7 @@ def check_evaluators(evaluator_classes: Mapping[str, type], evals_cfg: Mapping[s
     if cls.needs != SCORES and _shots(settings) and PROMPTED in caps:
       hint.insert(0, f"evals.{name}.shots=(0,)")
     raise ValueError(
-        f"evals.{name} ({why}) needs {need}; model {model_name!r} has "
-        f"{', '.join(DESCRIPTIONS[c] for c in sorted(caps)) or 'none of the evaluator capabilities'}. "
+        f"evals.{name} ({why}) needs {need}; model {model_name!r} has {describe(caps)}. "
         f"Valid: {' or '.join(hint)}, or drop evals.{name}.")
 
 

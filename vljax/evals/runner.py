@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from vljax import decode as decode_lib
 from vljax.data import images as images_lib, prompts
 from vljax.evals import requirements
-from vljax.models import decoder
+from vljax.models import capabilities as model_decl, decoder
 from vljax.parallel.mesh import batch_shards
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding
 
@@ -26,16 +26,17 @@ class ModelRunner:
 
   def __init__(self, model: nn.Module, mesh, chunk: int, tokenizer):
     self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
-    self.max_text_len = getattr(model, "text", {}).get("max_len") if self.generative_model(model) else None
+    self.capabilities = requirements.model_capabilities(model)
+    self.generative = self.generative_model(model)
+    self.max_text_len = model.text["max_len"] if self.generative else None
     shards = batch_shards(mesh)
     self.chunk = max(shards, chunk - chunk % shards)  # a multiple of the batch shards
-    self.generative = self.generative_model(model)
-    self.has_embeddings = getattr(model, "contrastive", False)
-    self.capabilities = requirements.model_capabilities(model)
+    self.has_embeddings = requirements.EMBEDDINGS in self.capabilities
 
   @staticmethod
   def generative_model(model: nn.Module) -> bool:
-    return hasattr(model, "caption_logits")
+    """Whether it has a text decoder (caption_logits, decode_step): captioners and language models."""
+    return "caption_logits" in model_decl.training_outputs(model)
 
   # ---- plumbing
 
@@ -190,7 +191,7 @@ class ModelRunner:
       rng = jax.random.fold_in(rng, chunk_index)  # else row r of every chunk draws the same noise
       with nn.logical_axis_rules(LOGICAL_RULES):
         memory = None
-        if hasattr(self.model, "encode_image"):
+        if "image" in self.model.inputs:
           memory = self.model.apply({"params": params}, images, method="encode_image")["memory"]
         # A model that splices image tokens into the text (LLaVA) holds them in its self-attention
         # cache: the prompt is longer by their count - 1, and there is nothing to cross-attend.

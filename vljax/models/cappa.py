@@ -17,6 +17,7 @@ import jax
 from flax import linen as nn
 
 from vljax.models import flops, model_config
+from vljax.models.capabilities import GENERATION, LIKELIHOOD
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import partitioned
 from vljax.models.text import text_settings
@@ -31,6 +32,10 @@ class CapPa(nn.Module):
   text: dict[str, Any]  # text_settings() of the decoder
   parallel_fraction: float = 0.75
   module_kw: dict[str, Any] | None = None
+  capabilities = frozenset({GENERATION, LIKELIHOOD})
+  inputs = ("image", "text")
+  output_names = frozenset({"memory", "caption_logits"})  # of the training pass
+  rng_streams = ("dropout", "mask")  # "mask": which examples get parallel prediction
 
   def setup(self):
     kw = dict(self.module_kw or {})
@@ -60,7 +65,7 @@ class CapPa(nn.Module):
     batch, length = text.shape
     mask = causal_mask(length)
     if train and self.parallel_fraction > 0:
-      parallel = jax.random.bernoulli(self.make_rng("dropout"), self.parallel_fraction, (batch,))
+      parallel = jax.random.bernoulli(self.make_rng("mask"), self.parallel_fraction, (batch,))
       x = self.txt(text, replace=parallel, replacement=self.mask_embedding)
       mask = mask | parallel[:, None, None, None]
     else:

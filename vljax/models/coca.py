@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
+from vljax.models.capabilities import EMBEDDINGS, GENERATION, LIKELIHOOD
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
@@ -34,13 +35,19 @@ COCA_DEFAULTS: dict[str, Any] = dict(
     multimodal_depth=None,  # default: the text variant's depth
     pooler="cascade", num_queries=256,
     logit_scale_init=1 / 0.07, max_logit_scale=100.0,
+    logit_bias_init=None,  # a value (SigLIP: -10, with logit_scale_init=10) adds the sigmoid loss's bias
 )
 
 
 class CoCa(nn.Module):
   """Params: img (ViT), pool_caption, pool_contrastive, img_head, txt (embeddings), cls, unimodal,
-  txt_head, multimodal (decoder + vocab head), t."""
-  contrastive = True  # outputs img_emb / txt_emb: evaluators may score by embedding
+  txt_head, multimodal (decoder + vocab head), t, and b when logit_bias_init is set (sigmoid loss)."""
+  capabilities = frozenset({EMBEDDINGS, GENERATION, LIKELIHOOD})
+  inputs = ("image", "text")
+  output_names = frozenset({"img_emb", "memory", "txt_emb", "txt_tokens", "caption_logits", "logit_scale",
+                            "logit_bias"})  # of the training pass
+  output_settings = {"logit_bias": "model.logit_bias_init (SigLIP: -10.0)"}
+  rng_streams = ("dropout",)
   img: ViT
   text: dict[str, Any]  # text_settings(): width, depth, mlp_dim, num_heads, vocab_size, max_len, pad_id
   embed_dim: int
@@ -48,6 +55,7 @@ class CoCa(nn.Module):
   pooler: str = "cascade"
   num_queries: int = 256
   logit_scale_init: float = 1 / 0.07
+  logit_bias_init: float | None = None
   max_logit_scale: float = 100.0
   module_kw: dict[str, Any] | None = None  # scan, remat, attention_impl, dtype, param_dtype
 
@@ -67,6 +75,8 @@ class CoCa(nn.Module):
     self.txt_head = layers.dense(self.embed_dim, ("embed", None), name="txt_head", **dtypes)
     self.multimodal = CrossDecoder(self.multimodal_depth, t["mlp_dim"], t["num_heads"], t["vocab_size"], **kw)
     self.t = temperature_param(self, self.logit_scale_init)
+    if self.logit_bias_init is not None:
+      self.b = self.param("b", partitioned(nn.initializers.constant(self.logit_bias_init), ()), (), jnp.float32)
 
   def encode_image(self, image: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     _, tokens = self.img(image, train=train)
@@ -109,7 +119,13 @@ class CoCa(nn.Module):
       # One unimodal pass serves both losses: causal, so [CLS] at the end changes no text token.
       out["caption_logits"] = self.multimodal(out["txt_tokens"], out["memory"], causal_mask(text.shape[1]))
     out["logit_scale"] = jnp.exp(self.t)  # clamped after each update (two_tower.clamp_log_scale)
+    if self.logit_bias_init is not None:
+      out["logit_bias"] = self.b
     return out
+
+  def training_outputs(self) -> frozenset[str]:
+    """output_names, less the bias when there is none (softmax CoCa)."""
+    return self.output_names - (set() if self.logit_bias_init is not None else {"logit_bias"})
 
   @classmethod
   def from_config(cls, cfg: dict[str, Any]) -> "CoCa":
@@ -117,7 +133,8 @@ class CoCa(nn.Module):
     kw = model_config.module_kwargs(c)
     return cls(img=ViT(**c["image"], **kw), text=c["text"], embed_dim=c["embed_dim"],
                multimodal_depth=c["multimodal_depth"], pooler=c["pooler"], num_queries=c["num_queries"],
-               logit_scale_init=c["logit_scale_init"], max_logit_scale=c["max_logit_scale"], module_kw=kw)
+               logit_scale_init=c["logit_scale_init"], logit_bias_init=c["logit_bias_init"],
+               max_logit_scale=c["max_logit_scale"], module_kw=kw)
 
   @classmethod
   def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
+from vljax.models.capabilities import GENERATION, MULTI_IMAGE, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import MlpBlock, MultiHeadAttention, REMAT_POLICIES, layer_norm, partitioned
 from vljax.models.text import text_settings
@@ -140,6 +141,11 @@ class Flamingo(nn.Module):
   image_token_id: int = -1
   module_kw: dict[str, Any] | None = None
   image_prompted = True  # captions and answers continue a text prompt after the images
+  capabilities = frozenset({GENERATION, PROMPTED, MULTI_IMAGE})
+  inputs = ("image", "text")
+  output_names = frozenset({"memory", "caption_logits"})  # of the training pass
+  rng_streams = ("dropout",)
+  needs_image_token = True  # setup fills image_token_id from the tokenizer
 
   def setup(self):
     kw = dict(self.module_kw or {})

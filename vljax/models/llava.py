@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
+from vljax.models.capabilities import GENERATION, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import check_choice
 from vljax.models.text import text_settings
@@ -76,6 +77,12 @@ class LLaVA(nn.Module):
   module_kw: dict[str, Any] | None = None
   splices_image_tokens = True  # prompts grow by (image tokens - 1): see ModelRunner.generate
   image_prompted = True  # captions and answers continue a text prompt after the image
+  # One image per sequence, read only through its <image> token: no plain caption scoring, no few-shot.
+  capabilities = frozenset({GENERATION, PROMPTED})
+  inputs = ("image", "text")
+  output_names = frozenset({"memory", "caption_logits"})  # of the training pass
+  rng_streams = ("dropout",)
+  needs_image_token = True  # setup fills image_token_id from the tokenizer
 
   def setup(self):
     kw = dict(self.module_kw or {})

@@ -23,6 +23,10 @@ class LanguageModel(nn.Module):
   """Params: txt (embeddings), lm (causal blocks + final norm), logits (vocab head)."""
   text: dict[str, Any]  # text_settings(): width, depth, mlp_dim, num_heads, vocab_size, max_len
   module_kw: dict[str, Any] | None = None
+  capabilities = frozenset()  # text only: nothing an image evaluator can use
+  inputs = ("text",)
+  output_names = frozenset({"caption_logits"})  # of the training pass
+  rng_streams = ("dropout",)
 
   def setup(self):
     kw = dict(self.module_kw or {})

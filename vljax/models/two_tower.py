@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, model_config
+from vljax.models.capabilities import EMBEDDINGS
 from vljax.models.layers import partitioned
 from vljax.models.text import TextTransformer, text_settings
 from vljax.models.vit import ViT, vit_settings
@@ -58,7 +59,11 @@ class TwoTower(nn.Module):
   A tower with head=False has no img/head (txt/head): its pooled width is the embedding (SigLIP's
   image tower).
   """
-  contrastive = True  # outputs img_emb / txt_emb: evaluators may score by embedding
+  capabilities = frozenset({EMBEDDINGS})
+  inputs = ("image", "text")
+  output_names = frozenset({"img_emb", "img_tokens", "txt_emb", "txt_tokens", "logit_scale", "logit_bias"})
+  output_settings = {"logit_bias": "model.logit_bias_init (SigLIP: -10.0)"}  # the setting that adds each
+  rng_streams = ("dropout",)
   img: ViT
   txt: TextTransformer
   logit_scale_init: float = 1 / 0.07
@@ -81,6 +86,10 @@ class TwoTower(nn.Module):
 
     out.update(logit_params(self, self.logit_scale_init, self.logit_bias_init))
     return out
+
+  def training_outputs(self) -> frozenset[str]:
+    """output_names, less the bias when there is none (CLIP, LiT)."""
+    return self.output_names - (set() if self.logit_bias_init is not None else {"logit_bias"})
 
   @classmethod
   def from_config(cls, cfg: dict[str, Any]) -> "TwoTower":

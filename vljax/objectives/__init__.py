@@ -1,7 +1,8 @@
 """Training objectives: pure losses and the name -> objective registry."""
 
-from vljax.objectives.registry import (OBJECTIVES, RUN_ARGS, call_objective, combined_loss, get_objective,
-                                       parse_objectives, register_objective)
+from vljax.objectives.registry import (OBJECTIVES, RUN_ARGS, ModelAccess, ObjectiveInfo, call_objective,
+                                       combined_loss, get_objective, model_rngs, parse_objectives,
+                                       register_objective, stream_rng)
 # Importing an objective module registers its objectives.
 from vljax.objectives.contrastive import (IMPLS, all_gather_softmax_contrastive_loss,
                                           ring_sigmoid_contrastive_loss,
@@ -9,7 +10,8 @@ from vljax.objectives.contrastive import (IMPLS, all_gather_softmax_contrastive_
 from vljax.objectives.captioning import captioning_loss
 
 __all__ = [
-    "IMPLS", "OBJECTIVES", "RUN_ARGS", "all_gather_softmax_contrastive_loss", "call_objective",
-    "captioning_loss", "combined_loss", "get_objective", "parse_objectives", "register_objective", "ring_sigmoid_contrastive_loss",
-    "sigmoid_contrastive_loss", "softmax_contrastive_loss",
+    "IMPLS", "OBJECTIVES", "RUN_ARGS", "ModelAccess", "ObjectiveInfo", "all_gather_softmax_contrastive_loss",
+    "call_objective", "captioning_loss", "combined_loss", "get_objective", "model_rngs", "parse_objectives",
+    "register_objective", "ring_sigmoid_contrastive_loss", "sigmoid_contrastive_loss", "softmax_contrastive_loss",
+    "stream_rng",
 ]

@@ -39,15 +39,20 @@ def captioning_loss(logits: jnp.ndarray, ids: jnp.ndarray, *, pad_id: int = toke
   return jnp.sum(nll * real) / count, jnp.sum(correct * real) / count
 
 
-@register_objective("captioning")
+def caption_tokens(batch: dict, pad_id: int) -> jnp.ndarray:
+  """The target tokens captioning_loss averages over (not pad, inside loss_mask)."""
+  real = batch["text"][:, 1:] != pad_id
+  if "loss_mask" in batch:
+    real = real & batch["loss_mask"][:, 1:]
+  return jnp.sum(real.astype(jnp.float32))
+
+
+@register_objective("captioning", reads=("caption_logits",), couples_examples=False, count=caption_tokens)
 def captioning(outputs: dict, batch: dict, *, impl: str = "gather", pad_id: int, label_smoothing: float = 0.0
                ) -> tuple[jnp.ndarray, dict]:
   """Teacher-forced next-token loss on outputs caption_logits and batch["text"] (and "loss_mask");
   pad_id comes from the run's tokenizer (registry.RUN_ARGS), not the config."""
   del impl  # XLA shards the token-level mean like any other reduction
-  if "caption_logits" not in outputs:
-    raise ValueError(f"objective 'captioning' needs model output 'caption_logits'; the model returned "
-                     f"{sorted(outputs)} (use a generative model: coca, cappa)")
   loss, accuracy = captioning_loss(outputs["caption_logits"], batch["text"], pad_id=pad_id,
                                    label_smoothing=label_smoothing, loss_mask=batch.get("loss_mask"))
   return loss, {"caption_token_acc": jax.lax.stop_gradient(accuracy)}

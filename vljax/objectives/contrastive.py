@@ -153,27 +153,19 @@ def ring_sigmoid_contrastive_loss(zimg: jnp.ndarray, ztxt: jnp.ndarray, logit_sc
       zimg, ztxt, _scalar(logit_scale, "logit_scale"), _scalar(logit_bias, "logit_bias"))
 
 
-def _require(outputs: dict, key: str, objective: str) -> jnp.ndarray:
-  if key not in outputs:
-    raise ValueError(f"objective {objective!r} needs model output {key!r}; "
-                     f"the model returned {sorted(outputs)}")
-  return outputs[key]
-
-
 def _check_impl(impl: str) -> None:
   if impl not in IMPLS:
     raise ValueError(f"unknown impl {impl!r}; valid: {IMPLS}")
 
 
-@register_objective("softmax_contrastive")
+@register_objective("softmax_contrastive", reads=("img_emb", "txt_emb"), shared=("logit_scale",),
+                    couples_examples=True)
 def softmax_contrastive(outputs: dict, batch: dict, *, impl: str = "gather"
                         ) -> tuple[jnp.ndarray, dict]:
   """CLIP objective on outputs img_emb, txt_emb (L2-normalised) and logit_scale."""
   del batch  # the pairing is positional: row i of images goes with row i of texts
   _check_impl(impl)
-  name = "softmax_contrastive"
-  zimg, ztxt = _require(outputs, "img_emb", name), _require(outputs, "txt_emb", name)
-  scale = _require(outputs, "logit_scale", name)
+  zimg, ztxt, scale = outputs["img_emb"], outputs["txt_emb"], outputs["logit_scale"]
   if impl == "gather":
     loss = softmax_contrastive_loss(zimg, ztxt, scale)
   else:
@@ -181,16 +173,15 @@ def softmax_contrastive(outputs: dict, batch: dict, *, impl: str = "gather"
   return loss, {"logit_scale": lax.stop_gradient(_scalar(scale, "logit_scale"))}
 
 
-@register_objective("sigmoid_contrastive")
+@register_objective("sigmoid_contrastive", reads=("img_emb", "txt_emb"), shared=("logit_scale", "logit_bias"),
+                    couples_examples=True)
 def sigmoid_contrastive(outputs: dict, batch: dict, *, impl: str = "gather"
                         ) -> tuple[jnp.ndarray, dict]:
   """SigLIP objective on outputs img_emb, txt_emb (L2-normalised), logit_scale and logit_bias."""
   del batch
   _check_impl(impl)
-  name = "sigmoid_contrastive"
-  zimg, ztxt = _require(outputs, "img_emb", name), _require(outputs, "txt_emb", name)
-  scale = _require(outputs, "logit_scale", name)
-  bias = _require(outputs, "logit_bias", name)
+  zimg, ztxt = outputs["img_emb"], outputs["txt_emb"]
+  scale, bias = outputs["logit_scale"], outputs["logit_bias"]
   if impl == "gather":
     loss = sigmoid_contrastive_loss(zimg, ztxt, scale, bias)
   else:

@@ -1,37 +1,82 @@
-"""Objective registry: config name -> fn(outputs, batch, *, impl, **options) -> (loss, metrics).
+"""Objective registry: config name -> objective, with what it declares about itself.
 
-Options come from the config; the run's own arguments (RUN_ARGS) come from the trainer, to the
-objectives whose signature names them.
+An objective is fn(outputs, batch, *, <run args it names>, **options) -> (loss, metrics). Options
+come from the config; the run's own arguments (RUN_ARGS) from the train step, to the objectives
+whose signature names them: the loss implementation, the tokenizer's pad id, and `model`, a
+ModelAccess that runs further passes of the model on the step's parameters and hands out named
+random streams. What the objective declares at registration (which model outputs it reads,
+whether it couples the examples of a batch, how it normalises over the batch) is what the
+start-up checks and GradCache read: no name tables elsewhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import zlib
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 
 from vljax.data import tokenizers
 
 Objective = Callable[..., tuple[jnp.ndarray, dict]]
+# Counts the units a per-example objective averages over in a batch (tokens, examples); additive
+# over examples, so GradCache can weigh micro-batches: count(batch, pad_id) -> scalar.
+Count = Callable[[dict, int], jnp.ndarray]
 
-OBJECTIVES: dict[str, Objective] = {}
 # Keyword arguments the run supplies, never the config: the loss implementation ("gather" or
-# "shard_map") and the tokenizer's pad id.
-RUN_ARGS = ("impl", "pad_id")
+# "shard_map"), the tokenizer's pad id, and access to the model (ModelAccess).
+RUN_ARGS = ("impl", "pad_id", "model")
 
 
-def register_objective(name: str) -> Callable[[Objective], Objective]:
-  """Decorator adding an objective to OBJECTIVES under `name`."""
+@dataclasses.dataclass(frozen=True)
+class ObjectiveInfo:
+  """An objective and its declarations.
+
+  reads: model outputs with one row per example that it reads (img_emb, caption_logits...).
+  shared: model outputs that are functions of the parameters alone (logit_scale, logit_bias).
+  couples_examples: True when each example's loss depends on the others' outputs (contrastive
+    negatives); False when the loss is sum(per-unit terms) / count(batch) (captioning).
+  count: for objectives that do not couple examples, the normaliser (see Count).
+  """
+  name: str
+  fn: Objective
+  reads: tuple[str, ...]
+  shared: tuple[str, ...] = ()
+  couples_examples: bool = False
+  count: Count | None = None
+
+  @property
+  def needs(self) -> tuple[str, ...]:
+    """Every model output it reads."""
+    return self.reads + self.shared
+
+  @property
+  def drives_model(self) -> bool:
+    """Whether it runs passes of the model of its own (its signature names `model`)."""
+    return "model" in inspect.signature(self.fn).parameters
+
+
+OBJECTIVES: dict[str, ObjectiveInfo] = {}
+
+
+def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, ...] = (),
+                       couples_examples: bool, count: Count | None = None) -> Callable[[Objective], Objective]:
+  """Decorator adding an objective to OBJECTIVES under `name`, with its declarations (ObjectiveInfo)."""
+  if not couples_examples and count is None:
+    raise ValueError(f"objective {name!r}: an objective that does not couple examples declares its count")
+
   def wrap(fn: Objective) -> Objective:
-    if name in OBJECTIVES and OBJECTIVES[name] is not fn:
-      raise ValueError(f"objective {name!r} is already registered to {OBJECTIVES[name]!r}")
-    OBJECTIVES[name] = fn
+    if name in OBJECTIVES and OBJECTIVES[name].fn is not fn:
+      raise ValueError(f"objective {name!r} is already registered to {OBJECTIVES[name].fn!r}")
+    OBJECTIVES[name] = ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count)
     return fn
   return wrap
 
 
-def get_objective(name: str) -> Objective:
+def get_objective(name: str) -> ObjectiveInfo:
   """The objective registered as `name`."""
   if name not in OBJECTIVES:
     raise ValueError(f"unknown objective {name!r}; valid: {sorted(OBJECTIVES)}")
@@ -48,7 +93,7 @@ def parse_objectives(spec: Mapping[str, Any]) -> dict[str, tuple[float, dict[str
     raise ValueError(f"no objectives given; valid: {sorted(OBJECTIVES)}")
   parsed = {}
   for name, value in spec.items():
-    fn = get_objective(name)
+    fn = get_objective(name).fn
     if hasattr(value, "to_dict"):
       value = value.to_dict()
     options = dict(value) if isinstance(value, Mapping) else {"weight": value}
@@ -64,24 +109,74 @@ def parse_objectives(spec: Mapping[str, Any]) -> dict[str, tuple[float, dict[str
   return parsed
 
 
+class ModelAccess:
+  """What an objective may do with the model inside the train step: run it again on the step's
+  parameters (a pass on mined negatives, a second view) and draw from named random streams.
+
+  Streams are separate by name: "dropout" is the model's dropout, "mask" what a model masks its
+  inputs with (CapPa's parallel prediction), and an objective's own names (e.g. "negatives") are
+  streams of their own, so adding an objective never changes the randomness of another.
+  """
+
+  def __init__(self, module, params, rng: jax.Array, train: bool = True):
+    self.module, self.params, self._rng, self.train = module, params, rng, train
+
+  def rng(self, stream: str) -> jax.Array:
+    return stream_rng(self._rng, stream)
+
+  def apply(self, *args, method: str | None = None, pass_name: str | None = None, **kwargs):
+    """module.apply on the step's params, with keys for the streams the module declares: those of
+    the step's own pass, or, given a pass_name, keys of their own (a pass on other inputs then
+    draws other dropout masks)."""
+    if method is None:
+      kwargs.setdefault("train", self.train)
+    rng = self._rng if pass_name is None else stream_rng(self._rng, f"pass:{pass_name}")
+    return self.module.apply({"params": self.params}, *args, method=method, rngs=model_rngs(self.module, rng),
+                             **kwargs)
+
+
+def stream_rng(rng: jax.Array, stream: str) -> jax.Array:
+  """The key of one named stream. "dropout" is the step's key itself (what the model always drew
+  its dropout from); any other stream folds in a number computed from its name."""
+  if stream == "dropout":
+    return rng
+  return jax.random.fold_in(rng, _stream_number(stream))
+
+
+def _stream_number(stream: str) -> int:
+  return zlib.crc32(stream.encode()) & 0x7FFFFFFF
+
+
+def model_rngs(module, rng: jax.Array) -> dict[str, jax.Array]:
+  """The rngs dict for module.apply: one key per stream the module declares (`rng_streams`)."""
+  return {s: stream_rng(rng, s) for s in getattr(module, "rng_streams", ("dropout",))}
+
+
 def call_objective(name: str, outputs: dict, batch: dict, options: Mapping[str, Any], **run: Any
                    ) -> tuple[jnp.ndarray, dict]:
   """Objective `name` with its config options and those of the run's arguments it takes."""
-  fn = get_objective(name)
+  info = get_objective(name)
+  missing = [key for key in info.needs if key not in outputs]
+  if missing:
+    raise ValueError(f"objective {name!r} needs model output {missing[0]!r}; the model returned {sorted(outputs)}")
+  fn = info.fn
   params = inspect.signature(fn).parameters
   if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
     run = {k: v for k, v in run.items() if k in params}
+  if "model" in params and run.get("model") is None:
+    raise ValueError(f"objective {name!r} runs the model itself: call it with model=ModelAccess(...)")
   return fn(outputs, batch, **run, **options)
 
 
 def combined_loss(spec: Mapping[str, Any], outputs: dict, batch: dict, *, impl: str = "gather",
-                  pad_id: int = tokenizers.PAD_ID) -> tuple[jnp.ndarray, dict]:
+                  pad_id: int = tokenizers.PAD_ID, model: ModelAccess | None = None
+                  ) -> tuple[jnp.ndarray, dict]:
   """Weighted sum of objectives; metrics hold each '<name>_loss' unweighted plus their extras.
-  pad_id: the run's tokenizer's (the trainer passes it)."""
+  pad_id: the run's tokenizer's (the trainer passes it); model: for objectives that drive it."""
   total = jnp.zeros((), jnp.float32)
   metrics: dict = {}
   for name, (weight, options) in parse_objectives(spec).items():
-    loss, extra = call_objective(name, outputs, batch, options, impl=impl, pad_id=pad_id)
+    loss, extra = call_objective(name, outputs, batch, options, impl=impl, pad_id=pad_id, model=model)
     total = total + weight * loss
     metrics.update(extra)
     metrics[f"{name}_loss"] = loss

@@ -25,28 +25,8 @@ from vljax.data import tokenizers
 from vljax.parallel.sharding import BATCH_AXES
 
 ApplyFn = Callable[[Any, Any, dict, jax.Array], dict]
-
-
-def _caption_tokens(batch: dict, pad_id: int) -> jax.Array:
-  """The target tokens captioning_loss averages over (not pad, inside loss_mask)."""
-  real = batch["text"][:, 1:] != pad_id
-  if "loss_mask" in batch:
-    real = real & batch["loss_mask"][:, 1:]
-  return jnp.sum(real.astype(jnp.float32))
-
-
-# Objectives that couple examples: computed once, on the cached outputs of the whole batch.
-# name -> (per-example outputs, per-step outputs: functions of the params alone, same in every j).
-CROSS_EXAMPLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "softmax_contrastive": (("img_emb", "txt_emb"), ("logit_scale",)),
-    "sigmoid_contrastive": (("img_emb", "txt_emb"), ("logit_scale", "logit_bias")),
-}
-# Objectives that are sum(per-unit loss) / max(count, 1) over the batch: computed per micro-batch
-# and rescaled by max(count_j, 1) / max(count, 1), which makes their sum the whole batch's mean.
-# name -> count(batch, pad_id), additive over examples.
-PER_EXAMPLE: dict[str, Callable[[dict, int], jax.Array]] = {
-    "captioning": _caption_tokens,
-}
+# (trainable, frozen, rng) -> objectives.ModelAccess, for per-example objectives that run the model.
+AccessFn = Callable[[Any, Any, jax.Array], objectives.ModelAccess]
 
 
 def take_micro(tree: Any, k: int, j: jax.Array | int) -> Any:
@@ -67,14 +47,21 @@ def merge_micro(tree: Any) -> Any:
 
 
 def check_objectives(spec: Mapping[str, Any]) -> dict[str, tuple[float, dict]]:
-  """parse_objectives(spec), failing on an objective that gradcache cannot split exactly."""
+  """parse_objectives(spec), failing on an objective that gradcache cannot split exactly: one that
+  couples examples and runs passes of the model of its own (their inputs span the whole batch)."""
   parsed = objectives.parse_objectives(spec)
-  supported = sorted({*CROSS_EXAMPLE, *PER_EXAMPLE})
-  unsupported = sorted(set(parsed) - set(supported))
+  unsupported = sorted(n for n in parsed if _info(n).couples_examples and _info(n).drives_model)
   if unsupported:
+    splits = sorted(n for n, info in objectives.OBJECTIVES.items()
+                    if not (info.couples_examples and info.drives_model))
     raise ValueError(f"grad_accum_mode='gradcache' cannot split objective(s) {unsupported} over micro-batches "
-                     f"exactly; it supports {supported}; use grad_accum_mode='mean' for the others")
+                     f"exactly: they couple examples and run the model on inputs from the whole batch; it "
+                     f"splits {splits}; use grad_accum_mode='mean' for the others")
   return parsed
+
+
+def _info(name: str) -> objectives.ObjectiveInfo:
+  return objectives.get_objective(name)
 
 
 def _as_spec(parsed: Mapping[str, tuple[float, dict]]) -> dict[str, dict]:
@@ -88,20 +75,22 @@ def _pull(cotangent: jax.Array, value: jax.Array) -> jax.Array:
 
 def gradcache_value_and_grad(apply_fn: ApplyFn, loss_spec: Mapping[str, Any], trainable: Any, frozen: Any,
                              batch: dict, rng: jax.Array, *, k: int, impl: str = "gather",
-                             pad_id: int = tokenizers.PAD_ID) -> tuple[jax.Array, dict, Any]:
+                             pad_id: int = tokenizers.PAD_ID, access: AccessFn | None = None
+                             ) -> tuple[jax.Array, dict, Any]:
   """(loss, metrics, grads) of the combined loss on the whole `batch`, one of its k micro-batches of
   activations at a time.
 
   apply_fn(trainable, frozen, micro, rng) -> model outputs. Micro-batch j (take_micro) runs with rng
   fold_in(rng, j) in both passes, so dropout masks match. Metrics carry the keys that
   objectives.combined_loss gives on the whole batch. pad_id: the run's tokenizer's, for the
-  captioning loss and its token count alike.
+  captioning loss and its token count alike. access: for objectives that run the model (per
+  example only: check_objectives), on micro-batch j's params and key.
   """
   parsed = check_objectives(loss_spec)
-  cross = {n: v for n, v in parsed.items() if n in CROSS_EXAMPLE}
-  local = {n: v for n, v in parsed.items() if n in PER_EXAMPLE}
-  example_keys = sorted({key for n in cross for key in CROSS_EXAMPLE[n][0]})
-  shared_keys = sorted({key for n in cross for key in CROSS_EXAMPLE[n][1]})
+  cross = {n: v for n, v in parsed.items() if _info(n).couples_examples}
+  local = {n: v for n, v in parsed.items() if not _info(n).couples_examples}
+  example_keys = sorted({key for n in cross for key in _info(n).reads})
+  shared_keys = sorted({key for n in cross for key in _info(n).shared})
   steps = jnp.arange(k)
 
   def outputs(params, j):
@@ -131,13 +120,15 @@ def gradcache_value_and_grad(apply_fn: ApplyFn, loss_spec: Mapping[str, Any], tr
   # Per-example objectives: micro-batch j weighs max(count_j, 1) / max(count, 1).
   weights = {}
   for name in local:
-    counts = jax.vmap(lambda j, name=name: PER_EXAMPLE[name](take_micro(batch, k, j), pad_id))(steps)
+    counts = jax.vmap(lambda j, name=name: _info(name).count(take_micro(batch, k, j), pad_id))(steps)
     weights[name] = jnp.maximum(counts, 1.0) / jnp.maximum(counts.sum(), 1.0)
 
-  def local_loss(out, j):
+  def local_loss(params, out, j):
     total, extra = jnp.zeros((), jnp.float32), {}
+    model = access(params, frozen, jax.random.fold_in(rng, j)) if access else None
     for name, (w, options) in local.items():
-      loss, m = objectives.call_objective(name, out, take_micro(batch, k, j), options, impl=impl, pad_id=pad_id)
+      loss, m = objectives.call_objective(name, out, take_micro(batch, k, j), options, impl=impl, pad_id=pad_id,
+                                          model=model)
       share = weights[name][j]
       total = total + w * share * loss
       extra.update({key: share * v for key, v in m.items()})
@@ -154,7 +145,7 @@ def gradcache_value_and_grad(apply_fn: ApplyFn, loss_spec: Mapping[str, Any], tr
       out = outputs(params, j)
       pulled = sum((_pull(g_rows[key], out[key]) for key in example_keys), jnp.zeros((), jnp.float32))
       pulled += first * sum((_pull(g_shared[key], out[key]) for key in shared_keys), jnp.zeros((), jnp.float32))
-      loss, extra = local_loss(out, j)
+      loss, extra = local_loss(params, out, j)
       return pulled + loss, (loss, extra)
 
     (_, (loss, extra)), grads = jax.value_and_grad(surrogate, has_aux=True)(trainable)

@@ -11,6 +11,7 @@ from vljax import config as config_lib
 from vljax import evals, models, objectives
 from vljax.data import pipeline, tokenizers
 from vljax.evals import requirements
+from vljax.models import capabilities as model_decl
 from vljax.train import optim
 
 
@@ -39,7 +40,7 @@ def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
     m["text"] = dict(m["text"])
     m["text"].setdefault("vocab_size", padded_vocab_size(tokenizer.vocab_size))
     m["text"].setdefault("max_len", cfg.data.max_len)
-  if m.get("name") in ("llava", "flamingo"):
+  if getattr(models.MODELS.get(m.get("name")), "needs_image_token", False):
     m.setdefault("image_token_id", tokenizer.image_id)
   m.setdefault("dtype", cfg.precision.compute_dtype)
   m.setdefault("param_dtype", cfg.precision.param_dtype)
@@ -57,16 +58,42 @@ def check_tokenizer_layout(cfg: ml_collections.ConfigDict, tokenizer) -> None:
 
 
 def check_model_data(cfg: ml_collections.ConfigDict, model) -> None:
-  """Image-prompted models read images only through <image> tokens: they train on "vlm" sequences,
-  one image per chunk, and LLaVA splices in exactly one image per sequence."""
-  if not getattr(model, "image_prompted", False):
-    return
-  if cfg.data.format != "vlm":
-    raise ValueError(f"model {cfg.model.name!r} reads images through <image> tokens in its text: "
-                     f"data.format={cfg.data.format!r} has none; valid: data.format='vlm'")
-  if getattr(model, "splices_image_tokens", False) and cfg.data.chunks != 1:
-    raise ValueError(f"model {cfg.model.name!r} splices exactly one image into a sequence: "
-                     f"data.chunks={cfg.data.chunks} would give it {cfg.data.chunks}; valid: data.chunks=1")
+  """The data format fills every input the model reads. Image-prompted models read images only
+  through <image> tokens: they train on "vlm" sequences, one image per chunk, and LLaVA splices in
+  exactly one image per sequence."""
+  if getattr(model, "image_prompted", False):
+    if cfg.data.format != "vlm":
+      raise ValueError(f"model {cfg.model.name!r} reads images through <image> tokens in its text: "
+                       f"data.format={cfg.data.format!r} has none; valid: data.format='vlm'")
+    if getattr(model, "splices_image_tokens", False) and cfg.data.chunks != 1:
+      raise ValueError(f"model {cfg.model.name!r} splices exactly one image into a sequence: "
+                       f"data.chunks={cfg.data.chunks} would give it {cfg.data.chunks}; valid: data.chunks=1")
+  fields = pipeline.FORMAT_FIELDS[cfg.data.format]
+  missing = [k for k in model.inputs if k not in fields]
+  if missing:
+    fits = [f for f, have in pipeline.FORMAT_FIELDS.items() if set(model.inputs) <= set(have)]
+    raise ValueError(f"model {cfg.model.name!r} reads {list(model.inputs)}, but data.format={cfg.data.format!r} "
+                     f"holds no {missing[0]!r} (it fills {list(fields)}); valid: data.format in {fits}")
+
+
+def check_objectives_served(cfg: ml_collections.ConfigDict, model) -> None:
+  """Every objective finds the model outputs it declares it reads; else an error naming the
+  objective, the model and what would work (a model setting that adds the output, the objectives
+  this model serves, the models that give it)."""
+  have = model_decl.training_outputs(model)
+  for name in cfg.objectives:
+    info = objectives.get_objective(name)
+    missing = [k for k in info.needs if k not in have]
+    if not missing:
+      continue
+    hints = [f"set {s}" for k in missing if (s := getattr(model, "output_settings", {}).get(k))]
+    served = sorted(n for n, o in objectives.OBJECTIVES.items() if set(o.needs) <= have)
+    hints.append(f"objectives this model serves: {served}")
+    givers = sorted(n for n, cls in models.MODELS.items() if n != cfg.model.name and missing[0] in cls.output_names)
+    if givers:
+      hints.append(f"a model that gives {missing[0]!r}: {givers}")
+    raise ValueError(f"objectives.{name} needs model output(s) {missing}; model {cfg.model.name!r} gives "
+                     f"{sorted(have)}. Valid: {'; or '.join(hints)}")
 
 
 def build(cfg: ml_collections.ConfigDict) -> RunParts:
@@ -80,6 +107,7 @@ def build(cfg: ml_collections.ConfigDict) -> RunParts:
   model_cfg = resolve_model_config(cfg, tokenizer)
   model = models.get_model(model_cfg)
   check_model_data(cfg, model)
+  check_objectives_served(cfg, model)
   requirements.check_evaluators(evaluator_classes, cfg.evals, model, cfg.model.name, models.MODELS)
   schedule = optim.make_schedule(cfg, cfg.total_steps)
   tx = optim.make_optimizer(cfg, schedule)

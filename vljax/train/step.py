@@ -38,14 +38,17 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
   if mode == "gradcache":
     gradcache.check_objectives(weights)
 
+  def access(trainable, frozen_params, rng):
+    return objectives.ModelAccess(model, merge_params(trainable, frozen_params), rng)
+
   def apply_fn(trainable, frozen_params, micro, rng):
-    params = merge_params(trainable, frozen_params)
-    return model.apply({"params": params}, image=micro["image"], text=micro["text"], train=True,
-                       rngs={"dropout": rng})
+    # Only the inputs the model declares: a text-only model never sees the batch's placeholder image.
+    return access(trainable, frozen_params, rng).apply(**{k: micro[k] for k in model.inputs})
 
   def loss_fn(trainable, frozen_params, micro, rng):
     out = apply_fn(trainable, frozen_params, micro, rng)
-    return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id)
+    return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id,
+                                    model=access(trainable, frozen_params, rng))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -55,7 +58,7 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
       return loss, metrics, grads
     if mode == "gradcache":
       return gradcache.gradcache_value_and_grad(apply_fn, weights, trainable, frozen_params, batch, rng,
-                                                k=accum, impl=impl, pad_id=pad_id)
+                                                k=accum, impl=impl, pad_id=pad_id, access=access)
 
     def one(i):
       # Micro-batch i = examples i, k+i, 2k+i...: every device keeps its own rows.
