@@ -190,9 +190,9 @@ def test_generate_on_llava_without_images_is_an_error_not_an_assertion():
 
 
 def test_vlm_batches_need_exactly_one_image_token_per_image():
-  from vljax.data import pipeline
+  from vljax.data import formats
   world_example = dict(image=np.zeros((32, 32, 3), np.uint8), caption="a red circle")
-  collate = pipeline._Collate(TOK, 24, "vlm")
+  collate = formats.get_format("vlm").collate(formats.CollateSettings(TOK, 24))
   assert collate([[world_example]])["text"].shape == (1, 24)
   # A caption holding the literal token gives a sequence two <image>s for one image: LLaVA would
   # splice at the first and the model would never see where the second points.

@@ -35,7 +35,8 @@ START_ERRORS = {
     "sigmoid_without_bias": (
         lambda c: c.update(objectives={"sigmoid_contrastive": 1.0}),
         r"objectives.sigmoid_contrastive needs model output\(s\) \['logit_bias'\]; model 'two_tower' gives "
-        r".*Valid: set model.logit_bias_init .*; or objectives this model serves: \['softmax_contrastive'\]"),
+        r".*Valid: set model.logit_bias_init .*; or objectives this model serves: \['softmax_contrastive', "
+        r"'softmax_hard_negatives'\]; or a model that gives 'logit_bias': \['coca'\]"),
     "captioning_without_decoder": (
         lambda c: c.update(objectives={"captioning": 1.0}),
         r"objectives.captioning needs model output\(s\) \['caption_logits'\].*a model that gives "
@@ -43,7 +44,7 @@ START_ERRORS = {
     "images_from_a_text_only_format": (
         _lm_format,
         r"model 'two_tower' reads \['image', 'text'\], but data.format='lm' holds no 'image'.*"
-        r"valid: data.format in \['caption', 'vlm'\]"),
+        r"valid: data.format in \['caption', 'hard_negatives', 'vlm'\]"),
 }
 
 

@@ -44,8 +44,11 @@ def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int =
   chunks = int(cfg.data.chunks) if fmt == "vlm" else 0
   if length < chunks + 2:
     raise ValueError(f"data.max_len={length} cannot hold BOS, EOS and {chunks} image token(s)")
-  image_shape = {"caption": (b, size, size, 3), "lm": (b, 1, 1, 3),  # "lm" batches carry a dummy image
-                 "vlm": (b, chunks, size, size, 3)}[fmt]
+  unknown = sorted(set(ndims) - {"image", "text", "loss_mask"})
+  if unknown:
+    raise ValueError(f"vljax.bench makes no synthetic {unknown} for data.format={fmt!r}; valid formats: those "
+                     f"with image, text and loss_mask only")
+  image_shape = (b, chunks, size, size, 3) if ndims.get("image") == 5 else (b, size, size, 3)
   specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, *tokenizer.special_ids.values()}
   filler = min(set(range(1, len(specials) + 2)) - specials)  # an ordinary id to stand in for specials
   special_ids = jnp.asarray(sorted(specials), jnp.int32)
@@ -62,7 +65,9 @@ def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int =
       ids = jnp.where(pos == 1 + k * ((lengths - 2) // chunks), tokenizer.image_id, ids)
     ids = jnp.where(pos == lengths - 1, tokenizer.eos_id, ids)
     ids = jnp.where(pos >= lengths, tokenizer.pad_id, ids)
-    out = {"image": image, "text": ids}
+    out = {"text": ids}
+    if "image" in ndims:
+      out["image"] = image
     if "loss_mask" in ndims:
       out["loss_mask"] = (pos >= lengths // 2) & (pos < lengths)
     return out

@@ -34,7 +34,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from vljax.data import images, prompts, shapes, sources
+from vljax.data import formats, images, shapes, sources
 from vljax.data.sources import examples, skips, webdataset
 from vljax.data.tokenizers import Tokenizer
 
@@ -88,44 +88,6 @@ def make_world(data_cfg: Mapping[str, Any]) -> shapes.ShapesWorld:
                             max_objects=data_cfg.get("max_objects", 3))
 
 
-FORMATS = ("caption", "lm", "vlm")
-# The fields each format fills with real data (an "lm" batch's image is a placeholder): a model
-# whose `inputs` are not among them cannot train on the format.
-FORMAT_FIELDS = {"caption": ("image", "text"), "lm": ("text", "loss_mask"), "vlm": ("image", "text", "loss_mask")}
-
-
-class _Collate:
-  """Examples -> a batch of the data format (see `batch_ndims`); picklable for workers.
-
-  "caption": {"image": float32[b, H, W, 3], "text": int32[b, L]} (image-caption pairs);
-  "lm": {"image": zeros[b, 1, 1, 3] (unused), "text", "loss_mask"}: sequences of caption and
-        question-answer chunks without images, the loss on captions and answers only;
-  "vlm": {"image": float32[b, chunks, H, W, 3], "text", "loss_mask"}: the same chunks, each with
-        its "<image>" and image.
-  For "lm" and "vlm" each example is a list of `chunks` source examples.
-  """
-
-  def __init__(self, tokenizer: Tokenizer, max_len: int, data_format: str = "caption",
-               normalization: str = "siglip"):
-    self.tokenizer, self.max_len, self.format = tokenizer, max_len, data_format
-    self.normalization = normalization  # "siglip" is bit-identical to preprocess_images
-
-  def __call__(self, examples: Sequence) -> dict[str, np.ndarray]:
-    if self.format == "caption":
-      pixels = images.normalize(np.stack([ex["image"] for ex in examples]), self.normalization)
-      return {"image": pixels, "text": self.tokenizer.encode([ex["caption"] for ex in examples], self.max_len)}
-    with_image = self.format == "vlm"
-    chunks = [[prompts.vqa_chunk(ex["question"], ex["answer"], with_image) if "question" in ex
-               else prompts.caption_chunk(ex["caption"], with_image) for ex in seq] for seq in examples]
-    text, loss_mask = prompts.encode_chunks(self.tokenizer, chunks, self.max_len)
-    if with_image:
-      prompts.check_image_tokens(self.tokenizer, text, [len(seq) for seq in examples])
-      pixels = images.normalize(np.stack([[ex["image"] for ex in seq] for seq in examples]), self.normalization)
-    else:
-      pixels = np.zeros((len(examples), 1, 1, 3), np.float32)
-    return {"image": pixels, "text": text, "loss_mask": loss_mask}
-
-
 class _Sequences:
   """Example i = source examples i*chunks ... i*chunks + chunks - 1 (random access, like the source)."""
 
@@ -141,15 +103,11 @@ class _Sequences:
 
 def batch_ndims(data_format: str) -> dict[str, int]:
   """Rank of each array in a batch of `data_format`: what the train step's shardings follow."""
-  check_format(data_format)
-  if data_format == "caption":
-    return {"image": 4, "text": 2}
-  return {"image": 5 if data_format == "vlm" else 4, "text": 2, "loss_mask": 2}
+  return dict(formats.get_format(data_format).fields)
 
 
-def check_format(data_format: str) -> None:
-  if data_format not in FORMATS:
-    raise ValueError(f"Unknown data.format {data_format!r}; valid: {list(FORMATS)}")
+def check_format(data_format: str) -> formats.BatchFormat:
+  return formats.get_format(data_format)
 
 
 def _check_hosts(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -166,9 +124,9 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
                        seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """This host's infinite stream of training batches; `iter()` it and checkpoint the iterator.
 
-  data_cfg keys: name ("shapes", or a real source: see vljax/data/sources), format ("caption",
-  "lm", "vlm": see _Collate), vqa_fraction (0.5: the share of question-answer chunks in "lm" /
-  "vlm"), chunks (1: chunks per "lm" / "vlm" sequence), image_size (64), max_len (24),
+  data_cfg keys: name ("shapes", or a real source: see vljax/data/sources), format (a batch format:
+  vljax/data/formats), vqa_fraction (0.5: the share of question-answer chunks in chunked formats,
+  "lm" / "vlm"), chunks (1: chunks per sequence of a chunked format), image_size (64), max_len (24),
   normalization ("siglip": pixels in [-1, 1]), caption_noise (0.0), min_objects/max_objects (1/3),
   num_threads (2), prefetch (4 batches), workers (0 = threads only; > 0 renders in that many
   processes). Real sources add the "_skipped" field (SKIPPED_KEY) to every batch.
@@ -180,22 +138,23 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   if not isinstance(seed, int) or seed < 0:
     raise ValueError(f"seed={seed!r} must be an integer >= 0")
   world = make_world(data_cfg)
-  data_format = data_cfg.get("format", "caption")
-  check_format(data_format)
+  fmt = check_format(data_cfg.get("format", "caption"))
   normalization = data_cfg.get("normalization", "siglip")
   images.check_normalization(normalization)
-  vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if data_format != "caption" else 0.0
-  source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render=data_format != "lm",
+  # Question-answer chunks only in chunked sequences: a caption format trains on captions.
+  vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if fmt.chunked else 0.0
+  source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render=fmt.renders,
                                start=seed * TRAIN_SEED_STRIDE)
   chunks = int(data_cfg.get("chunks", 1))
-  if data_format != "caption":
+  if fmt.chunked:
     source = _Sequences(source, chunks)
   elif chunks != 1:
-    raise ValueError(f"data.chunks={chunks}: several chunks per sequence need data.format 'lm' or 'vlm'")
+    chunked = sorted(f.name for f in formats.FORMATS.values() if f.chunked)
+    raise ValueError(f"data.chunks={chunks}: several chunks per sequence need a chunked data.format, one of {chunked}")
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]
-  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_Collate(
-      tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), data_format, normalization))
+  settings = formats.CollateSettings(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), normalization)
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=fmt.collate(settings))
   read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=data_cfg.get("prefetch", 4))
   it_ds = ds.to_iter_dataset(read_options)
@@ -219,15 +178,13 @@ def make_eval_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glob
 
 
 class _RealCollate:
-  """Examples -> {"image": normalised float32 [b, S, S, 3], "text": int32 [b, L], "_skipped": int64 [R]}."""
+  """Records -> a batch of the data format (image-caption formats), plus "_skipped": int64 [R]."""
 
-  def __init__(self, tokenizer: Tokenizer, max_len: int, normalization: str):
-    self.tokenizer, self.max_len, self.normalization = tokenizer, max_len, normalization
+  def __init__(self, collate):
+    self.collate = collate
 
   def __call__(self, batch: Sequence[dict]) -> dict[str, np.ndarray]:
-    return {"image": images.normalize(np.stack([ex["image"] for ex in batch]), self.normalization),
-            "text": self.tokenizer.encode([ex["caption"] for ex in batch], self.max_len),
-            SKIPPED_KEY: np.sum([ex["skipped"] for ex in batch], axis=0, dtype=np.int64)}
+    return {**self.collate(batch), SKIPPED_KEY: np.sum([ex["skipped"] for ex in batch], axis=0, dtype=np.int64)}
 
 
 def source_seed(seed: int, index: int) -> int:
@@ -278,8 +235,10 @@ def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_ba
       for i, spec in enumerate(specs)])
   ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(list(parts), [s.weight for s in specs])
   ds = skips.SkipBadIterDataset(ds, [s.label for s in specs], max_bad, max_bad_shards)
-  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(
-      tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)), data_cfg.get("normalization", "siglip")))
+  settings = formats.CollateSettings(tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)),
+                                     data_cfg.get("normalization", "siglip"))
+  fmt = check_format(data_cfg.get("format", "caption"))
+  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt.collate(settings)))
   if workers:
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                        per_worker_buffer_size=max(1, prefetch // workers)))

@@ -3,11 +3,21 @@
 from vljax.objectives.registry import (OBJECTIVES, RUN_ARGS, ModelAccess, ObjectiveInfo, call_objective,
                                        combined_loss, get_objective, model_rngs, parse_objectives,
                                        register_objective, stream_rng)
-# Importing an objective module registers its objectives.
 from vljax.objectives.contrastive import (IMPLS, all_gather_softmax_contrastive_loss,
                                           ring_sigmoid_contrastive_loss,
                                           sigmoid_contrastive_loss, softmax_contrastive_loss)
 from vljax.objectives.captioning import captioning_loss
+
+
+def _register_all() -> None:
+  """Import every module of this package: each registers its objectives, so a new objective is a new file."""
+  import importlib
+  import pkgutil
+  for module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_all()
 
 __all__ = [
     "IMPLS", "OBJECTIVES", "RUN_ARGS", "ModelAccess", "ObjectiveInfo", "all_gather_softmax_contrastive_loss",

@@ -40,6 +40,7 @@ class ObjectiveInfo:
   couples_examples: True when each example's loss depends on the others' outputs (contrastive
     negatives); False when the loss is sum(per-unit terms) / count(batch) (captioning).
   count: for objectives that do not couple examples, the normaliser (see Count).
+  impls: the loss implementations (config loss_impl) it has a form for.
   """
   name: str
   fn: Objective
@@ -47,6 +48,7 @@ class ObjectiveInfo:
   shared: tuple[str, ...] = ()
   couples_examples: bool = False
   count: Count | None = None
+  impls: tuple[str, ...] = ("gather", "shard_map")  # the loss_impl values it has a form for
 
   @property
   def needs(self) -> tuple[str, ...]:
@@ -63,7 +65,8 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {}
 
 
 def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, ...] = (),
-                       couples_examples: bool, count: Count | None = None) -> Callable[[Objective], Objective]:
+                       couples_examples: bool, count: Count | None = None,
+                       impls: tuple[str, ...] = ("gather", "shard_map")) -> Callable[[Objective], Objective]:
   """Decorator adding an objective to OBJECTIVES under `name`, with its declarations (ObjectiveInfo)."""
   if not couples_examples and count is None:
     raise ValueError(f"objective {name!r}: an objective that does not couple examples declares its count")
@@ -71,7 +74,7 @@ def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, 
   def wrap(fn: Objective) -> Objective:
     if name in OBJECTIVES and OBJECTIVES[name].fn is not fn:
       raise ValueError(f"objective {name!r} is already registered to {OBJECTIVES[name].fn!r}")
-    OBJECTIVES[name] = ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count)
+    OBJECTIVES[name] = ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count, tuple(impls))
     return fn
   return wrap
 

@@ -9,7 +9,7 @@ import ml_collections
 
 from vljax import config as config_lib
 from vljax import evals, models, objectives
-from vljax.data import pipeline, tokenizers
+from vljax.data import formats, pipeline, tokenizers
 from vljax.evals import requirements
 from vljax.models import capabilities as model_decl
 from vljax.train import optim
@@ -68,10 +68,10 @@ def check_model_data(cfg: ml_collections.ConfigDict, model) -> None:
     if getattr(model, "splices_image_tokens", False) and cfg.data.chunks != 1:
       raise ValueError(f"model {cfg.model.name!r} splices exactly one image into a sequence: "
                        f"data.chunks={cfg.data.chunks} would give it {cfg.data.chunks}; valid: data.chunks=1")
-  fields = pipeline.FORMAT_FIELDS[cfg.data.format]
+  fields = list(formats.get_format(cfg.data.format).fields)
   missing = [k for k in model.inputs if k not in fields]
   if missing:
-    fits = [f for f, have in pipeline.FORMAT_FIELDS.items() if set(model.inputs) <= set(have)]
+    fits = sorted(f.name for f in formats.FORMATS.values() if set(model.inputs) <= set(f.fields))
     raise ValueError(f"model {cfg.model.name!r} reads {list(model.inputs)}, but data.format={cfg.data.format!r} "
                      f"holds no {missing[0]!r} (it fills {list(fields)}); valid: data.format in {fits}")
 
@@ -81,8 +81,11 @@ def check_objectives_served(cfg: ml_collections.ConfigDict, model) -> None:
   objective, the model and what would work (a model setting that adds the output, the objectives
   this model serves, the models that give it)."""
   have = model_decl.training_outputs(model)
+  impl = cfg.get("loss_impl", "gather")
   for name in cfg.objectives:
     info = objectives.get_objective(name)
+    if impl not in info.impls:
+      raise ValueError(f"objectives.{name} has no loss_impl={impl!r} form; valid: loss_impl in {list(info.impls)}")
     missing = [k for k in info.needs if k not in have]
     if not missing:
       continue

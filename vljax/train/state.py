@@ -25,11 +25,14 @@ class TrainState:
 
 
 def dummy_inputs(cfg, batch: int) -> dict:
-  """Model inputs shaped like the data format's batches (one image per sequence for "vlm")."""
-  size = cfg.data.image_size
-  images = (batch, cfg.data.chunks) if pipeline.batch_ndims(cfg.data.format)["image"] == 5 else (batch,)
-  return dict(image=jnp.zeros((*images, size, size, 3), jnp.float32),
-              text=jnp.zeros((batch, cfg.data.max_len), jnp.int32))
+  """Model inputs shaped like the data format's batches (one image per chunk for "vlm"); a format
+  without images gives none."""
+  fields = pipeline.batch_ndims(cfg.data.format)
+  inputs = dict(text=jnp.zeros((batch, cfg.data.max_len), jnp.int32))
+  if "image" in fields:
+    images = (batch, cfg.data.chunks) if fields["image"] == 5 else (batch,)
+    inputs["image"] = jnp.zeros((*images, cfg.data.image_size, cfg.data.image_size, 3), jnp.float32)
+  return inputs
 
 
 def param_shardings(model: nn.Module, inputs: dict, mesh) -> Any:

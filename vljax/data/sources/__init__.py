@@ -123,9 +123,12 @@ def check_settings(data_cfg: Mapping[str, Any]) -> list[SourceSpec]:
   """The sources of a real-data config, its names, presets and numbers checked (no file opened)."""
   images.check_normalization(data_cfg.get("normalization", "siglip"))
   crop_scale(data_cfg)
-  if data_cfg.get("format", "caption") != "caption":
-    raise ValueError(f"data.format={data_cfg.get('format')!r} needs data.name='shapes'; real sources "
-                     "give image-caption pairs (data.format='caption')")
+  from vljax.data import formats  # lazy: formats import the data modules that import this one
+  fmt = formats.get_format(data_cfg.get("format", "caption"))
+  if fmt.chunked:
+    pairs = sorted(f.name for f in formats.FORMATS.values() if not f.chunked)
+    raise ValueError(f"data.format={fmt.name!r} needs data.name='shapes'; real sources give image-caption "
+                     f"pairs, which feed the formats {pairs}")
   if int(data_cfg.get("cycle_length", 4)) < 1:
     raise ValueError(f"data.cycle_length={data_cfg.get('cycle_length')} must be >= 1")
   return specs(data_cfg)

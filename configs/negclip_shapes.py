@@ -1,0 +1,19 @@
+"""NegCLIP on the shapes world: clip_shapes.py with each caption's attribute- and relation-swapped
+twins added as negatives (data.format="hard_negatives", objective softmax_hard_negatives).
+
+  python -m vljax.train --config configs/negclip_shapes.py --workdir runs/negclip
+
+The same towers, batch, steps and evaluation sets as clip_shapes.py, so the two differ only in the
+objective: the comparison of binding accuracy is in README "Results". The twins cost a second pass
+of the text tower on 2 x batch captions per step.
+"""
+
+from vljax import config as common
+
+
+def get_config(arg=None):
+  c = common.base_config(arg)
+  c.model = common.shapes_two_tower()
+  c.data.format = "hard_negatives"
+  c.objectives = {"softmax_hard_negatives": 1.0}
+  return common.shapes_training(c)

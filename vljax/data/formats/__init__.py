@@ -1,0 +1,78 @@
+"""Batch formats: how examples become the named arrays of a training batch.
+
+A format declares the arrays it fills (name -> rank) and builds its collate function; the train
+step shards exactly those arrays and hands the model the ones it reads (its `inputs`), so a
+text-only format carries no placeholder image. Registering a format is one file:
+
+  @register_format("name", fields={"image": 4, "text": 2, ...}, chunked=False, renders=True)
+  def collate(settings: CollateSettings, examples: list) -> dict[str, np.ndarray]
+
+(a module-level function: grain's worker processes pickle it, bound to its settings).
+
+chunked: each example is a list of `data.chunks` source examples (sequences of several chunks).
+renders: the format reads images (a text-only format lets the source skip rendering them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vljax.data.tokenizers import Tokenizer
+
+CollateFn = Callable[["CollateSettings", Sequence[Any]], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CollateSettings:
+  """What every collate function may use: the tokenizer, the text length, the image normalisation preset."""
+  tokenizer: Tokenizer
+  max_len: int
+  normalization: str = "siglip"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchFormat:
+  name: str
+  fields: Mapping[str, int]  # array name -> rank, batch axis first
+  collate_fn: CollateFn
+  chunked: bool = False
+  renders: bool = True
+
+  def collate(self, settings: CollateSettings) -> Callable[[Sequence[Any]], dict[str, np.ndarray]]:
+    """examples -> batch, picklable (grain's workers run it)."""
+    return functools.partial(self.collate_fn, settings)
+
+
+FORMATS: dict[str, BatchFormat] = {}
+
+
+def register_format(name: str, *, fields: Mapping[str, int], chunked: bool = False, renders: bool = True):
+  """Decorator registering collate(settings, examples) -> batch as batch format `name`."""
+  def wrap(collate_fn: CollateFn) -> CollateFn:
+    if name in FORMATS and FORMATS[name].collate_fn is not collate_fn:
+      raise ValueError(f"batch format {name!r} is already registered")
+    FORMATS[name] = BatchFormat(name, dict(fields), collate_fn, chunked, renders)
+    return collate_fn
+  return wrap
+
+
+def get_format(name: str) -> BatchFormat:
+  if name not in FORMATS:
+    raise ValueError(f"Unknown data.format {name!r}; valid: {sorted(FORMATS)}")
+  return FORMATS[name]
+
+
+def _register_all() -> None:
+  """Import every module of this package: each registers its formats, so a new format is a new file."""
+  import importlib
+  import pkgutil
+  for module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_all()
