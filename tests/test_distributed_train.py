@@ -178,6 +178,11 @@ DECODER_MODELS = {
              {"sigmoid_contrastive": 1.0, "captioning": 2.0}, "caption"),
     "cappa": (dict(name="cappa", image=dict(variant="mu/8"), text=dict(variant="mu"), parallel_fraction=0.5),
               {"captioning": 1.0}, "caption"),
+    # Every head of the composable model at once: MAP image pooling, sigmoid bias, parallel prediction.
+    "composable": (dict(name="composable", image=dict(variant="mu/8"), text=dict(variant="mu", num_heads=2),
+                        contrastive=dict(embed_dim=32, logit_scale_init=10.0, logit_bias_init=-10.0, image_pool="map"),
+                        decoder=dict(variant="mu", mode="parallel", parallel_fraction=0.5, memory_queries=8)),
+                   {"sigmoid_contrastive": 1.0, "captioning": 2.0}, "caption"),
     "llava": (dict(name="llava", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=64)),
               {"captioning": 1.0}, "vlm"),
     "flamingo": (dict(name="flamingo", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=32),

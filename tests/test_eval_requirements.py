@@ -26,6 +26,7 @@ MODEL_CONFIGS = {
     "lm": dict(name="lm", text=dict(variant="mu", max_len=48)),
     "llava": dict(name="llava", **MU),
     "flamingo": dict(name="flamingo", num_latents=4, **MU),
+    "composable": dict(name="composable", **MU, contrastive=dict(embed_dim=16), decoder=dict(variant="mu", max_len=48)),
 }
 DATA = {"lm": dict(format="lm", chunks=1), "llava": dict(format="vlm", chunks=1),
         "flamingo": dict(format="vlm", chunks=2)}
@@ -36,7 +37,7 @@ def test_every_model_declares_what_it_can_do():
   caps = {name: requirements.model_capabilities(cls) for name, cls in models.MODELS.items()}
   assert caps == {"two_tower": {EMBEDDINGS}, "coca": {EMBEDDINGS, LIKELIHOOD, GENERATION},
                   "cappa": {LIKELIHOOD, GENERATION}, "lm": set(), "llava": {GENERATION, PROMPTED},
-                  "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE}}
+                  "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE}, "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION}}
 
 
 def test_every_evaluator_names_what_it_needs():
@@ -57,17 +58,17 @@ def _config(model, evals_cfg, **data):
 MISMATCHES = [
     ("two_tower", dict(caption=dict(every=3, num_examples=8)),
      r"evals.caption \(captioning\) needs caption generation from an image; model 'two_tower' has "
-     r"contrastive embeddings\. Valid: a model with it \(cappa, coca, flamingo, llava\), or drop evals.caption"),
+     r"contrastive embeddings\. Valid: a model with it \(cappa, coca, composable, flamingo, llava\), or drop evals.caption"),
     ("llava", dict(zeroshot=dict(every=3, num_examples=8)),
      r"evals.zeroshot \(scoring='auto'\) needs contrastive embeddings or caption log-likelihood given an image; "
-     r"model 'llava' has .*Valid: a model with it \(cappa, coca, two_tower\)"),
+     r"model 'llava' has .*Valid: a model with it \(cappa, coca, composable, two_tower\)"),
     ("flamingo", dict(retrieval=dict(every=3, num_examples=8)), r"evals.retrieval .*model 'flamingo'"),
     ("cappa", dict(binding=dict(every=3, num_examples=8, scoring="embedding")),
      r"evals.binding \(scoring='embedding'\) needs contrastive embeddings; model 'cappa' has .*"
-     r"Valid: evals.binding.scoring='likelihood' or a model with it \(coca, two_tower\)"),
+     r"Valid: evals.binding.scoring='likelihood' or a model with it \(coca, composable, two_tower\)"),
     ("two_tower", dict(zeroshot=dict(every=3, num_examples=8, scoring="likelihood")),
      r"evals.zeroshot \(scoring='likelihood'\) .*Valid: evals.zeroshot.scoring='embedding' or a model with it "
-     r"\(cappa, coca\)"),
+     r"\(cappa, coca, composable\)"),
     ("coca", dict(vqa=dict(every=3, num_examples=8)),
      r"evals.vqa \(shots=\(0,\)\) needs generation continuing an <image> prompt; model 'coca'.*"
      r"\(flamingo, llava\)"),

@@ -108,11 +108,12 @@ def test_distributed_form_equals_single_device(name):
 
 
 def test_gradcache_and_the_ring_form_are_refused_at_start():
-  cfg = tiny_config(evals={}, objectives={"softmax_hard_negatives": 1.0}, grad_accum_steps=2,
-                    grad_accum_mode="gradcache")
+  cfg = tiny_config(evals={}, grad_accum_steps=2, grad_accum_mode="gradcache")
+  cfg.objectives = {"softmax_hard_negatives": 1.0}
   with pytest.raises(ValueError, match=r"cannot split objective\(s\) \['softmax_hard_negatives'\]"):
     gradcache.check_objectives(cfg.objectives)
-  cfg = tiny_config(evals={}, objectives={"sigmoid_hard_negatives": 1.0}, loss_impl="shard_map")
+  cfg = tiny_config(evals={}, loss_impl="shard_map")
+  cfg.objectives = {"sigmoid_hard_negatives": 1.0}
   cfg.model.logit_bias_init = -10.0
   cfg.data.format = "hard_negatives"
   with pytest.raises(ValueError, match=r"objectives.sigmoid_hard_negatives has no loss_impl='shard_map' form; "
@@ -122,10 +123,12 @@ def test_gradcache_and_the_ring_form_are_refused_at_start():
 
 @pytest.mark.slow
 def test_negclip_trains_and_logs_the_twin_fraction(tmp_path):
-  cfg = tiny_config(evals={}, objectives={"softmax_hard_negatives": 1.0}, total_steps=3)
+  cfg = tiny_config(evals={}, total_steps=3)
+  cfg.objectives = {"softmax_hard_negatives": 1.0}
   cfg.data.format = "hard_negatives"
   cfg.checkpoint.every = 0
   train_and_evaluate(cfg, str(tmp_path))
   m = read_metrics(tmp_path)
   assert sorted(m["train/softmax_hard_negatives_loss"]) == [1, 2, 3]
+  assert "train/softmax_contrastive_loss" not in m
   assert 0 < m["train/hard_negative_fraction"][3] < 1

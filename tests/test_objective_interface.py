@@ -33,14 +33,14 @@ def _lm_format(cfg):
 
 START_ERRORS = {
     "sigmoid_without_bias": (
-        lambda c: c.update(objectives={"sigmoid_contrastive": 1.0}),
+        lambda c: setattr(c, "objectives", {"sigmoid_contrastive": 1.0}),
         r"objectives.sigmoid_contrastive needs model output\(s\) \['logit_bias'\]; model 'two_tower' gives "
         r".*Valid: set model.logit_bias_init .*; or objectives this model serves: \['softmax_contrastive', "
-        r"'softmax_hard_negatives'\]; or a model that gives 'logit_bias': \['coca'\]"),
+        r"'softmax_hard_negatives'\]; or a model that gives 'logit_bias': \['coca', 'composable'\]"),
     "captioning_without_decoder": (
-        lambda c: c.update(objectives={"captioning": 1.0}),
+        lambda c: setattr(c, "objectives", {"captioning": 1.0}),
         r"objectives.captioning needs model output\(s\) \['caption_logits'\].*a model that gives "
-        r"'caption_logits': \['cappa', 'coca', 'flamingo', 'llava', 'lm'\]"),
+        r"'caption_logits': \['cappa', 'coca', 'composable', 'flamingo', 'llava', 'lm'\]"),
     "images_from_a_text_only_format": (
         _lm_format,
         r"model 'two_tower' reads \['image', 'text'\], but data.format='lm' holds no 'image'.*"
@@ -96,7 +96,8 @@ def _loss_and_grads(cfg):
 def test_an_objective_that_runs_the_model_trains_and_gradcache_splits_it(flip_objective):
   """The step's gradient is that of the written-out loss (contrastive + the mirror pass), and
   GradCache over 2 micro-batches gives the full batch's loss and gradient."""
-  cfg = tiny_config(evals={}, objectives={"softmax_contrastive": 1.0, flip_objective: 0.5})
+  cfg = tiny_config(evals={})
+  cfg.objectives = {"softmax_contrastive": 1.0, flip_objective: 0.5}
   model, params, batch, loss, metrics, grads = _loss_and_grads(cfg)
   assert float(metrics["mirror_distance"]) > 0
 

@@ -25,6 +25,8 @@ MODEL_CONFIGS = {
     "llava": dict(name="llava", image_token_id=TOK.image_id, image=TOWERS["image"],
                   text=dict(TOWERS["text"], max_len=320)),
     "flamingo": dict(name="flamingo", image_token_id=TOK.image_id, num_latents=64, **TOWERS),
+    "composable": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384, image_pool="map"),
+                       decoder=dict(TOWERS["text"], mode="parallel", memory_queries=64)),
 }
 
 

@@ -8,13 +8,14 @@ from flax import linen as nn
 
 from vljax.models.cappa import CapPa
 from vljax.models.coca import CoCa
+from vljax.models.composable import Composable
 from vljax.models.flamingo import Flamingo
 from vljax.models.llava import LLaVA
 from vljax.models.lm import LanguageModel
 from vljax.models.two_tower import TwoTower
 
 MODELS: dict[str, type[nn.Module]] = {"two_tower": TwoTower, "coca": CoCa, "cappa": CapPa, "lm": LanguageModel, "llava": LLaVA,
-                                     "flamingo": Flamingo}
+                                     "flamingo": Flamingo, "composable": Composable}
 
 
 def register_model(name: str, cls: type[nn.Module]) -> type[nn.Module]:

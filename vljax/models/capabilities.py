@@ -28,7 +28,10 @@ DESCRIPTIONS = {
 
 
 def of(model) -> frozenset[str]:
-  """The capabilities a model instance or class declares."""
+  """The capabilities a model instance or class declares (a class: those of any of its configurations;
+  an instance whose capabilities follow its config says which through `active_capabilities()`)."""
+  if not isinstance(model, type) and hasattr(model, "active_capabilities"):
+    return model.active_capabilities()
   return frozenset(getattr(model, "capabilities", ()))
 
 

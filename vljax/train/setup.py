@@ -36,10 +36,11 @@ def padded_vocab_size(n: int) -> int:
 def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
   """The model config with what the data and precision decide filled in."""
   m = cfg.model.to_dict()
-  if "text" in m:
-    m["text"] = dict(m["text"])
-    m["text"].setdefault("vocab_size", padded_vocab_size(tokenizer.vocab_size))
-    m["text"].setdefault("max_len", cfg.data.max_len)
+  for key in ("text", "decoder"):  # text towers and decoders read the tokenizer's ids
+    if m.get(key):
+      m[key] = dict(m[key])
+      m[key].setdefault("vocab_size", padded_vocab_size(tokenizer.vocab_size))
+      m[key].setdefault("max_len", cfg.data.max_len)
   if getattr(models.MODELS.get(m.get("name")), "needs_image_token", False):
     m.setdefault("image_token_id", tokenizer.image_id)
   m.setdefault("dtype", cfg.precision.compute_dtype)
@@ -89,7 +90,8 @@ def check_objectives_served(cfg: ml_collections.ConfigDict, model) -> None:
     missing = [k for k in info.needs if k not in have]
     if not missing:
       continue
-    hints = [f"set {s}" for k in missing if (s := getattr(model, "output_settings", {}).get(k))]
+    settings = [s for k in missing if (s := getattr(model, "output_settings", {}).get(k))]
+    hints = [f"set {s}" for s in dict.fromkeys(settings)]
     served = sorted(n for n, o in objectives.OBJECTIVES.items() if set(o.needs) <= have)
     hints.append(f"objectives this model serves: {served}")
     givers = sorted(n for n, cls in models.MODELS.items() if n != cfg.model.name and missing[0] in cls.output_names)
