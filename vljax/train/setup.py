@@ -12,6 +12,7 @@ from vljax import evals, models, objectives
 from vljax.data import pipeline, tokenizers
 from vljax.evals import requirements
 from vljax.models import capabilities as model_decl
+from vljax.models.resolve import resolve_model_config
 from vljax.train import optim
 
 
@@ -23,28 +24,6 @@ class RunParts:
   schedule: Any
   tx: Any
   evaluators: dict
-
-
-VOCAB_MULTIPLE = 128
-
-
-def padded_vocab_size(n: int) -> int:
-  """Vocab rounded up to a multiple of 128, so `vocab` shards over any tensor axis that divides it."""
-  return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
-  """The model config with what the data and precision decide filled in."""
-  m = cfg.model.to_dict()
-  if "text" in m:
-    m["text"] = dict(m["text"])
-    m["text"].setdefault("vocab_size", padded_vocab_size(tokenizer.vocab_size))
-    m["text"].setdefault("max_len", cfg.data.max_len)
-  if getattr(models.MODELS.get(m.get("name")), "needs_image_token", False):
-    m.setdefault("image_token_id", tokenizer.image_id)
-  m.setdefault("dtype", cfg.precision.compute_dtype)
-  m.setdefault("param_dtype", cfg.precision.param_dtype)
-  return m
 
 
 def check_tokenizer_layout(cfg: ml_collections.ConfigDict, tokenizer) -> None:

@@ -12,9 +12,10 @@ from absl import logging
 from flax import traverse_util
 from tqdm import tqdm
 
+from vljax import checkpoint_io
 from vljax import metrics as metrics_lib
 from vljax.data.sources import skips as skips_lib
-from vljax.evals.runner import ModelRunner
+from vljax.inference.runner import ModelRunner
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import batch_sharding
 from vljax.train import checkpoint as ckpt_lib
@@ -87,7 +88,7 @@ def _init_from(state, cfg, expected_shapes: dict):
   flat = traverse_util.flatten_dict(state.params, sep="/")
   taken: dict[str, str] = {}
   for workdir, prefixes, step in init_sources(cfg.init_from):
-    loaded, step = ckpt_lib.load_params(workdir, step)
+    loaded, step = checkpoint_io.load_params(workdir, step)
     under = lambda k, p: not p or k == p or k.startswith(p + "/")
     in_subtree = lambda k: any(under(k, p) for p in prefixes)
     flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
@@ -96,7 +97,7 @@ def _init_from(state, cfg, expected_shapes: dict):
         raise ValueError(f"init_from subtree {p!r} matches nothing in {workdir!r}; its top-level subtrees "
                          f"are {sorted(loaded)}")
     picked = {k: v for k, v in flat_loaded.items() if in_subtree(k)}
-    problems = ckpt_lib.shape_mismatches({k: list(v.shape) for k, v in picked.items()},
+    problems = checkpoint_io.shape_mismatches({k: list(v.shape) for k, v in picked.items()},
                                          {k: s for k, s in expected_shapes.items() if in_subtree(k)})
     twice = sorted(k for k in picked if k in taken)
     if twice:
@@ -136,7 +137,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
   with jax.set_mesh(mesh):
     inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
     state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
-    expected_shapes = ckpt_lib.param_shapes(state.params)
+    expected_shapes = checkpoint_io.param_shapes(state.params)
     layout = ckpt_lib.state_layout(state, cfg.frozen, cfg.optimizer.to_dict())
     data_iter = setup.make_data_iterator(cfg, parts.tokenizer, process, jax.process_count())
     checkpointer = ckpt_lib.Checkpointer(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
