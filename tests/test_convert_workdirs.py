@@ -120,7 +120,7 @@ def test_converted_workdir_is_an_init_from_source(small_clip, tmp_path):
 # ---- fitting to a training config, and errors -------------------------------------------------------
 
 RECIPE = '''
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):
