@@ -9,7 +9,6 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from flax import traverse_util
 from tqdm import tqdm
 
 from vljax import checkpoint_io
@@ -19,7 +18,7 @@ from vljax.inference.runner import ModelRunner
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import batch_sharding
 from vljax.train import checkpoint as ckpt_lib
-from vljax.train import setup, state as state_lib, step as step_lib, step_flops
+from vljax.train import init_from, setup, state as state_lib, step as step_lib, step_flops
 
 
 class _StopAgreement:
@@ -63,54 +62,6 @@ class _StopAgreement:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def init_sources(init_from) -> list[tuple[str, list[str], int | None]]:
-  """(workdir, subtrees, step) of every source: init_from.workdir/subtree/step, then each
-  "WORKDIR:SUBTREE[,SUBTREE...]" of init_from.sources (their latest step)."""
-  out = []
-  if init_from.get("workdir"):
-    step = init_from.get("step", -1)
-    out.append((init_from.workdir, _subtrees(init_from.get("subtree", "")), None if step < 0 else step))
-  for spec in init_from.get("sources", ()) or ():
-    workdir, sep, subtree = str(spec).rpartition(":")
-    if not sep or not workdir:
-      raise ValueError(f"init_from.sources entry {spec!r} is not 'WORKDIR:SUBTREE[,SUBTREE...]'")
-    out.append((workdir, _subtrees(subtree), None))
-  return out
-
-
-def _subtrees(spec: str) -> list[str]:
-  """'a,b/c' -> ['a', 'b/c']; '' -> [''] (everything)."""
-  return [part.strip().strip("/") for part in spec.split(",")] or [""]
-
-
-def _init_from(state, cfg, expected_shapes: dict):
-  """Replaces subtrees of the fresh params by other runs' checkpoints (init_from)."""
-  flat = traverse_util.flatten_dict(state.params, sep="/")
-  taken: dict[str, str] = {}
-  for workdir, prefixes, step in init_sources(cfg.init_from):
-    loaded, step = checkpoint_io.load_params(workdir, step)
-    under = lambda k, p: not p or k == p or k.startswith(p + "/")
-    in_subtree = lambda k: any(under(k, p) for p in prefixes)
-    flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
-    for p in prefixes:
-      if not any(under(k, p) for k in flat_loaded):
-        raise ValueError(f"init_from subtree {p!r} matches nothing in {workdir!r}; its top-level subtrees "
-                         f"are {sorted(loaded)}")
-    picked = {k: v for k, v in flat_loaded.items() if in_subtree(k)}
-    problems = checkpoint_io.shape_mismatches({k: list(v.shape) for k, v in picked.items()},
-                                         {k: s for k, s in expected_shapes.items() if in_subtree(k)})
-    twice = sorted(k for k in picked if k in taken)
-    if twice:
-      problems.append(f"{twice[0]} (and {len(twice) - 1} more) already comes from {taken[twice[0]]!r}")
-    if problems:
-      raise ValueError(f"init_from {workdir!r} (step {step}) does not fit this model:\n  " + "\n  ".join(problems))
-    for k, v in picked.items():
-      flat[k] = jax.device_put(v.astype(flat[k].dtype), flat[k].sharding)
-      taken[k] = workdir
-    logging.info("init_from: %d params under %r from %s step %d", len(picked), prefixes, workdir, step)
-  return state.replace(params=traverse_util.unflatten_dict(flat, sep="/"))
-
-
 def _global_batch(local: dict, mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
 
@@ -150,8 +101,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
       data_iter.set_state(data_state)
       skipped = skips_lib.SkipTotals(saved_meta.get("data_skipped"))
       logging.warning("resumed from %s at step %d", checkpointer.directory, latest)
-    elif init_sources(cfg.init_from):
-      state = _init_from(state, cfg, expected_shapes)
+    elif init_from.sources(cfg.init_from):
+      state = init_from.replace_params(state, cfg.init_from, expected_shapes)
 
     if process == 0:  # only now: a config that fails above leaves the workdir as it was
       metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
