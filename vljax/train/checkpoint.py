@@ -1,6 +1,6 @@
 """Orbax checkpoints: train state + grain iterator state + metadata, async, keep-N, any mesh.
 
-Reading params alone (vljax.load, init_from) is vljax/checkpoint_io.py's."""
+Reading a run's params alone (vljax.load, init_from) is in vljax/checkpoint_io.py, outside train/."""
 
 from __future__ import annotations
 
