@@ -8,7 +8,7 @@ given the image (no contrastive embeddings); captions are generated greedily. Me
 in README "Results".
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

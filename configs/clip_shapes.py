@@ -6,7 +6,7 @@ Expected on a 2-core CPU, training part about 4.5 minutes: eval/zeroshot/top1 >=
 64 color x shape classes (chance 1/64; measured figures in README "Results").
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -1,7 +1,7 @@
 """CLIP ViT-B/16 at 224 px: the real-scale recipe, for accelerators.
 
 On image-text shards (LAION/DataComp-style, as img2dataset writes them), with ImageNet zero-shot
-and COCO retrieval (paths are examples; keys: vljax.config.use_real_data):
+and COCO retrieval (paths are examples; keys: common.use_real_data):
 
   python -m vljax.train --config configs/clip_vit_b16.py:'train=webdataset:/data/laion/{00000..41407}.tar,tokenizer=bpe:/data/bpe_simple_vocab_16e6.txt.gz,zeroshot=/data/tfds/imagenet2012/5.1.0,classnames=/data/imagenet_classnames.txt,retrieval=/data/tfds/coco_captions/2017/1.1.0' \\
       --workdir gs://BUCKET/clip_b16
@@ -15,7 +15,7 @@ rematerialised layers. Smoke test on CPU:
       --config.precision.compute_dtype=float32
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ embeddings and generated captions (greedy) with CIDEr / BLEU / attribute accurac
 figures in README "Results".
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -12,7 +12,7 @@ Smoke test on CPU:
       --config.evals.caption.num_examples=8
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

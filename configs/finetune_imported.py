@@ -5,7 +5,7 @@ from a workdir written by `python -m vljax.convert`; training starts from its we
   python -m vljax.train --config configs/finetune_imported.py:'init=runs/openai_b32,train=array_record:/data/cc3m/*.array_record,zeroshot=/data/tfds/imagenet2012/5.1.0,classnames=/data/imagenet_classnames.txt' \\
       --workdir runs/b32_ft
 
-Other keys as configs/clip_vit_b16.py (vljax.config.use_real_data); without `train=` it
+Other keys as configs/clip_vit_b16.py (common.use_real_data); without `train=` it
 fine-tunes on the shapes world at the imported model's image size. The objective is the
 imported model's own (softmax for CLIP, sigmoid for SigLIP). A small learning rate and short
 warmup keep the pretrained features; `frozen` can lock a tower (LiT: --config.frozen='("img/.*",)').
@@ -16,7 +16,7 @@ import os
 
 import ml_collections
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ default is 64) keep the CPU step short. Evaluates VQA and captioning 0-, 4- and 
 support examples have at most 10 words, so 8 of them and the query fit the LM's 150 positions.
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

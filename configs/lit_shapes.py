@@ -8,7 +8,7 @@ tower, its projection included, gets no update and no gradient computation. Meas
 README "Results".
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ image-question-answer chunks (loss on the caption / answer only). Evaluates VQA 
 question type next to the majority-answer baseline) and captioning.
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

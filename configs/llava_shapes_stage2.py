@@ -8,7 +8,7 @@ same data, schedule and evaluations.
 
 import os
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -9,7 +9,7 @@ language model from this run (init_from subtrees txt, lm, logits): see llava_sha
 flamingo_shapes.py.
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ objective: the comparison of binding accuracy is in README "Results". The twins 
 of the text tower on 2 x batch captions per step.
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ Where it differs from clip_shapes.py, each setting was measured on this machine 
   - the learning rate decays to 15% of its peak rather than to 0, for the same reason.
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

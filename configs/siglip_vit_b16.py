@@ -6,10 +6,10 @@
 The tokenizer options give SigLIP's rows (no BOS, EOS-padded to max_len, final position pooled),
 so weights imported with `python -m vljax.convert` from big_vision or Hugging Face fit this
 recipe. The sigmoid loss runs as the ppermute ring: no device builds the global B x B logits.
-Without `train=` it runs on the shapes world (keys: vljax.config.use_real_data).
+Without `train=` it runs on the shapes world (keys: common.use_real_data).
 """
 
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

@@ -1,8 +1,10 @@
 """Eight simulated CPU devices for every test, set before JAX touches a backend; one XLA
-compilation cache per test run; the error log of `cross_path` tests (tests/numerics.py)."""
+compilation cache per test run; the error log of `cross_path` tests (tests/numerics.py); the
+recipes' presets importable as `common` (configs/common.py)."""
 
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -15,6 +17,9 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+
+import common  # noqa: E402
 from vljax import config as config_lib  # noqa: E402
 from numerics import ErrorRecorder  # noqa: E402
 
@@ -89,8 +94,8 @@ def tiny_config(**overrides):
   c.total_steps = 6
   c.optimizer.lr = 3e-3
   c.schedule.warmup_steps = 2
-  c.evals = config_lib.shapes_evals(every=3, zeroshot=dict(num_examples=32),
-                                    retrieval=dict(num_examples=32), binding=dict(num_examples=32))
+  c.evals = common.shapes_evals(every=3, zeroshot=dict(num_examples=32),
+                                retrieval=dict(num_examples=32), binding=dict(num_examples=32))
   c.eval_batch_size = 32
   c.checkpoint = dict(every=3, keep=2, async_save=True)
   c.log_every = 1

@@ -11,9 +11,13 @@ directly and bound their difference from what they reduce.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from vljax.config import put_recipe_dirs_on_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "Where process 0 writes the .npz")
@@ -90,4 +94,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  put_recipe_dirs_on_path(sys.argv)  # the recipe's `import common`, before absl loads it
   app.run(main)

@@ -10,7 +10,7 @@ from flax import linen as nn, traverse_util
 
 from conftest import tiny_config
 from vljax.data import pipeline, tokenizers
-from vljax.evals.runner import ModelRunner
+from vljax.inference import ModelRunner
 from vljax.models import get_model
 from vljax.models.capabilities import EMBEDDINGS, GENERATION, LIKELIHOOD, of as capabilities_of
 from vljax.parallel.mesh import make_mesh

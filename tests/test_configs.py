@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,7 +13,8 @@ from vljax import config as config_lib
 from vljax.train import setup, state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+# configs/common.py holds the presets the recipes import; it is no recipe itself.
+RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if os.path.basename(p) != "common.py")
 # Needs a converted workdir (init=...): built and trained in tests/test_convert.py.
 NEEDS_ARG = ("finetune_imported.py",)
 
@@ -64,3 +67,28 @@ def test_real_scale_recipes_switch_to_data_on_disk_by_their_arguments():
     load_recipe(b16, "train=parquet:/x")
   with pytest.raises(ValueError, match="classnames= needs zeroshot="):
     load_recipe(b16, "classnames=/d/names.txt")
+
+
+LOAD_FROM_ELSEWHERE = """
+import sys
+recipe, other = sys.argv[1:]
+# As `python -m vljax.train` sees it: ml_collections registers --config.KEY overrides from sys.argv.
+sys.argv = ["vljax.train", "--config", recipe, "--workdir", "w", "--config.total_steps=7"]
+from vljax.train import __main__ as train_main
+train_main.parse_flags(sys.argv)
+cfg = train_main._CONFIG.value
+assert (cfg.model.name, cfg.total_steps) == ("two_tower", 7), cfg
+from vljax import config as config_lib
+assert config_lib.load_config(other).model.name == "coca"
+print("loaded")
+"""
+
+
+def test_recipes_import_their_presets_from_any_working_directory(tmp_path):
+  """`python -m vljax.train --config /abs/configs/clip_shapes.py` and load_config from a directory
+  without configs/: each puts the recipe's directory on sys.path, so its `import common` works."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  args = [os.path.join(ROOT, "configs", "clip_shapes.py"), os.path.join(ROOT, "configs", "coca_shapes.py")]
+  proc = subprocess.run([sys.executable, "-c", LOAD_FROM_ELSEWHERE, *args], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-3000:]

@@ -91,7 +91,7 @@ def test_cli_siglip_workdir_with_an_eos_padding_tokenizer(small_siglip, tmp_path
 def test_converted_workdir_is_an_init_from_source(small_clip, tmp_path):
   import ml_collections
   from flax import traverse_util
-  from vljax.train import checkpoint as ckpt_lib
+  from vljax import checkpoint_io
   from vljax.train.trainer import train_and_evaluate
 
   source = str(tmp_path / "converted")
@@ -106,7 +106,7 @@ def test_converted_workdir_is_an_init_from_source(small_clip, tmp_path):
   cfg.data.num_threads = 1
   run = str(tmp_path / "finetune")
   train_and_evaluate(cfg, run)
-  trained, step = ckpt_lib.load_params(run)
+  trained, step = checkpoint_io.load_params(run)
   assert step == 2
   expected = traverse_util.flatten_dict(converted.params, sep="/")
   got = traverse_util.flatten_dict(trained, sep="/")
@@ -120,7 +120,7 @@ def test_converted_workdir_is_an_init_from_source(small_clip, tmp_path):
 # ---- fitting to a training config, and errors -------------------------------------------------------
 
 RECIPE = '''
-from vljax import config as common
+import common
 
 
 def get_config(arg=None):

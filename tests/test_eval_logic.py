@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from vljax.data import shapes, tokenizers
+from vljax.evals.arrays import eval_images
 from vljax.evals.binding import BindingEvaluator
 from vljax.evals.captioning import CaptionEvaluator, attribute_correct
-from vljax.evals.runner import eval_images
 
 N = 12
 MAX_LEN = 24

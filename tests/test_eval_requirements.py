@@ -132,6 +132,7 @@ def _zero_params(model, cfg):
 def llava_workdir(tmp_path_factory):
   """A LLaVA workdir (config.json, a step-0 checkpoint of its initial params), as vljax.load reads it."""
   from vljax import metrics as metrics_lib
+  from vljax import checkpoint_io
   from vljax.train import checkpoint as ckpt_lib
   cfg = _config("llava", {})
   parts = setup.build(cfg)
@@ -139,7 +140,7 @@ def llava_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("llava"))
   metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
   checkpointer = ckpt_lib.Checkpointer(workdir, every=0, keep=1, async_save=False)
-  checkpointer.save(0, {"params": params}, {}, {"model_name": "llava", "param_shapes": ckpt_lib.param_shapes(params)},
+  checkpointer.save(0, {"params": params}, {}, {"model_name": "llava", "param_shapes": checkpoint_io.param_shapes(params)},
                     force=True)
   checkpointer.close()
   return workdir
@@ -172,7 +173,7 @@ def test_predict_classes_on_a_model_that_cannot_score_exits_2(llava_workdir, tmp
 def test_generate_on_llava_without_images_is_an_error_not_an_assertion():
   from vljax import decode as decode_lib
   from vljax.data import prompts
-  from vljax.evals.runner import ModelRunner
+  from vljax.inference.runner import ModelRunner
   from vljax.parallel.mesh import make_mesh
   cfg = _config("llava", {})
   parts = setup.build(cfg)

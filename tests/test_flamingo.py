@@ -74,7 +74,7 @@ def test_changing_an_image_changes_only_the_tokens_that_see_it(immediate):
 
 @pytest.mark.cross_path
 def test_kv_cached_generation_equals_recompute():
-  from vljax.evals.runner import ModelRunner
+  from vljax.inference.runner import ModelRunner
   from vljax import decode as decode_lib
   from vljax.parallel.mesh import make_mesh
   images, ids = batch()
@@ -151,7 +151,7 @@ def _mu_text(max_len):
 def test_frozen_parts_stay_bit_identical_to_their_init_from_sources(tmp_path):
   from flax import traverse_util
   from conftest import tiny_config
-  from vljax.train import checkpoint as ckpt_lib
+  from vljax.checkpoint_io import load_params
   from vljax.train.trainer import train_and_evaluate
   clip = tiny_config(total_steps=2, checkpoint=dict(every=2, keep=1, async_save=False))
   clip.model.image = dict(variant="mu/8", posemb="sincos2d")
@@ -167,9 +167,9 @@ def test_frozen_parts_stay_bit_identical_to_their_init_from_sources(tmp_path):
   cfg.init_from = dict(workdir="", subtree="", step=-1,
                        sources=(f"{tmp_path}/clip:img/embedding,img/encoder", f"{tmp_path}/lm:txt,lm,logits"))
   train_and_evaluate(cfg, str(tmp_path / "flamingo"))
-  got = traverse_util.flatten_dict(ckpt_lib.load_params(str(tmp_path / "flamingo"))[0], sep="/")
-  sources = {**traverse_util.flatten_dict(ckpt_lib.load_params(str(tmp_path / "lm"))[0], sep="/")}
-  sources.update({k: v for k, v in traverse_util.flatten_dict(ckpt_lib.load_params(str(tmp_path / "clip"))[0],
+  got = traverse_util.flatten_dict(load_params(str(tmp_path / "flamingo"))[0], sep="/")
+  sources = {**traverse_util.flatten_dict(load_params(str(tmp_path / "lm"))[0], sep="/")}
+  sources.update({k: v for k, v in traverse_util.flatten_dict(load_params(str(tmp_path / "clip"))[0],
                                                                sep="/").items()
                   if k.startswith(("img/embedding/", "img/encoder/"))})
   assert len(sources) > 20

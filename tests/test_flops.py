@@ -21,13 +21,13 @@ from flax import traverse_util
 
 from conftest import tiny_config
 from vljax import config as config_lib
+from vljax.checkpoint_io import param_shapes
 from vljax import models
 from vljax.models import flops
 from vljax.models.two_tower import TwoTower
 from vljax.models.vit import vit_settings
 from vljax.parallel.mesh import make_mesh
 from vljax.train import setup, state as state_lib, step as step_lib, step_flops
-from vljax.train.checkpoint import param_shapes
 from vljax.train.trainer import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

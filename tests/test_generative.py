@@ -12,7 +12,7 @@ from conftest import greedy_by_recompute
 from vljax import decode as decode_lib
 from vljax import objectives
 from vljax.data import tokenizers
-from vljax.evals.runner import ModelRunner
+from vljax.inference.runner import ModelRunner
 from vljax.models import decoder, get_model
 from vljax.parallel.mesh import make_mesh
 

@@ -11,6 +11,7 @@ from conftest import tiny_config
 from vljax import config as config_lib
 from vljax import models, objectives
 from vljax.data import tokenizers
+from vljax.models.resolve import resolve_model_config
 from vljax.models.two_tower import l2_normalize
 from vljax.parallel.mesh import make_mesh
 from vljax.parallel.sharding import LOGICAL_RULES
@@ -58,7 +59,7 @@ def one_device():
 
 
 def model_and_params(cfg):
-  model = models.get_model(setup.resolve_model_config(cfg, tokenizers.get_tokenizer(cfg.data.tokenizer)))
+  model = models.get_model(resolve_model_config(cfg, tokenizers.get_tokenizer(cfg.data.tokenizer)))
   init = lambda r: nn.unbox(model.init(r, **state_lib.dummy_inputs(cfg, 1))["params"])
   with nn.logical_axis_rules(LOGICAL_RULES):
     return model, jax.jit(init)(jax.random.PRNGKey(0))

@@ -1,6 +1,8 @@
 """Inference API on a briefly trained CoCa run: vljax.load, its methods, and `python -m vljax.predict`."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,3 +101,19 @@ def test_bad_images_and_workdirs_are_clear_errors(workdir, images, tmp_path, cap
     model.encode_image(np.zeros((32, 32, 3), np.float32))
   with pytest.raises(ValueError, match="class_names must be a non-empty list"):
     model.zero_shot(images, "red circle")
+
+
+def test_inference_imports_no_training_code():
+  """vljax.load and `python -m vljax.predict` run where the trainer's machinery is not wanted: a
+  fresh interpreter that imports them holds no module of vljax.train, nor the optimizer library."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import sys\n"
+          "import vljax, vljax.inference, vljax.predict\n"
+          "from vljax.inference import ModelRunner, Predictor, load\n"
+          "train = sorted(m for m in sys.modules if m.startswith('vljax.train'))\n"
+          "assert not train, train\n"
+          "assert 'optax' not in sys.modules\n")
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr

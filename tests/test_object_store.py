@@ -12,9 +12,9 @@ import tensorboardX
 from etils import epath
 from etils.epath import testing as epath_testing
 
+from vljax import checkpoint_io
 from vljax import metrics as metrics_lib
 from vljax import report
-from vljax.train import checkpoint as ckpt_lib
 
 WORKDIR = "gs://bucket/runs/clip"
 
@@ -76,5 +76,5 @@ def test_workdir_files_and_report_on_object_store(fake_gcs):
 
 def test_checkpoint_dir_stays_a_bucket_path(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert ckpt_lib.checkpoint_dir(WORKDIR) == f"{WORKDIR}/checkpoints"
-  assert ckpt_lib.checkpoint_dir("runs/a") == str(tmp_path / "runs/a/checkpoints")
+  assert checkpoint_io.checkpoint_dir(WORKDIR) == f"{WORKDIR}/checkpoints"
+  assert checkpoint_io.checkpoint_dir("runs/a") == str(tmp_path / "runs/a/checkpoints")

@@ -17,9 +17,10 @@ from vljax import evals
 from vljax.data import images as images_lib, shapes, tokenizers
 from vljax.data.pipeline import preprocess_images
 from vljax.evals import templates
+from vljax.evals.arrays import normalize
 from vljax.evals.retrieval import RetrievalEvaluator, recall_at_k, retrieval_ranks
-from vljax.evals.runner import ModelRunner, normalize
 from vljax.evals.zeroshot import ZeroShotEvaluator, class_scores, topk_accuracy
+from vljax.inference.runner import ModelRunner
 from vljax.metrics import read_metrics
 from vljax.models import get_model
 from vljax.parallel.mesh import make_mesh

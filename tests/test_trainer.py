@@ -10,6 +10,7 @@ import pytest
 from flax import traverse_util
 
 from conftest import tiny_config, workdir_listing
+from vljax import checkpoint_io
 from vljax import metrics as metrics_lib
 from vljax.metrics import read_metrics
 from vljax.train import checkpoint as ckpt_lib
@@ -116,8 +117,8 @@ def test_lit_init_from_and_frozen_tower_is_bit_identical(finished_run, tmp_path)
   cfg.init_from = dict(workdir=source, subtree="img", step=-1)
   lit = str(tmp_path / "lit")
   train_and_evaluate(cfg, lit)
-  src_params, _ = ckpt_lib.load_params(source)
-  lit_params, _ = ckpt_lib.load_params(lit)
+  src_params, _ = checkpoint_io.load_params(source)
+  lit_params, _ = checkpoint_io.load_params(lit)
   for k, v in traverse_util.flatten_dict(src_params["img"], sep="/").items():
     np.testing.assert_array_equal(traverse_util.flatten_dict(lit_params["img"], sep="/")[k], v, err_msg=k)
   src_txt = traverse_util.flatten_dict(src_params["txt"], sep="/")
@@ -132,8 +133,8 @@ def test_init_from_several_sources(finished_run, tmp_path):
   cfg.init_from = dict(workdir=source, subtree="img", step=-1, sources=(f"{source}:txt",))
   run = str(tmp_path / "two")
   train_and_evaluate(cfg, run)
-  src_params, _ = ckpt_lib.load_params(source)
-  got, _ = ckpt_lib.load_params(run)
+  src_params, _ = checkpoint_io.load_params(source)
+  got, _ = checkpoint_io.load_params(run)
   for tower in ("img", "txt"):
     for k, v in traverse_util.flatten_dict(src_params[tower], sep="/").items():
       np.testing.assert_array_equal(traverse_util.flatten_dict(got[tower], sep="/")[k], v, err_msg=k)

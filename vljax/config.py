@@ -1,9 +1,14 @@
-"""The config schema: every recipe starts from `base_config()`; `validate` rejects unknown names."""
+"""The config schema: every recipe starts from `base_config()`; `validate` rejects unknown names.
+
+The presets recipes share are configs/common.py; `load_config` and `put_recipe_dirs_on_path` let a
+recipe import them (`import common`) from its own directory, whatever the working directory."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -50,147 +55,41 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-# The CPU image tower: a 3-conv stem to 8x8 tokens of width 64, no transformer layers.
-SHAPES_IMAGE_TOWER = dict(variant="shapes/conv-64", depth=0, stem_channels=(32, 64, 128), posemb="sincos2d")
-
-
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of the recipe file at `path` (outside the absl command line)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path!r} does not exist")
+  put_recipe_dir_on_path(path)
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
 
 
-def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:
-  """A recipe's `:ARG` as "key=value,key=value" over `defaults`; an unknown key names the valid ones."""
-  out = dict(defaults)
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in defaults:
-      raise ValueError(f"config argument {item!r}: expected KEY=VALUE with KEY in {sorted(defaults)}")
-    out[key] = value
-  return out
+def put_recipe_dir_on_path(path: str) -> None:
+  """The directory of the recipe `path[:ARG]` first on sys.path, as running the file would put it:
+  its `import common` finds the presets next to it from any working directory."""
+  file = path.split(":", 1)[0]
+  if not file:
+    return
+  directory = os.path.dirname(os.path.abspath(file))
+  if directory not in sys.path:
+    sys.path.insert(0, directory)
 
 
-def accelerator_training(c: ml_collections.ConfigDict, *, eval_every: int,
-                         captioning: bool = False) -> ml_collections.ConfigDict:
-  """What the real-scale recipes share: an FSDP mesh, bfloat16 compute over float32 params,
-  large eval batches, async checkpoints every 1000 steps, the shapes evals until data is given."""
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
-  c.precision = dict(param_dtype="float32", compute_dtype="bfloat16")
-  c.evals = shapes_evals(every=eval_every, captioning=captioning)
-  c.eval_batch_size = 1024
-  c.checkpoint = dict(every=1000, keep=3, async_save=True)
-  c.log_every = 100
-  return c
-
-
-# `:ARG` keys of the real-scale recipes: where their data lives (all empty: the shapes world).
-REAL_DATA_ARGS = dict(train="", tokenizer="", zeroshot="", classnames="", retrieval="")
-TRAIN_SOURCE_KINDS = ("tfds", "array_record", "webdataset", "folder")
-
-
-def use_real_data(c: ml_collections.ConfigDict, args: dict[str, str], eval_every: int) -> ml_collections.ConfigDict:
-  """Point a recipe at data on disk from its `:ARG` keys (REAL_DATA_ARGS):
-
-    train=KIND:PATH      training source, KIND one of TRAIN_SOURCE_KINDS (vljax/data/sources)
-    tokenizer=SPEC       e.g. bpe:/path/bpe_simple_vocab_16e6.txt.gz (vljax/data/tokenizers.py)
-    zeroshot=DIR         tfds classification set (builder dir, split "validation"): top1/top5 over
-                         the 80 CLIP templates
-    classnames=FILE      its class names, one per line (default: the set's ClassLabel names)
-    retrieval=DIR|FILE   multi-caption retrieval set: tfds builder dir (split "test"), or a .jsonl of
-                         {"image", "captions"}; other splits: --config.evals.<name>.dataset.split=...
-
-  Paths may not contain commas (`:ARG` is comma-separated): use brace ranges, not {a,b} lists.
-  With a real training source the shapes evaluators are dropped; the real ones run if given.
-  """
-  if args["train"]:
-    kind, sep, path = args["train"].partition(":")
-    if not sep or kind not in TRAIN_SOURCE_KINDS or not path:
-      raise ValueError(f"config argument train={args['train']!r}: expected KIND:PATH with KIND in "
-                       f"{list(TRAIN_SOURCE_KINDS)}")
-    c.data.update(name=kind, path=path)
-    c.evals = {}
-  if args["tokenizer"]:
-    c.data.tokenizer = args["tokenizer"]
-  if args["zeroshot"]:
-    c.evals["zeroshot"] = dict(every=eval_every, dataset=dict(
-        source="tfds", path=args["zeroshot"], templates="clip80",
-        class_names=args["classnames"] or None))
-  elif args["classnames"]:
-    raise ValueError("config argument classnames= needs zeroshot=DIR (the set the names belong to)")
-  if args["retrieval"]:
-    source = "jsonl" if args["retrieval"].endswith(".jsonl") else "tfds"
-    c.evals["retrieval"] = dict(every=eval_every, dataset=dict(source=source, path=args["retrieval"]))
-  return c
-
-
-def shapes_two_tower(**overrides) -> dict:
-  """The CPU shapes two-tower: a conv image tower with max pooling, a 2-layer text transformer.
-
-  The image tower is the ViT's conv stem with no transformer layers (depth 0). On 2 CPU cores,
-  transformer layers and mean pooling learned shape far slower per second: small objects on a
-  large noisy background survive a max over positions and are diluted by a mean.
-  """
-  model = dict(name="two_tower", embed_dim=128,
-               image=dict(SHAPES_IMAGE_TOWER, pool="max"),
-               text=dict(variant="shapes-64", causal=False, pool="last"),
-               logit_scale_init=1 / 0.07)
-  model.update(overrides)
-  return model
-
-
-def shapes_coca(**overrides) -> dict:
-  """CoCa on the shapes tower: conv tokens -> 64 captioning queries (cascade) -> 1 contrastive
-  query; a 2-layer unimodal and a 2-layer multimodal text decoder."""
-  model = dict(name="coca", embed_dim=128, image=dict(SHAPES_IMAGE_TOWER), text=dict(variant="shapes-64"),
-               multimodal_depth=2, pooler="cascade", num_queries=64, logit_scale_init=1 / 0.07)
-  model.update(overrides)
-  return model
-
-
-def shapes_cappa(**overrides) -> dict:
-  """CapPa on the shapes tower: the decoder cross-attends to the 8x8 conv tokens."""
-  model = dict(name="cappa", image=dict(SHAPES_IMAGE_TOWER), text=dict(variant="shapes-64"),
-               parallel_fraction=0.75)
-  model.update(overrides)
-  return model
-
-
-def shapes_language_model(**overrides) -> dict:
-  """The shapes language model (configs/lm_shapes.py), the language half of LLaVA and Flamingo:
-  4 causal layers of width 64 over 150 positions (6 chunks; an 8-shot question prompt; a prompt
-  with 64 image tokens spliced in)."""
-  text = dict(variant="shapes-64", depth=4, max_len=150)
-  text.update(overrides)
-  return text
-
-
-def shapes_training(c: ml_collections.ConfigDict, total_steps: int = 750) -> ml_collections.ConfigDict:
-  """The CPU shapes schedule: batch 256, AdamW 3e-3, evals and checkpoints every 250 steps."""
-  c.batch_size = 256
-  c.total_steps = total_steps
-  c.optimizer.lr = 3e-3
-  c.schedule.warmup_steps = 50
-  c.evals = shapes_evals(every=250)
-  c.checkpoint.every = 250
-  c.log_every = 25
-  return c
-
-
-def shapes_evals(every: int, captioning: bool = False, **overrides) -> dict:
-  """The shapes evaluators (plus "caption" when `captioning`), every `every` steps and at the end."""
-  evals = dict(zeroshot=dict(every=every, num_examples=640),
-               retrieval=dict(every=every, num_examples=512),
-               binding=dict(every=every, num_examples=512))
-  if captioning:
-    evals["caption"] = dict(every=every, num_examples=256, num_references=5, decode=dict(method="greedy"))
-  for name, settings in overrides.items():
-    evals[name].update(settings)
-  return evals
+def put_recipe_dirs_on_path(argv: Sequence[str], flag: str = "config") -> None:
+  """For each `--config PATH[:ARG]` / `--config=PATH[:ARG]` in `argv`, its recipe's directory on
+  sys.path. Call before absl parses the flags: ml_collections loads the recipe file then, by path
+  alone, without adding its directory."""
+  names = (f"--{flag}", f"-{flag}")
+  for i, item in enumerate(argv):
+    name, sep, value = item.partition("=")
+    if name not in names:
+      continue
+    if sep:
+      put_recipe_dir_on_path(value)
+    elif i + 1 < len(argv):
+      put_recipe_dir_on_path(argv[i + 1])
 
 
 TOP_LEVEL_KEYS = frozenset(base_config().keys())

@@ -15,6 +15,8 @@ from typing import Any, NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vljax.config import put_recipe_dirs_on_path
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/clip_shapes.py", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (median and p90 over them)")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling, before the timed ones")
@@ -52,7 +54,9 @@ def _unknown_key(error: Any, argv: list[str]) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with bad flags reported as `error: ...` and exit 2 instead of a traceback."""
+  """absl parsing, with bad flags reported as `error: ...` and exit 2 instead of a traceback; the
+  recipe's directory goes on sys.path first (its `import common`)."""
+  put_recipe_dirs_on_path(argv)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the recipe lacks

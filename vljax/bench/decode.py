@@ -22,8 +22,8 @@ from vljax import config as config_lib
 from vljax import decode as decode_lib
 from vljax.data import tokenizers
 from vljax.models import decoder, get_model
+from vljax.models.resolve import resolve_model_config
 from vljax.parallel.sharding import LOGICAL_RULES
-from vljax.train import setup
 
 
 def machine_name() -> str:
@@ -47,7 +47,7 @@ def run(config_path: str, batch: int, tokens: int, repeats: int) -> dict[str, fl
   cfg = config_lib.load_config(config_path)
   cfg.data.max_len = max(cfg.data.max_len, tokens)
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
-  model = get_model(setup.resolve_model_config(cfg, tok))
+  model = get_model(resolve_model_config(cfg, tok))
   if not hasattr(model, "decode_step"):
     raise ValueError(f"{config_path}: model {cfg.model.name!r} has no caption decoder to benchmark")
   size = cfg.data.image_size

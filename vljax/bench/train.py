@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vljax import evals
+from vljax import checkpoint_io, evals
 from vljax import metrics as metrics_lib
 from vljax.bench.decode import machine_name
 from vljax.data import pipeline
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import MESH_AXES, batch_sharding, bytes_per_device
-from vljax.train import checkpoint as ckpt_lib, setup, state as state_lib, step as step_lib, step_flops
+from vljax.train import setup, state as state_lib, step as step_lib, step_flops
 
 
 def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int = 0) -> dict[str, jax.Array]:
@@ -230,7 +230,7 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
     xla_total, xla_source = xla_step_flops(compiled, matmul_loops, cfg, mesh, batch)
 
   median, p90 = float(np.median(times)), float(np.percentile(times, 90))
-  model_flops, no_count = step_flops.train_step_flops(cfg, parts.model_cfg, ckpt_lib.param_shapes(state.params))
+  model_flops, no_count = step_flops.train_step_flops(cfg, parts.model_cfg, checkpoint_io.param_shapes(state.params))
   peak = cfg.peak_flops or metrics_lib.device_peak_flops(device)
   tput = metrics_lib.throughput_metrics(steps=1, seconds=median, global_batch=cfg.batch_size,
                                         flops_per_step=model_flops, num_devices=num_devices, peak_flops=peak)

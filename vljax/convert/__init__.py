@@ -34,13 +34,14 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from vljax import checkpoint_io
 from vljax import config as config_lib
 from vljax import metrics as metrics_lib
 from vljax.convert import big_vision_siglip, files, fit, hf_clip, hf_siglip, openai_clip
 from vljax.convert.target import IMAGE_NORMALIZATIONS, Target
 from vljax.data import tokenizers
+from vljax.models.resolve import padded_vocab_size
 from vljax.train import checkpoint as ckpt_lib
-from vljax.train.setup import padded_vocab_size
 
 # format -> (reader of the source layout, converter of the Hugging Face layout it yields)
 FORMATS = {"openai_clip": (openai_clip.read, hf_clip.to_vljax), "hf_clip": (hf_clip.read, hf_clip.to_vljax),
@@ -143,7 +144,7 @@ def write_workdir(converted: Converted, workdir: str, config: ml_collections.Con
   workdir (`init_from`): this one has no optimizer state. Returns the config.json path."""
   model_cfg, params, data = converted
   config = fit.as_config(config) if config is not None else None
-  checkpoints = epath.Path(ckpt_lib.checkpoint_dir(workdir))
+  checkpoints = epath.Path(checkpoint_io.checkpoint_dir(workdir))
   if checkpoints.is_dir() and any(checkpoints.iterdir()):
     raise ValueError(f"{workdir!r} already holds checkpoints; write converted weights to a new workdir")
   cfg = ml_collections.ConfigDict(config.to_dict()) if config is not None else config_lib.base_config()
@@ -159,7 +160,7 @@ def write_workdir(converted: Converted, workdir: str, config: ml_collections.Con
     logging.warning("no tokenizer given for %s: config.json keeps data.tokenizer=%r; set the model's own "
                     "(e.g. --tokenizer bpe:/path/bpe_simple_vocab_16e6.txt.gz)", data["source"], cfg.data.tokenizer)
   path = metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
-  meta = {"model_name": "two_tower", "param_shapes": ckpt_lib.param_shapes(params),
+  meta = {"model_name": "two_tower", "param_shapes": checkpoint_io.param_shapes(params),
           "converted_from": data["source"], "format": data["format"]}
   checkpointer = ckpt_lib.Checkpointer(workdir, every=0, keep=1, async_save=False)
   checkpointer.save(0, {"params": params}, {}, meta, force=True)

@@ -9,11 +9,12 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from vljax import checkpoint_io
 from vljax import config as config_lib
 from vljax.data import tokenizers
 from vljax.models import get_model, two_tower
-from vljax.train import checkpoint as ckpt_lib
-from vljax.train import setup, state as state_lib
+from vljax.models.resolve import resolve_model_config
+from vljax.train import state as state_lib
 
 # Tower settings that change what the same weights compute: they must agree, not just the shapes.
 NUMERICS_KEYS = {"image": ("activation", "norm_eps", "pool", "pre_norm", "cls_posemb"),
@@ -42,7 +43,7 @@ def sizes(config: ml_collections.ConfigDict, given: dict[str, Any]) -> dict[str,
 def check_against(config: ml_collections.ConfigDict, model_cfg: dict, params: dict) -> tuple[dict, dict]:
   """(model_cfg, params) laid out as `config`'s model (stacked layers when it scans); ValueError naming
   the first param whose shape differs, or the tower settings that do."""
-  expected_cfg = setup.resolve_model_config(config, tokenizers.get_tokenizer(config.data.tokenizer))
+  expected_cfg = resolve_model_config(config, tokenizers.get_tokenizer(config.data.tokenizer))
   if expected_cfg.get("name") != "two_tower":
     raise ValueError(f"converted CLIP / SigLIP weights are a 'two_tower' model; the config's model is "
                      f"{expected_cfg.get('name')!r}")
@@ -59,11 +60,11 @@ def check_against(config: ml_collections.ConfigDict, model_cfg: dict, params: di
   model = get_model(expected_cfg)
   abstract = jax.eval_shape(lambda r: model.init(r, **state_lib.dummy_inputs(config, 1))["params"],
                             jax.random.PRNGKey(0))
-  want = ckpt_lib.param_shapes(nn.meta.unbox(abstract))
-  have = ckpt_lib.param_shapes(params)
+  want = checkpoint_io.param_shapes(nn.meta.unbox(abstract))
+  have = checkpoint_io.param_shapes(params)
   for name in sorted(set(want) | set(have)):
     if want.get(name) != have.get(name):
-      problems = ckpt_lib.shape_mismatches(have, want)
+      problems = checkpoint_io.shape_mismatches(have, want)
       raise ValueError(f"the converted checkpoint does not fit the config's model: {name} is "
                        f"{_shape(have.get(name))} in the checkpoint and {_shape(want.get(name))} in the model. "
                        "All differences:\n  " + "\n  ".join(problems))

@@ -12,9 +12,9 @@ from vljax.convert import towers
 from vljax.convert.towers import Tensors, grid_of, resize_posemb, token_table
 from vljax.data.images import NORMALIZATIONS as IMAGE_NORMALIZATIONS
 from vljax.data.tokenizers import SPECIAL_TOKENS
+from vljax.models.resolve import padded_vocab_size
 from vljax.models.text import TEXT_VARIANTS
 from vljax.models.vit import VIT_VARIANTS
-from vljax.train.setup import padded_vocab_size
 
 
 @dataclasses.dataclass

@@ -6,7 +6,8 @@ import numpy as np
 
 from vljax.data import shapes
 from vljax.evals import datasets, ranking
-from vljax.evals.runner import ModelRunner, eval_images
+from vljax.evals.arrays import eval_images
+from vljax.inference.runner import ModelRunner
 
 
 class BindingEvaluator:

@@ -7,9 +7,10 @@ import numpy as np
 from vljax import decode as decode_lib
 from vljax.data import prompts, shapes
 from vljax.evals import datasets
+from vljax.evals.arrays import eval_images
 from vljax.evals.coco_metrics import caption_metrics
-from vljax.evals.runner import ModelRunner, eval_images
 from vljax.evals.shots import parse_shots, support_indices
+from vljax.inference.runner import ModelRunner
 
 
 def attribute_correct(caption: str, objects: list[dict]) -> bool:

@@ -10,11 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from vljax.models.capabilities import (DESCRIPTIONS, EMBEDDINGS, GENERATION, LIKELIHOOD, MULTI_IMAGE,  # noqa: F401
-                                       PROMPTED, describe)
+                                       PROMPTED, SCORING_NEEDS, describe)
 from vljax.models.capabilities import of as model_capabilities
 
 SCORES = "scores"  # an evaluator's `needs`: EMBEDDINGS or LIKELIHOOD, as its `scoring` setting picks
-SCORING_NEEDS = {"embedding": (EMBEDDINGS,), "likelihood": (LIKELIHOOD,), "auto": (EMBEDDINGS, LIKELIHOOD)}
 
 
 def _shots(settings: Mapping[str, Any]) -> tuple:

@@ -12,7 +12,7 @@ import numpy as np
 from vljax import decode as decode_lib
 from vljax.data import prompts, shapes
 from vljax.evals import datasets
-from vljax.evals.runner import eval_images
+from vljax.evals.arrays import eval_images
 from vljax.evals.shots import parse_shots, support_indices
 from vljax.evals.vqa_metrics import accuracy_by_type, majority_baseline
 

@@ -7,7 +7,8 @@ import numpy as np
 
 from vljax.data import shapes
 from vljax.evals import datasets, ranking, templates as templates_lib
-from vljax.evals.runner import ModelRunner, eval_images, normalize
+from vljax.evals.arrays import eval_images, normalize
+from vljax.inference.runner import ModelRunner
 
 PROMPTS_PER_CALL = 8192  # text embeddings are averaged per class as they come: memory is one call's
 

@@ -26,6 +26,9 @@ DESCRIPTIONS = {
     MULTI_IMAGE: "prompts with several images (few-shot)",
 }
 
+# What each image-text scoring method asks of a model ("auto": either; embeddings where it has them).
+SCORING_NEEDS = {"embedding": (EMBEDDINGS,), "likelihood": (LIKELIHOOD,), "auto": (EMBEDDINGS, LIKELIHOOD)}
+
 
 def of(model) -> frozenset[str]:
   """The capabilities a model instance or class declares (a class: those of any of its configurations;

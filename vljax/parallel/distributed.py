@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 _ENV_TRIO = ("VLJAX_COORDINATOR", "VLJAX_NUM_PROCESSES", "VLJAX_PROCESS_ID")
 _result: dict[str, Any] | None = None  # what the first call did; later calls return it
@@ -165,6 +166,15 @@ def _on_tpu_cluster() -> bool:
   except ImportError:  # a later jax moved it: fall back to the environment hints above
     return False
   return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+
+def sum_over_processes(local: np.ndarray) -> np.ndarray:
+  """The elementwise sum of every process's `local` (the same shape on each); a collective: every
+  process calls it at the same point."""
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils  # lazy: multi-host only
+  return np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
 
 
 def _reset_for_tests() -> None:

@@ -10,6 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vljax.config import put_recipe_dirs_on_path
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/clip_shapes.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/, tb/")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
@@ -17,6 +19,13 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: 
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing (usage and exit 1 on a bad flag), with the recipe's directory first on sys.path:
+  ml_collections loads --config by its path alone, and the recipe imports `common` next to it."""
+  put_recipe_dirs_on_path(argv)
+  return app.parse_flags_with_usage(argv)
 
 
 def main(argv):
@@ -40,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

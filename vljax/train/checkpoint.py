@@ -1,38 +1,21 @@
-"""Orbax checkpoints: train state + grain iterator state + metadata, async, keep-N, any mesh."""
+"""Orbax checkpoints: train state + grain iterator state + metadata, async, keep-N, any mesh.
+
+Reading a run's params alone (vljax.load, init_from) is in vljax/checkpoint_io.py, outside train/."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 from etils import epath
 import orbax.checkpoint as ocp
 from flax import traverse_util
 from grain import checkpoint as grain_checkpoint
 
+from vljax.checkpoint_io import checkpoint_dir, shape_mismatches
 from vljax.train.optim import frozen_predicate
-
-
-def param_shapes(params) -> dict[str, list[int]]:
-  """'img/encoder/.../kernel' -> shape: what a checkpoint must match to be restored."""
-  flat = traverse_util.flatten_dict(params, sep="/")
-  return {k: list(v.shape) for k, v in sorted(flat.items())}
-
-
-def shape_mismatches(saved: dict, expected: dict, limit: int = 8) -> list[str]:
-  problems = []
-  for k in sorted(set(saved) | set(expected)):
-    if k not in expected:
-      problems.append(f"{k}: in checkpoint {saved[k]}, not in model")
-    elif k not in saved:
-      problems.append(f"{k}: in model {expected[k]}, not in checkpoint")
-    elif list(saved[k]) != list(expected[k]):
-      problems.append(f"{k}: checkpoint {saved[k]} vs model {expected[k]}")
-  return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
 
 
 def state_layout(state, frozen, optimizer: dict) -> dict:
@@ -66,12 +49,6 @@ def layout_changes(saved: dict, now: dict, limit: int = 4) -> list[str]:
     problems.append(f"the optimizer state has another layout (optimizer settings that differ: "
                     f"{', '.join(differ) or 'none'}; state {saved['opt_state_layout']} -> {now['opt_state_layout']})")
   return problems
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """workdir/checkpoints: absolute for local paths (Orbax needs that), as given for gs://..."""
-  path = os.path.join(os.fspath(workdir), "checkpoints")
-  return path if "://" in path else os.path.abspath(path)
 
 
 class _DataState:
@@ -160,23 +137,3 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def load_params(workdir: str, step: int | None = None, purpose: str = "init_from") -> tuple[dict, int]:
-  """All params of a run's checkpoint as host numpy arrays (for `init_from`, `vljax.load`)."""
-  directory = checkpoint_dir(workdir)
-  if not epath.Path(directory).is_dir():
-    raise FileNotFoundError(f"{purpose}: no checkpoints in {directory!r}; train that run first")
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data", "meta"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{purpose}: {directory!r} holds no finished checkpoint")
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  item = {"params": traverse_util.unflatten_dict(
-      {tuple(k.split("/")): np.zeros(s, np.float32) for k, s in meta["param_shapes"].items()})}
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True)))
-  manager.close()
-  return out["state"]["params"], step

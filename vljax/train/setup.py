@@ -12,6 +12,7 @@ from vljax import evals, models, objectives
 from vljax.data import formats, pipeline, tokenizers
 from vljax.evals import requirements
 from vljax.models import capabilities as model_decl
+from vljax.models.resolve import resolve_model_config
 from vljax.train import optim
 
 
@@ -25,33 +26,10 @@ class RunParts:
   evaluators: dict
 
 
-VOCAB_MULTIPLE = 128
-
-
-def padded_vocab_size(n: int) -> int:
-  """Vocab rounded up to a multiple of 128, so `vocab` shards over any tensor axis that divides it."""
-  return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
-  """The model config with what the data and precision decide filled in."""
-  m = cfg.model.to_dict()
-  for key in ("text", "decoder"):  # text towers and decoders read the tokenizer's ids
-    if m.get(key):
-      m[key] = dict(m[key])
-      m[key].setdefault("vocab_size", padded_vocab_size(tokenizer.vocab_size))
-      m[key].setdefault("max_len", cfg.data.max_len)
-  if getattr(models.MODELS.get(m.get("name")), "needs_image_token", False):
-    m.setdefault("image_token_id", tokenizer.image_id)
-  m.setdefault("dtype", cfg.precision.compute_dtype)
-  m.setdefault("param_dtype", cfg.precision.param_dtype)
-  return m
-
-
 def check_tokenizer_layout(cfg: ml_collections.ConfigDict, tokenizer) -> None:
   """Rows without BOS or padded with EOS suit contrastive text towers (SigLIP's); next-token losses
   need the BOS to predict the first word from and the padding to see where the text ends."""
-  generative = "captioning" in cfg.objectives or cfg.data.format != "caption"
+  generative = "captioning" in cfg.objectives or formats.get_format(cfg.data.format).chunked
   if generative and (not tokenizer.add_bos or tokenizer.pad_with_eos):
     raise ValueError(f"data.tokenizer={cfg.data.tokenizer!r}: bos=none and pad=eos are for contrastive text "
                      f"towers; objectives {sorted(cfg.objectives)} with data.format={cfg.data.format!r} "

@@ -1,5 +1,9 @@
-"""Runs a model over evaluation data: embeddings, caption log-likelihoods and generated captions,
-in fixed-size chunks sharded over the mesh's batch axes (one compile per chunk shape)."""
+"""Runs a model over arrays of images and tokens: embeddings, caption log-likelihoods and generated
+captions, in fixed-size chunks sharded over the mesh's batch axes (one compile per chunk shape).
+
+The evaluators and the Predictor share it. It reads the model's declared capabilities
+(vljax.models.capabilities), not vljax.evals: the evaluators import this module.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,7 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 
 from vljax import decode as decode_lib
-from vljax.data import images as images_lib, prompts
-from vljax.evals import requirements
+from vljax.data import prompts
 from vljax.models import capabilities as model_decl, decoder
 from vljax.parallel.mesh import batch_shards
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding
@@ -22,16 +25,16 @@ SCORINGS = ("auto", "embedding", "likelihood")
 
 
 class ModelRunner:
-  """Evaluation-time calls of one model; params are passed per call (they change during training)."""
+  """Inference calls of one model; params are passed per call (they change during training)."""
 
   def __init__(self, model: nn.Module, mesh, chunk: int, tokenizer):
     self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
-    self.capabilities = requirements.model_capabilities(model)
+    self.capabilities = model_decl.of(model)
     self.generative = self.generative_model(model)
     self.max_text_len = model.text["max_len"] if self.generative else None
     shards = batch_shards(mesh)
     self.chunk = max(shards, chunk - chunk % shards)  # a multiple of the batch shards
-    self.has_embeddings = requirements.EMBEDDINGS in self.capabilities
+    self.has_embeddings = model_decl.EMBEDDINGS in self.capabilities
 
   @staticmethod
   def generative_model(model: nn.Module) -> bool:
@@ -69,8 +72,8 @@ class ModelRunner:
   def _require_capability(self, what: str, *options: str) -> None:
     """A clear error, not a shape assertion deep in the model, when it cannot do `what`."""
     if not self.capabilities & set(options):
-      can = ", ".join(requirements.DESCRIPTIONS[c] for c in sorted(self.capabilities)) or "none of them"
-      raise ValueError(f"{what} needs a model with {' or '.join(requirements.DESCRIPTIONS[o] for o in options)}; "
+      can = ", ".join(model_decl.DESCRIPTIONS[c] for c in sorted(self.capabilities)) or "none of them"
+      raise ValueError(f"{what} needs a model with {' or '.join(model_decl.DESCRIPTIONS[o] for o in options)}; "
                        f"{type(self.model).__name__} has {can}")
 
   # ---- embeddings
@@ -100,7 +103,7 @@ class ModelRunner:
 
   def memory(self, params, images: np.ndarray) -> np.ndarray:
     """What the caption decoder cross-attends to, per image [N, S, D]."""
-    self._require_capability("caption scoring", requirements.LIKELIHOOD)
+    self._require_capability("caption scoring", model_decl.LIKELIHOOD)
     return self._chunked(lambda x: self._memory(params, x), images)
 
   def pair_loglik(self, params, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -144,7 +147,7 @@ class ModelRunner:
     """"auto" -> embeddings when the model has them, else likelihood."""
     if scoring not in SCORINGS:
       raise ValueError(f"Unknown scoring {scoring!r}; valid: {list(SCORINGS)}")
-    self._require_capability(f"image-text scoring (scoring={scoring!r})", *requirements.SCORING_NEEDS[scoring])
+    self._require_capability(f"image-text scoring (scoring={scoring!r})", *model_decl.SCORING_NEEDS[scoring])
     if scoring == "auto":
       return "embedding" if self.has_embeddings else "likelihood"
     return scoring
@@ -223,7 +226,7 @@ class ModelRunner:
       raise ValueError(f"prompt length {prompt_len} + decode max_len={options.max_len} exceeds the model's "
                        f"text max_len {self.max_text_len}")
     name = type(self.model).__name__
-    if images is None and requirements.PROMPTED in self.capabilities:
+    if images is None and model_decl.PROMPTED in self.capabilities:
       raise ValueError(f"{name} reads images through the prompts' <image> tokens: generate needs images "
                        "[N, M, H, W, 3], one per <image>")
     if images is not None:
@@ -257,12 +260,3 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
-
-def eval_images(examples: list[dict], normalization: str = "siglip") -> np.ndarray:
-  """The examples' uint8 images, stacked and normalised as in training (data.normalization)."""
-  pixels = np.stack([e["image"] for e in examples])
-  return images_lib.normalize(pixels, normalization)
-
-
-def normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)

@@ -1,18 +1,8 @@
-"""Inference on a trained run: `vljax.load(workdir)` -> a Predictor.
-
-  model = vljax.load("runs/coca")
-  model.caption(["cat.png"], method="beam", beam_size=4)   # -> ["a red circle ..."]
-  model.zero_shot(images, ["red circle", "blue star"])      # -> (labels, probabilities)
-  model.score(images, ["a red circle", "a blue star"])      # -> [N_images, N_texts]
-
-Images are file paths or uint8 arrays ([H, W, 3] or [N, H, W, 3]); other sizes are resized
-(shorter side, then a center crop) to the size the model was trained at.
-"""
+"""The Predictor: a trained model with its tokenizer, and `load(workdir)` that opens one."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,54 +10,21 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from PIL import Image
 
+from vljax import checkpoint_io
 from vljax import decode as decode_lib
 from vljax.data import images as images_lib
 from vljax.data import shapes, tokenizers
 from vljax.evals import templates as templates_lib
-from vljax.evals.runner import ModelRunner
 from vljax.evals.zeroshot import class_scores
+from vljax.inference.images import ImageInput, load_images
+from vljax.inference.runner import ModelRunner
 from vljax.models import get_model
+from vljax.models.resolve import resolve_model_config
 from vljax.parallel.mesh import make_mesh
 from vljax.parallel.sharding import replicated
-from vljax.train import checkpoint as ckpt_lib
-from vljax.train import setup
 
-ImageInput = str | os.PathLike | np.ndarray | Sequence[Any]
 PREDICT_CHUNK = 32
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-  """uint8 [H, W, 3] from an image file; a missing or undecodable file names itself."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"image file {path!r} does not exist")
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
-  except (OSError, ValueError) as e:  # PIL raises UnidentifiedImageError (an OSError) on garbage
-    raise ValueError(f"cannot decode image file {path!r}: {e}") from e
-
-
-def load_images(images: ImageInput, size: int) -> np.ndarray:
-  """Paths / arrays -> uint8 [N, size, size, 3]."""
-  if isinstance(images, (str, os.PathLike)):
-    images = [images]
-  elif isinstance(images, np.ndarray) and images.ndim == 3:
-    images = [images]
-  out = []
-  for i, item in enumerate(images):
-    array = read_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
-    if array.ndim == 2:
-      array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
-      raise ValueError(f"image {i}: expected a file path or a uint8 array [H, W, 3], got "
-                       f"dtype {array.dtype} shape {array.shape}")
-    out.append(array if array.shape[:2] == (size, size) else images_lib.resize_center_crop(array, size))
-  if not out:
-    raise ValueError("no images given")
-  return np.stack(out)
 
 
 class Predictor:
@@ -76,7 +33,7 @@ class Predictor:
   def __init__(self, cfg: ml_collections.ConfigDict, params: Any, step: int):
     self.cfg, self.step = cfg, step
     self.tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
-    self.model = get_model(setup.resolve_model_config(cfg, self.tokenizer))
+    self.model = get_model(resolve_model_config(cfg, self.tokenizer))
     self.image_size, self.max_len = cfg.data.image_size, cfg.data.max_len
     self.mesh = make_mesh({"data": -1})
     # Inference batches are small: a modest chunk keeps a single image from paying for 256.
@@ -138,5 +95,5 @@ def load(workdir: str, step: int | None = None) -> Predictor:
   if not path.is_file():
     raise FileNotFoundError(f"vljax.load: {str(path)!r} does not exist; is {workdir!r} a vljax workdir?")
   cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
-  params, step = ckpt_lib.load_params(workdir, step, purpose="vljax.load")
+  params, step = checkpoint_io.load_params(workdir, step, purpose="vljax.load")
   return Predictor(cfg, params, step)

@@ -1,0 +1,59 @@
+"""Reading a run's checkpoint without the trainer: where it lives, its param shapes, its params.
+
+Inference (`vljax.load`) and the trainer (`init_from`, resume checks) both read checkpoints; this
+module keeps that reading free of the training machinery (optimizer, data iterator state).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import traverse_util
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """workdir/checkpoints: absolute for local paths (Orbax needs that), as given for gs://..."""
+  path = os.path.join(os.fspath(workdir), "checkpoints")
+  return path if "://" in path else os.path.abspath(path)
+
+
+def param_shapes(params) -> dict[str, list[int]]:
+  """'img/encoder/.../kernel' -> shape: what a checkpoint must match to be restored."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return {k: list(v.shape) for k, v in sorted(flat.items())}
+
+
+def shape_mismatches(saved: dict, expected: dict, limit: int = 8) -> list[str]:
+  problems = []
+  for k in sorted(set(saved) | set(expected)):
+    if k not in expected:
+      problems.append(f"{k}: in checkpoint {saved[k]}, not in model")
+    elif k not in saved:
+      problems.append(f"{k}: in model {expected[k]}, not in checkpoint")
+    elif list(saved[k]) != list(expected[k]):
+      problems.append(f"{k}: checkpoint {saved[k]} vs model {expected[k]}")
+  return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+
+
+def load_params(workdir: str, step: int | None = None, purpose: str = "init_from") -> tuple[dict, int]:
+  """All params of a run's checkpoint as host numpy arrays (for `init_from`, `vljax.load`)."""
+  directory = checkpoint_dir(workdir)
+  if not epath.Path(directory).is_dir():
+    raise FileNotFoundError(f"{purpose}: no checkpoints in {directory!r}; train that run first")
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data", "meta"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{purpose}: {directory!r} holds no finished checkpoint")
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  item = {"params": traverse_util.unflatten_dict(
+      {tuple(k.split("/")): np.zeros(s, np.float32) for k, s in meta["param_shapes"].items()})}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True)))
+  manager.close()
+  return out["state"]["params"], step
