@@ -68,6 +68,18 @@ def _as_spec(parsed: Mapping[str, tuple[float, dict]]) -> dict[str, dict]:
   return {name: dict(weight=w, **options) for name, (w, options) in parsed.items()}
 
 
+def _micro_weights(name: str, batch: dict, k: int, pad_id: int) -> jax.Array:
+  """[k] shares of a per-example objective: micro-batch j weighs max(count_j, 1) / max(count, 1)."""
+  counts = jax.vmap(lambda j: _info(name).count(take_micro(batch, k, j), pad_id))(jnp.arange(k))
+  return jnp.maximum(counts, 1.0) / jnp.maximum(counts.sum(), 1.0)
+
+
+def _check_outputs(out: dict, keys: list[str], cross: Mapping[str, Any]) -> None:
+  missing = sorted(set(keys) - set(out))
+  if missing:
+    raise ValueError(f"objectives {sorted(cross)} need model outputs {missing}; the model returned {sorted(out)}")
+
+
 def _pull(cotangent: jax.Array, value: jax.Array) -> jax.Array:
   """<cotangent, value>: its gradient w.r.t. value is exactly `cotangent` (a VJP as a scalar)."""
   return jnp.sum(cotangent * value.astype(cotangent.dtype))
@@ -75,8 +87,7 @@ def _pull(cotangent: jax.Array, value: jax.Array) -> jax.Array:
 
 def gradcache_value_and_grad(apply_fn: ApplyFn, loss_spec: Mapping[str, Any], trainable: Any, frozen: Any,
                              batch: dict, rng: jax.Array, *, k: int, impl: str = "gather",
-                             pad_id: int = tokenizers.PAD_ID, access: AccessFn | None = None
-                             ) -> tuple[jax.Array, dict, Any]:
+                             pad_id: int = tokenizers.PAD_ID, access: AccessFn | None = None) -> tuple:
   """(loss, metrics, grads) of the combined loss on the whole `batch`, one of its k micro-batches of
   activations at a time.
 
@@ -95,9 +106,7 @@ def gradcache_value_and_grad(apply_fn: ApplyFn, loss_spec: Mapping[str, Any], tr
 
   def outputs(params, j):
     out = apply_fn(params, frozen, take_micro(batch, k, j), jax.random.fold_in(rng, j))
-    missing = sorted(set(example_keys + shared_keys) - set(out))
-    if missing:
-      raise ValueError(f"objectives {sorted(cross)} need model outputs {missing}; the model returned {sorted(out)}")
+    _check_outputs(out, example_keys + shared_keys, cross)
     return out
 
   # Pass 1: only the small outputs the cross-example loss needs survive each micro-batch.
@@ -117,11 +126,7 @@ def gradcache_value_and_grad(apply_fn: ApplyFn, loss_spec: Mapping[str, Any], tr
     (cross_loss, metrics), (g_example, g_shared) = jax.value_and_grad(cross_fn, argnums=(0, 1), has_aux=True)(
         emb, shared)
 
-  # Per-example objectives: micro-batch j weighs max(count_j, 1) / max(count, 1).
-  weights = {}
-  for name in local:
-    counts = jax.vmap(lambda j, name=name: _info(name).count(take_micro(batch, k, j), pad_id))(steps)
-    weights[name] = jnp.maximum(counts, 1.0) / jnp.maximum(counts.sum(), 1.0)
+  weights = {name: _micro_weights(name, batch, k, pad_id) for name in local}
 
   def local_loss(params, out, j):
     total, extra = jnp.zeros((), jnp.float32), {}
