@@ -1,5 +1,6 @@
 """Training objectives: pure losses and the name -> objective registry."""
 
+from vljax.plugins import import_submodules
 from vljax.objectives.registry import (OBJECTIVES, RUN_ARGS, ModelAccess, ObjectiveInfo, call_objective,
                                        combined_loss, get_objective, model_rngs, parse_objectives,
                                        register_objective, stream_rng)
@@ -9,15 +10,8 @@ from vljax.objectives.contrastive import (IMPLS, all_gather_softmax_contrastive_
 from vljax.objectives.captioning import captioning_loss
 
 
-def _register_all() -> None:
-  """Import every module of this package: each registers its objectives, so a new objective is a new file."""
-  import importlib
-  import pkgutil
-  for module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{module.name}")
-
-
-_register_all()
+# Each module of this package registers its objectives: a new objective is a new file.
+import_submodules(__name__, __path__)
 
 __all__ = [
     "IMPLS", "OBJECTIVES", "RUN_ARGS", "ModelAccess", "ObjectiveInfo", "all_gather_softmax_contrastive_loss",

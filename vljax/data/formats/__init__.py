@@ -67,12 +67,7 @@ def get_format(name: str) -> BatchFormat:
   return FORMATS[name]
 
 
-def _register_all() -> None:
-  """Import every module of this package: each registers its formats, so a new format is a new file."""
-  import importlib
-  import pkgutil
-  for module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{module.name}")
+from vljax.plugins import import_submodules  # noqa: E402
 
-
-_register_all()
+# Each module of this package registers its formats: a new format is a new file.
+import_submodules(__name__, __path__)
