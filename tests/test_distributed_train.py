@@ -38,11 +38,17 @@ def _batch(cfg):
   return next(iter(ds))
 
 
-def _one_step(cfg, mesh, batch):
+def _one_step(cfg, mesh, batch, initial=None):
+  """(params after the step, its metrics, bytes per device, total bytes): from `initial` (a state
+  moved onto this mesh's layout) or the state initialised on the mesh."""
   parts = setup.build(cfg)
   with jax.set_mesh(mesh):
     inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
-    state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+    if initial is None:
+      state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+    else:
+      _, shardings = state_lib.plan_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+      state = jax.device_put(initial, shardings)
     before = bytes_per_device((state.params, state.opt_state))
     total = tree_bytes((state.params, state.opt_state))
     train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
@@ -199,8 +205,13 @@ def test_decoder_models_step_on_fsdp4_tensor2_equals_single_device(name):
   cfg.model, cfg.objectives = model, objectives
   cfg.data.update(format=data_format, max_len=32)
   batch = _batch(cfg)
-  ref_params, ref, _, _ = _one_step(cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), batch)
-  params, got, _, _ = _one_step(cfg, make_mesh({"fsdp": 4, "tensor": 2}), batch)
+  one_device = make_mesh({"data": 1}, devices=jax.devices()[:1])
+  parts = setup.build(cfg)
+  with jax.set_mesh(one_device):  # initialised once: born-sharded init is the two-tower tests' (above)
+    initial = jax.device_get(state_lib.create_train_state(parts.model, parts.tx, cfg, one_device,
+                                                          state_lib.dummy_inputs(cfg, 1))[0])
+  ref_params, ref, _, _ = _one_step(cfg, one_device, batch, initial)
+  params, got, _, _ = _one_step(cfg, make_mesh({"fsdp": 4, "tensor": 2}), batch, initial)
   # as in test_sharded_step_equals_single_device: reordered sums, then Adam's bounded first update
   np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-5, atol=1e-5)

@@ -63,21 +63,14 @@ def abstract_step(cfg):
   """(run parts, abstract state, jitted step, batch specs) on one device."""
   parts = setup.build(cfg)
   mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
-  shardings = {}
-
-  def init():
-    state, shardings["state"] = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh,
-                                                             state_lib.dummy_inputs(cfg, 1))
-    return state
-
   with jax.set_mesh(mesh):
-    like = jax.eval_shape(init)
-    step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings["state"])
+    abstract, shardings = state_lib.plan_train_state(parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, 1))
+    step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
            for k, v in state_lib.dummy_inputs(cfg, cfg.batch_size).items()}
   if cfg.data.format != "caption":
     batch["loss_mask"] = jax.ShapeDtypeStruct(batch["text"].shape, jnp.bool_)
-  return parts, state_lib.abstract_state(shardings["state"], like), step, batch, mesh
+  return parts, abstract, step, batch, mesh
 
 
 def _flops(stage) -> float:

@@ -128,16 +128,9 @@ def loop_free_xla_flops(cfg: ml_collections.ConfigDict, mesh, batch: dict) -> fl
   flat.update(model=_unscanned(flat["model"]), grad_accum_steps=1, loss_impl="gather")
   cfg = ml_collections.ConfigDict(flat)
   parts = setup.build(cfg)
-  shardings = {}
-
-  def init():
-    state, shardings["state"] = state_lib.create_train_state(
-        parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, batch_shards(mesh)))
-    return state
-
-  state_like = jax.eval_shape(init)  # fills shardings["state"]
-  abstract = state_lib.abstract_state(shardings["state"], state_like)
-  step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings["state"])
+  abstract, shardings = state_lib.plan_train_state(parts.model, parts.tx, cfg, mesh,
+                                                   state_lib.dummy_inputs(cfg, batch_shards(mesh)))
+  step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
   traced = step.trace(abstract, batch)
   return None if has_matmul_loops(traced.jaxpr.jaxpr) else _cost_flops(traced.lower())
 

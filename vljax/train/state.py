@@ -60,26 +60,40 @@ def check_shardable(params: Any, shardings: Any) -> None:
                          f"use a mesh whose {'x'.join(axes)} size divides {size}")
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, mesh, inputs: dict):
-  """(state, state_shardings): params born sharded, optimizer state sharded like its params."""
-  p_sh = param_shardings(model, inputs, mesh)
-  trainable_sh, _ = split_frozen(p_sh, cfg.frozen)
-
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, cfg, inputs: dict):
   def init(rng):
     init_rng, state_rng = jax.random.split(rng)
     params = nn.unbox(model.init(init_rng, **inputs)["params"])
     trainable, _ = split_frozen(params, cfg.frozen)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable),
                       rng=state_rng)
+  return init
 
-  rng = jax.random.PRNGKey(cfg.seed)
+
+def plan_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, mesh, inputs: dict):
+  """(abstract state, state_shardings) without computing anything: the state's ShapeDtypeStructs
+  carrying their shardings (what a resume restores into, so it never compiles or runs the init),
+  params sharded by their logical names, optimizer state like its params."""
+  p_sh = param_shardings(model, inputs, mesh)
+  trainable_sh, _ = split_frozen(p_sh, cfg.frozen)
   with nn.logical_axis_rules(LOGICAL_RULES):
-    abstract = jax.eval_shape(init, rng)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable_sh,
-                                   transform_non_params=lambda _: replicated(mesh))
-    shardings = TrainState(step=replicated(mesh), params=p_sh, opt_state=opt_sh, rng=replicated(mesh))
-    state = jax.jit(init, out_shardings=shardings)(rng)
-  return state, shardings
+    abstract = jax.eval_shape(_init_fn(model, tx, cfg, inputs), jax.random.PRNGKey(cfg.seed))
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable_sh,
+                                 transform_non_params=lambda _: replicated(mesh))
+  shardings = TrainState(step=replicated(mesh), params=p_sh, opt_state=opt_sh, rng=replicated(mesh))
+  return abstract_state(shardings, abstract), shardings
+
+
+def init_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, inputs: dict, shardings) -> TrainState:
+  """The initial state of seed cfg.seed, params born sharded (`shardings` from plan_train_state)."""
+  with nn.logical_axis_rules(LOGICAL_RULES):
+    return jax.jit(_init_fn(model, tx, cfg, inputs), out_shardings=shardings)(jax.random.PRNGKey(cfg.seed))
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, mesh, inputs: dict):
+  """(state, state_shardings): params born sharded, optimizer state sharded like its params."""
+  _, shardings = plan_train_state(model, tx, cfg, mesh, inputs)
+  return init_train_state(model, tx, cfg, inputs, shardings), shardings
 
 
 def abstract_state(state_shardings, state_like) -> Any:

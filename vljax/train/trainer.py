@@ -42,22 +42,23 @@ def _global_batch(local: dict, mesh) -> dict:
 def _resume_or_start(cfg, workdir: str, parts: setup.RunParts, mesh) -> _Start:
   """The latest checkpoint in `workdir` restored, else a fresh state (with its init_from params)."""
   inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
-  state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
-  expected_shapes = checkpoint_io.param_shapes(state.params)
-  layout = ckpt_lib.state_layout(state, cfg.frozen, cfg.optimizer.to_dict())
+  abstract, shardings = state_lib.plan_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+  expected_shapes = checkpoint_io.param_shapes(abstract.params)
+  layout = ckpt_lib.state_layout(abstract, cfg.frozen, cfg.optimizer.to_dict())
   data_iter = setup.make_data_iterator(cfg, parts.tokenizer, jax.process_index(), jax.process_count())
   checkpointer = ckpt_lib.Checkpointer(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
                                        async_save=cfg.checkpoint.async_save)
   latest = checkpointer.latest_step()
   skipped = skips_lib.SkipTotals()
   if latest is not None:
-    state, data_state, saved_meta = checkpointer.restore(latest, state_lib.abstract_state(shardings, state),
-                                                         expected_shapes, layout)
+    state, data_state, saved_meta = checkpointer.restore(latest, abstract, expected_shapes, layout)
     data_iter.set_state(data_state)
     skipped = skips_lib.SkipTotals(saved_meta.get("data_skipped"))
     logging.warning("resumed from %s at step %d", checkpointer.directory, latest)
-  elif init_from.sources(cfg.init_from):
-    state = init_from.replace_params(state, cfg.init_from, expected_shapes)
+  else:  # a resume restores into `abstract`: the init is neither compiled nor run
+    state = state_lib.init_train_state(parts.model, parts.tx, cfg, inputs, shardings)
+    if init_from.sources(cfg.init_from):
+      state = init_from.replace_params(state, cfg.init_from, expected_shapes)
   meta = {"model_name": cfg.model.name, "param_shapes": expected_shapes, **layout}
   return _Start(state, shardings, data_iter, checkpointer, skipped, meta)
 
