@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vljax import decode as decode_lib
-from vljax.data import prompts, shapes
+from vljax.data import prompts
 from vljax.evals import datasets, world as world_lib
 from vljax.evals.arrays import eval_images
 from vljax.evals.registry import register_evaluator
