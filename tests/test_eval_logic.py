@@ -63,7 +63,7 @@ class CaptionRunner:
 @pytest.mark.parametrize("shots", [None, (0, 2)], ids=["captioner", "few-shot"])
 def test_caption_evaluator_rewards_the_true_caption_not_the_swap(world, tok, shots):
   settings = dict(num_examples=N, num_support=8, prompt_max_len=64) | ({} if shots is None else dict(shots=shots))
-  ev = CaptionEvaluator(settings, world=world, tokenizer=tok, max_len=MAX_LEN)
+  ev = CaptionEvaluator(settings, tokenizer=tok, max_len=MAX_LEN, data=dict(world_seed=world.seed, image_size=world.image_size))
   examples = [world.caption_example(i) for i in range(N)]
   true_runner = CaptionRunner(examples, true_caption, tok)
   good = ev(true_runner, None)
@@ -98,7 +98,7 @@ class BindingRunner:
 
 
 def test_binding_evaluator_rewards_the_true_caption_not_the_swaps(world, tok):
-  ev = BindingEvaluator(dict(num_examples=N), world=world, tokenizer=tok, max_len=MAX_LEN)
+  ev = BindingEvaluator(dict(num_examples=N), tokenizer=tok, max_len=MAX_LEN, data=dict(world_seed=world.seed, image_size=world.image_size))
   examples = [world.binding_example(i) for i in range(N)]
   assert ev(BindingRunner(examples, lambda text, truth: float(text == truth), tok), None) == {
       "acc": 1.0, "attribute_acc": 1.0, "relation_acc": 1.0}

@@ -41,7 +41,8 @@ def world():
 
 
 def build(cls, world, **settings):
-  return cls(settings, world=world, tokenizer=tokenizers.get_tokenizer("shapes"), max_len=24)
+  return cls(settings, tokenizer=tokenizers.get_tokenizer("shapes"), max_len=24,
+             data=dict(world_seed=world.seed, image_size=world.image_size))
 
 
 def test_constant_scores_rank_last_and_give_no_more_than_chance():

@@ -30,7 +30,8 @@ from vljax.train.trainer import train_and_evaluate
 SIZE, MAX_LEN, NUM_CLS, NUM_CAP = 32, 12, 64, 24
 # No "a"/"an" to agree: shapes prompts fix articles, published templates are used as written.
 TEMPLATES = ["a photo of the {}.", "the {} on a noisy background."]
-WORLD = shapes.ShapesWorld(seed=0, image_size=SIZE)
+WORLD = shapes.ShapesWorld(seed=0, image_size=SIZE)  # the world of DATA, which shapes-world evaluators read
+DATA = dict(world_seed=0, image_size=SIZE)
 TOK = tokenizers.get_tokenizer("shapes")
 IMAGE = tfds.features.Image(shape=(None, None, 3))
 ID = tfds.features.Scalar(np.int64)
@@ -92,7 +93,7 @@ def clip():
 
 
 def _build(cls, name=None, **settings):
-  return evals.get_evaluator(name or cls.name)(settings, world=WORLD, tokenizer=TOK, max_len=MAX_LEN)
+  return evals.get_evaluator(name or cls.name)(settings, tokenizer=TOK, max_len=MAX_LEN, data=DATA)
 
 
 # ---------------------------------------------------------------------------- templates, metrics
@@ -218,15 +219,15 @@ def test_images_are_center_cropped_and_normalised_with_the_run_preset(tmp_path):
   rng = np.random.default_rng(0)
   pictures = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)]
   path = _write_jsonl(tmp_path, [dict(image=p, label=i) for i, p in enumerate(pictures)])
-  ev = ZeroShotEvaluator(dict(dataset=dict(source="jsonl", path=path, class_names=["a", "b"])), world=WORLD,
+  ev = ZeroShotEvaluator(dict(dataset=dict(source="jsonl", path=path, class_names=["a", "b"])),
                          tokenizer=TOK, max_len=MAX_LEN, data=dict(image_size=24, normalization="clip"))
   got, kept = ev.images.map(lambda x: x, 8)
   want = images_lib.normalize(np.stack([images_lib.resize_center_crop(p, 24) for p in pictures]), "clip")
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(kept, [0, 1])
   assert len(ev.templates) == 80  # clip80 is the default on sets on disk
-  shapes_ev = RetrievalEvaluator(dict(num_examples=4), world=WORLD, tokenizer=TOK, max_len=MAX_LEN,
-                                 data=dict(normalization="clip"))
+  shapes_ev = RetrievalEvaluator(dict(num_examples=4), tokenizer=TOK, max_len=MAX_LEN,
+                                 data=dict(DATA, normalization="clip"))
   want = images_lib.normalize(np.stack([WORLD.example(i, split="eval")["image"] for i in range(4)]), "clip")
   np.testing.assert_array_equal(shapes_ev.images.map(lambda x: x, 8)[0], want)
 

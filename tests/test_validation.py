@@ -118,11 +118,10 @@ def test_bad_evaluator_settings_fail_at_validation(tmp_path, evals, message):
 ])
 def test_evaluators_reject_unknown_settings_when_built_directly(evaluator, settings):
   from vljax import evals
-  from vljax.data import shapes, tokenizers
+  from vljax.data import tokenizers
   cls = evals.get_evaluator(evaluator)
   with pytest.raises(ValueError, match=rf"evals.{evaluator}: unknown key\(s\)"):
-    cls(settings, world=shapes.ShapesWorld(image_size=32), tokenizer=tokenizers.get_tokenizer("shapes"),
-        max_len=24)
+    cls(settings, tokenizer=tokenizers.get_tokenizer("shapes"), max_len=24, data=dict(image_size=32))
 
 
 def test_a_frozen_pattern_that_matches_nothing_is_named_before_anything_is_written(tmp_path):

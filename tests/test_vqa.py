@@ -148,7 +148,7 @@ class FakeRunner:
 
 def make(world, tokenizer, max_len=24, **settings):
   settings = dict(dict(num_examples=N, num_support=NUM_SUPPORT, prompt_max_len=80), **settings)
-  return VQAEvaluator(settings, world=world, tokenizer=tokenizer, max_len=max_len)
+  return VQAEvaluator(settings, tokenizer=tokenizer, max_len=max_len, data=dict(world_seed=world.seed, image_size=world.image_size))
 
 
 TYPE_KEYS = {f"acc_{t}" for t in shapes.QUESTION_TYPES}
@@ -213,8 +213,8 @@ def test_prompt_that_does_not_fit_names_the_numbers(world, tokenizer):
   # Zero-shot questions fit the caption length; 8-shot prompts do not.
   make(world, tokenizer, prompt_max_len=24, shots=(0,))
   with pytest.raises(ValueError, match=r"8-shot prompt needs \d+ tokens, more than prompt_max_len=24"):
-    VQAEvaluator(dict(num_examples=N, num_support=NUM_SUPPORT, shots=(0, 8)), world=world,
-                 tokenizer=tokenizer, max_len=24)
+    VQAEvaluator(dict(num_examples=N, num_support=NUM_SUPPORT, shots=(0, 8)), tokenizer=tokenizer,
+                 max_len=24, data=dict(world_seed=world.seed, image_size=world.image_size))
 
 
 @pytest.mark.parametrize("settings, message", [

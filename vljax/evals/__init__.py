@@ -1,28 +1,16 @@
-"""Evaluator registry: config `evals` name -> evaluator class; and the COCO caption metrics.
+"""Evaluators: config `evals` name -> evaluator class (vljax/evals/registry.py); and the COCO
+caption metrics.
 
-Evaluators that read a `dataset` can run several times under names `<evaluator>_<label>`
-(e.g. `zeroshot_imagenet`), each logging `eval/<evaluator>_<label>/<metric>`.
+Each evaluator file registers its class with `@register_evaluator(name)`: adding an evaluator is
+adding a file. Evaluators that read a `dataset` can run several times under names
+`<evaluator>_<label>` (e.g. `zeroshot_imagenet`), each logging `eval/<evaluator>_<label>/<metric>`.
 """
 
-from vljax.evals.binding import BindingEvaluator
-from vljax.evals.captioning import CaptionEvaluator
 from vljax.evals.coco_metrics import caption_metrics
-from vljax.evals.retrieval import RetrievalEvaluator
-from vljax.evals.vqa import VQAEvaluator
-from vljax.evals.zeroshot import ZeroShotEvaluator
+from vljax.evals.registry import EVALUATORS, get_evaluator, register_evaluator
+from vljax.plugins import import_submodules
 
-EVALUATORS = {e.name: e for e in (ZeroShotEvaluator, RetrievalEvaluator, BindingEvaluator, CaptionEvaluator,
-                                   VQAEvaluator)}
-LABELLED = (ZeroShotEvaluator.name, RetrievalEvaluator.name)  # the ones `<name>_<label>` may name
+# Each module of this package registers its evaluators: a new evaluator is a new file.
+import_submodules(__name__, __path__)
 
-__all__ = ["EVALUATORS", "caption_metrics", "get_evaluator"]
-
-
-def get_evaluator(name: str):
-  if name in EVALUATORS:
-    return EVALUATORS[name]
-  base, _, label = name.partition("_")
-  if base in LABELLED and label:
-    return EVALUATORS[base]
-  raise ValueError(f"evals: unknown evaluator {name!r}; valid: {sorted(EVALUATORS)}, or "
-                   f"{' / '.join(f'{b}_<label>' for b in LABELLED)} for more datasets")
+__all__ = ["EVALUATORS", "caption_metrics", "get_evaluator", "register_evaluator"]

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
-from vljax.data import shapes
-from vljax.evals import datasets, ranking
+from vljax.evals import datasets, ranking, world as world_lib
 from vljax.evals.arrays import eval_images
+from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
 
 
+@register_evaluator("binding")
 class BindingEvaluator:
   """acc = mean of attribute_acc and relation_acc; chance is 0.5 for each."""
 
-  name = "binding"
   needs = "scores"  # vljax.evals.requirements: embeddings or likelihood, as `scoring` picks
   settings_keys = ("every", "num_examples", "scoring")
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+  def __init__(self, settings, *, tokenizer, max_len: int, data: Mapping[str, Any]):
     datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
-    normalization = (data or {}).get("normalization", "siglip")
+    normalization = data.get("normalization", "siglip")
+    world = world_lib.shapes_world(data, type(self))
     n = int(settings.get("num_examples", 512))
     examples = [world.binding_example(i) for i in range(n)]
     self.images = eval_images(examples, normalization)

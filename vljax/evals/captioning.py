@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from vljax import decode as decode_lib
 from vljax.data import prompts, shapes
-from vljax.evals import datasets
+from vljax.evals import datasets, world as world_lib
 from vljax.evals.arrays import eval_images
 from vljax.evals.coco_metrics import caption_metrics
+from vljax.evals.registry import register_evaluator
 from vljax.evals.shots import parse_shots, support_indices
 from vljax.inference.runner import ModelRunner
 
@@ -20,6 +24,7 @@ def attribute_correct(caption: str, objects: list[dict]) -> bool:
   return bool(said) and all(pair in present for pair in said)
 
 
+@register_evaluator("caption")
 class CaptionEvaluator:
   """BLEU-1..4, ROUGE-L, CIDEr-D (COCO caption evaluation) and shapes attribute accuracy.
 
@@ -28,14 +33,14 @@ class CaptionEvaluator:
   num_support, support_max_words (short support captions keep long prompts in range), seed.
   """
 
-  name = "caption"
   needs = "generation"  # with `shots`: prompted generation (vljax.evals.requirements)
   settings_keys = ("every", "num_examples", "num_references", "decode", "shots", "num_support",
                    "support_max_words", "seed", "prompt_max_len")
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+  def __init__(self, settings, *, tokenizer, max_len: int, data: Mapping[str, Any]):
     datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
-    normalization = (data or {}).get("normalization", "siglip")
+    normalization = data.get("normalization", "siglip")
+    world = world_lib.shapes_world(data, type(self))
     n = int(settings.get("num_examples", 256))
     examples = [world.caption_example(i, int(settings.get("num_references", 5))) for i in range(n)]
     self.images = eval_images(examples, normalization)

@@ -3,11 +3,14 @@ image), or on a caption set on disk with several captions per image (COCO / Flic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
-from vljax.data import shapes
-from vljax.evals import datasets, ranking
+from vljax.evals import datasets, ranking, world as world_lib
 from vljax.evals.arrays import eval_images
+from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
 
 KS = (1, 5, 10)
@@ -30,6 +33,7 @@ def recall_at_k(ranks: np.ndarray, ks=KS) -> dict[int, float]:
   return {k: float(np.mean(ranks < k)) for k in ks}
 
 
+@register_evaluator("retrieval")
 class RetrievalEvaluator:
   """Scores by embedding cosine, or (scoring "likelihood") by log p(caption | image).
 
@@ -38,23 +42,22 @@ class RetrievalEvaluator:
   captions leave the evaluation with them.
   """
 
-  name = "retrieval"
   needs = "scores"  # vljax.evals.requirements: embeddings or likelihood, as `scoring` picks
   settings_keys = ("every", "num_examples", "scoring", "dataset")
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+  def __init__(self, settings, *, tokenizer, max_len: int, data: Mapping[str, Any]):
     datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
     spec = datasets.as_dict(settings.get("dataset", None))
     num_examples = settings.get("num_examples", None)
     self.scoring = settings.get("scoring", "auto")
-    data = data or {}  # the run's data config: image size and normalisation preset
     normalization = data.get("normalization", "siglip")
     if spec:
-      ds = datasets.open_captions(spec, image_size=int(data.get("image_size", world.image_size)),
+      ds = datasets.open_captions(spec, image_size=world_lib.image_size(data),
                                   normalization=normalization,
                                   num_examples=None if num_examples is None else int(num_examples))
       self.images, captions = ds.images, ds.captions
     else:
+      world = world_lib.shapes_world(data, type(self))
       examples = [world.example(i, split="eval") for i in range(int(num_examples or 512))]
       self.images = datasets.ArrayImages(eval_images(examples, normalization))
       captions = [[e["caption"]] for e in examples]

@@ -7,16 +7,21 @@ The model generates the answer; it is scored with the VQA v2 normalisation and a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from vljax import decode as decode_lib
-from vljax.data import prompts, shapes
-from vljax.evals import datasets
+from vljax.data import prompts
+from vljax.evals import datasets, world as world_lib
 from vljax.evals.arrays import eval_images
+from vljax.evals.registry import register_evaluator
 from vljax.evals.shots import parse_shots, support_indices
 from vljax.evals.vqa_metrics import accuracy_by_type, majority_baseline
 
 
+@register_evaluator("vqa")
 class VQAEvaluator:
   """Accuracy of generated answers, overall and per question type, k-shot for each k in `shots`.
 
@@ -25,13 +30,12 @@ class VQAEvaluator:
   a model that learned the answer prior and not the image.
   """
 
-  name = "vqa"
   needs = "prompted_generation"  # several images with shots > 0 (vljax.evals.requirements)
   settings_keys = ("every", "num_examples", "shots", "num_support", "seed", "prompt_max_len", "decode")
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+  def __init__(self, settings, *, tokenizer, max_len: int, data: Mapping[str, Any]):
     datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
-    normalization = (data or {}).get("normalization", "siglip")
+    normalization = data.get("normalization", "siglip")
     n = int(settings.get("num_examples", 256))
     self.shots = parse_shots(settings.get("shots", (0,)), "evals.vqa.shots")
     num_support = int(settings.get("num_support", 256))
@@ -48,6 +52,7 @@ class VQAEvaluator:
     decode.setdefault("max_len", 4)  # " green star<eoc>", the longest answer, is 3 tokens
     self.options = decode_lib.DecodeOptions.from_kwargs(**decode)
 
+    world = world_lib.shapes_world(data, type(self))
     examples = [world.vqa_example(i, split="eval") for i in range(n)]
     support = [world.vqa_example(i, split="train") for i in range(num_support)]
     self.questions = [e["question"] for e in examples]

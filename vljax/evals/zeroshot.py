@@ -3,11 +3,15 @@ classes), or on a classification set on disk (tfds / JSONL, e.g. ImageNet)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from vljax.data import shapes
-from vljax.evals import datasets, ranking, templates as templates_lib
+from vljax.evals import datasets, ranking, templates as templates_lib, world as world_lib
 from vljax.evals.arrays import eval_images, normalize
+from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
 
 PROMPTS_PER_CALL = 8192  # text embeddings are averaged per class as they come: memory is one call's
@@ -61,6 +65,7 @@ def shapes_accuracy(scores: np.ndarray, labels: np.ndarray, num_shapes: int) -> 
   return {name: float(np.mean(rank == 0)) for name, rank in out.items()}
 
 
+@register_evaluator("zeroshot")
 class ZeroShotEvaluator:
   """Shapes world (no `dataset`): top1, and whether the predicted color / shape alone is right.
   A classification set on disk (`dataset`, see vljax.evals.datasets): top1, top5, and `skipped`
@@ -74,28 +79,27 @@ class ZeroShotEvaluator:
   accepted inside `dataset`), dataset.
   """
 
-  name = "zeroshot"
   needs = "scores"  # vljax.evals.requirements: embeddings or likelihood, as `scoring` picks
   settings_keys = ("every", "num_examples", "scoring", "templates", "dataset")
 
-  def __init__(self, settings, *, world: shapes.ShapesWorld, tokenizer, max_len: int, data=None):
+  def __init__(self, settings, *, tokenizer, max_len: int, data: Mapping[str, Any]):
     datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
     spec = datasets.as_dict(settings.get("dataset", None))
     self.scoring = settings.get("scoring", "auto")
     spec_templates = spec.pop("templates", None) if spec else None
     given_templates = spec_templates or settings.get("templates", None)
     num_examples = settings.get("num_examples", None)
-    data = data or {}  # the run's data config: image size and normalisation preset
     normalization = data.get("normalization", "siglip")
     if spec:
       ds = datasets.open_classification(
-          spec, image_size=int(data.get("image_size", world.image_size)),
+          spec, image_size=world_lib.image_size(data),
           normalization=normalization,
           num_examples=None if num_examples is None else int(num_examples))
       self.images, self.labels, self.classes = ds.images, ds.labels, ds.class_names
       self.templates = templates_lib.resolve_templates(given_templates or "clip80")
       prompts = [templates_lib.fill(t, c) for c in self.classes for t in self.templates]
     else:
+      world = world_lib.shapes_world(data, type(self))
       examples = [world.zeroshot_example(i) for i in range(int(num_examples or 640))]
       self.images = datasets.ArrayImages(eval_images(examples, normalization))
       self.labels = np.array([e["label"] for e in examples])

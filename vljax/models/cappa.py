@@ -20,12 +20,14 @@ from vljax.models import flops, model_config
 from vljax.models.capabilities import GENERATION, LIKELIHOOD
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import partitioned
+from vljax.models.registry import register_model
 from vljax.models.text import text_settings
 from vljax.models.vit import ViT, vit_settings
 
 CAPPA_DEFAULTS: dict[str, Any] = dict(image=None, text=None, parallel_fraction=0.75)
 
 
+@register_model("cappa")
 class CapPa(nn.Module):
   """Params: img (ViT), txt (embeddings), mask_embedding, dec (decoder + vocab head)."""
   img: ViT

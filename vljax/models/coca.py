@@ -25,6 +25,7 @@ from vljax.models.capabilities import EMBEDDINGS, GENERATION, LIKELIHOOD
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
+from vljax.models.registry import register_model
 from vljax.models.text import text_settings
 from vljax.models.two_tower import l2_normalize, temperature_param
 from vljax.models.vit import ViT, vit_settings
@@ -39,6 +40,7 @@ COCA_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+@register_model("coca")
 class CoCa(nn.Module):
   """Params: img (ViT), pool_caption, pool_contrastive, img_head, txt (embeddings), cls, unimodal,
   txt_head, multimodal (decoder + vocab head), t, and b when logit_bias_init is set (sigmoid loss)."""

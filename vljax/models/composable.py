@@ -33,6 +33,7 @@ from vljax.models.capabilities import EMBEDDINGS, GENERATION, LIKELIHOOD
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
+from vljax.models.registry import register_model
 from vljax.models.text import TextTransformer, text_settings
 from vljax.models.two_tower import l2_normalize, temperature_param
 from vljax.models.vit import ViT, vit_settings
@@ -45,6 +46,7 @@ DECODER_DEFAULTS = dict(mode="autoregressive", parallel_fraction=0.75, memory_qu
 COMPOSABLE_DEFAULTS: dict[str, Any] = dict(image=None, text=None, contrastive=None, decoder=None)
 
 
+@register_model("composable")
 class Composable(nn.Module):
   """Params: img (ViT, no head); with the contrastive head txt (text tower, no head), img_proj,
   txt_proj, t[, b][, img_pool]; with the decoder dec_embed, dec[, mask_embedding][, memory_pool]."""

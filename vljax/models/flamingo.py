@@ -28,6 +28,7 @@ from vljax.models import flops, layers, model_config
 from vljax.models.capabilities import GENERATION, MULTI_IMAGE, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import MlpBlock, MultiHeadAttention, REMAT_POLICIES, layer_norm, partitioned
+from vljax.models.registry import register_model
 from vljax.models.text import text_settings
 from vljax.models.vit import ViT, vit_settings
 
@@ -130,6 +131,7 @@ def media_attention(counts: jax.Array, num_images: int, num_latents: int, immedi
   return allowed[:, None], counts > 0
 
 
+@register_model("flamingo")
 class Flamingo(nn.Module):
   """Params: img (ViT), resampler, txt, lm (block_i, encoder_norm), xattn_j, logits."""
   img: ViT

@@ -24,6 +24,7 @@ from vljax.models import flops, layers, model_config
 from vljax.models.capabilities import GENERATION, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import check_choice
+from vljax.models.registry import register_model
 from vljax.models.text import text_settings
 from vljax.models.vit import ViT, vit_settings
 
@@ -68,6 +69,7 @@ def splice(ids: jax.Array, text: jax.Array, image: jax.Array, image_token_id: in
   return jnp.where(from_image[..., None], image_part, text_part), jnp.where(i < at, i, i + patches - 1)
 
 
+@register_model("llava")
 class LLaVA(nn.Module):
   """Params: img (ViT), projector, txt, lm, logits."""
   img: ViT

@@ -14,11 +14,13 @@ from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
 from vljax.models.decoder import TokenEmbedding, causal_mask, vocab_logits
+from vljax.models.registry import register_model
 from vljax.models.text import text_settings
 
 LM_DEFAULTS: dict[str, Any] = dict(text=None)
 
 
+@register_model("lm")
 class LanguageModel(nn.Module):
   """Params: txt (embeddings), lm (causal blocks + final norm), logits (vocab head)."""
   text: dict[str, Any]  # text_settings(): width, depth, mlp_dim, num_heads, vocab_size, max_len

@@ -13,6 +13,7 @@ from flax import linen as nn
 from vljax.models import flops, model_config
 from vljax.models.capabilities import EMBEDDINGS
 from vljax.models.layers import partitioned
+from vljax.models.registry import register_model
 from vljax.models.text import TextTransformer, text_settings
 from vljax.models.vit import ViT, vit_settings
 
@@ -53,6 +54,7 @@ def logit_params(module: nn.Module, scale_init: float, bias_init: float | None) 
   return out
 
 
+@register_model("two_tower")
 class TwoTower(nn.Module):
   """Params: img/... (tower + img/head), txt/... (tower + txt/head), t (log scale), b (bias, SigLIP).
 

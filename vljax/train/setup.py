@@ -10,7 +10,7 @@ import ml_collections
 from vljax import config as config_lib
 from vljax import evals, models, objectives
 from vljax.data import formats, pipeline, tokenizers
-from vljax.evals import requirements
+from vljax.evals import requirements, world as eval_world
 from vljax.models import capabilities as model_decl
 from vljax.models.resolve import resolve_model_config
 from vljax.train import optim
@@ -92,11 +92,11 @@ def build(cfg: ml_collections.ConfigDict) -> RunParts:
   check_model_data(cfg, model)
   check_objectives_served(cfg, model)
   requirements.check_evaluators(evaluator_classes, cfg.evals, model, cfg.model.name, models.MODELS)
+  eval_world.check_world_readers(evaluator_classes, cfg.evals, cfg.data)
   schedule = optim.make_schedule(cfg, cfg.total_steps)
   tx = optim.make_optimizer(cfg, schedule)
-  world = pipeline.make_world(cfg.data)  # data.world_seed: the same eval sets for every seed
-  evaluators = {name: cls(cfg.evals[name], world=world, tokenizer=tokenizer, max_len=cfg.data.max_len,
-                          data=cfg.data)  # image size and normalisation preset of the run
+  # The data config gives image size, normalisation and, to those that read it, the shapes world.
+  evaluators = {name: cls(cfg.evals[name], tokenizer=tokenizer, max_len=cfg.data.max_len, data=cfg.data)
                 for name, cls in evaluator_classes.items()}
   return RunParts(tokenizer, model_cfg, model, schedule, tx, evaluators)
 

@@ -1,0 +1,40 @@
+"""Model registry: config `model.name` -> flax module class, filled by each model file's
+`@register_model(name)`; nothing outside a model's file lists its name."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from flax import linen as nn
+
+MODELS: dict[str, type[nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+  """Decorator adding a model class (it must define `from_config(cfg: dict) -> nn.Module`) as `name`."""
+  def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+    if not callable(getattr(cls, "from_config", None)):
+      raise TypeError(f"{cls.__name__} needs a classmethod from_config(cfg) to be registered as model {name!r}")
+    if name in MODELS and MODELS[name] is not cls:
+      raise ValueError(f"model {name!r} is already registered to {MODELS[name].__name__}")
+    MODELS[name] = cls
+    return cls
+  return wrap
+
+
+def get_model(model_cfg: Any) -> nn.Module:
+  """Build the module named by model_cfg["name"] from a dict or ml_collections.ConfigDict."""
+  cfg = _to_dict(model_cfg)
+  name = cfg.pop("name", None)
+  if name not in MODELS:
+    raise ValueError(f"Unknown model name {name!r}; valid: {sorted(MODELS)}")
+  return MODELS[name].from_config(cfg)
+
+
+def _to_dict(cfg: Any) -> dict[str, Any]:
+  """ConfigDict / FrozenConfigDict / Mapping -> plain nested dict (a copy)."""
+  if hasattr(cfg, "to_dict"):
+    return cfg.to_dict()
+  if isinstance(cfg, dict):
+    return {k: _to_dict(v) if isinstance(v, dict) or hasattr(v, "to_dict") else v for k, v in cfg.items()}
+  raise TypeError(f"model config must be a dict or ConfigDict, got {type(cfg).__name__}")
