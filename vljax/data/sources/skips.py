@@ -24,6 +24,8 @@ SKIP_REASONS = (
     "bad_record",       # an undecodable record (msgpack, JSON line, CSV row)
     "empty_shard",      # a tar shard with no sample, or not a tar at all (counted once per shard)
     "truncated_shard",  # a tar shard cut short: the sample at the cut (later samples are unseen)
+    "empty_answer",     # a question-answer record without a question or an answer (or not text)
+    "short_document",   # an interleaved document with fewer chunks than one sequence (data.chunks)
 )
 SKIPPED_KEY = "_skipped"  # the host-side batch field; the trainer pops it before device transfer
 
