@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from conftest import tiny_config, workdir_listing
-from real_data import encode
+from real_data import encode, write_tar_shards
 from vljax.data import formats, pipeline, shapes
 from vljax.data.sources import records, skips
 from vljax.data.tokenizers import ShapesTokenizer
@@ -187,7 +187,10 @@ def qa_jsonl(tmp_path_factory):
     (dict(format="caption"), r"data.caption_key='caption' is not in its records"),
     (dict(format="vlm", chunks_key="chunks"), r"data.chunks_key='chunks' is not in its records"),
     (dict(format="vlm", name="webdataset", chunks_key="chunks"), r"'webdataset' source has no documents"),
-    (dict(format="vlm", name="webdataset", caption_key=""), r"'webdataset' source is set to read neither"),
+    (dict(format="vlm", name="webdataset", caption_key="", question_key="", answer_key=""),
+     r"'webdataset' source is set to read neither.*data.question_key/answer_key$"),
+    (dict(format="vlm", name="tfds", caption_key=""), r"'tfds' source is set to read neither.*come from \['folder', "
+                                                      r"'array_record', 'webdataset'\]"),
 ])
 def test_formats_a_source_cannot_feed_fail_at_start(qa_jsonl, change, message):
   cfg = dict(dict(BASE, name="folder", path=qa_jsonl), **change)
@@ -264,3 +267,106 @@ def test_llava_trains_on_jsonl_question_answer_records(qa_jsonl, tmp_path):
   losses = metrics["train/loss"]
   assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(v) for v in losses.values())
   assert metrics["data/skipped"][4] == 0
+
+
+def _text_records(image):
+  """Records no sequence can hold, with their skip reasons, and two that fit alone but not together
+  (max_len 48: a chunk of 30 words takes 33 tokens with its prompt and <eoc>)."""
+  bad = [({"image": image, "caption": "red " * 60}, "too_long"),
+         ({"image": image, "caption": "a red <image> circle"}, "special_token_in_text"),
+         ({"image": image, "question": "what color is it?", "answer": "red<eoc> blue"}, "special_token_in_text"),
+         ({"image": image, "question": "<image> what color is it?", "answer": "red"}, "special_token_in_text")]
+  return bad, [{"image": image, "caption": "red " * 30}, {"image": image, "caption": "blue " * 30}]
+
+
+@pytest.mark.parametrize("source", ["folder", "array_record"])
+@pytest.mark.parametrize("data_format", ["vlm", "lm"])
+def test_records_that_cannot_make_a_row_are_skipped_and_counted(tmp_path, source, data_format):
+  good = _samples(8)
+  bad, pair = _text_records(good[0]["image"])
+  # Surviving examples: g0 g1 | g2 g3 | g4 g5 | pair (too long together) | g6 g7.
+  lines = good[:2] + [bad[0][0]] + good[2:4] + [r for r, _ in bad[1:]] + good[4:6] + pair + good[6:]
+  path = _write(source, tmp_path / "data", lines)
+  got = _eval_batches(dict(name=source, path=path, format=data_format, chunks=2), batch=2)
+  _assert_batches(got, _expected(data_format, [good[i:i + 2] for i in range(0, 8, 2)]))
+  assert skips.counts_dict(np.sum([b[pipeline.SKIPPED_KEY] for b in got], axis=0)) == {
+      "too_long": 2, "special_token_in_text": 3}
+  # One chunk a sequence: the pair fits, the rest is skipped alike.
+  got = _eval_batches(dict(name=source, path=path, format=data_format, chunks=1), batch=5)
+  _assert_batches(got, _expected(data_format, [[r] for r in good[:6] + pair + good[6:]]))
+  assert skips.counts_dict(np.sum([b[pipeline.SKIPPED_KEY] for b in got], axis=0)) == {
+      "too_long": 1, "special_token_in_text": 3}
+
+
+@pytest.mark.parametrize("data_format", ["vlm", "lm"])
+def test_document_windows_that_cannot_make_a_row_are_skipped_and_counted(tmp_path, data_format):
+  good = _samples(8, seed=2)
+  (long, _), (image_token, _), *_ = _text_records(good[0]["image"])[0]
+  pair = _text_records(good[0]["image"])[1]
+  docs = [{"chunks": good[0:2] + [long, good[2]]},  # its second window holds a chunk too long alone
+          {"chunks": [good[3], image_token, good[4], good[5]]},  # its first window holds "<image>"
+          {"chunks": pair},  # one window, too long as a whole
+          {"chunks": good[6:8]}]
+  path = _write_jsonl(tmp_path / "docs", docs)
+  got = _eval_batches(dict(name="folder", path=path, format=data_format, chunks=2, chunks_key="chunks"), batch=3)
+  _assert_batches(got, _expected(data_format, [good[0:2], good[4:6], good[6:8]]))
+  assert skips.counts_dict(got[-1][pipeline.SKIPPED_KEY]) == {"too_long": 2, "special_token_in_text": 1}
+
+
+def test_resume_is_exact_across_records_that_cannot_make_a_row(tmp_path):
+  good = _samples(8)
+  bad, pair = _text_records(good[0]["image"])
+  path = _write_jsonl(tmp_path / "qa", good[:3] + [r for r, _ in bad] + good[3:6] + pair + good[6:])
+  cfg = dict(BASE, name="folder", path=path, format="vlm", chunks=2)
+  # 4 batches of 4 sequences before, 4 after: several epochs of 14 records, every skip on both sides.
+  got = _resume_matches(cfg, before=4, after=4)
+  counts = skips.counts_dict(np.sum([b[pipeline.SKIPPED_KEY] for b in got], axis=0))
+  assert counts["too_long"] > 0 and counts["special_token_in_text"] > 0
+  docs = [{"chunks": good[0:2] + [bad[0][0], good[2]]}, {"chunks": [good[3], bad[1][0]]}, {"chunks": good[4:8]}]
+  _resume_matches(dict(BASE, name="folder", path=_write_jsonl(tmp_path / "docs", docs), format="lm", chunks=2,
+                       chunks_key="chunks"), before=3, after=3, batch=2)
+
+
+def test_a_source_whose_records_never_fit_fails_instead_of_spinning(tmp_path):
+  image = _samples(1)[0]["image"]
+  path = _write_jsonl(tmp_path / "long", [{"image": image, "caption": "red " * 60}] * 3)
+  cfg = dict(BASE, name="folder", path=path, format="lm")
+  with pytest.raises(ValueError, match=r"no usable example.*'too_long'.*raise data.max_len"):
+    next(iter(pipeline.make_train_dataset(cfg, TOK, global_batch_size=2, seed=0)))
+  # Each fits alone, no two together: the sequences are dropped until the bound.
+  pair = _text_records(image)[1]
+  cfg = dict(cfg, path=_write_jsonl(tmp_path / "pairs", pair * 2), chunks=2)
+  with pytest.raises(ValueError, match=r"no usable example.*'too_long'"):
+    next(iter(pipeline.make_train_dataset(cfg, TOK, global_batch_size=2, seed=0)))
+
+
+class _NoTokenizing(ShapesTokenizer):
+  def content_ids(self, text):
+    raise AssertionError(f"tokenized {text!r} again")
+
+
+@pytest.mark.parametrize("data_format", ["vlm", "lm"])
+def test_the_collate_lays_out_carried_tokens_without_tokenizing_again(data_format):
+  from vljax.data import prompts
+
+  fmt, samples = formats.get_format(data_format), _samples(6)
+  carried = [[dict(ex, **{prompts.TOKENS: fmt.chunk_tokens(TOK, ex)}) for ex in samples[i:i + 3]] for i in (0, 3)]
+  got = fmt.collate(formats.CollateSettings(_NoTokenizing(), BASE["max_len"]))(carried)
+  _assert_batches([got], _expected(data_format, [samples[0:3], samples[3:6]]))
+
+
+def test_webdataset_json_carries_question_answer_records(tmp_path):
+  samples = _samples(8)
+  image = samples[0]["image"]
+  # A question-answer sample: its .json holds the question and answer (no .txt); captions as ever.
+  as_tar = lambda s: (dict(image=s["image"], txt=False, json={"question": s["question"], "answer": s["answer"]})
+                      if "question" in s else s)  # noqa: E731
+  lines = [as_tar(s) for s in samples[:4]] + [as_tar({"image": image, "question": "<image> what?", "answer": "red"})]
+  write_tar_shards(tmp_path / "tar", lines + [as_tar(s) for s in samples[4:]], per_shard=3, fmt="PNG")
+  cfg = dict(name="webdataset", path=str(tmp_path / "tar"), chunks=2)
+  got = _eval_batches(dict(cfg, format="vlm"), batch=2)
+  _assert_batches(got, _expected("vlm", [samples[i:i + 2] for i in range(0, 8, 2)]))
+  assert skips.counts_dict(np.sum([b[pipeline.SKIPPED_KEY] for b in got], axis=0)) == {"special_token_in_text": 1}
+  # Caption formats read the captions alone: a question-answer sample there has none.
+  got = _eval_batches(dict(cfg, format="caption", chunks=1), batch=4)
+  assert skips.counts_dict(np.sum([b[pipeline.SKIPPED_KEY] for b in got], axis=0)) == {"empty_caption": 5}

@@ -16,7 +16,8 @@ vljax/data/sources/records.py):
   {"key", "chunks": [{"image", "caption"} | {"image", "question", "answer"}, ...]}  (read them with
                                                                                     data.chunks_key="chunks")
 
-A JSONL row is a question-answer record when it holds --question_key or --answer_key; with
+A JSONL row (a tar sample's .json) is a question-answer record when it holds --question_key or
+--answer_key; with
 --chunks_key every row is a document. The others are counted by reason and printed at the end,
 with the count written.
 """
@@ -44,7 +45,7 @@ def _raw_records(input_path: str, keys: fields.RecordKeys) -> tuple[Iterator[dic
     source = folder.FolderSource(input_path, *dataclasses.astuple(keys))
     return (source[i] for i in range(len(source))), len(source), f"folder {source.index}"
   shards = webdataset.shard_paths(input_path)
-  return ((r for path in shards for r in webdataset.read_shard(path, keys.caption)), None,
+  return ((r for path in shards for r in webdataset.read_shard(path, keys.caption, keys.question, keys.answer)), None,
           f"{len(shards)} tar shard(s)")
 
 

@@ -16,14 +16,17 @@ Real data (data.name in sources.SOURCE_NAMES; config keys in vljax/data/sources/
     -> InterleaveIterDataset(cycle_length) -> random_map(decode + crop)
   each source then: [documents: FlatMapIterDataset (a document -> its sequences)] ->
     SkipBadIterDataset (bad samples -> counts) -> [chunked formats, examples: batch(data.chunks)
-    -> one sequence]
+    -> one sequence -> SkipBadIterDataset (sequences too long together -> counts)]
   mixture: the sources above -> IterDataset.mix(weights)
   then: batch(collate: normalise, tokenize, sum the skip counts into "_skipped") ->
   mp_prefetch(data.workers) or a prefetch thread.
 
 Chunked formats ("vlm", "lm") read caption and question-answer records as chunks, data.chunks
 consecutive examples of the shuffled stream to a sequence, or interleaved documents cut into
-sequences of data.chunks chunks (vljax/data/sources/fields.py).
+sequences of data.chunks chunks (vljax/data/sources/fields.py). Each chunk is tokenized in the
+decode stage (examples.Preprocess, the format's chunk_tokens) and its ids carried to the collate:
+a record, document window or sequence over data.max_len tokens is skipped as too_long, text holding
+"<image>" or "<eoc>" as special_token_in_text, before they reach a batch.
 
 Everything up to the batch runs in the `data.workers` processes. Resume is exact for every
 source (grain's states: indices, interleave positions and tar byte offsets) as long as
@@ -42,7 +45,7 @@ import grain
 import numpy as np
 
 from vljax.data import formats, images, shapes, sources
-from vljax.data.sources import examples, skips, webdataset
+from vljax.data.sources import examples, fields, skips, webdataset
 from vljax.data.tokenizers import Tokenizer
 
 DATASETS = ("shapes",) + sources.SOURCE_NAMES
@@ -193,21 +196,27 @@ class _RealCollate:
     return {**self.collate(examples), SKIPPED_KEY: np.sum([ex["skipped"] for ex in batch], axis=0, dtype=np.int64)}
 
 
-def _sequence_of_examples(chunk_examples: Sequence[dict]) -> dict:
-  """data.chunks consecutive examples -> one sequence, carrying the skip counts of all."""
-  return {"chunks": [{k: v for k, v in ex.items() if k != "skipped"} for ex in chunk_examples],
-          "skipped": np.sum([ex["skipped"] for ex in chunk_examples], axis=0, dtype=np.int64)}
+def _sequence_of_examples(max_len: int, chunk_examples: Sequence[dict]) -> dict:
+  """data.chunks consecutive examples -> one sequence carrying the skip counts of all, or, when their
+  tokens together exceed max_len, a too_long marker carrying them (each example fits alone)."""
+  skipped = np.sum([ex["skipped"] for ex in chunk_examples], axis=0, dtype=np.int64)
+  chunks = [{k: v for k, v in ex.items() if k != "skipped"} for ex in chunk_examples]
+  if not examples.fits(chunks, max_len):
+    return skips.marker("too_long", skipped=skipped)
+  return {"chunks": chunks, "skipped": skipped}
 
 
 class _DocumentSequences(grain.experimental.FlatMapTransform):
-  """A preprocessed document -> its sequences (examples.Preprocess cut them); markers pass through."""
+  """A preprocessed document -> its sequences (examples.Preprocess cut them), a window it could not
+  make a row of -> a marker of its reason; markers pass through."""
 
   max_fan_out = 2**31 - 1  # read by FlatMapMapDataset only; a document has as many sequences as it has
 
   def flat_map(self, element: dict) -> list[dict]:
     if skips.is_marker(element):
       return [element]
-    return [{"chunks": window, "source": element["source"]} for window in element["windows"]]
+    return [skips.marker(window, element["source"]) if isinstance(window, str) else
+            {"chunks": window, "source": element["source"]} for window in element["windows"]]
 
 
 def source_seed(seed: int, index: int) -> int:
@@ -222,19 +231,29 @@ def shard_sequence(shards: Sequence[str], seed: int, train: bool = True) -> grai
   return ds.shuffle(seed=seed).repeat() if train else ds
 
 
-def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, Any], fmt: formats.BatchFormat, *,
-                 seed: int, train: bool, process_index: int, process_count: int, workers: int,
-                 read_options: grain.ReadOptions) -> grain.IterDataset:
+# Consecutive sequences of a stream (webdataset: no example count to bound it by) dropped as too_long
+# after which its examples are taken to fit no sequence of data.chunks: an error, not an endless loop.
+MAX_LONG_SEQUENCES = 10_000
+
+
+def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, Any], fmt: formats.BatchFormat,
+                 tokenizer: Tokenizer, *, seed: int, train: bool, process_index: int, process_count: int,
+                 workers: int, read_options: grain.ReadOptions) -> grain.IterDataset:
   """One source's examples (a chunked format: sequences), bad samples skipped and counted."""
   part_seed = source_seed(seed, index)
   chunks = int(data_cfg.get("chunks", 1)) if fmt.chunked else 1
+  max_len = int(data_cfg.get("max_len", DEFAULT_MAX_LEN))
+  # Chunked formats tokenize per example here: what cannot make a row is skipped, not a failed batch.
+  chunk_tokens = functools.partial(fmt.chunk_tokens, tokenizer) if fmt.chunk_tokens else None
   preprocess = examples.Preprocess(int(data_cfg.get("image_size", 64)), train, sources.crop_scale(data_cfg),
-                                   decode_images=fmt.renders, chunks=chunks)
+                                   decode_images=fmt.renders, chunks=chunks, chunk_tokens=chunk_tokens,
+                                   max_len=max_len)
   if spec.name == "webdataset":
     shards = webdataset.host_shards(webdataset.shard_paths(spec.path), process_index, process_count)
     cycle = min(int(data_cfg.get("cycle_length", 4)), len(shards)) if train else 1
-    ds = shard_sequence(shards, part_seed, train).map(
-        functools.partial(webdataset.TarShardDataset, caption_key=spec.caption_key))
+    keys = fields.record_keys(spec, fmt.chunked)
+    ds = shard_sequence(shards, part_seed, train).map(functools.partial(
+        webdataset.TarShardDataset, caption_key=spec.caption_key, question_key=keys.question, answer_key=keys.answer))
     part = grain.experimental.InterleaveIterDataset(ds, cycle_length=cycle).random_map(preprocess, seed=part_seed)
     # Enough consecutive shard ends without a usable sample that every shard has been read.
     max_bad, max_bad_shards = None, (2 * len(shards) * max(1, workers) + cycle if train else None)
@@ -251,7 +270,10 @@ def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, An
     part = grain.experimental.FlatMapIterDataset(part, _DocumentSequences())
   part = skips.SkipBadIterDataset(part, [spec.label], [max_bad], [max_bad_shards])
   if fmt.chunked and not spec.chunks_key:
-    part = part.batch(chunks, drop_remainder=True, batch_fn=_sequence_of_examples)
+    part = part.batch(chunks, drop_remainder=True, batch_fn=functools.partial(_sequence_of_examples, max_len))
+    if chunks > 1:  # examples that fit alone may not fit together: drop (and count) those sequences
+      max_long = (max_bad or MAX_LONG_SEQUENCES) if train else None
+      part = skips.SkipBadIterDataset(part, [spec.label], [max_long], [None])
   return part
 
 
@@ -263,7 +285,7 @@ def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_ba
   prefetch = max(1, int(data_cfg.get("prefetch", 4)))
   read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=prefetch * local_batch)
-  parts = [_source_part(spec, i, data_cfg, fmt, seed=seed, train=train, process_index=process_index,
+  parts = [_source_part(spec, i, data_cfg, fmt, tokenizer, seed=seed, train=train, process_index=process_index,
                         process_count=process_count, workers=workers, read_options=read_options)
            for i, spec in enumerate(specs)]
   ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts, [s.weight for s in specs])

@@ -20,7 +20,8 @@ pipeline from them):
                   ("caption"); tfds captions may be a Sequence (one picked per example from the
                   seed) or a ClassLabel (its class name in label_template)
   label_template  caption for a class label ("a photo of a {}.")
-  question_key    the question field of question-answer records ("question"; folder and array_record)
+  question_key    the question field of question-answer records ("question"; folder, array_record,
+                  and the .json of webdataset samples)
   answer_key      the answer field ("answer"): a text, or several (training picks one per example)
   chunks_key      the field holding an interleaved document's list of chunks ("": no documents);
                   records, documents and the formats they feed: fields.py

@@ -9,11 +9,11 @@ by grain: the same example gets the same crop and caption in every run and after
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from vljax.data import images
+from vljax.data import images, prompts
 from vljax.data.sources import skips
 
 
@@ -53,13 +53,20 @@ class Preprocess:
   its chunks cut into consecutive sequences of `chunks`, the rest dropped.
   train: random resized crop in `crop_scale`, a random caption (answer); eval: resize + center crop
   and the first. `source` tags the output so mixtures count bad samples per source.
+  `chunk_tokens` (chunked formats: example -> (ids, targets) or None, the format's own) tokenizes
+  each example as the collate will, into its prompts.TOKENS field, so that what cannot make a row
+  of `max_len` tokens is skipped here rather than failing the batch: an example whose text holds a
+  chunk marker (special_token_in_text) or too long for any sequence (too_long); in a document,
+  the window holding such a chunk, or a window too long as a whole, becomes that reason instead.
   """
 
   def __init__(self, image_size: int, train: bool, crop_scale: Sequence[float], source: int = 0,
-               decode_images: bool = True, chunks: int = 1):
+               decode_images: bool = True, chunks: int = 1,
+               chunk_tokens: Callable[[dict], tuple | None] | None = None, max_len: int = 0):
     self.image_size, self.train, self.source = int(image_size), train, source
     self.crop_scale = tuple(float(s) for s in crop_scale)
     self.decode_images, self.chunks = decode_images, int(chunks)
+    self.chunk_tokens, self.max_len = chunk_tokens, int(max_len)
 
   def __call__(self, record: dict, rng: np.random.Generator) -> dict:
     extra = {"shard_end": True} if record.get("shard_end") else {}
@@ -74,17 +81,25 @@ class Preprocess:
     return {**out, "source": self.source, **extra}
 
   def _document(self, chunks: list[dict], rng: np.random.Generator) -> dict | str:
-    """{"windows": sequences of `self.chunks` examples}, or the skip reason of its first bad chunk."""
+    """{"windows": sequences of `self.chunks` examples, or the skip reason of a window that cannot
+    make a row}, or the skip reason of its first bad chunk."""
     usable = len(chunks) // self.chunks * self.chunks
     if not usable:
       return "short_document"
     out = []
     for record in chunks[:usable]:
       example = self._example(record, rng)
-      if isinstance(example, str):
+      if isinstance(example, str) and example not in WINDOW_REASONS:
         return example
       out.append(example)
-    return {"windows": [out[i:i + self.chunks] for i in range(0, usable, self.chunks)]}
+    return {"windows": [self._window(out[i:i + self.chunks]) for i in range(0, usable, self.chunks)]}
+
+  def _window(self, window: list) -> list[dict] | str:
+    """A document's window, or why it cannot make a row: its first bad chunk's reason, or too_long."""
+    reason = next((ex for ex in window if isinstance(ex, str)), None)
+    if reason is None and self.chunk_tokens is not None and not fits(window, self.max_len):
+      reason = "too_long"
+    return reason or window
 
   def _example(self, record: dict, rng: np.random.Generator) -> dict | str:
     """A caption or question-answer example, or its skip reason."""
@@ -98,6 +113,13 @@ class Preprocess:
       out = {"caption": pick_caption(record.get("caption"), pick_rng)}
       if not out["caption"]:
         return "empty_caption"
+    if self.chunk_tokens is not None:  # before decoding: a skipped text spares its image
+      tokens = self.chunk_tokens(out)
+      if tokens is None:
+        return "special_token_in_text"
+      out[prompts.TOKENS] = tokens
+      if not fits([out], self.max_len):
+        return "too_long"
     if not self.decode_images:
       return out
     try:
@@ -109,3 +131,12 @@ class Preprocess:
     except images.CorruptImageError:
       return "corrupt_image"
     return {"image": pixels, **out}
+
+
+# Reasons of a document's chunk that drop only the window holding it: its text, not its record, is unusable.
+WINDOW_REASONS = ("special_token_in_text", "too_long")
+
+
+def fits(examples: Sequence[dict], max_len: int) -> bool:
+  """Whether tokenized examples (prompts.TOKENS) make one sequence of at most max_len tokens."""
+  return prompts.sequence_length([ex[prompts.TOKENS] for ex in examples]) <= max_len

@@ -18,8 +18,8 @@ chunks, data.chunks consecutive examples to a sequence, or documents cut into se
 data.chunks consecutive chunks (a shorter rest is dropped; a document shorter than one sequence is
 skipped as short_document). "lm" reads no image, yet a chunk still needs one.
 
-tfds and webdataset sources give caption records only; question/answer/chunks keys are read by the
-folder (JSONL) and array_record sources.
+tfds sources give caption records only; question/answer keys are read by the folder (JSONL),
+array_record and webdataset (a sample's .json) sources, chunks keys by the folder and array_record ones.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 from vljax.data.sources import skips
 
 DOCUMENT_SOURCES = ("folder", "array_record")
+QA_SOURCES = DOCUMENT_SOURCES + ("webdataset",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +72,14 @@ def check_spec(spec, where: str, data_format: str, chunked: bool, chunked_format
   if not chunked and not spec.caption_key:
     raise ValueError(f"{where}: data.format={data_format!r} reads captions but data.caption_key is ''; valid: "
                      f"a caption_key, or a chunked data.format {list(chunked_formats)} for question-answer records")
-  qa = bool(spec.question_key) and spec.name in DOCUMENT_SOURCES
+  qa = bool(spec.question_key) and spec.name in QA_SOURCES
   if chunked and not spec.caption_key and not qa:
     raise ValueError(f"{where}: data.format={data_format!r} needs caption or question-answer chunks, but the "
                      f"{spec.name!r} source is set to read neither (data.caption_key={spec.caption_key!r}, "
                      f"data.question_key={spec.question_key!r}); valid: set data.caption_key"
-                     + (", data.question_key/answer_key or data.chunks_key" if spec.name in DOCUMENT_SOURCES
-                        else f" (question-answer records come from {list(DOCUMENT_SOURCES)})"))
+                     + (", data.question_key/answer_key" if spec.name in QA_SOURCES
+                        else f" (question-answer records come from {list(QA_SOURCES)})")
+                     + (" or data.chunks_key" if spec.name in DOCUMENT_SOURCES else ""))
 
 
 def check_present(keys: RecordKeys, present: Sequence[str], where: str, what: str = "keys") -> None:
