@@ -263,7 +263,8 @@ def test_folder_rows_with_missing_files_or_bad_json_are_skipped(tmp_path, pairs)
     (dict(path="{root}/tar/shard-{{00000..00009}}.tar"), FileNotFoundError, "shard-00004.tar"),
     (dict(normalization="openai"), ValueError, "'openai'.*clip"),
     (dict(crop_scale=(0.5, 2.0)), ValueError, "crop_scale"),
-    (dict(format="vlm"), ValueError, "'vlm'.*shapes"),
+    (dict(format="vlm", caption_key="", question_key="", answer_key=""), ValueError,
+     "data.format='vlm' needs caption or question-answer chunks"),
     (dict(name="folder", path="{root}/jsonl/captions.jsonl", caption_key="text"), ValueError,
      "caption_key='text'.*columns.*caption"),
     (dict(name="array_record", path="{root}/ar", image_key="jpg"), ValueError, "image_key='jpg'"),
@@ -301,7 +302,7 @@ def test_train_crops_follow_seed_and_index(data):
 
 def test_skipped_counts_reach_metrics_and_survive_resume():
   totals = skips.SkipTotals({"corrupt_image": 2})
-  batch = {"image": 0, pipeline.SKIPPED_KEY: np.array([1, 0, 0, 3, 0, 0, 0])}
+  batch = {"image": 0, pipeline.SKIPPED_KEY: np.array([1, 0, 0, 3] + [0] * (len(skips.SKIP_REASONS) - 4))}
   assert set(totals.pop(batch)) == {"image"} and totals.seen
   assert totals.totals() == dict(dict.fromkeys(skips.SKIP_REASONS, 0), corrupt_image=3, empty_caption=3)
   assert "6 bad sample(s)" in totals.warning(10, totals.totals())

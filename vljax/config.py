@@ -33,7 +33,8 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # Real data (name: tfds, array_record, webdataset, folder, mixture): the keys are
                 # documented in vljax/data/sources/__init__.py.
                 path="", split="train", tfds_name="", image_key="image", caption_key="caption",
-                label_template="a photo of a {}.", crop_scale=CROP_SCALE, cycle_length=4, sources=())
+                label_template="a photo of a {}.", crop_scale=CROP_SCALE, cycle_length=4, sources=(),
+                question_key="question", answer_key="answer", chunks_key="")
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1
   c.grad_accum_mode = "mean"           # "mean" of micro-batch grads, or "gradcache" (full-batch negatives)

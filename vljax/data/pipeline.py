@@ -14,9 +14,19 @@ Real data (data.name in sources.SOURCE_NAMES; config keys in vljax/data/sources/
   webdataset shards:
     MapDataset.source(this host's shards) -> shuffle(seed) -> repeat() -> one TarShardDataset each
     -> InterleaveIterDataset(cycle_length) -> random_map(decode + crop)
+  each source then: [documents: FlatMapIterDataset (a document -> its sequences)] ->
+    SkipBadIterDataset (bad samples -> counts) -> [chunked formats, examples: batch(data.chunks)
+    -> one sequence -> SkipBadIterDataset (sequences too long together -> counts)]
   mixture: the sources above -> IterDataset.mix(weights)
-  then: SkipBadIterDataset (bad samples -> counts) -> batch(collate: normalise, tokenize, sum
-  the skip counts into "_skipped") -> mp_prefetch(data.workers) or a prefetch thread.
+  then: batch(collate: normalise, tokenize, sum the skip counts into "_skipped") ->
+  mp_prefetch(data.workers) or a prefetch thread.
+
+Chunked formats ("vlm", "lm") read caption and question-answer records as chunks, data.chunks
+consecutive examples of the shuffled stream to a sequence, or interleaved documents cut into
+sequences of data.chunks chunks (vljax/data/sources/fields.py). Each chunk is tokenized in the
+decode stage (examples.Preprocess, the format's chunk_tokens) and its ids carried to the collate:
+a record, document window or sequence over data.max_len tokens is skipped as too_long, text holding
+"<image>" or "<eoc>" as special_token_in_text, before they reach a batch.
 
 Everything up to the batch runs in the `data.workers` processes. Resume is exact for every
 source (grain's states: indices, interleave positions and tar byte offsets) as long as
@@ -35,7 +45,7 @@ import grain
 import numpy as np
 
 from vljax.data import formats, images, shapes, sources
-from vljax.data.sources import examples, skips, webdataset
+from vljax.data.sources import examples, fields, skips, webdataset
 from vljax.data.tokenizers import Tokenizer
 
 DATASETS = ("shapes",) + sources.SOURCE_NAMES
@@ -62,7 +72,7 @@ def check_data_config(data_cfg: Mapping[str, Any]) -> None:
   """Every data setting checked before any compute: names, presets, paths, keys."""
   if check_name(data_cfg) == "shapes":
     images.check_normalization(data_cfg.get("normalization", "siglip"))
-    check_format(data_cfg.get("format", "caption"))
+    sources.check_chunks(data_cfg)
   else:
     sources.check(data_cfg)
   if int(data_cfg.get("workers", 0)) < 0:
@@ -129,7 +139,8 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   "lm" / "vlm"), chunks (1: chunks per sequence of a chunked format), image_size (64), max_len (24),
   normalization ("siglip": pixels in [-1, 1]), caption_noise (0.0), min_objects/max_objects (1/3),
   num_threads (2), prefetch (4 batches), workers (0 = threads only; > 0 renders in that many
-  processes). Real sources add the "_skipped" field (SKIPPED_KEY) to every batch.
+  processes). Real sources add the "_skipped" field (SKIPPED_KEY) to every batch; their chunked
+  formats take question-answer records and documents instead of vqa_fraction (sources/fields.py).
   """
   local_batch = _check_hosts(global_batch_size, process_index, process_count)
   if check_name(data_cfg) != "shapes":
@@ -145,12 +156,9 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if fmt.chunked else 0.0
   source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render=fmt.renders,
                                start=seed * TRAIN_SEED_STRIDE)
-  chunks = int(data_cfg.get("chunks", 1))
+  sources.check_chunks(data_cfg)
   if fmt.chunked:
-    source = _Sequences(source, chunks)
-  elif chunks != 1:
-    chunked = sorted(f.name for f in formats.FORMATS.values() if f.chunked)
-    raise ValueError(f"data.chunks={chunks}: several chunks per sequence need a chunked data.format, one of {chunked}")
+    source = _Sequences(source, int(data_cfg.get("chunks", 1)))
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]
   settings = formats.CollateSettings(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), normalization)
@@ -178,13 +186,37 @@ def make_eval_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glob
 
 
 class _RealCollate:
-  """Records -> a batch of the data format (image-caption formats), plus "_skipped": int64 [R]."""
+  """Examples (sequences of a chunked format) -> a batch of the data format, plus "_skipped": int64 [R]."""
 
-  def __init__(self, collate):
-    self.collate = collate
+  def __init__(self, collate, chunked: bool):
+    self.collate, self.chunked = collate, chunked
 
   def __call__(self, batch: Sequence[dict]) -> dict[str, np.ndarray]:
-    return {**self.collate(batch), SKIPPED_KEY: np.sum([ex["skipped"] for ex in batch], axis=0, dtype=np.int64)}
+    examples = [ex["chunks"] for ex in batch] if self.chunked else batch
+    return {**self.collate(examples), SKIPPED_KEY: np.sum([ex["skipped"] for ex in batch], axis=0, dtype=np.int64)}
+
+
+def _sequence_of_examples(max_len: int, chunk_examples: Sequence[dict]) -> dict:
+  """data.chunks consecutive examples -> one sequence carrying the skip counts of all, or, when their
+  tokens together exceed max_len, a too_long marker carrying them (each example fits alone)."""
+  skipped = np.sum([ex["skipped"] for ex in chunk_examples], axis=0, dtype=np.int64)
+  chunks = [{k: v for k, v in ex.items() if k != "skipped"} for ex in chunk_examples]
+  if not examples.fits(chunks, max_len):
+    return skips.marker("too_long", skipped=skipped)
+  return {"chunks": chunks, "skipped": skipped}
+
+
+class _DocumentSequences(grain.experimental.FlatMapTransform):
+  """A preprocessed document -> its sequences (examples.Preprocess cut them), a window it could not
+  make a row of -> a marker of its reason; markers pass through."""
+
+  max_fan_out = 2**31 - 1  # read by FlatMapMapDataset only; a document has as many sequences as it has
+
+  def flat_map(self, element: dict) -> list[dict]:
+    if skips.is_marker(element):
+      return [element]
+    return [skips.marker(window, element["source"]) if isinstance(window, str) else
+            {"chunks": window, "source": element["source"]} for window in element["windows"]]
 
 
 def source_seed(seed: int, index: int) -> int:
@@ -199,46 +231,67 @@ def shard_sequence(shards: Sequence[str], seed: int, train: bool = True) -> grai
   return ds.shuffle(seed=seed).repeat() if train else ds
 
 
-def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, Any], *, seed: int, train: bool,
-                 process_index: int, process_count: int, workers: int, read_options: grain.ReadOptions):
-  """(examples or skip markers of one source as an IterDataset, max_bad, max_bad_shards for SkipBad)."""
+# Consecutive sequences of a stream (webdataset: no example count to bound it by) dropped as too_long
+# after which its examples are taken to fit no sequence of data.chunks: an error, not an endless loop.
+MAX_LONG_SEQUENCES = 10_000
+
+
+def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, Any], fmt: formats.BatchFormat,
+                 tokenizer: Tokenizer, *, seed: int, train: bool, process_index: int, process_count: int,
+                 workers: int, read_options: grain.ReadOptions) -> grain.IterDataset:
+  """One source's examples (a chunked format: sequences), bad samples skipped and counted."""
   part_seed = source_seed(seed, index)
+  chunks = int(data_cfg.get("chunks", 1)) if fmt.chunked else 1
+  max_len = int(data_cfg.get("max_len", DEFAULT_MAX_LEN))
+  # Chunked formats tokenize per example here: what cannot make a row is skipped, not a failed batch.
+  chunk_tokens = functools.partial(fmt.chunk_tokens, tokenizer) if fmt.chunk_tokens else None
   preprocess = examples.Preprocess(int(data_cfg.get("image_size", 64)), train, sources.crop_scale(data_cfg),
-                                   source=index)
+                                   decode_images=fmt.renders, chunks=chunks, chunk_tokens=chunk_tokens,
+                                   max_len=max_len)
   if spec.name == "webdataset":
     shards = webdataset.host_shards(webdataset.shard_paths(spec.path), process_index, process_count)
     cycle = min(int(data_cfg.get("cycle_length", 4)), len(shards)) if train else 1
-    ds = shard_sequence(shards, part_seed, train).map(
-        functools.partial(webdataset.TarShardDataset, caption_key=spec.caption_key))
+    keys = fields.record_keys(spec, fmt.chunked)
+    ds = shard_sequence(shards, part_seed, train).map(functools.partial(
+        webdataset.TarShardDataset, caption_key=spec.caption_key, question_key=keys.question, answer_key=keys.answer))
     part = grain.experimental.InterleaveIterDataset(ds, cycle_length=cycle).random_map(preprocess, seed=part_seed)
     # Enough consecutive shard ends without a usable sample that every shard has been read.
-    return part, None, (2 * len(shards) * max(1, workers) + cycle if train else None)
-  source = sources.open_map_source(spec)
-  ds = grain.MapDataset.source(source)
-  if train:
-    ds = ds.shuffle(seed=part_seed).repeat()
-  # random_map before the host slice: the generator follows the global example index.
-  ds = ds.random_map(preprocess, seed=part_seed)[process_index::process_count]
-  return ds.to_iter_dataset(read_options), (2 * len(source) * max(1, workers) * process_count if train else None), None
+    max_bad, max_bad_shards = None, (2 * len(shards) * max(1, workers) + cycle if train else None)
+  else:
+    source = sources.open_map_source(spec, fmt.chunked)
+    ds = grain.MapDataset.source(source)
+    if train:
+      ds = ds.shuffle(seed=part_seed).repeat()
+    # random_map before the host slice: the generator follows the global example index.
+    ds = ds.random_map(preprocess, seed=part_seed)[process_index::process_count]
+    part = ds.to_iter_dataset(read_options)
+    max_bad, max_bad_shards = (2 * len(source) * max(1, workers) * process_count if train else None), None
+  if spec.chunks_key:
+    part = grain.experimental.FlatMapIterDataset(part, _DocumentSequences())
+  part = skips.SkipBadIterDataset(part, [spec.label], [max_bad], [max_bad_shards])
+  if fmt.chunked and not spec.chunks_key:
+    part = part.batch(chunks, drop_remainder=True, batch_fn=functools.partial(_sequence_of_examples, max_len))
+    if chunks > 1:  # examples that fit alone may not fit together: drop (and count) those sequences
+      max_long = (max_bad or MAX_LONG_SEQUENCES) if train else None
+      part = skips.SkipBadIterDataset(part, [spec.label], [max_long], [None])
+  return part
 
 
 def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_batch: int, seed: int,
                   process_index: int, process_count: int, train: bool) -> grain.IterDataset:
   specs = sources.check_settings(data_cfg)  # paths and keys: checked as each source opens
+  fmt = check_format(data_cfg.get("format", "caption"))
   workers = int(data_cfg.get("workers", 0)) if train else 0
   prefetch = max(1, int(data_cfg.get("prefetch", 4)))
   read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=prefetch * local_batch)
-  parts, max_bad, max_bad_shards = zip(*[
-      _source_part(spec, i, data_cfg, seed=seed, train=train, process_index=process_index,
-                   process_count=process_count, workers=workers, read_options=read_options)
-      for i, spec in enumerate(specs)])
-  ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(list(parts), [s.weight for s in specs])
-  ds = skips.SkipBadIterDataset(ds, [s.label for s in specs], max_bad, max_bad_shards)
+  parts = [_source_part(spec, i, data_cfg, fmt, tokenizer, seed=seed, train=train, process_index=process_index,
+                        process_count=process_count, workers=workers, read_options=read_options)
+           for i, spec in enumerate(specs)]
+  ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts, [s.weight for s in specs])
   settings = formats.CollateSettings(tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)),
                                      data_cfg.get("normalization", "siglip"))
-  fmt = check_format(data_cfg.get("format", "caption"))
-  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt.collate(settings)))
+  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt.collate(settings), fmt.chunked))
   if workers:
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                        per_worker_buffer_size=max(1, prefetch // workers)))

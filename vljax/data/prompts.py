@@ -30,6 +30,20 @@ def vqa_chunk(question: str, answer: str | None = None, image: bool = True) -> t
   return prompt, "" if answer is None else f" {answer}{EOC}"
 
 
+TOKENS = "tokens"  # an example's field holding its chunk's (ids, targets) once tokenized (real sources)
+
+
+def chunk_ids(tokenizer: Tokenizer, prompt: str, target: str) -> tuple[list[int], list[bool]]:
+  """(ids, targets) of one chunk as encode_chunks lays it out: prompt then target tokens, True on the target's."""
+  p, t = tokenizer.content_ids(prompt), tokenizer.content_ids(target) if target else []
+  return p + t, [False] * len(p) + [True] * len(t)
+
+
+def sequence_length(chunks: Sequence[tuple[np.ndarray, np.ndarray]]) -> int:
+  """Tokens of a sequence of tokenized chunks: [BOS] chunks [EOS]."""
+  return 2 + sum(len(ids) for ids, _ in chunks)
+
+
 def encode_chunks(tokenizer: Tokenizer, sequences: Sequence[Sequence[tuple[str, str]]], max_len: int
                   ) -> tuple[np.ndarray, np.ndarray]:
   """(ids int32 [N, max_len], loss_mask bool [N, max_len]) of chunk sequences.
@@ -53,6 +67,27 @@ def encode_chunks(tokenizer: Tokenizer, sequences: Sequence[Sequence[tuple[str, 
                        f"{' '.join(p + t for p, t in chunks)!r}")
     ids[row, :len(tokens)] = tokens
     mask[row, :len(tokens)] = targets
+  return ids, mask
+
+
+def encode_tokens(tokenizer: Tokenizer, sequences: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
+                  max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """encode_chunks of chunks tokenized already (chunk_ids, as arrays): the same rows, the tokenizer not called.
+
+  Real sources tokenize in their decode stage and skip what does not fit there (too_long), so a
+  sequence over max_len here is an error as in encode_chunks.
+  """
+  ids = np.full((len(sequences), max_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(sequences), max_len), bool)
+  for row, chunks in enumerate(sequences):
+    n = sequence_length(chunks)
+    if n > max_len:
+      raise ValueError(f"sequence {row} needs {n} tokens, more than max_len={max_len}")
+    ids[row, 0], ids[row, n - 1] = tokenizer.bos_id, tokenizer.eos_id
+    if chunks:
+      ids[row, 1:n - 1] = np.concatenate([c for c, _ in chunks])
+      mask[row, 1:n - 1] = np.concatenate([t for _, t in chunks])
+      mask[row, n - 1] = bool(chunks[-1][1].any())  # the EOS after a final target is trained too
   return ids, mask
 
 

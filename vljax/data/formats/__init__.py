@@ -11,6 +11,9 @@ text-only format carries no placeholder image. Registering a format is one file:
 
 chunked: each example is a list of `data.chunks` source examples (sequences of several chunks).
 renders: the format reads images (a text-only format lets the source skip rendering them).
+chunk_tokens (chunked formats): (tokenizer, source example) -> (ids, targets) of its chunk as the
+collate lays it out, or None when its text cannot make a chunk; real sources call it before
+batching, to skip sequences that cannot fit data.max_len, and hand the ids on to the collate.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class BatchFormat:
   collate_fn: CollateFn
   chunked: bool = False
   renders: bool = True
+  chunk_tokens: Callable[[Tokenizer, Any], Any] | None = None
 
   def collate(self, settings: CollateSettings) -> Callable[[Sequence[Any]], dict[str, np.ndarray]]:
     """examples -> batch, picklable (grain's workers run it)."""
@@ -51,12 +55,13 @@ class BatchFormat:
 FORMATS: dict[str, BatchFormat] = {}
 
 
-def register_format(name: str, *, fields: Mapping[str, int], chunked: bool = False, renders: bool = True):
+def register_format(name: str, *, fields: Mapping[str, int], chunked: bool = False, renders: bool = True,
+                    chunk_tokens: Callable[[Tokenizer, Any], Any] | None = None):
   """Decorator registering collate(settings, examples) -> batch as batch format `name`."""
   def wrap(collate_fn: CollateFn) -> CollateFn:
     if name in FORMATS and FORMATS[name].collate_fn is not collate_fn:
       raise ValueError(f"batch format {name!r} is already registered")
-    FORMATS[name] = BatchFormat(name, dict(fields), collate_fn, chunked, renders)
+    FORMATS[name] = BatchFormat(name, dict(fields), collate_fn, chunked, renders, chunk_tokens)
     return collate_fn
   return wrap
 

@@ -1,4 +1,4 @@
-"""Real image-caption training data: one module per on-disk format, all yielding raw records.
+"""Real image-text training data: one module per on-disk format, all yielding raw records.
 
   tfds          tfds_source.py   a prepared tfds dataset (array_record files), no TensorFlow
   array_record  records.py       ArrayRecord files of msgpack records (the fast path)
@@ -20,12 +20,21 @@ pipeline from them):
                   ("caption"); tfds captions may be a Sequence (one picked per example from the
                   seed) or a ClassLabel (its class name in label_template)
   label_template  caption for a class label ("a photo of a {}.")
+  question_key    the question field of question-answer records ("question"; folder, array_record,
+                  and the .json of webdataset samples)
+  answer_key      the answer field ("answer"): a text, or several (training picks one per example)
+  chunks_key      the field holding an interleaved document's list of chunks ("": no documents);
+                  records, documents and the formats they feed: fields.py
+  format          the batch format (vljax/data/formats): caption formats read caption records;
+                  chunked ones ("vlm", "lm") caption and question-answer records grouped
+                  data.chunks to a sequence, or documents cut into sequences of data.chunks chunks
   normalization   pixel normalisation preset of images.NORMALIZATIONS: "siglip" ([-1, 1], what
                   the shapes world has always used), "clip", "imagenet", "inception"
   crop_scale      area range of the training random resized crop (vljax.config.CROP_SCALE)
   cycle_length    webdataset shards each worker reads at once (4)
   sources         mixture: a tuple of dicts, each with name, path, weight and optionally split,
-                  tfds_name, image_key, caption_key, label_template (unset ones come from data)
+                  tfds_name, image_key, caption_key, label_template, question_key, answer_key,
+                  chunks_key (unset ones come from data)
   image_size, max_len, tokenizer, workers, num_threads, prefetch: as for shapes.
 
 Every name, path, key and preset is checked by `check` before any compute; errors name the bad
@@ -40,11 +49,12 @@ from typing import Any
 
 from vljax.config import CROP_SCALE
 from vljax.data import images
-from vljax.data.sources import folder, records, tfds_source, webdataset
+from vljax.data.sources import fields, folder, records, tfds_source, webdataset
 
 SOURCE_NAMES = ("tfds", "array_record", "webdataset", "folder", "mixture")
 MAP_SOURCES = ("tfds", "array_record", "folder")  # random access; webdataset streams
-SPEC_KEYS = ("name", "path", "split", "tfds_name", "image_key", "caption_key", "label_template")
+SPEC_KEYS = ("name", "path", "split", "tfds_name", "image_key", "caption_key", "label_template", "question_key",
+             "answer_key", "chunks_key")
 MIXTURE_ENTRY_KEYS = SPEC_KEYS + ("weight",)
 
 
@@ -59,6 +69,9 @@ class SourceSpec:
   image_key: str = "image"
   caption_key: str = "caption"
   label_template: str = "a photo of a {}."
+  question_key: str = "question"
+  answer_key: str = "answer"
+  chunks_key: str = ""
   weight: float = 1.0
 
   @property
@@ -98,17 +111,19 @@ def specs(data_cfg: Mapping[str, Any]) -> list[SourceSpec]:
   return out
 
 
-def open_map_source(spec: SourceSpec):
-  """A random-access source of raw records (len + getitem; picklable into grain workers)."""
+def open_map_source(spec: SourceSpec, chunked: bool = False):
+  """A random-access source of raw records (len + getitem; picklable into grain workers); `chunked`:
+  the batch format reads question-answer records and documents too."""
   if spec.name == "tfds":
     return tfds_source.TfdsSource(spec.path, spec.split, spec.image_key, spec.caption_key, spec.tfds_name,
                                   spec.label_template)
+  keys = dataclasses.astuple(fields.record_keys(spec, chunked))
   if spec.name == "array_record":
-    source = records.ArrayRecordSource(spec.path, spec.image_key, spec.caption_key)
+    source = records.ArrayRecordSource(spec.path, *keys)
     source.check_keys()
     return source
   if spec.name == "folder":
-    return folder.FolderSource(spec.path, spec.image_key, spec.caption_key)
+    return folder.FolderSource(spec.path, *keys)
   raise ValueError(f"{spec.name!r} is not a random-access source; those are {list(MAP_SOURCES)}")
 
 
@@ -123,23 +138,42 @@ def check_settings(data_cfg: Mapping[str, Any]) -> list[SourceSpec]:
   """The sources of a real-data config, its names, presets and numbers checked (no file opened)."""
   images.check_normalization(data_cfg.get("normalization", "siglip"))
   crop_scale(data_cfg)
-  from vljax.data import formats  # lazy: formats import the data modules that import this one
-  fmt = formats.get_format(data_cfg.get("format", "caption"))
-  if fmt.chunked:
-    pairs = sorted(f.name for f in formats.FORMATS.values() if not f.chunked)
-    raise ValueError(f"data.format={fmt.name!r} needs data.name='shapes'; real sources give image-caption "
-                     f"pairs, which feed the formats {pairs}")
+  fmt = check_chunks(data_cfg)
   if int(data_cfg.get("cycle_length", 4)) < 1:
     raise ValueError(f"data.cycle_length={data_cfg.get('cycle_length')} must be >= 1")
-  return specs(data_cfg)
+  out = specs(data_cfg)
+  chunked = _chunked_formats()
+  for i, spec in enumerate(out):
+    where = "data" if data_cfg.get("name") != "mixture" else f"data.sources[{i}]"
+    fields.check_spec(spec, where, fmt.name, fmt.chunked, chunked)
+  return out
+
+
+def _chunked_formats() -> list[str]:
+  from vljax.data import formats  # lazy: formats import the data modules that import this one
+  return sorted(f.name for f in formats.FORMATS.values() if f.chunked)
+
+
+def check_chunks(data_cfg: Mapping[str, Any]):
+  """data.format and data.chunks (shapes and real data alike): the batch format."""
+  from vljax.data import formats
+  fmt = formats.get_format(data_cfg.get("format", "caption"))
+  chunks = data_cfg.get("chunks", 1)
+  if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
+    raise ValueError(f"data.chunks={chunks!r} must be an int >= 1 (chunks per sequence of a chunked format)")
+  if chunks != 1 and not fmt.chunked:
+    raise ValueError(f"data.chunks={chunks}: several chunks per sequence need a chunked data.format, one of "
+                     f"{_chunked_formats()}, not data.format={fmt.name!r}; valid: data.chunks=1")
+  return fmt
 
 
 def check(data_cfg: Mapping[str, Any]) -> list[SourceSpec]:
   """check_settings, then every path and key, by opening the sources."""
   out = check_settings(data_cfg)
+  chunked = check_chunks(data_cfg).chunked
   for spec in out:
     if spec.name == "webdataset":
       webdataset.shard_paths(spec.path)
     else:
-      open_map_source(spec)
+      open_map_source(spec, chunked)
   return out

@@ -3,9 +3,17 @@
 data.path is the index file (`*.jsonl` / `*.csv`), or a directory holding exactly one. Each JSONL
 line is an object and each CSV row (with a header) has columns; data.image_key names the image's
 path (relative to the index file's directory, or absolute) and data.caption_key its caption
-(a JSONL value may be a list of captions). Rows are read once, at start; image files when used.
-A line that is not valid JSON, or a row without an image path, is counted as `bad_record`; a
-missing image file as `missing_image`.
+(a JSONL value may be a list of captions). For the chunked formats ("vlm", "lm") a row may instead
+hold a question and its answer (data.question_key / data.answer_key), and with data.chunks_key
+set each JSONL line is an interleaved document (fields.py has the schema):
+
+  {"image": "images/0.png", "caption": "a red circle"}
+  {"image": "images/1.png", "question": "what color is the star?", "answer": "blue"}
+  {"chunks": [{"image": "images/2.png", "caption": "..."}, {"image": "images/3.png", "question": "...",
+              "answer": "..."}]}
+
+Rows are read once, at start; image files when used. A line that is not valid JSON, or a row (chunk)
+without an image path, is counted as `bad_record`; a missing image file as `missing_image`.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import glob
 import json
 import os
 
-from vljax.data.sources import skips
+from vljax.data.sources import fields, skips
 
 INDEX_SUFFIXES = (".jsonl", ".csv")
 
@@ -58,36 +66,38 @@ def read_rows(path: str) -> tuple[list, list[str]]:
 
 
 class FolderSource:
-  """Random access over the listed images -> raw records {"key", "image": bytes, "caption"}."""
+  """Random access over the listed images -> raw records (fields.read_record) with image bytes."""
 
-  def __init__(self, path: str, image_key: str = "image", caption_key: str = "caption"):
+  def __init__(self, path: str, image_key: str = "image", caption_key: str = "caption", question_key: str = "",
+               answer_key: str = "", chunks_key: str = ""):
     self.index = index_file(path)
     self.root = os.path.dirname(os.path.abspath(self.index))
     rows, self.columns = read_rows(self.index)
     if not rows:
       raise ValueError(f"folder source: {self.index!r} lists no image")
-    for what, key in (("image_key", image_key), ("caption_key", caption_key)):
-      if key not in self.columns:
-        raise ValueError(f"folder source: data.{what}={key!r} is not a column of {self.index!r}; "
-                         f"its columns: {self.columns}")
-    # (relative path, caption) pairs: compact to pickle into grain's worker processes.
-    self.items = [None if row is None or not row.get(image_key) else (str(row[image_key]), row.get(caption_key))
-                  for row in rows]
+    self.keys = fields.RecordKeys(image_key, caption_key, question_key, answer_key, chunks_key)
+    fields.check_present(self.keys, self.columns, f"folder source {self.index!r}", "columns")
+    # Only the fields read: compact to pickle into grain's worker processes.
+    used = self.keys.used()
+    self.items = [None if row is None else {k: row[k] for k in used if k in row} for row in rows]
 
   def __len__(self) -> int:
     return len(self.items)
 
   def __getitem__(self, index: int) -> dict:
     item = self.items[index]
-    if item is None:
-      return skips.marker("bad_record")
-    rel, caption = item
+    key = str(item.get(self.keys.image, index)) if isinstance(item, dict) else str(index)
+    return fields.read_record(item, self.keys, self._read_image, key)
+
+  def _read_image(self, rel) -> bytes | str:
+    """The image file's bytes, or a skip reason."""
+    if not isinstance(rel, str) or not rel:
+      return "bad_record"
     try:
       with open(os.path.join(self.root, rel), "rb") as f:
-        image = f.read()
+        return f.read()
     except OSError:  # missing, a directory, unreadable
-      return skips.marker("missing_image")
-    return {"key": rel, "image": image, "caption": caption}
+      return "missing_image"
 
   def __repr__(self) -> str:
     return f"FolderSource({self.index!r}, {len(self)} rows)"

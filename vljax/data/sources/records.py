@@ -1,17 +1,25 @@
-"""ArrayRecord files of image-caption records: the fast path (random access, global shuffle,
+"""ArrayRecord files of image-text records: the fast path (random access, global shuffle,
 exact resume).
 
 Record format: each record is one msgpack map (what `flax.serialization.msgpack_restore` also
 reads) with
 
-  "key":     str             a sample id (the shard sample key, the image's relative path, ...)
-  "image":   bytes           the image file as encoded on disk (JPEG / PNG / WebP), not re-encoded
-  "caption": str | [str]     one caption, or several (training picks one per example)
+  "key":      str            a sample id (the shard sample key, the image's relative path, ...)
+  "image":    bytes          the image file as encoded on disk (JPEG / PNG / WebP), not re-encoded
+  "caption":  str | [str]    one caption, or several (training picks one per example)
+
+or, for question-answer records (chunked formats "vlm" / "lm", see fields.py),
+
+  "image": bytes, "question": str, "answer": str | [str]
+
+or an interleaved document, read with data.chunks_key="chunks":
+
+  "key": str, "chunks": [{"image": bytes, "caption": ...} | {"image": bytes, "question": ..., "answer": ...}]
 
 Files are written with `group_size:1` (one record per chunk) so any record reads without its
 neighbours. `python -m vljax.data.convert` writes them from tar shards or a JSONL/CSV folder.
-Records from other tools work too when their maps hold the image under data.image_key and the
-caption under data.caption_key.
+Records from other tools work too when their maps hold the fields under data.image_key,
+data.caption_key, data.question_key / data.answer_key (data.chunks_key).
 """
 
 from __future__ import annotations
@@ -22,14 +30,19 @@ from collections.abc import Iterable, Mapping
 import grain
 import msgpack
 
-from vljax.data.sources import files, skips
+from vljax.data.sources import fields, files, skips
 
 SUFFIX = ".array_record"
 WRITER_OPTIONS = "group_size:1"
 
 
 def encode_record(key: str, image: bytes, caption) -> bytes:
-  return msgpack.packb({"key": key, "image": bytes(image), "caption": caption}, use_bin_type=True)
+  return pack({"key": key, "image": bytes(image), "caption": caption})
+
+
+def pack(record: Mapping) -> bytes:
+  """Any record map (question-answer, document) as msgpack."""
+  return msgpack.packb(dict(record), use_bin_type=True)
 
 
 def decode_record(data: bytes) -> dict:
@@ -43,9 +56,10 @@ def record_files(pattern: str) -> list[str]:
 class ArrayRecordSource:
   """Random access over ArrayRecord files -> raw records (grain's ArrayRecordDataSource underneath)."""
 
-  def __init__(self, pattern: str, image_key: str = "image", caption_key: str = "caption"):
+  def __init__(self, pattern: str, image_key: str = "image", caption_key: str = "caption", question_key: str = "",
+               answer_key: str = "", chunks_key: str = ""):
     self.paths = record_files(pattern)
-    self.image_key, self.caption_key = image_key, caption_key
+    self.keys = fields.RecordKeys(image_key, caption_key, question_key, answer_key, chunks_key)
     self._source = grain.sources.ArrayRecordDataSource(self.paths)
     if len(self._source) == 0:
       raise ValueError(f"array_record source: {pattern!r} ({len(self.paths)} file(s)) holds no record")
@@ -58,25 +72,29 @@ class ArrayRecordSource:
       record = decode_record(self._source[index])
     except (ValueError, TypeError, msgpack.UnpackException):
       return skips.marker("bad_record")
-    if not isinstance(record, Mapping) or not isinstance(record.get(self.image_key), bytes):
-      return skips.marker("bad_record")
-    return {"key": str(record.get("key", index)), "image": record[self.image_key],
-            "caption": record.get(self.caption_key)}
+    key = str(record.get("key", index)) if isinstance(record, Mapping) else ""
+    return fields.read_record(record, self.keys, _image_bytes, key)
 
   def check_keys(self) -> None:
-    """The first record must hold image_key and caption_key (a wrong key would skip everything)."""
-    record = self[0]
-    if skips.is_marker(record):
-      raise ValueError(f"array_record source: the first record of {self.paths[0]!r} is not a msgpack map "
-                       f"with bytes under data.image_key={self.image_key!r}")
-    record = decode_record(self._source[0])
-    for what, key in (("image_key", self.image_key), ("caption_key", self.caption_key)):
-      if key not in record:
-        raise ValueError(f"array_record source: data.{what}={key!r} is not in its records; "
-                         f"record keys: {sorted(record)}")
+    """The first record must hold the keys read (a wrong key would skip everything)."""
+    try:
+      record = decode_record(self._source[0])
+    except (ValueError, TypeError, msgpack.UnpackException):
+      record = None
+    if not isinstance(record, Mapping):
+      raise ValueError(f"array_record source: the first record of {self.paths[0]!r} is not a msgpack map")
+    fields.check_present(self.keys, list(record), "array_record source", "record keys")
+    first = self[0]
+    if skips.is_marker(first) and first["skip"] == "bad_record":
+      raise ValueError(f"array_record source: the first record of {self.paths[0]!r} has no bytes under "
+                       f"data.image_key={self.keys.image!r}")
 
   def __repr__(self) -> str:
     return f"ArrayRecordSource({len(self.paths)} files, {len(self)} records)"
+
+
+def _image_bytes(value) -> bytes | str:
+  return value if isinstance(value, bytes) else "bad_record"
 
 
 class RecordWriter:
@@ -93,12 +111,16 @@ class RecordWriter:
     self._writer, self._in_file, self.written = None, 0, 0
 
   def write(self, key: str, image: bytes, caption) -> None:
+    self.write_packed(encode_record(key, image, caption))
+
+  def write_packed(self, data: bytes) -> None:
+    """One record already packed (`pack`, `encode_record`)."""
     if self._writer is None or self._in_file == self.records_per_file:
       self._close_file()
       path = os.path.join(self.output_dir, f"data-{len(self.paths):05d}{SUFFIX}")
       self._writer = self._module.ArrayRecordWriter(path, WRITER_OPTIONS)
       self.paths.append(path)
-    self._writer.write(encode_record(key, image, caption))
+    self._writer.write(data)
     self._in_file += 1
     self.written += 1
 

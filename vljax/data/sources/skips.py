@@ -2,7 +2,8 @@
 
 Sources and the image stage turn a bad sample into a marker `{"skip": REASON, "source": i}`
 instead of raising. `SkipBadIterDataset` drops the markers and hands their counts to the next
-good example as `"skipped": int64[len(SKIP_REASONS)]`; the batch sums them. Counts so travel
+good example as `"skipped": int64[len(SKIP_REASONS)]`; the batch sums them. Elements and markers
+may already carry "skipped" counts of an earlier stage (a dropped sequence of examples): they add up. Counts so travel
 with the batches out of grain's worker processes, and are exact at every batch: a batch reports
 the bad samples met before its last example (so those after the last good example of a finite
 evaluation pass go unreported). The trainer adds them up (`SkipTotals`).
@@ -24,6 +25,11 @@ SKIP_REASONS = (
     "bad_record",       # an undecodable record (msgpack, JSON line, CSV row)
     "empty_shard",      # a tar shard with no sample, or not a tar at all (counted once per shard)
     "truncated_shard",  # a tar shard cut short: the sample at the cut (later samples are unseen)
+    "empty_answer",     # a question-answer record without a question or an answer (or not text)
+    "short_document",   # an interleaved document with fewer chunks than one sequence (data.chunks)
+    # Chunked formats; once per dropped unit: a record, a document's window, a grouped sequence.
+    "too_long",         # more tokens than data.max_len: cutting it would drop an image or an answer
+    "special_token_in_text",  # a caption, question or answer holding a literal "<image>" or "<eoc>"
 )
 SKIPPED_KEY = "_skipped"  # the host-side batch field; the trainer pops it before device transfer
 
@@ -82,6 +88,8 @@ class _SkipBadIterator(grain.DatasetIterator):
           raise ValueError(self._empty_message(None, counts)) from None
         raise
       source = element.get("source", 0)
+      if "skipped" in element:
+        counts += element["skipped"]
       if not is_marker(element):
         self._bad_streak[source] = self._shard_streak[source] = 0
         self._emitted = True
@@ -98,8 +106,9 @@ class _SkipBadIterator(grain.DatasetIterator):
 
   def _empty_message(self, source: int | None, counts: np.ndarray) -> str:
     what = "the data source" if source is None else f"data source {self._ds.names[source]}"
+    hint = " (too_long: raise data.max_len or lower data.chunks)" if counts[SKIP_REASONS.index("too_long")] else ""
     return (f"{what} yielded no usable example (skipped so far: {counts_dict(counts) or 'none'}); "
-            "check data.path, data.split, data.image_key and data.caption_key")
+            f"check data.path, data.split, data.image_key and data.caption_key{hint}")
 
   # The pending count is always 0 between `__next__` calls, so the parent's state is the whole
   # state. The streaks restart on resume, which only delays the empty-source error.

@@ -4,7 +4,9 @@ data.path is a pattern of uncompressed tar shards, local or on an object store (
 lists (`{laion,coyo}/*.tar`), globs, or a directory (its `*.tar`). A sample is the run of
 consecutive members sharing a key (the member name up to the first dot of its base name):
 the image is the first `.jpg`/`.jpeg`/`.png`/`.webp`, the caption the `.txt`, else the
-data.caption_key field of the `.json`.
+data.caption_key field of the `.json`. For a chunked format (data.question_key set, fields.py) a
+`.json` holding data.question_key or data.answer_key makes the sample a question-answer record
+instead, as a JSONL row would; webdataset has no documents (a sample has one image).
 
 Streaming, in grain: host p of P reads shards p::P (fewer shards than hosts is an error); the
 host's shards form an endless sequence, reshuffled every epoch from the seed
@@ -54,27 +56,32 @@ def _split_name(name: str) -> tuple[str, str]:
   return os.path.join(head, stem), ext.lower()
 
 
-def _record(tar: tarfile.TarFile, key: str, members: list[tarfile.TarInfo], caption_key: str) -> dict:
-  """A sample's members -> raw record (or a marker)."""
+def _record(tar: tarfile.TarFile, key: str, members: list[tarfile.TarInfo], caption_key: str,
+            qa_keys: tuple[str, str] = ("", "")) -> dict:
+  """A sample's members -> raw record (or a marker); qa_keys: the .json's question and answer fields
+  ("": captions only)."""
   by_ext = {ext: m for m in members for _, ext in [_split_name(m.name)]}
   image_ext = next((e for e in IMAGE_EXTENSIONS if e in by_ext), None)
   if image_ext is None:
     other = [e for e in by_ext if e not in ("txt", "json")]
     return skips.marker("not_an_image" if other else "missing_image")
   read = lambda ext: tar.extractfile(by_ext[ext]).read()  # noqa: E731
-  caption = None
-  if "txt" in by_ext:
-    caption = read("txt").decode("utf-8", errors="replace")
-  elif "json" in by_ext:
+  meta = None
+  if "json" in by_ext and (qa_keys[0] or "txt" not in by_ext):  # read only when it can matter
     try:
       meta = json.loads(read("json"))
     except ValueError:
       return skips.marker("bad_record")
-    caption = meta.get(caption_key) if isinstance(meta, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+  question, answer = qa_keys
+  if question and meta and (question in meta or answer in meta):
+    return {"key": key, "image": read(image_ext), "question": meta.get(question), "answer": meta.get(answer)}
+  caption = read("txt").decode("utf-8", errors="replace") if "txt" in by_ext else (meta or {}).get(caption_key)
   return {"key": key, "image": read(image_ext), "caption": caption}
 
 
-def _samples(path: str, offset: int, caption_key: str) -> Iterator[tuple[dict, int]]:
+def _samples(path: str, offset: int, caption_key: str, qa_keys: tuple[str, str] = ("", "")
+             ) -> Iterator[tuple[dict, int]]:
   """(raw record or marker, offset of the next sample) from the sample starting at byte `offset`.
 
   Hand-written over the standard library's tarfile: grain has no tar reader and the webdataset
@@ -100,7 +107,7 @@ def _samples(path: str, offset: int, caption_key: str) -> Iterator[tuple[dict, i
           continue
         member_key, _ = _split_name(member.name)
         if members and member_key != key:
-          yield _record(tar, key, members, caption_key), member.offset
+          yield _record(tar, key, members, caption_key, qa_keys), member.offset
           emitted, members = True, []
         key = member_key
         members.append(member)
@@ -108,26 +115,27 @@ def _samples(path: str, offset: int, caption_key: str) -> Iterator[tuple[dict, i
       yield skips.marker("truncated_shard"), _DONE
       return
     if members:
-      yield _record(tar, key, members, caption_key), _DONE
+      yield _record(tar, key, members, caption_key, qa_keys), _DONE
     elif not emitted:
       yield skips.marker("empty_shard"), _DONE
 
 
-def read_shard(path: str, caption_key: str = "caption") -> Iterator[dict]:
+def read_shard(path: str, caption_key: str = "caption", question_key: str = "", answer_key: str = ""
+               ) -> Iterator[dict]:
   """Every raw record (or marker) of one shard, in order: what the converter reads."""
-  for record, _ in _samples(path, 0, caption_key):
+  for record, _ in _samples(path, 0, caption_key, (question_key, answer_key)):
     yield record
 
 
 class TarShardDataset(grain.IterDataset):
   """The samples of one shard, in order; the last element is flagged `shard_end`."""
 
-  def __init__(self, path: str, caption_key: str = "caption"):
+  def __init__(self, path: str, caption_key: str = "caption", question_key: str = "", answer_key: str = ""):
     super().__init__()
-    self.path, self.caption_key = path, caption_key
+    self.path, self.caption_key, self.qa_keys = path, caption_key, (question_key, answer_key)
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _TarShardIterator(self.path, self.caption_key)
+    return _TarShardIterator(self.path, self.caption_key, self.qa_keys)
 
   def __str__(self) -> str:
     return f"TarShardDataset({self.path!r})"
@@ -135,9 +143,9 @@ class TarShardDataset(grain.IterDataset):
 
 class _TarShardIterator(grain.DatasetIterator):
 
-  def __init__(self, path: str, caption_key: str):
+  def __init__(self, path: str, caption_key: str, qa_keys: tuple[str, str]):
     super().__init__()
-    self._path, self._caption_key = path, caption_key
+    self._path, self._caption_key, self._qa_keys = path, caption_key, qa_keys
     self._offset = 0  # byte offset of the next sample's first header; _DONE at the end
     self._samples = None
 
@@ -145,7 +153,7 @@ class _TarShardIterator(grain.DatasetIterator):
     if self._offset == _DONE:
       raise StopIteration
     if self._samples is None:
-      self._samples = _samples(self._path, self._offset, self._caption_key)
+      self._samples = _samples(self._path, self._offset, self._caption_key, self._qa_keys)
     record, self._offset = next(self._samples)
     if self._offset == _DONE:
       record = dict(record, shard_end=True)
