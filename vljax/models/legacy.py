@@ -12,7 +12,8 @@ model, its config and its param tree translated, so that both compute the same o
 Each translation takes the legacy model config (with or without "name") and returns a composable
 model config that leaves unset what the legacy one left unset, so a run fills both alike
 (vljax/models/resolve.py: vocab_size, max_len, dtypes); the param functions take params (boxed or
-not) and return a new tree, renaming paths and copying nothing else.
+not) and return a new tree, renaming paths and copying nothing else. A recipe's `frozen` regexes
+follow the renames: two_tower's "img/.*" (LiT) froze img/head, which composable calls img_proj.
 """
 
 from __future__ import annotations
