@@ -1,20 +1,29 @@
 """One vision-language model assembled from config: an image tower, an optional text encoder and
 optional heads, so that objectives are compared on the same towers.
 
-  image -> ViT -> pooled [-> attentional pooler] -> img_proj -> img_emb   (contrastive head)
-             `-> tokens [-> memory pooler (memory_queries)] -> memory     (decoder head)
-  text ids -> text tower -> pooled -> txt_proj -> txt_emb                 (contrastive head)
-  text ids -> decoder embedding -> CrossDecoder(memory) -> caption_logits (decoder head)
+  image -> ViT -> pooled [-> attentional pooler] [-> img_proj] -> img_emb        (contrastive head)
+             `-> tokens [-> memory pooler (memory_queries)] -> memory            (decoder head)
+                                   `-> attentional pooler (image_pool_input="memory") -> ...img_emb
+  text ids -> text tower -> pooled [-> txt_proj] -> txt_emb                      (contrastive head)
+                        `-> tokens ------------------------------.  (decoder.input="text_tower")
+  text ids -> decoder embedding (decoder.input="embed") -> CrossDecoder(memory) -> caption_logits
 
   model = dict(name="composable", image=dict(variant=...), text=dict(variant=...) or None,
                contrastive=dict(embed_dim, logit_scale_init, logit_bias_init, max_logit_scale,
-                                image_pool="tower" | "map") or None,
+                                image_pool="tower" | "map", image_pool_input="tokens" | "memory",
+                                image_proj=True, image_proj_bias=True, text_proj=True, text_proj_bias=True)
+                   or None,
                decoder=dict(variant=..., mode="autoregressive" | "parallel", parallel_fraction,
-                            memory_queries=0) or None)
+                            memory_queries=0, input="embed" | "text_tower") or None)
 
-CLIP/SigLIP/LiT: image + text + contrastive (a logit_bias_init gives the sigmoid loss its bias);
-Cap: image + decoder; CapPa: decoder mode="parallel"; CapPa + contrastive, contrastive + captioning
-on two towers, CoCa-like (image_pool="map", memory_queries=N): all three parts. The image tower never
+CLIP/SigLIP/LiT (two_tower): image + text + contrastive (a logit_bias_init gives the sigmoid loss its
+bias; image_proj=False makes the pooled width the embedding, as SigLIP's image tower; *_proj_bias=False
+are CLIP's bias-free projections). Cap: image + decoder; CapPa: decoder mode="parallel". CoCa:
+text=dict(causal=True, pool="cls") (its unimodal decoder: [CLS] after the padding), decoder
+input="text_tower" (the multimodal decoder continues from the unimodal one's token outputs: one shared
+embedding), memory_queries=N, image_pool="map" with image_pool_input="memory" (the contrastive query
+reads the N memory queries' outputs: CoCa's "cascade") or "tokens" (the ViT tokens: its "parallel").
+vljax/models/legacy.py maps each legacy model's config and params onto these. The image tower never
 holds a projection (its head is always off): the same tower config gives the same `img` params under
 every combination, so init_from and frozen-encoder evaluations treat them alike.
 """
@@ -38,18 +47,21 @@ from vljax.models.text import TextTransformer, text_settings
 from vljax.models.two_tower import l2_normalize, temperature_param
 from vljax.models.vit import ViT, vit_settings
 
-IMAGE_POOLS = ("tower", "map")
+IMAGE_POOLS = ("tower", "map")  # the pooled ViT output; a MAP head
+IMAGE_POOL_INPUTS = ("tokens", "memory")  # what the MAP head reads: the ViT tokens, the memory pooler's outputs
 DECODER_MODES = ("autoregressive", "parallel")
+DECODER_INPUTS = ("embed", "text_tower")  # its own token embedding; the text tower's token outputs (CoCa)
 CONTRASTIVE_DEFAULTS = dict(embed_dim=128, logit_scale_init=1 / 0.07, logit_bias_init=None, max_logit_scale=100.0,
-                            image_pool="tower")
-DECODER_DEFAULTS = dict(mode="autoregressive", parallel_fraction=0.75, memory_queries=0)
+                            image_pool="tower", image_pool_input="tokens", image_proj=True, image_proj_bias=True,
+                            text_proj=True, text_proj_bias=True)
+DECODER_DEFAULTS = dict(mode="autoregressive", parallel_fraction=0.75, memory_queries=0, input="embed")
 COMPOSABLE_DEFAULTS: dict[str, Any] = dict(image=None, text=None, contrastive=None, decoder=None)
 
 
 @register_model("composable")
 class Composable(nn.Module):
-  """Params: img (ViT, no head); with the contrastive head txt (text tower, no head), img_proj,
-  txt_proj, t[, b][, img_pool]; with the decoder dec_embed, dec[, mask_embedding][, memory_pool]."""
+  """Params: img (ViT, no head); with the contrastive head txt (text tower, no head), [img_proj,]
+  [txt_proj,] t[, b][, img_pool]; with the decoder dec[, dec_embed][, mask_embedding][, memory_pool]."""
   img: ViT
   txt: TextTransformer | None = None
   contrastive: dict[str, Any] | None = None
@@ -87,14 +99,19 @@ class Composable(nn.Module):
       c = self.contrastive
       if c["image_pool"] == "map":
         self.img_pool = MAPHead(self.img.num_heads, self.img.mlp_dim, num_queries=1, **pool_kw)
-      self.img_proj = layers.dense(c["embed_dim"], ("embed", None), name="img_proj", **dtypes)
-      self.txt_proj = layers.dense(c["embed_dim"], ("embed", None), name="txt_proj", **dtypes)
+      if c["image_proj"]:
+        self.img_proj = layers.dense(c["embed_dim"], ("embed", None), name="img_proj",
+                                     use_bias=c["image_proj_bias"], **dtypes)
+      if c["text_proj"]:
+        self.txt_proj = layers.dense(c["embed_dim"], ("embed", None), name="txt_proj",
+                                     use_bias=c["text_proj_bias"], **dtypes)
       self.t = temperature_param(self, c["logit_scale_init"])
       if c["logit_bias_init"] is not None:
         self.b = self.param("b", partitioned(nn.initializers.constant(c["logit_bias_init"]), ()), (), jnp.float32)
     if self.text:
       t = self.text
-      self.dec_embed = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
+      if t["input"] == "embed":
+        self.dec_embed = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
       if t["mode"] == "parallel":
         self.mask_embedding = self.param("mask_embedding", partitioned(nn.initializers.normal(0.02), ("embed",)),
                                          (t["width"],), dtypes["param_dtype"])
@@ -105,24 +122,34 @@ class Composable(nn.Module):
   def encode_image(self, image: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     pooled, tokens = self.img(image, train=train)
     out = {"img_tokens": tokens}
-    if self.contrastive:
-      if self.contrastive["image_pool"] == "map":
-        pooled = self.img_pool(tokens)[:, 0]
-      out["img_emb"] = l2_normalize(self.img_proj(pooled))
     if self.text:
       out["memory"] = self.memory_pool(tokens) if self.text["memory_queries"] else tokens
+    if self.contrastive:
+      c = self.contrastive
+      if c["image_pool"] == "map":
+        pooled = self.img_pool(out["memory"] if c["image_pool_input"] == "memory" else tokens)[:, 0]
+      out["img_emb"] = l2_normalize(self.img_proj(pooled) if c["image_proj"] else pooled)
     return out
 
   def encode_text(self, ids: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     pooled, tokens = self.txt(ids, train=train)
-    return {"txt_emb": l2_normalize(self.txt_proj(pooled)), "txt_tokens": tokens}
+    return {"txt_emb": l2_normalize(self.txt_proj(pooled) if self.contrastive["text_proj"] else pooled),
+            "txt_tokens": tokens}
 
   def caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
     """Teacher-forced logits [B, L, vocab] of ids [B, L] given the image memory."""
+    if self.text["input"] == "text_tower":  # the tower's token rows, without the [CLS] it may append
+      return self.dec(self.txt(ids, tokens_only=True)[1], memory, causal_mask(ids.shape[1]))
     return self.dec(self.dec_embed(ids), memory, causal_mask(ids.shape[1]))
 
   def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
-    return self.dec(self.dec_embed(ids, decode_index), memory, decode_index=decode_index)
+    """Logits of ids [B, T] at positions decode_index.. with the KV caches (the text tower's, then the
+    decoder's, when the decoder continues from the tower)."""
+    if self.text["input"] == "text_tower":
+      x = self.txt(ids, decode_index=decode_index)[1]
+    else:
+      x = self.dec_embed(ids, decode_index)
+    return self.dec(x, memory, decode_index=decode_index)
 
   def _train_caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
     """Parallel prediction (CapPa): a parallel_fraction of the examples get all-[MASK] inputs and no
@@ -139,7 +166,11 @@ class Composable(nn.Module):
       out.update(self.encode_text(text, train))
     if image is not None and text is not None and self.text:
       parallel = train and self.text["mode"] == "parallel" and self.text["parallel_fraction"] > 0
-      out["caption_logits"] = (self._train_caption_logits if parallel else self.caption_logits)(out["memory"], text)
+      if self.text["input"] == "text_tower":  # one text-tower pass serves both heads (it is causal)
+        out["caption_logits"] = self.dec(out["txt_tokens"], out["memory"], causal_mask(text.shape[1]))
+      else:
+        out["caption_logits"] = (self._train_caption_logits if parallel else self.caption_logits)(out["memory"],
+                                                                                                   text)
     if self.contrastive:
       out["logit_scale"] = jnp.exp(self.t)  # clamped after each update (two_tower.clamp_log_scale)
       if self.contrastive["logit_bias_init"] is not None:
@@ -160,64 +191,125 @@ class Composable(nn.Module):
 
   @classmethod
   def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
-    """Forward FLOPs by part (vljax/models/flops.py), in the order of the figure above."""
+    """Forward FLOPs by part (vljax/models/flops.py), in the order of the figure above (the memory
+    pooler first: image_pool_input="memory" reads it)."""
     c = resolve_config(cfg)
-    img, scan, length = c["image"], c["scan"], inputs.text_len
+    img, scan, length, d = c["image"], c["scan"], inputs.text_len, c["decoder"]
     n, dv = flops.image_tokens(img, inputs.image_size), img["width"]
     parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=scan)
+    pooled, memory = parts[-1].name, (tokens, n, dv)
+    if d and d["memory_queries"]:
+      parts.append(flops.attention_pool("memory_pool", d["memory_queries"], n, dv, img["mlp_dim"], tokens))
+      memory = ("memory_pool", d["memory_queries"], dv)
     if c["contrastive"]:
-      e, pooled = c["contrastive"]["embed_dim"], parts[-1].name
-      if c["contrastive"]["image_pool"] == "map":
-        parts.append(flops.attention_pool("img_pool", 1, n, dv, img["mlp_dim"], tokens))
-        pooled = "img_pool"
-      parts.append(flops.linear("img_proj", 2 * dv * e, pooled))
-      text = flops.text_parts(c["text"], length, "txt", scan=scan)
-      parts += text + [flops.linear("txt_proj", 2 * c["text"]["width"] * e, text[-1].name)]
-    if c["decoder"]:
-      t, q = c["decoder"], c["decoder"]["memory_queries"]
-      memory = (tokens, n, dv)
-      if q:
-        parts.append(flops.attention_pool("memory_pool", q, n, dv, img["mlp_dim"], tokens))
-        memory = ("memory_pool", q, dv)
-      parts.append(flops.Part("dec_embed", ("dec_embed", "mask_embedding"), reads={"text": 0.0}))
-      parts += flops.encoder("dec/decoder", t["depth"], length, t["width"], t["mlp_dim"], "dec_embed", scan, memory)
-      parts.append(flops.linear("dec/logits", 2 * length * t["width"] * t["vocab_size"], "dec/decoder/encoder_norm"))
+      parts += _contrastive_parts(c, length, pooled, tokens, n, memory)
+    if d:
+      reads = "txt/encoder/encoder_norm"  # the text tower's token outputs (input="text_tower")
+      if d["input"] == "embed":
+        parts.append(flops.Part("dec_embed", ("dec_embed", "mask_embedding"), reads={"text": 0.0}))
+        reads = "dec_embed"
+      parts += flops.encoder("dec/decoder", d["depth"], length, d["width"], d["mlp_dim"], reads, scan, memory)
+      parts.append(flops.linear("dec/logits", 2 * length * d["width"] * d["vocab_size"], "dec/decoder/encoder_norm"))
     return parts
+
+
+def _contrastive_parts(c: dict[str, Any], length: int, pooled: str, tokens: str, n: int,
+                       memory: tuple[str, int, int]) -> list[flops.Part]:
+  """The contrastive head's parts: image pooler and projection, text tower and projection."""
+  h, img, e = c["contrastive"], c["image"], c["contrastive"]["embed_dim"]
+  parts = []
+  if h["image_pool"] == "map":
+    source, keys, _ = memory if h["image_pool_input"] == "memory" else (tokens, n, None)
+    parts.append(flops.attention_pool("img_pool", 1, keys, img["width"], img["mlp_dim"], source))
+    pooled = "img_pool"
+  if h["image_proj"]:
+    parts.append(flops.linear("img_proj", 2 * img["width"] * e, pooled))
+  text = flops.text_parts(c["text"], length, "txt", scan=c["scan"])
+  if h["text_proj"]:
+    text.append(flops.linear("txt_proj", 2 * c["text"]["width"] * e, text[-1].name))
+  return parts + text
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   """Validated settings with every default filled: image/text become tower settings (their heads
   off), contrastive/decoder their dicts or None."""
+  for tower in ("image", "text"):
+    heads = sorted({"head", "head_bias"} & set(cfg.get(tower) or {}))
+    if heads:
+      raise ValueError(f"composable model.{tower} takes no {heads}: the projection is the contrastive head's, "
+                       f"model.contrastive.{tower}_proj and {tower}_proj_bias")
   c = model_config.resolve("composable", cfg, COMPOSABLE_DEFAULTS, {"image": vit_settings})
   c["image"]["head"] = False
   if not c["contrastive"] and not c["decoder"]:
     raise ValueError("composable model needs a head: model.contrastive=dict(...) and/or "
                      "model.decoder=dict(variant=...)")
   if c["contrastive"]:
-    c["contrastive"] = _settings("contrastive", c["contrastive"], CONTRASTIVE_DEFAULTS)
-    check_choice("contrastive.image_pool", c["contrastive"]["image_pool"], IMAGE_POOLS)
-    if not c["text"]:
-      raise ValueError("composable model.contrastive needs a text tower: model.text=dict(variant=...)")
-    c["text"] = dict(text_settings(**c["text"]), head=False)
-    if c["contrastive"]["logit_scale_init"] <= 0 or not math.isfinite(c["contrastive"]["logit_scale_init"]):
-      raise ValueError(f"contrastive.logit_scale_init={c['contrastive']['logit_scale_init']} must be > 0")
+    _resolve_contrastive(c)
   elif c["text"]:
     raise ValueError("composable model.text is the contrastive text tower: with no model.contrastive it would be "
                      "unused; drop it (the decoder's settings are model.decoder)")
   if c["decoder"]:
-    d = dict(c["decoder"])
-    own = {k: d.pop(k) for k in list(d) if k in DECODER_DEFAULTS}
-    if "variant" not in d:
-      raise ValueError(f"composable model.decoder needs variant=..., got {c['decoder']!r}")
-    c["decoder"] = dict(text_settings(**d), causal=True, **_settings("decoder", own, DECODER_DEFAULTS))
-    check_choice("decoder.mode", c["decoder"]["mode"], DECODER_MODES)
-    if not 0.0 <= c["decoder"]["parallel_fraction"] <= 1.0:
-      raise ValueError(f"decoder.parallel_fraction={c['decoder']['parallel_fraction']} must be in [0, 1]")
-    if c["decoder"]["memory_queries"] < 0:
-      raise ValueError(f"decoder.memory_queries={c['decoder']['memory_queries']} must be >= 0 (0: the ViT tokens)")
-  if c["image"]["pool"] == "map" and not c["contrastive"]:
-    model_config.check_image_tokens_only("composable (decoder only)", c["image"])
+    _resolve_decoder(c)
+  if c["image"]["pool"] == "map" and (not c["contrastive"] or c["contrastive"]["image_pool"] == "map"):
+    model_config.check_image_tokens_only("composable (decoder only, or contrastive.image_pool='map')", c["image"])
   return c
+
+
+def _resolve_contrastive(c: dict[str, Any]) -> None:
+  given = c["contrastive"]
+  h = c["contrastive"] = _settings("contrastive", given, CONTRASTIVE_DEFAULTS)
+  check_choice("contrastive.image_pool", h["image_pool"], IMAGE_POOLS)
+  if not c["text"]:
+    raise ValueError("composable model.contrastive needs a text tower: model.text=dict(variant=...)")
+  c["text"] = dict(text_settings(**c["text"]), head=False)
+  if h["logit_scale_init"] <= 0 or not math.isfinite(h["logit_scale_init"]):
+    raise ValueError(f"contrastive.logit_scale_init={h['logit_scale_init']} must be > 0")
+  check_choice("contrastive.image_pool_input", h["image_pool_input"], IMAGE_POOL_INPUTS)
+  if h["image_pool_input"] == "memory" and (h["image_pool"] != "map" or not (c["decoder"] or {}).get("memory_queries")):
+    raise ValueError(f"contrastive.image_pool_input='memory' makes the MAP pooler read the decoder's memory pooler "
+                     f"(CoCa's cascade): it needs image_pool='map' (got {h['image_pool']!r}) and "
+                     f"model.decoder=dict(..., memory_queries=N >= 1)")
+  for tower, width in (("image", c["image"]["width"]), ("text", c["text"]["width"])):
+    for key in (f"{tower}_proj", f"{tower}_proj_bias"):
+      if not isinstance(h[key], bool):
+        raise ValueError(f"contrastive.{key}={h[key]!r} must be True or False")
+    if not h[f"{tower}_proj"] and f"{tower}_proj_bias" in given:
+      raise ValueError(f"contrastive.{tower}_proj_bias is the bias of a projection that {tower}_proj=False drops")
+    if not h[f"{tower}_proj"] and width != h["embed_dim"]:
+      raise ValueError(f"contrastive.{tower}_proj=False makes the {tower} width {width} the embedding, but "
+                       f"contrastive.embed_dim is {h['embed_dim']}; set embed_dim={width} or {tower}_proj=True")
+
+
+def _resolve_decoder(c: dict[str, Any]) -> None:
+  d = dict(c["decoder"])
+  own = {k: d.pop(k) for k in list(d) if k in DECODER_DEFAULTS}
+  if "variant" not in d:
+    raise ValueError(f"composable model.decoder needs variant=..., got {c['decoder']!r}")
+  t = c["decoder"] = dict(text_settings(**d), causal=True, **_settings("decoder", own, DECODER_DEFAULTS))
+  check_choice("decoder.mode", t["mode"], DECODER_MODES)
+  check_choice("decoder.input", t["input"], DECODER_INPUTS)
+  if not 0.0 <= t["parallel_fraction"] <= 1.0:
+    raise ValueError(f"decoder.parallel_fraction={t['parallel_fraction']} must be in [0, 1]")
+  if t["memory_queries"] < 0:
+    raise ValueError(f"decoder.memory_queries={t['memory_queries']} must be >= 0 (0: the ViT tokens)")
+  if t["input"] == "text_tower":
+    _check_shared_text(c["text"] if c["contrastive"] else None, t)
+
+
+def _check_shared_text(text: dict[str, Any] | None, dec: dict[str, Any]) -> None:
+  """decoder.input='text_tower' continues from the contrastive text tower's tokens (CoCa)."""
+  if text is None:
+    raise ValueError("decoder.input='text_tower' continues from the contrastive text tower: it needs "
+                     "model.contrastive and model.text, or decoder.input='embed'")
+  if not text["causal"]:
+    raise ValueError("decoder.input='text_tower' needs a causal text tower (a caption token must not see the "
+                     "next ones): set text.causal=True, or decoder.input='embed'")
+  if dec["mode"] != "autoregressive":
+    raise ValueError(f"decoder.mode={dec['mode']!r} replaces the decoder's input embeddings with [MASK]; "
+                     f"with decoder.input='text_tower' the only valid mode is 'autoregressive'")
+  for key in ("width", "vocab_size"):
+    if text[key] != dec[key]:
+      raise ValueError(f"decoder.input='text_tower': decoder {key}={dec[key]} must equal text {key}={text[key]}")
 
 
 def _settings(name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

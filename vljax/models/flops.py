@@ -186,10 +186,12 @@ def vit_parts(settings: dict[str, Any], image_size: int, prefix: str = "img", ou
 
 def text_parts(settings: dict[str, Any], length: int, prefix: str = "txt", out_dim: int | None = None,
                scan: bool = False) -> list[Part]:
-  """A TextTransformer given its text_settings() over `length` ids; the last part is the pooled output."""
-  s, d = settings, settings["width"]
-  parts = [Part(f"{prefix}/embed", (f"{prefix}/embedding", f"{prefix}/posemb"), reads={"text": 0.0})]
-  parts += encoder(f"{prefix}/encoder", s["depth"], length, d, s["mlp_dim"], parts[-1].name, scan)
+  """A TextTransformer given its text_settings() over `length` ids (+ [CLS] where pool="cls"); the last
+  part is the pooled output."""
+  s, d, cls = settings, settings["width"], settings["pool"] == "cls"
+  params = (f"{prefix}/embedding", f"{prefix}/posemb") + ((f"{prefix}/cls",) if cls else ())
+  parts = [Part(f"{prefix}/embed", params, reads={"text": 0.0})]
+  parts += encoder(f"{prefix}/encoder", s["depth"], length + cls, d, s["mlp_dim"], parts[-1].name, scan)
   if s["pool"] == "map":
     parts.append(attention_pool(f"{prefix}/map", 1, length, d, s["mlp_dim"], parts[-1].name))
   if out_dim is not None and s["head"]:

@@ -1,4 +1,9 @@
-"""Text Transformer: token ids -> embed + posemb -> (causal or padding-masked) encoder -> pool [-> head]."""
+"""Text Transformer: token ids -> embed + posemb -> (causal or padding-masked) encoder -> pool [-> head].
+
+pool="cls" is CoCa's unimodal text decoder: a learned [CLS] appended after the padding, whose row
+alone masks pad keys (the token rows stay plain causal, as a decoder continuing from them sees
+them); its output after the final LayerNorm is the pooled vector.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ TEXT_VARIANTS: dict[str, dict[str, int]] = {
     "So400m": dict(width=1152, depth=27, mlp_dim=4304, num_heads=16),
     "g": dict(width=1408, depth=40, mlp_dim=6144, num_heads=16),
 }
-POOLS = ("last", "first", "mean", "map")
+POOLS = ("last", "first", "mean", "map", "cls")
 ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "vocab_size", "max_len", "causal", "pool", "pad_id",
              "head", "head_bias", "activation", "norm_eps")
 SHARED_DEFAULTS = dict(vocab_size=32_000, max_len=64, causal=False, pool="last", pad_id=0,
@@ -40,6 +45,9 @@ def text_settings(variant: str, **overrides: Any) -> dict[str, Any]:
       cfg[key] = value
   check_choice("text pool", cfg["pool"], POOLS)
   check_choice("text activation", cfg["activation"], ACTIVATIONS)
+  if cfg["pool"] == "cls" and not cfg["causal"]:
+    raise ValueError("text pool='cls' appends [CLS] after the padding for a causal tower (CoCa's unimodal "
+                     "decoder), but causal=False; set causal=True or another pool")
   return cfg
 
 
@@ -66,27 +74,44 @@ class TextTransformer(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, ids: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, ids: jax.Array, train: bool = False, *, tokens_only: bool = False,
+               decode_index: jax.Array | None = None) -> tuple[jax.Array | None, jax.Array]:
+    """(pooled, tokens); tokens_only: (None, tokens) with no [CLS] and no pooling, as a decoder
+    continuing from this tower reads them; decode_index: the same, one KV-cached step of a causal tower."""
     chex.assert_rank(ids, 2)
     batch, length = ids.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     valid = ids != self.pad_id  # [B, L]
+    check_choice("text pool", self.pool, POOLS)
+    if decode_index is not None and not self.causal:
+      raise ValueError("KV-cached decoding needs a causal text tower (causal=True)")
 
     # 1. Token embedding + learned position embedding.
     x = nn.Embed(self.vocab_size, self.width, name="embedding", **kw,
                  embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))(ids)
-    x = layers.LearnedPosEmb(self.max_len, self.param_dtype, name="posemb")(x)
+    x = layers.LearnedPosEmb(self.max_len, self.param_dtype, name="posemb")(x, 0 if decode_index is None else
+                                                                            decode_index)
 
     # 2. Encoder. Pad keys are masked in both modes, so right-padding never changes real tokens.
     # (Rows padded with EOS instead, as SigLIP's are, hold no pad_id: every position is attended.)
+    # pool="cls": only the [CLS] row masks them; the KV cache holds its own causal mask.
+    tokens_only = tokens_only or decode_index is not None
+    mask = valid[:, None, None, :]
+    if decode_index is not None or (self.pool == "cls" and tokens_only):
+      mask = None
+    elif self.pool == "cls":
+      x, mask = self._append_cls(x, valid)
     block_kw = dict(activation=self.activation, norm_eps=self.norm_eps)
     x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, causal=self.causal, scan=self.scan,
                            remat=self.remat, attention_impl=self.attention_impl, name="encoder", **block_kw,
-                           **kw)(x, valid[:, None, None, :])
+                           **kw)(x, mask, decode_index=decode_index)
+    if tokens_only:
+      return None, x
 
     # 3. Pool.
-    check_choice("text pool", self.pool, POOLS)
-    if self.pool == "last":
+    if self.pool == "cls":
+      pooled, x = x[:, -1], x[:, :-1]
+    elif self.pool == "last":
       # The EOS token: sees the whole caption even when causal. Without pad_id (EOS-padded rows, as
       # SigLIP's) it is the final position, which SigLIP pools.
       pooled = gather_last(x, valid)
@@ -105,6 +130,16 @@ class TextTransformer(nn.Module):
     chex.assert_shape(pooled, (batch, self.out_dim or self.width))
     chex.assert_shape(x, (batch, length, self.width))
     return pooled, x
+
+  def _append_cls(self, x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x [B, L, D] + a learned [CLS] (no position row) -> [B, L+1, D], and the key mask that hides
+    pad keys from the [CLS] row alone (the causal mask comes from the encoder)."""
+    batch, length, width = x.shape
+    cls = self.param("cls", partitioned(nn.initializers.normal(0.02), ("embed",)), (width,), self.param_dtype)
+    x = jnp.concatenate([x, jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, width))], axis=1)
+    keys = jnp.concatenate([valid, jnp.ones((batch, 1), bool)], axis=1)
+    is_cls = jnp.arange(length + 1) == length
+    return x, keys[:, None, None, :] | ~is_cls[:, None]
 
 
 def make_text(variant: str, **kwargs: Any) -> TextTransformer:
