@@ -149,7 +149,7 @@ def llava_workdir(tmp_path_factory):
 
 
 SCORING_ERROR = (r"image-text scoring \(scoring='auto'\) needs a model with contrastive embeddings or caption "
-                 r"log-likelihood given an image; LLaVA has caption generation from an image, generation continuing")
+                 r"log-likelihood given an image; LLaVA has caption generation from an image, an image tower.s pooled features, generation continuing")
 
 
 def test_load_score_and_zero_shot_on_a_model_that_cannot_score_say_so(llava_workdir):
