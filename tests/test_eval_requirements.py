@@ -13,7 +13,7 @@ from conftest import tiny_config, workdir_listing
 from vljax import evals, models
 from vljax.data import tokenizers
 from vljax.evals import requirements
-from vljax.evals.requirements import EMBEDDINGS, GENERATION, LIKELIHOOD, MULTI_IMAGE, PROMPTED
+from vljax.evals.requirements import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD, MULTI_IMAGE, PROMPTED
 from vljax.train import setup
 from vljax.train.trainer import train_and_evaluate
 
@@ -35,14 +35,16 @@ DATA = {"lm": dict(format="lm", chunks=1), "llava": dict(format="vlm", chunks=1)
 def test_every_model_declares_what_it_can_do():
   assert set(MODEL_CONFIGS) == set(models.MODELS)
   caps = {name: requirements.model_capabilities(cls) for name, cls in models.MODELS.items()}
-  assert caps == {"two_tower": {EMBEDDINGS}, "coca": {EMBEDDINGS, LIKELIHOOD, GENERATION},
-                  "cappa": {LIKELIHOOD, GENERATION}, "lm": set(), "llava": {GENERATION, PROMPTED},
-                  "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE}, "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION}}
+  tower = IMAGE_FEATURES  # every model with an image tower
+  assert caps == {"two_tower": {EMBEDDINGS, tower}, "coca": {EMBEDDINGS, LIKELIHOOD, GENERATION, tower},
+                  "cappa": {LIKELIHOOD, GENERATION, tower}, "lm": set(), "llava": {GENERATION, PROMPTED, tower},
+                  "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE, tower},
+                  "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, tower}}
 
 
 def test_every_evaluator_names_what_it_needs():
   for cls in evals.EVALUATORS.values():
-    assert cls.needs in (requirements.SCORES, GENERATION, PROMPTED), cls
+    assert cls.needs in (requirements.SCORES, GENERATION, PROMPTED, IMAGE_FEATURES), cls
     assert "every" in cls.settings_keys, cls
 
 
@@ -58,7 +60,7 @@ def _config(model, evals_cfg, **data):
 MISMATCHES = [
     ("two_tower", dict(caption=dict(every=3, num_examples=8)),
      r"evals.caption \(captioning\) needs caption generation from an image; model 'two_tower' has "
-     r"contrastive embeddings\. Valid: a model with it \(cappa, coca, composable, flamingo, llava\), or drop evals.caption"),
+     r"contrastive embeddings, an image tower's pooled features\. Valid: a model with it \(cappa, coca, composable, flamingo, llava\), or drop evals.caption"),
     ("llava", dict(zeroshot=dict(every=3, num_examples=8)),
      r"evals.zeroshot \(scoring='auto'\) needs contrastive embeddings or caption log-likelihood given an image; "
      r"model 'llava' has .*Valid: a model with it \(cappa, coca, composable, two_tower\)"),
@@ -147,7 +149,7 @@ def llava_workdir(tmp_path_factory):
 
 
 SCORING_ERROR = (r"image-text scoring \(scoring='auto'\) needs a model with contrastive embeddings or caption "
-                 r"log-likelihood given an image; LLaVA has caption generation from an image, generation continuing")
+                 r"log-likelihood given an image; LLaVA has caption generation from an image, an image tower.s pooled features, generation continuing")
 
 
 def test_load_score_and_zero_shot_on_a_model_that_cannot_score_say_so(llava_workdir):

@@ -109,7 +109,9 @@ def test_collapsed_model_scores_zero_on_retrieval_zeroshot_and_binding(world, em
   bound, where the old strictly-greater / argmax rules gave R@1 = 1.0 and shapes top1 at chance."""
   runner = EmbeddingRunner(emb, emb)
   retrieval = build(RetrievalEvaluator, world, num_examples=N)(runner, None)
-  assert retrieval == {f"{d}_r{k}": 0.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+  # Every right item ranked last of N: reciprocal rank and AP 1 / N, the lowest they go.
+  worst = {f"{d}_{m}": 1 / N for d in ("i2t", "t2i") for m in ("mrr", "map")}
+  assert retrieval == pytest.approx({**{f"{d}_r{k}": 0.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}, **worst})
   zeroshot = build(ZeroShotEvaluator, world, num_examples=2 * len(shapes.COLORS) * len(shapes.SHAPES))(runner, None)
   assert zeroshot == {"top1": 0.0, "color_acc": 0.0, "shape_acc": 0.0}
   binding = build(BindingEvaluator, world, num_examples=N)(runner, None)

@@ -27,7 +27,7 @@ REGISTRIES = {
 def test_the_registries_are_the_dicts_the_code_reads():
   assert models.MODELS is model_registry.MODELS and evals.EVALUATORS is eval_registry.EVALUATORS
   assert sorted(models.MODELS) == ["cappa", "coca", "composable", "flamingo", "llava", "lm", "two_tower"]
-  assert sorted(evals.EVALUATORS) == ["binding", "caption", "retrieval", "vqa", "zeroshot"]
+  assert sorted(evals.EVALUATORS) == ["binding", "caption", "fewshot", "retrieval", "vqa", "zeroshot"]
   assert all(cls.name == name for name, cls in evals.EVALUATORS.items())
 
 
@@ -109,8 +109,8 @@ def test_unknown_names_fail_listing_the_valid_ones():
   with pytest.raises(ValueError, match=r"Unknown model name 'two_towers'; valid: \['cappa', 'coca', 'composable', "
                                        r"'flamingo', 'llava', 'lm', 'two_tower'\]"):
     models.get_model(dict(name="two_towers"))
-  with pytest.raises(ValueError, match=r"unknown evaluator 'vqa_v2'; valid: \['binding', 'caption', 'retrieval', "
-                                       r"'vqa', 'zeroshot'\], or retrieval_<label> / zeroshot_<label>"):
+  with pytest.raises(ValueError, match=r"unknown evaluator 'vqa_v2'; valid: \['binding', 'caption', 'fewshot', 'retrieval', "
+                                       r"'vqa', 'zeroshot'\], or fewshot_<label> / retrieval_<label> / zeroshot_<label>"):
     evals.get_evaluator("vqa_v2")
   assert evals.get_evaluator("retrieval_flickr") is evals.EVALUATORS["retrieval"]
   cfg = tiny_config(evals={"bindng": dict(every=0)})

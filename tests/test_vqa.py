@@ -54,7 +54,8 @@ def test_number_words_match_digits():
   assert vqa_accuracy("three", ["two"]) == 0.0
 
 
-@pytest.mark.parametrize("matching, expected", [(0, 0.0), (1, 1 / 3), (2, 2 / 3), (3, 1.0), (4, 1.0), (10, 1.0)])
+# The official script's leave-one-out average (tests/test_vqa_official.py checks it against a direct copy).
+@pytest.mark.parametrize("matching, expected", [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
 def test_soft_accuracy_with_ten_references(matching, expected):
   refs = ["Red."] * matching + ["blue"] * (10 - matching)
   assert vqa_accuracy("red", refs) == pytest.approx(expected)

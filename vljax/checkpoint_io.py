@@ -57,3 +57,15 @@ def load_params(workdir: str, step: int | None = None, purpose: str = "init_from
       item=item, restore_args=restore_args, partial_restore=True)))
   manager.close()
   return out["state"]["params"], step
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of a run's finished checkpoints, oldest first ([] when there are none)."""
+  directory = checkpoint_dir(workdir)
+  if not epath.Path(directory).is_dir():
+    return []
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data", "meta"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(int(s) for s in manager.all_steps())
+  manager.close()
+  return steps

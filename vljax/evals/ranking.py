@@ -50,3 +50,18 @@ def label_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def beats(right: np.ndarray, wrong: np.ndarray) -> np.ndarray:
   """bool [N]: right[i] ranks above wrong[i], the two-candidate case (binding's twins)."""
   return ranks(np.stack([right, wrong], axis=1), np.array([[True, False]]).repeat(len(right), 0)) == 0
+
+
+def average_precision(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
+  """float [N]: for each row of scores [N, C], the mean over its right candidates of the precision
+  at that candidate's position, candidates sorted best first by the same rule: a wrong candidate
+  tying with a right one comes before it, NaN scores come last (a NaN right one after every wrong).
+  With one right candidate this is 1 / (rank + 1), the reciprocal rank.
+  """
+  scores, right = np.asarray(scores, np.float64), np.asarray(right, bool)
+  ranks(scores, right)  # the same shape and at-least-one-right checks
+  key = np.where(np.isnan(scores), -np.inf, scores)
+  order = np.lexsort((right, -key), axis=-1)  # primary: score descending; ties: wrong (False) first
+  hits = np.take_along_axis(right, order, axis=1)
+  precision = np.cumsum(hits, axis=1) / np.arange(1, scores.shape[1] + 1)
+  return np.sum(precision * hits, axis=1) / np.sum(hits, axis=1)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vljax.models.capabilities import (DESCRIPTIONS, EMBEDDINGS, GENERATION, LIKELIHOOD, MULTI_IMAGE,  # noqa: F401
-                                       PROMPTED, SCORING_NEEDS, describe)
+from vljax.models.capabilities import (DESCRIPTIONS, EMBEDDINGS, GENERATION, IMAGE_FEATURES,  # noqa: F401
+                                       LIKELIHOOD, MULTI_IMAGE, PROMPTED, SCORING_NEEDS, describe)
 from vljax.models.capabilities import of as model_capabilities
 
 SCORES = "scores"  # an evaluator's `needs`: EMBEDDINGS or LIKELIHOOD, as its `scoring` setting picks
@@ -28,6 +28,8 @@ def evaluator_needs(cls: type, settings: Mapping[str, Any]) -> tuple[tuple[str, 
   if cls.needs == SCORES:
     scoring = settings.get("scoring", "auto")
     return SCORING_NEEDS[scoring], f"scoring={scoring!r}"
+  if cls.needs == IMAGE_FEATURES:  # frozen-encoder probes: its `shots` are probe examples, not prompts
+    return (IMAGE_FEATURES,), "frozen image features"
   shots = _shots(settings)
   if cls.needs == GENERATION and not shots:
     return (GENERATION,), "captioning"
@@ -51,7 +53,7 @@ def check_evaluators(evaluator_classes: Mapping[str, type], evals_cfg: Mapping[s
     if cls.needs == SCORES:
       other = [s for s, needs in SCORING_NEEDS.items() if s != "auto" and caps & set(needs)]
       hint = [f"evals.{name}.scoring={s!r}" for s in other] + hint
-    if cls.needs != SCORES and _shots(settings) and PROMPTED in caps:
+    if cls.needs in (GENERATION, PROMPTED) and _shots(settings) and PROMPTED in caps:
       hint.insert(0, f"evals.{name}.shots=(0,)")
     raise ValueError(
         f"evals.{name} ({why}) needs {need}; model {model_name!r} has {describe(caps)}. "

@@ -1,5 +1,7 @@
-"""Image <-> caption retrieval, R@1/5/10 both ways: on held-out shapes examples (one caption per
-image), or on a caption set on disk with several captions per image (COCO / Flickr30k style)."""
+"""Image <-> caption retrieval, R@1/5/10, MRR and mAP both ways: on held-out shapes examples (one
+caption per image), or on a caption set on disk with several captions per image (COCO / Flickr30k
+style). MRR reads an image's best caption (as R@K); mAP all of its captions. A caption has one
+image, so its t2i AP is its reciprocal rank and t2i_map equals t2i_mrr."""
 
 from __future__ import annotations
 
@@ -31,6 +33,20 @@ def retrieval_ranks(scores: np.ndarray, text_image: np.ndarray) -> tuple[np.ndar
 
 def recall_at_k(ranks: np.ndarray, ks=KS) -> dict[int, float]:
   return {k: float(np.mean(ranks < k)) for k in ks}
+
+
+def rank_metrics(scores: np.ndarray, text_image: np.ndarray) -> dict[str, float]:
+  """i2t_r1..t2i_r10, i2t_mrr, t2i_mrr, i2t_map, t2i_map for scores [N_images, N_texts] (as
+  retrieval_ranks), by vljax.evals.ranking's rule for ties and NaN."""
+  text_image = np.asarray(text_image)
+  own = text_image[None, :] == np.arange(scores.shape[0])[:, None]
+  out = {}
+  for direction, s, right in (("i2t", scores, own), ("t2i", scores.T, own.T)):
+    r = ranking.ranks(s, right)
+    out.update({f"{direction}_r{k}": v for k, v in recall_at_k(r).items()})
+    out[f"{direction}_mrr"] = float(np.mean(1.0 / (r + 1)))
+    out[f"{direction}_map"] = float(np.mean(ranking.average_precision(s, right)))
+  return out
 
 
 @register_evaluator("retrieval")
@@ -78,11 +94,7 @@ class RetrievalEvaluator:
     position[kept] = np.arange(len(kept))
     text_image = position[self.text_image]
     has_image = text_image >= 0
-    i2t, t2i = retrieval_ranks(scores[:, has_image], text_image[has_image])
-    out = {}
-    for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
-      for k, r in recall_at_k(ranks).items():
-        out[f"{direction}_r{k}"] = r
+    out = rank_metrics(scores[:, has_image], text_image[has_image])
     if self.images.skipped:
       out["skipped"] = float(self.images.skipped)
     return out

@@ -97,12 +97,15 @@ def _as_references(references: str | Sequence[str], what: str) -> list[str]:
 
 
 def vqa_accuracy(prediction: str, references: str | Sequence[str]) -> float:
-  """VQA accuracy min(#references equal to the prediction / 3, 1), both sides normalised.
+  """VQA accuracy as the official VQA v2 evaluation computes it, both sides normalised.
 
-  The /3 rule is for VQA v2's 10 human answers ("right if at least 3 people said it"). With
-  exactly one reference (the shapes world has one exact answer per question) a match scores 1.0,
-  not 1/3. This is the paper's closed form; the official script also averages it over the 10
-  leave-one-out subsets of 9 answers, which gives e.g. 0.6 rather than 2/3 for 2 matches of 10.
+  With n references: the mean over the n leave-one-out subsets (n - 1 references each) of
+  min(#references in the subset equal to the prediction / 3, 1). With VQA v2's ten answers, 3
+  matches score 0.9 (not 1.0: the seven subsets without a match's annotator have 3, the three with
+  one left out have 2), 2 matches 0.6, 4 or more 1.0. Fewer than ten references get the same rule
+  over those given (2 of 2 matching: each subset has 1, so 1/3). Exactly one reference (the
+  shapes world has one exact answer per question) is an exact-match question: 1.0 or 0.0, as the
+  rule would give 0 to every prediction with no reference left in its one subset.
   """
   if not isinstance(prediction, str):
     raise ValueError(f"vqa_accuracy: prediction must be a string, got {type(prediction).__name__} "
@@ -110,9 +113,11 @@ def vqa_accuracy(prediction: str, references: str | Sequence[str]) -> float:
   refs = _as_references(references, "vqa_accuracy")
   pred = normalize_answer(prediction)
   matches = sum(normalize_answer(r) == pred for r in refs)
-  if len(refs) == 1:
+  n = len(refs)
+  if n == 1:
     return float(matches)
-  return min(matches / 3.0, 1.0)
+  # Leaving out a matching reference leaves matches - 1; leaving out any other leaves matches.
+  return (matches * min((matches - 1) / 3.0, 1.0) + (n - matches) * min(matches / 3.0, 1.0)) / n
 
 
 def _check_aligned(what: str, **columns: Sequence) -> int:

@@ -88,6 +88,26 @@ class ModelRunner:
     self._require("text embedding", self.has_embeddings, "contrastive embeddings")
     return self._chunked(lambda t: self._encode(params, text=t)["txt_emb"], tokens)
 
+  # ---- frozen image features
+
+  @functools.cached_property
+  def _features(self):
+    # The tower without its head: a two-tower ViT projects into the contrastive space after pooling,
+    # and probes read the pooled vector before that projection (the others have no head). The head's
+    # params are in the tree but unused.
+    tower = self.model.img.clone(parent=None, out_dim=None)
+
+    def features(params, image):
+      with nn.logical_axis_rules(LOGICAL_RULES):
+        pooled, _ = tower.apply({"params": params["img"]}, image, train=False)
+      return pooled.astype(jnp.float32)
+    return jax.jit(features)
+
+  def image_features(self, params, images: np.ndarray) -> np.ndarray:
+    """float32 [N, width]: the image tower's pooled output before any head (not normalised)."""
+    self._require_capability("image features", model_decl.IMAGE_FEATURES)
+    return self._chunked(lambda x: self._features(params, x), images)
+
   # ---- caption likelihood
 
   @functools.cached_property

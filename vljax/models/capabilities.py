@@ -17,6 +17,9 @@ LIKELIHOOD = "likelihood"
 GENERATION = "generation"
 PROMPTED = "prompted_generation"
 MULTI_IMAGE = "multi_image_prompts"
+# An image tower `img` (vljax.models.vit.ViT) whose pooled output, before any head, frozen-encoder
+# probes read (vljax.inference.runner.ModelRunner.image_features).
+IMAGE_FEATURES = "image_features"
 
 DESCRIPTIONS = {
     EMBEDDINGS: "contrastive embeddings",
@@ -24,6 +27,7 @@ DESCRIPTIONS = {
     GENERATION: "caption generation from an image",
     PROMPTED: "generation continuing an <image> prompt",
     MULTI_IMAGE: "prompts with several images (few-shot)",
+    IMAGE_FEATURES: "an image tower's pooled features",
 }
 
 # What each image-text scoring method asks of a model ("auto": either; embeddings where it has them).

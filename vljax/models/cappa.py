@@ -17,7 +17,7 @@ import jax
 from flax import linen as nn
 
 from vljax.models import flops, model_config
-from vljax.models.capabilities import GENERATION, LIKELIHOOD
+from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, LIKELIHOOD
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import partitioned
 from vljax.models.registry import register_model
@@ -34,7 +34,7 @@ class CapPa(nn.Module):
   text: dict[str, Any]  # text_settings() of the decoder
   parallel_fraction: float = 0.75
   module_kw: dict[str, Any] | None = None
-  capabilities = frozenset({GENERATION, LIKELIHOOD})
+  capabilities = frozenset({GENERATION, LIKELIHOOD, IMAGE_FEATURES})
   inputs = ("image", "text")
   output_names = frozenset({"memory", "caption_logits"})  # of the training pass
   rng_streams = ("dropout", "mask")  # "mask": which examples get parallel prediction

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
-from vljax.models.capabilities import EMBEDDINGS, GENERATION, LIKELIHOOD
+from vljax.models.capabilities import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
@@ -44,7 +44,7 @@ COCA_DEFAULTS: dict[str, Any] = dict(
 class CoCa(nn.Module):
   """Params: img (ViT), pool_caption, pool_contrastive, img_head, txt (embeddings), cls, unimodal,
   txt_head, multimodal (decoder + vocab head), t, and b when logit_bias_init is set (sigmoid loss)."""
-  capabilities = frozenset({EMBEDDINGS, GENERATION, LIKELIHOOD})
+  capabilities = frozenset({EMBEDDINGS, GENERATION, LIKELIHOOD, IMAGE_FEATURES})
   inputs = ("image", "text")
   output_names = frozenset({"img_emb", "memory", "txt_emb", "txt_tokens", "caption_logits", "logit_scale",
                             "logit_bias"})  # of the training pass

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
-from vljax.models.capabilities import EMBEDDINGS, GENERATION, LIKELIHOOD
+from vljax.models.capabilities import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
 from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
@@ -68,7 +68,7 @@ class Composable(nn.Module):
   text: dict[str, Any] | None = None  # the decoder's text_settings() + mode, parallel_fraction, memory_queries
   module_kw: dict[str, Any] | None = None
 
-  capabilities = frozenset({EMBEDDINGS, GENERATION, LIKELIHOOD})  # those of some configuration
+  capabilities = frozenset({EMBEDDINGS, GENERATION, LIKELIHOOD, IMAGE_FEATURES})  # those of some configuration
   inputs = ("image", "text")
   output_names = frozenset({"img_emb", "img_tokens", "txt_emb", "txt_tokens", "logit_scale", "logit_bias",
                             "memory", "caption_logits"})
@@ -78,7 +78,7 @@ class Composable(nn.Module):
   rng_streams = ("dropout", "mask")  # "mask": which examples get parallel prediction
 
   def active_capabilities(self) -> frozenset[str]:
-    return frozenset(({EMBEDDINGS} if self.contrastive else set()) |
+    return frozenset({IMAGE_FEATURES} | ({EMBEDDINGS} if self.contrastive else set()) |
                      ({GENERATION, LIKELIHOOD} if self.text else set()))
 
   def training_outputs(self) -> frozenset[str]:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
-from vljax.models.capabilities import GENERATION, MULTI_IMAGE, PROMPTED
+from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, MULTI_IMAGE, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import MlpBlock, MultiHeadAttention, REMAT_POLICIES, layer_norm, partitioned
 from vljax.models.registry import register_model
@@ -143,7 +143,7 @@ class Flamingo(nn.Module):
   image_token_id: int = -1
   module_kw: dict[str, Any] | None = None
   image_prompted = True  # captions and answers continue a text prompt after the images
-  capabilities = frozenset({GENERATION, PROMPTED, MULTI_IMAGE})
+  capabilities = frozenset({GENERATION, PROMPTED, MULTI_IMAGE, IMAGE_FEATURES})
   inputs = ("image", "text")
   output_names = frozenset({"memory", "caption_logits"})  # of the training pass
   rng_streams = ("dropout",)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
-from vljax.models.capabilities import GENERATION, PROMPTED
+from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import check_choice
 from vljax.models.registry import register_model
@@ -80,7 +80,7 @@ class LLaVA(nn.Module):
   splices_image_tokens = True  # prompts grow by (image tokens - 1): see ModelRunner.generate
   image_prompted = True  # captions and answers continue a text prompt after the image
   # One image per sequence, read only through its <image> token: no plain caption scoring, no few-shot.
-  capabilities = frozenset({GENERATION, PROMPTED})
+  capabilities = frozenset({GENERATION, PROMPTED, IMAGE_FEATURES})
   inputs = ("image", "text")
   output_names = frozenset({"memory", "caption_logits"})  # of the training pass
   rng_streams = ("dropout",)

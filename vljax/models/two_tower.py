@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, model_config
-from vljax.models.capabilities import EMBEDDINGS
+from vljax.models.capabilities import EMBEDDINGS, IMAGE_FEATURES
 from vljax.models.layers import partitioned
 from vljax.models.registry import register_model
 from vljax.models.text import TextTransformer, text_settings
@@ -61,7 +61,7 @@ class TwoTower(nn.Module):
   A tower with head=False has no img/head (txt/head): its pooled width is the embedding (SigLIP's
   image tower).
   """
-  capabilities = frozenset({EMBEDDINGS})
+  capabilities = frozenset({EMBEDDINGS, IMAGE_FEATURES})
   inputs = ("image", "text")
   output_names = frozenset({"img_emb", "img_tokens", "txt_emb", "txt_tokens", "logit_scale", "logit_bias"})
   output_settings = {"logit_bias": "model.logit_bias_init (SigLIP: -10.0)"}  # the setting that adds each
