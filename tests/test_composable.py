@@ -12,7 +12,7 @@ from conftest import tiny_config
 from vljax.data import pipeline, tokenizers
 from vljax.inference import ModelRunner
 from vljax.models import get_model
-from vljax.models.capabilities import EMBEDDINGS, GENERATION, LIKELIHOOD, of as capabilities_of
+from vljax.models.capabilities import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD, of as capabilities_of
 from vljax.parallel.mesh import make_mesh
 from vljax.train import setup, state as state_lib, step as step_lib
 from vljax.train.trainer import _global_batch
@@ -87,8 +87,10 @@ def test_capabilities_and_outputs_follow_the_heads():
   clip = get_model(_model_cfg("clip"))
   cap = get_model(_model_cfg("cap"))
   both = get_model(_model_cfg("coca_like"))
-  assert capabilities_of(clip) == {EMBEDDINGS} and capabilities_of(cap) == {GENERATION, LIKELIHOOD}
-  assert capabilities_of(both) == {EMBEDDINGS, GENERATION, LIKELIHOOD}
+  # every configuration has an image tower: its pooled features serve the few-shot probe
+  assert capabilities_of(clip) == {EMBEDDINGS, IMAGE_FEATURES}
+  assert capabilities_of(cap) == {GENERATION, LIKELIHOOD, IMAGE_FEATURES}
+  assert capabilities_of(both) == {EMBEDDINGS, GENERATION, LIKELIHOOD, IMAGE_FEATURES}
   assert "caption_logits" not in clip.training_outputs() and "logit_bias" not in clip.training_outputs()
   assert {"caption_logits", "img_emb", "logit_bias"} <= both.training_outputs()
 
