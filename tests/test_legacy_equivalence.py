@@ -36,6 +36,9 @@ LEGACY = {
 }
 GENERATIVE = ("coca_softmax_cascade", "coca_sigmoid_parallel", "cappa")
 
+# Two code paths compared bit for bit: rerun under another instruction set in CI (tests/numerics.py).
+pytestmark = pytest.mark.cross_path
+
 
 def _inputs():
   rng = np.random.default_rng(0)
