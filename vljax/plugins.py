@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+
+def add_unique(registry: dict, kind: str, name: str, entry: Any, owner: Callable[[Any], Any] = lambda e: e) -> None:
+  """registry[name] = entry, refusing another owner (the class or function behind an entry) under a
+  taken name; re-importing a module registers the same owner again, which is fine."""
+  if name in registry and owner(registry[name]) is not owner(entry):
+    taken = owner(registry[name])
+    raise ValueError(f"{kind} {name!r} is already registered to {getattr(taken, '__name__', taken)!s}")
+  registry[name] = entry
 
 
 def import_submodules(package_name: str, package_path) -> None:

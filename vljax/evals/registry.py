@@ -14,6 +14,8 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from vljax.plugins import add_unique
+
 EVALUATORS: dict[str, type] = {}
 BUILD_ARGS = ("tokenizer", "max_len", "data")  # the keyword arguments every evaluator is built with
 
@@ -32,10 +34,8 @@ def register_evaluator(name: str) -> Callable[[type], type]:
     if lacking:
       raise TypeError(f"evaluator {name!r} ({cls.__name__}): __init__(settings, *, {', '.join(BUILD_ARGS)}) "
                       f"lacks keyword-only {lacking}")
-    if name in EVALUATORS and EVALUATORS[name] is not cls:
-      raise ValueError(f"evaluator {name!r} is already registered to {EVALUATORS[name].__name__}")
+    add_unique(EVALUATORS, "evaluator", name, cls)
     cls.name = name
-    EVALUATORS[name] = cls
     return cls
   return wrap
 

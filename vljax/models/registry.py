@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 from flax import linen as nn
 
+from vljax.plugins import add_unique
+
 MODELS: dict[str, type[nn.Module]] = {}
 
 
@@ -15,9 +17,7 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
   def wrap(cls: type[nn.Module]) -> type[nn.Module]:
     if not callable(getattr(cls, "from_config", None)):
       raise TypeError(f"{cls.__name__} needs a classmethod from_config(cfg) to be registered as model {name!r}")
-    if name in MODELS and MODELS[name] is not cls:
-      raise ValueError(f"model {name!r} is already registered to {MODELS[name].__name__}")
-    MODELS[name] = cls
+    add_unique(MODELS, "model", name, cls)
     return cls
   return wrap
 

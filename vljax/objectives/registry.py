@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vljax.data import tokenizers
+from vljax.plugins import add_unique
 
 Objective = Callable[..., tuple[jnp.ndarray, dict]]
 # Counts the units a per-example objective averages over in a batch (tokens, examples); additive
@@ -72,9 +73,9 @@ def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, 
     raise ValueError(f"objective {name!r}: an objective that does not couple examples declares its count")
 
   def wrap(fn: Objective) -> Objective:
-    if name in OBJECTIVES and OBJECTIVES[name].fn is not fn:
-      raise ValueError(f"objective {name!r} is already registered to {OBJECTIVES[name].fn!r}")
-    OBJECTIVES[name] = ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count, tuple(impls))
+    add_unique(OBJECTIVES, "objective", name,
+               ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count, tuple(impls)),
+               owner=lambda info: info.fn)
     return fn
   return wrap
 

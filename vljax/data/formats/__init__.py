@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from vljax.data.tokenizers import Tokenizer
+from vljax.plugins import add_unique, import_submodules
 
 CollateFn = Callable[["CollateSettings", Sequence[Any]], dict[str, np.ndarray]]
 
@@ -59,9 +60,8 @@ def register_format(name: str, *, fields: Mapping[str, int], chunked: bool = Fal
                     chunk_tokens: Callable[[Tokenizer, Any], Any] | None = None):
   """Decorator registering collate(settings, examples) -> batch as batch format `name`."""
   def wrap(collate_fn: CollateFn) -> CollateFn:
-    if name in FORMATS and FORMATS[name].collate_fn is not collate_fn:
-      raise ValueError(f"batch format {name!r} is already registered")
-    FORMATS[name] = BatchFormat(name, dict(fields), collate_fn, chunked, renders, chunk_tokens)
+    add_unique(FORMATS, "batch format", name, BatchFormat(name, dict(fields), collate_fn, chunked, renders, chunk_tokens),
+               owner=lambda f: f.collate_fn)
     return collate_fn
   return wrap
 
@@ -71,8 +71,6 @@ def get_format(name: str) -> BatchFormat:
     raise ValueError(f"Unknown data.format {name!r}; valid: {sorted(FORMATS)}")
   return FORMATS[name]
 
-
-from vljax.plugins import import_submodules  # noqa: E402
 
 # Each module of this package registers its formats: a new format is a new file.
 import_submodules(__name__, __path__)
