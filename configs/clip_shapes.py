@@ -11,6 +11,6 @@ import common
 
 def get_config(arg=None):
   c = common.base_config(arg)
-  c.model = common.shapes_two_tower()
+  c.model = common.shapes_contrastive()
   c.objectives = {"softmax_contrastive": 1.0}
   return common.shapes_training(c)

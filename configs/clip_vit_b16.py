@@ -21,10 +21,9 @@ import common
 def get_config(arg=None):
   args = common.parse_arg(arg, **common.REAL_DATA_ARGS)
   c = common.base_config(arg)
-  c.model = dict(name="two_tower", embed_dim=512,
-                 image=dict(variant="B/16", pool="tok", posemb="learned"),
+  c.model = dict(name="composable", image=dict(variant="B/16", pool="tok", posemb="learned"),
                  text=dict(variant="B", causal=True, pool="last"),
-                 logit_scale_init=1 / 0.07, scan=True, remat="minimal")
+                 contrastive=dict(embed_dim=512, logit_scale_init=1 / 0.07), scan=True, remat="minimal")
   c.objectives = {"softmax_contrastive": 1.0}
   c.loss_impl = "shard_map"
   c.data.update(image_size=224, max_len=77, num_threads=16, prefetch=8, workers=16,

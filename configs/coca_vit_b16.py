@@ -17,11 +17,14 @@ import common
 
 def get_config(arg=None):
   c = common.base_config(arg)
-  c.model = dict(name="coca", embed_dim=512,
-                 image=dict(variant="B/16", posemb="learned"),
-                 text=dict(variant="L"),
-                 multimodal_depth=12, pooler="cascade", num_queries=256,
-                 logit_scale_init=1 / 0.07, scan=True, remat="minimal")
+  # The unimodal text decoder is a causal text tower pooling an appended [CLS]; the multimodal one
+  # continues from its tokens; the contrastive query reads the 256 captioning queries (cascade).
+  c.model = dict(name="composable", image=dict(variant="B/16", posemb="learned"),
+                 text=dict(variant="L", causal=True, pool="cls"),
+                 contrastive=dict(embed_dim=512, logit_scale_init=1 / 0.07, image_pool="map",
+                                  image_pool_input="memory"),
+                 decoder=dict(variant="L", depth=12, memory_queries=256, input="text_tower"),
+                 scan=True, remat="minimal")
   c.objectives = {"softmax_contrastive": 1.0, "captioning": dict(weight=2.0, label_smoothing=0.1)}
   c.loss_impl = "shard_map"
   c.data.update(image_size=224, max_len=64, num_threads=16, prefetch=8)

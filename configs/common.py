@@ -16,8 +16,6 @@ from vljax.config import base_config, load_config  # noqa: F401  (what every rec
 SHAPES_IMAGE_TOWER = dict(variant="shapes/conv-64", depth=0, stem_channels=(32, 64, 128), posemb="sincos2d")
 
 
-
-
 def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:
   """A recipe's `:ARG` as "key=value,key=value" over `defaults`; an unknown key names the valid ones."""
   out = dict(defaults)
@@ -82,36 +80,35 @@ def use_real_data(c: ml_collections.ConfigDict, args: dict[str, str], eval_every
   return c
 
 
-def shapes_two_tower(**overrides) -> dict:
-  """The CPU shapes two-tower: a conv image tower with max pooling, a 2-layer text transformer.
+def shapes_contrastive(image: dict | None = None, **contrastive) -> dict:
+  """The CPU shapes CLIP model: a conv image tower with max pooling, a 2-layer text transformer, each
+  projected to 128 dims (`contrastive` overrides the head: SigLIP's logit_scale_init, logit_bias_init).
 
   The image tower is the ViT's conv stem with no transformer layers (depth 0). On 2 CPU cores,
   transformer layers and mean pooling learned shape far slower per second: small objects on a
   large noisy background survive a max over positions and are diluted by a mean.
   """
-  model = dict(name="two_tower", embed_dim=128,
-               image=dict(SHAPES_IMAGE_TOWER, pool="max"),
-               text=dict(variant="shapes-64", causal=False, pool="last"),
-               logit_scale_init=1 / 0.07)
-  model.update(overrides)
-  return model
+  return dict(name="composable", image=image or dict(SHAPES_IMAGE_TOWER, pool="max"),
+              text=dict(variant="shapes-64", causal=False, pool="last"),
+              contrastive=dict(dict(embed_dim=128, logit_scale_init=1 / 0.07), **contrastive))
 
 
-def shapes_coca(**overrides) -> dict:
-  """CoCa on the shapes tower: conv tokens -> 64 captioning queries (cascade) -> 1 contrastive
-  query; a 2-layer unimodal and a 2-layer multimodal text decoder."""
-  model = dict(name="coca", embed_dim=128, image=dict(SHAPES_IMAGE_TOWER), text=dict(variant="shapes-64"),
-               multimodal_depth=2, pooler="cascade", num_queries=64, logit_scale_init=1 / 0.07)
-  model.update(overrides)
-  return model
+def shapes_coca() -> dict:
+  """CoCa on the shapes tower: conv tokens -> 64 memory queries (the captioning pooler) -> 1
+  contrastive query reading them (cascade); a 2-layer causal text tower pooling an appended [CLS]
+  (the unimodal decoder) and a 2-layer decoder continuing from its tokens (the multimodal one)."""
+  return dict(name="composable", image=dict(SHAPES_IMAGE_TOWER),
+              text=dict(variant="shapes-64", causal=True, pool="cls"),
+              contrastive=dict(embed_dim=128, logit_scale_init=1 / 0.07, image_pool="map",
+                               image_pool_input="memory"),
+              decoder=dict(variant="shapes-64", depth=2, memory_queries=64, input="text_tower"))
 
 
-def shapes_cappa(**overrides) -> dict:
-  """CapPa on the shapes tower: the decoder cross-attends to the 8x8 conv tokens."""
-  model = dict(name="cappa", image=dict(SHAPES_IMAGE_TOWER), text=dict(variant="shapes-64"),
-               parallel_fraction=0.75)
-  model.update(overrides)
-  return model
+def shapes_cappa() -> dict:
+  """CapPa on the shapes tower: the decoder cross-attends to the 8x8 conv tokens; 75% of the
+  training examples get parallel prediction."""
+  return dict(name="composable", image=dict(SHAPES_IMAGE_TOWER),
+              decoder=dict(variant="shapes-64", mode="parallel", parallel_fraction=0.75))
 
 
 def shapes_language_model(**overrides) -> dict:

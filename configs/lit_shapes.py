@@ -13,8 +13,9 @@ import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model = common.shapes_two_tower()
+  c.model = common.shapes_contrastive()
   c.objectives = {"softmax_contrastive": 1.0}
-  c.init_from = dict(workdir=arg or "runs/demo", subtree="img", step=-1)
-  c.frozen = ("img/.*",)
+  # The image side is the tower (img) and its projection (img_proj, the contrastive head's).
+  c.init_from = dict(workdir=arg or "runs/demo", subtree="img,img_proj", step=-1)
+  c.frozen = ("img/.*", "img_proj/.*")
   return common.shapes_training(c, total_steps=500)

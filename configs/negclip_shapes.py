@@ -14,7 +14,7 @@ import common
 
 def get_config(arg=None):
   c = common.base_config(arg)
-  c.model = common.shapes_two_tower()
+  c.model = common.shapes_contrastive()
   c.data.format = "hard_negatives"
   c.objectives = {"softmax_hard_negatives": 1.0}
   return common.shapes_training(c)

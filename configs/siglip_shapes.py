@@ -20,7 +20,7 @@ import common
 def get_config(arg=None):
   c = common.base_config(arg)
   image = dict(common.SHAPES_IMAGE_TOWER, variant="shapes/conv-128", pool="max")
-  c.model = common.shapes_two_tower(image=image, logit_scale_init=10.0, logit_bias_init=-10.0)
+  c.model = common.shapes_contrastive(image=image, logit_scale_init=10.0, logit_bias_init=-10.0)
   c.objectives = {"sigmoid_contrastive": 1.0}
   c = common.shapes_training(c, total_steps=1000)
   c.batch_size = 192

@@ -15,10 +15,11 @@ import common
 def get_config(arg=None):
   args = common.parse_arg(arg, **common.REAL_DATA_ARGS)
   c = common.base_config(arg)
-  c.model = dict(name="two_tower", embed_dim=768,
-                 image=dict(variant="B/16", pool="map", posemb="learned", head=False),
+  c.model = dict(name="composable", image=dict(variant="B/16", pool="map", posemb="learned"),
                  text=dict(variant="L", causal=False, pool="last", max_len=64),  # width 768, 12 layers
-                 logit_scale_init=10.0, logit_bias_init=-10.0, scan=True, remat="minimal")
+                 # The MAP-pooled image width is the embedding: no image projection.
+                 contrastive=dict(embed_dim=768, logit_scale_init=10.0, logit_bias_init=-10.0, image_proj=False),
+                 scan=True, remat="minimal")
   c.objectives = {"sigmoid_contrastive": 1.0}
   c.loss_impl = "shard_map"
   c.data.update(image_size=224, max_len=64, num_threads=16, prefetch=8, workers=16,

@@ -81,12 +81,11 @@ def workdir_listing(path):
 
 
 def tiny_config(**overrides):
-  """A two-tower recipe small enough to compile and train in seconds on CPU (top-level overrides)."""
+  """A CLIP recipe small enough to compile and train in seconds on CPU (top-level overrides)."""
   c = config_lib.base_config()
-  c.model = dict(name="two_tower", embed_dim=16,
-                 image=dict(variant="mu/8", pool="gap", posemb="sincos2d"),
+  c.model = dict(name="composable", image=dict(variant="mu/8", pool="gap", posemb="sincos2d"),
                  text=dict(variant="mu", causal=False, pool="last"),
-                 logit_scale_init=10.0)
+                 contrastive=dict(embed_dim=16, logit_scale_init=10.0))
   c.data.image_size = 32
   c.data.max_len = 12
   c.data.num_threads = 1

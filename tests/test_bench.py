@@ -129,7 +129,7 @@ def _cli(*args, env_extra=None):
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-TINY = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "--config.model.embed_dim=16",
+TINY = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "--config.model.contrastive.embed_dim=16",
         "--config.data.image_size=32", "--config.data.max_len=12", "--config.batch_size=16"]
 
 

@@ -14,7 +14,7 @@ from conftest import workdir_listing
 from vljax.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "--config.model.embed_dim=16",
+TINY = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "--config.model.contrastive.embed_dim=16",
         "--config.data.image_size=32", "--config.data.max_len=12", "--config.batch_size=16",
         "--config.total_steps=12", "--config.checkpoint.every=2", "--config.log_every=1",
         "--config.schedule.warmup_steps=2", "--config.progress_bar=False", "--config.eval_batch_size=32",

@@ -77,9 +77,9 @@ sys.argv = ["vljax.train", "--config", recipe, "--workdir", "w", "--config.total
 from vljax.train import __main__ as train_main
 train_main.parse_flags(sys.argv)
 cfg = train_main._CONFIG.value
-assert (cfg.model.name, cfg.total_steps) == ("two_tower", 7), cfg
+assert (cfg.model.name, cfg.model.contrastive.embed_dim, cfg.total_steps) == ("composable", 128, 7), cfg
 from vljax import config as config_lib
-assert config_lib.load_config(other).model.name == "coca"
+assert config_lib.load_config(other).model.decoder.input == "text_tower"
 print("loaded")
 """
 

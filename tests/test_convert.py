@@ -61,10 +61,10 @@ def test_small_siglip_matches_transformers(small_siglip, tmp_path, fmt, file):
   assert convert.detect_format(str(path)) == fmt
   converted = convert.import_checkpoint(str(path))
   c = converted.model_cfg
-  assert (c["image"]["pool"], c["image"]["head"], c["text"]["causal"], c["text"]["head_bias"]) == (
-      "map", False, False, True)
-  assert c["logit_bias_init"] == pytest.approx(float(small_siglip["sd"]["logit_bias"][0]))
-  assert "head" not in converted.params["img"] and "b" in converted.params
+  h = c["contrastive"]
+  assert (c["image"]["pool"], h["image_proj"], c["text"]["causal"], h["text_proj_bias"]) == ("map", False, False, True)
+  assert h["logit_bias_init"] == pytest.approx(float(small_siglip["sd"]["logit_bias"][0]))
+  assert "img_proj" not in converted.params and "b" in converted.params
   ours = vljax_outputs(converted, small_siglip["pixels"], small_siglip["ids"])
   assert_matches(ours, small_siglip["ref"], f"small SigLIP via {fmt}")
 
@@ -77,7 +77,7 @@ def test_clip_vit_b32_every_format_matches_transformers(tmp_path):
                                                                                      tmp_path / "b32.safetensors"))):
     converted = convert.import_checkpoint(str(path))
     c = converted.model_cfg
-    assert (c["image"]["variant"], c["text"]["variant"], c["embed_dim"], c["text"]["max_len"]) == ("B/32", "B", 512, 77)
+    assert (c["image"]["variant"], c["text"]["variant"], c["contrastive"]["embed_dim"], c["text"]["max_len"]) == ("B/32", "B", 512, 77)
     assert_matches(vljax_outputs(converted, family["pixels"], family["ids"]), family["ref"], f"CLIP B/32 via {fmt}")
 
 
@@ -89,7 +89,7 @@ def test_siglip_b16_every_format_matches_transformers(tmp_path):
                     ("big_vision_siglip", write_checkpoint(family, "big_vision_siglip", tmp_path / "b16.npz"))):
     converted = convert.import_checkpoint(str(path))
     c = converted.model_cfg
-    assert (c["image"]["variant"], c["text"]["variant"], c["embed_dim"], c["text"]["max_len"]) == ("B/16", "L", 768, 64)
+    assert (c["image"]["variant"], c["text"]["variant"], c["contrastive"]["embed_dim"], c["text"]["max_len"]) == ("B/16", "L", 768, 64)
     assert_matches(vljax_outputs(converted, family["pixels"], family["ids"]), family["ref"], f"SigLIP B/16 via {fmt}")
 
 

@@ -125,12 +125,12 @@ import common
 
 def get_config(arg=None):
   a = common.parse_arg(arg, embed_dim="48", activation="quick_gelu")
-  tower = dict(width=128, depth=2, mlp_dim=256, num_heads=2, head_bias=False, activation=a["activation"],
-               norm_eps=1e-5)
+  tower = dict(width=128, depth=2, mlp_dim=256, num_heads=2, activation=a["activation"], norm_eps=1e-5)
   c = common.base_config()
-  c.model = dict(name="two_tower", embed_dim=int(a["embed_dim"]), scan=True,
+  c.model = dict(name="composable", scan=True,
                  image=dict(tower, variant="B/8", pool="tok", pre_norm=True, cls_posemb=True),
-                 text=dict(tower, variant="B", causal=True, vocab_size=128))
+                 text=dict(tower, variant="B", causal=True, vocab_size=128),
+                 contrastive=dict(embed_dim=int(a["embed_dim"]), image_proj_bias=False, text_proj_bias=False))
   c.data.update(image_size=48, max_len=12)
   return c
 '''
@@ -150,7 +150,7 @@ def test_config_fits_sizes_and_scan_and_names_the_first_mismatch(small_clip, tmp
   out = vljax_outputs(converted, pixels(4, 48), small_clip["ids"][:, :12])
   assert relative_error(out["txt"], small_clip["ref"]["txt"]) < TOLERANCE
 
-  with pytest.raises(ValueError, match=r"img/head/kernel is \(128, 48\) in the checkpoint and \(128, 32\) in "
+  with pytest.raises(ValueError, match=r"img_proj/kernel is \(128, 48\) in the checkpoint and \(128, 32\) in "
                                        r"the model"):
     convert.import_checkpoint(str(small_clip["folder"]), config=f"{recipe}:embed_dim=32")
   with pytest.raises(ValueError, match="image.activation: checkpoint 'quick_gelu', config 'gelu'"):

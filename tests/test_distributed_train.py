@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config():
   cfg = tiny_config(evals={})
   cfg.model.image.variant = "mu/8"
-  cfg.model.embed_dim = 32
+  cfg.model.contrastive.embed_dim = 32
   cfg.schedule.name = "constant"   # a real update on step 1 (warmup would start at lr 0)
   cfg.optimizer.lr = 1e-3
   return cfg
@@ -114,7 +114,7 @@ def test_fsdp8_holds_an_eighth_per_device(reference):
 def test_sigmoid_ring_step_equals_single_device():
   cfg = _config()
   cfg.objectives = {"sigmoid_contrastive": 1.0}
-  cfg.model.logit_bias_init = -10.0
+  cfg.model.contrastive.logit_bias_init = -10.0
   batch = _batch(cfg)
   _, ref, _, _ = _one_step(cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), batch)
   cfg.loss_impl = "shard_map"

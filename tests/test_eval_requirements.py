@@ -19,10 +19,11 @@ from vljax.train.trainer import train_and_evaluate
 
 TOK = tokenizers.get_tokenizer("shapes")
 MU = dict(image=dict(variant="mu/8", posemb="sincos2d"), text=dict(variant="mu", max_len=48))
+# A config per capability set: composable's contrastive head alone (CLIP), its decoder alone (CapPa),
+# both (CoCa-like, "composable"), and the prompted models.
 MODEL_CONFIGS = {
-    "two_tower": dict(name="two_tower", embed_dim=16, **MU),
-    "coca": dict(name="coca", embed_dim=16, num_queries=4, **MU),
-    "cappa": dict(name="cappa", **MU),
+    "clip": dict(name="composable", **MU, contrastive=dict(embed_dim=16)),
+    "cappa": dict(name="composable", image=MU["image"], decoder=dict(MU["text"], mode="parallel")),
     "lm": dict(name="lm", text=dict(variant="mu", max_len=48)),
     "llava": dict(name="llava", **MU),
     "flamingo": dict(name="flamingo", num_latents=4, **MU),
@@ -33,13 +34,24 @@ DATA = {"lm": dict(format="lm", chunks=1), "llava": dict(format="vlm", chunks=1)
 
 
 def test_every_model_declares_what_it_can_do():
-  assert set(MODEL_CONFIGS) == set(models.MODELS)
+  assert {cfg["name"] for cfg in MODEL_CONFIGS.values()} == set(models.MODELS)
   caps = {name: requirements.model_capabilities(cls) for name, cls in models.MODELS.items()}
+<<<<<<< HEAD
   tower = IMAGE_FEATURES  # every model with an image tower
   assert caps == {"two_tower": {EMBEDDINGS, tower}, "coca": {EMBEDDINGS, LIKELIHOOD, GENERATION, tower},
                   "cappa": {LIKELIHOOD, GENERATION, tower}, "lm": set(), "llava": {GENERATION, PROMPTED, tower},
                   "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE, tower},
                   "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, tower}}
+=======
+  assert caps == {"lm": set(), "llava": {GENERATION, PROMPTED}, "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE},
+                  "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION}}
+  # A composable config has the capabilities of the heads it builds.
+  built = {name: requirements.model_capabilities(models.get_model(dict(cfg, text=dict(cfg["text"], vocab_size=128))
+                                                                  if "text" in cfg else cfg))
+           for name, cfg in MODEL_CONFIGS.items() if name in ("clip", "cappa", "composable")}
+  assert built == {"clip": {EMBEDDINGS}, "cappa": {LIKELIHOOD, GENERATION},
+                   "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION}}
+>>>>>>> 8f09f8f (Recipes state composable models; legacy names (two_tower, coca, cappa) resolve to composable configs, legacy checkpoints resume and load through the param translation; weight import writes composable trees)
 
 
 def test_every_evaluator_names_what_it_needs():
@@ -51,34 +63,40 @@ def test_every_evaluator_names_what_it_needs():
 def _config(model, evals_cfg, **data):
   cfg = tiny_config(evals=evals_cfg)
   cfg.model = MODEL_CONFIGS[model]
-  cfg.objectives = {"softmax_contrastive": 1.0} if model == "two_tower" else {"captioning": 1.0}
+  cfg.objectives = {"softmax_contrastive": 1.0} if model == "clip" else {"captioning": 1.0}
   cfg.data.update(dict(dict(max_len=24, **DATA.get(model, {})), **data))
   return cfg
 
 
 # (model, evals, the message: evaluator, its need, the model, what would work)
 MISMATCHES = [
+<<<<<<< HEAD
     ("two_tower", dict(caption=dict(every=3, num_examples=8)),
      r"evals.caption \(captioning\) needs caption generation from an image; model 'two_tower' has "
      r"contrastive embeddings, an image tower's pooled features\. Valid: a model with it \(cappa, coca, composable, flamingo, llava\), or drop evals.caption"),
+=======
+    ("clip", dict(caption=dict(every=3, num_examples=8)),
+     r"evals.caption \(captioning\) needs caption generation from an image; model 'composable' has "
+     r"contrastive embeddings\. Valid: a model with it \(composable, flamingo, llava\), or drop evals.caption"),
+>>>>>>> 8f09f8f (Recipes state composable models; legacy names (two_tower, coca, cappa) resolve to composable configs, legacy checkpoints resume and load through the param translation; weight import writes composable trees)
     ("llava", dict(zeroshot=dict(every=3, num_examples=8)),
      r"evals.zeroshot \(scoring='auto'\) needs contrastive embeddings or caption log-likelihood given an image; "
-     r"model 'llava' has .*Valid: a model with it \(cappa, coca, composable, two_tower\)"),
+     r"model 'llava' has .*Valid: a model with it \(composable\)"),
     ("flamingo", dict(retrieval=dict(every=3, num_examples=8)), r"evals.retrieval .*model 'flamingo'"),
     ("cappa", dict(binding=dict(every=3, num_examples=8, scoring="embedding")),
-     r"evals.binding \(scoring='embedding'\) needs contrastive embeddings; model 'cappa' has .*"
-     r"Valid: evals.binding.scoring='likelihood' or a model with it \(coca, composable, two_tower\)"),
-    ("two_tower", dict(zeroshot=dict(every=3, num_examples=8, scoring="likelihood")),
+     r"evals.binding \(scoring='embedding'\) needs contrastive embeddings; model 'composable' has .*"
+     r"Valid: evals.binding.scoring='likelihood' or a model with it \(composable\)"),
+    ("clip", dict(zeroshot=dict(every=3, num_examples=8, scoring="likelihood")),
      r"evals.zeroshot \(scoring='likelihood'\) .*Valid: evals.zeroshot.scoring='embedding' or a model with it "
-     r"\(cappa, coca, composable\)"),
-    ("coca", dict(vqa=dict(every=3, num_examples=8)),
-     r"evals.vqa \(shots=\(0,\)\) needs generation continuing an <image> prompt; model 'coca'.*"
+     r"\(composable\)"),
+    ("composable", dict(vqa=dict(every=3, num_examples=8)),
+     r"evals.vqa \(shots=\(0,\)\) needs generation continuing an <image> prompt; model 'composable'.*"
      r"\(flamingo, llava\)"),
     ("llava", dict(vqa=dict(every=3, num_examples=8, shots=(0, 4))),
      r"evals.vqa \(shots=\(0, 4\)\) needs prompts with several images \(few-shot\); model 'llava' .*"
      r"Valid: evals.vqa.shots=\(0,\) or a model with it \(flamingo\)"),
     ("cappa", dict(caption=dict(every=3, num_examples=8, shots=(0,))),
-     r"evals.caption \(shots=\(0,\)\) needs generation continuing an <image> prompt; model 'cappa'"),
+     r"evals.caption \(shots=\(0,\)\) needs generation continuing an <image> prompt; model 'composable'"),
     ("lm", dict(caption=dict(every=3, num_examples=8)),
      r"evals.caption \(captioning\) .*model 'lm' has none of the evaluator capabilities"),
 ]
@@ -92,16 +110,14 @@ def test_a_mismatch_fails_at_build_naming_evaluator_model_and_what_works(model, 
 
 
 def test_a_mismatch_leaves_the_workdir_alone(tmp_path):
-  cfg = _config("two_tower", dict(caption=dict(every=3, num_examples=8)))
+  cfg = _config("clip", dict(caption=dict(every=3, num_examples=8)))
   with pytest.raises(ValueError, match="evals.caption"):
     train_and_evaluate(cfg, str(tmp_path / "w"))
   assert workdir_listing(tmp_path / "w") is None
 
 
 @pytest.mark.parametrize("model, evals_cfg", [
-    ("two_tower", dict(zeroshot=dict(every=3), retrieval=dict(every=3), binding=dict(every=3))),
-    ("coca", dict(zeroshot=dict(every=3, scoring="likelihood"), binding=dict(every=3), caption=dict(every=3))),
-    ("cappa", dict(zeroshot=dict(every=3), retrieval=dict(every=3, scoring="likelihood"), caption=dict(every=3))),
+    ("composable", dict(zeroshot=dict(every=3, scoring="likelihood"), binding=dict(every=3), caption=dict(every=3))),
     ("llava", dict(vqa=dict(every=3, shots=(0,)), caption=dict(every=3))),
     ("flamingo", dict(vqa=dict(every=3, shots=(0, 4)), caption=dict(every=3, shots=(0, 2)))),
 ])

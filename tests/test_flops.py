@@ -24,7 +24,7 @@ from vljax import config as config_lib
 from vljax.checkpoint_io import param_shapes
 from vljax import models
 from vljax.models import flops
-from vljax.models.two_tower import TwoTower
+from vljax.models.composable import Composable
 from vljax.models.vit import vit_settings
 from vljax.parallel.mesh import make_mesh
 from vljax.train import setup, state as state_lib, step as step_lib, step_flops
@@ -47,10 +47,16 @@ def tiny_recipe(recipe: str, frozen: tuple | None = None) -> ml_collections.Conf
     pool = {"pool": model["image"]["pool"]} if "pool" in model["image"] else {}
     model["image"] = dict(IMAGE, **pool)
   # The LMs' positions (recipes: 150) hold LLaVA's text + image tokens; the rest take data.max_len.
-  model["text"] = dict(model["text"], **TEXT, **({"max_len": 48} if "max_len" in model["text"] else {}))
-  for key, small in (("num_queries", 8), ("num_latents", 4), ("resampler_depth", 1), ("embed_dim", 96)):
+  for key in ("text", "decoder"):  # decoder: composable's caption decoder
+    if model.get(key):
+      model[key] = dict(model[key], **TEXT, **({"max_len": 48} if "max_len" in model[key] else {}))
+  for key, small in (("num_latents", 4), ("resampler_depth", 1)):
     if key in model:
       model[key] = small
+  if model.get("contrastive"):
+    model["contrastive"] = dict(model["contrastive"], embed_dim=96)
+  if (model.get("decoder") or {}).get("memory_queries"):
+    model["decoder"]["memory_queries"] = 8
   cfg.model = model
   cfg.data.update(image_size=32, max_len=16, chunks=min(cfg.data.chunks, 2))  # Flamingo: 2 images
   cfg.batch_size, cfg.evals = 8, {}
@@ -197,12 +203,12 @@ def test_flamingo_counts_every_image():
   assert two - one > vit  # the second image's ViT, its resampler and the wider cross-attention
 
 
-class NoFlopsTwoTower(TwoTower):
+class NoFlopsComposable(Composable):
   flop_parts = None  # a model that declares no count
 
 
 def test_a_model_without_flop_count_trains_without_mfu(tmp_path, monkeypatch, caplog):
-  monkeypatch.setitem(models.MODELS, "no_flops", NoFlopsTwoTower)
+  monkeypatch.setitem(models.MODELS, "no_flops", NoFlopsComposable)
   cfg = tiny_config(total_steps=2, log_every=1, evals={}, checkpoint=dict(every=100, keep=1, async_save=False),
                     peak_flops=1e12)  # a known peak: MFU is absent for want of the count alone
   cfg.model.name = "no_flops"

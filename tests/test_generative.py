@@ -220,8 +220,8 @@ def test_coca_config_errors(bad, match):
 
 
 def test_cappa_config_errors():
-  with pytest.raises(ValueError, match="parallel_fraction must be in"):
-    get_model(model_cfg("cappa", parallel_fraction=1.5))
+  with pytest.raises(ValueError, match=r"parallel_fraction=1.5 must be in \[0, 1\]"):
+    get_model(model_cfg("cappa", parallel_fraction=1.5))  # composable's decoder.parallel_fraction
 
 
 @pytest.mark.cross_path

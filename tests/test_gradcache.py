@@ -12,7 +12,7 @@ from vljax import config as config_lib
 from vljax import models, objectives
 from vljax.data import tokenizers
 from vljax.models.resolve import resolve_model_config
-from vljax.models.two_tower import l2_normalize
+from vljax.models.composable import l2_normalize
 from vljax.parallel.mesh import make_mesh
 from vljax.parallel.sharding import LOGICAL_RULES
 from vljax.train import gradcache, setup, state as state_lib, step as step_lib
@@ -29,7 +29,7 @@ def small_config(objective: str = "softmax_contrastive", **overrides):
   c.model.image.depth = 0
   c.model.text.depth = 1
   if objective == "sigmoid_contrastive":
-    c.model.logit_scale_init, c.model.logit_bias_init = 10.0, -5.0
+    c.model.contrastive.logit_scale_init, c.model.contrastive.logit_bias_init = 10.0, -5.0
   c.schedule.name = "constant"  # warmup would make the first step's lr 0 and the params test vacuous
   return c
 

@@ -114,7 +114,7 @@ def test_gradcache_and_the_ring_form_are_refused_at_start():
     gradcache.check_objectives(cfg.objectives)
   cfg = tiny_config(evals={}, loss_impl="shard_map")
   cfg.objectives = {"sigmoid_hard_negatives": 1.0}
-  cfg.model.logit_bias_init = -10.0
+  cfg.model.contrastive.logit_bias_init = -10.0
   cfg.data.format = "hard_negatives"
   with pytest.raises(ValueError, match=r"objectives.sigmoid_hard_negatives has no loss_impl='shard_map' form; "
                                        r"valid: loss_impl in \['gather'\]"):

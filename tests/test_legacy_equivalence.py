@@ -1,5 +1,6 @@
 """Every legacy model class (two_tower, coca, cappa) is a configuration of the composable model:
-its params, translated by vljax/models/legacy.py, give the composable model the same outputs
+its params, translated by vljax/models/legacy.py, give the composable model the same outputs as the
+legacy class (tests/legacy_models.py)
 (embeddings, logit scale and bias, caption logits, KV-cached decode steps), the same training
 loss and gradients, and the same FLOP count."""
 
@@ -14,6 +15,8 @@ from flax import linen as nn, traverse_util
 from vljax.models import flops, get_model, legacy
 from vljax.models.decoder import init_cache, make_step_fn
 from vljax.objectives import captioning_loss, softmax_contrastive_loss
+
+import legacy_models
 
 VOCAB, LENGTH, BATCH = 64, 8, 3
 TEXT = dict(variant="mu", vocab_size=VOCAB, max_len=LENGTH)
@@ -77,7 +80,7 @@ def _run(model, generative, params, image, ids):
 def _pair(name):
   """(legacy outputs, composable outputs, legacy params, composable model, translated params)."""
   cfg = LEGACY[name]
-  old, new = get_model(cfg), get_model(legacy.TRANSLATIONS[cfg["name"]][0](cfg))
+  old, new = legacy_models.build(cfg), get_model(legacy.TRANSLATIONS[cfg["name"]][0](cfg))
   image, ids = _inputs()
   params = old.init(jax.random.PRNGKey(0), image, ids)["params"]
   translated = legacy.TRANSLATIONS[cfg["name"]][1](params)
@@ -132,7 +135,7 @@ def test_coca_training_loss_and_grads_are_equal():
   *_, params, model, translated = _pair(name)
   image, ids = _inputs()
   grad = lambda m, p: jax.jit(jax.value_and_grad(functools.partial(_coca_loss, m)))(nn.unbox(p), image, ids)
-  old_loss, old_grads = grad(get_model(LEGACY[name]), params)
+  old_loss, old_grads = grad(legacy_models.build(LEGACY[name]), params)
   new_loss, new_grads = grad(model, translated)
   assert float(new_loss) == float(old_loss)
   flat_new = traverse_util.flatten_dict(new_grads, sep="/")
@@ -152,10 +155,12 @@ def test_flop_counts_are_equal(name):
   cfg = LEGACY[name]
   to_config, to_params = legacy.TRANSLATIONS[cfg["name"]]
   inputs = flops.Inputs(image_size=32, images=1, text_len=LENGTH)
-  old_parts, new_parts = flops.model_parts(cfg, inputs), flops.model_parts(to_config(cfg), inputs)
+  old_cfg = {k: v for k, v in cfg.items() if k != "name"}
+  old_parts = legacy_models.CLASSES[cfg["name"]].flop_parts(old_cfg, inputs)
+  new_parts = flops.model_parts(to_config(cfg), inputs)
   assert flops.forward_flops(new_parts) == flops.forward_flops(old_parts)
   image, ids = _inputs()
-  old_sizes, sizes = _param_sizes(get_model(cfg), image, ids), _param_sizes(get_model(to_config(cfg)), image, ids)
+  old_sizes, sizes = _param_sizes(legacy_models.build(cfg), image, ids), _param_sizes(get_model(to_config(cfg)), image, ids)
   # Each composable path -> the legacy path it comes from (a leaf holds its legacy path).
   origin = traverse_util.flatten_dict(to_params(traverse_util.unflatten_dict({p: p for p in old_sizes}, sep="/")),
                                       sep="/")
@@ -173,11 +178,9 @@ def test_new_forms_flops_match_xla(recipe):
   from test_flops import tiny_recipe, xla_step_flops
 
   cfg = tiny_recipe(recipe)
-  model = cfg.model.to_dict()
   if recipe == "siglip_shapes":  # the image width is the embedding; CLIP's bias-free text projection
-    model["image"].update(head=False, pool="map")
-    model["text"].update(head_bias=False)
-  cfg.model = legacy.TRANSLATIONS[model["name"]][0](model)
+    cfg.model.image.pool = "map"
+    cfg.model.contrastive.update(image_proj=False, text_proj_bias=False)
   analytic, xla, matmuls = xla_step_flops(cfg)
   assert 0.9 * xla <= analytic <= xla, analytic / xla
   assert analytic == pytest.approx(matmuls, rel=0.01), analytic / matmuls

@@ -15,7 +15,7 @@ from vljax.models import MODELS, get_model
 from vljax.models import flops
 from vljax.models.layers import Transformer, posemb_sincos_2d, unstack_layers
 from vljax.models.text import make_text
-from vljax.models.two_tower import clamp_log_scale
+from vljax.models.composable import clamp_log_scale
 from vljax.models.vit import conv_as_matmul, vit_settings
 from vljax.parallel.sharding import LOGICAL_RULES
 
@@ -338,7 +338,7 @@ def test_variants_and_overrides():
   s = vit_settings("shapes/conv-64", depth=2, stem_channels=[16, 32])
   assert (s["width"], s["depth"], s["patch"], s["stem"], s["stem_channels"]) == (64, 2, 8, "conv", (16, 32))
   assert posemb_sincos_2d(8, 8, 64).shape == (64, 64)
-  assert set(MODELS) >= {"two_tower"}
+  assert set(MODELS) >= {"composable"}
   cfg = ml_collections.ConfigDict(tiny_cfg())
   assert get_model(cfg).txt.vocab_size == VOCAB
 

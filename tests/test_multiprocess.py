@@ -22,7 +22,7 @@ from vljax.metrics import read_metrics
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # clip_shapes.py with tiny towers and images: every run here compiles in seconds. The first-step bound
 # holds for any model (it is derived from the reduction, not fitted), so tiny towers lose nothing there.
-TINY_TOWERS = {"model.image.variant": "mu/8", "model.text.variant": "mu", "model.embed_dim": 16,
+TINY_TOWERS = {"model.image.variant": "mu/8", "model.text.variant": "mu", "model.contrastive.embed_dim": 16,
                "data.image_size": 32, "data.max_len": 12}
 TINY_MODEL = [f"--config.{k}={v}" for k, v in TINY_TOWERS.items()]
 TINY_MODEL += ["--config.batch_size=16", "--config.eval_batch_size=32"]

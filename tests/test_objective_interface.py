@@ -34,16 +34,16 @@ def _lm_format(cfg):
 START_ERRORS = {
     "sigmoid_without_bias": (
         lambda c: setattr(c, "objectives", {"sigmoid_contrastive": 1.0}),
-        r"objectives.sigmoid_contrastive needs model output\(s\) \['logit_bias'\]; model 'two_tower' gives "
-        r".*Valid: set model.logit_bias_init .*; or objectives this model serves: \['softmax_contrastive', "
-        r"'softmax_hard_negatives'\]; or a model that gives 'logit_bias': \['coca', 'composable'\]"),
+        r"objectives.sigmoid_contrastive needs model output\(s\) \['logit_bias'\]; model 'composable' gives "
+        r".*Valid: set model.contrastive.logit_bias_init .*; or objectives this model serves: \['softmax_contrastive', "
+        r"'softmax_hard_negatives'\]"),
     "captioning_without_decoder": (
         lambda c: setattr(c, "objectives", {"captioning": 1.0}),
         r"objectives.captioning needs model output\(s\) \['caption_logits'\].*a model that gives "
-        r"'caption_logits': \['cappa', 'coca', 'composable', 'flamingo', 'llava', 'lm'\]"),
+        r"'caption_logits': \['flamingo', 'llava', 'lm'\]"),
     "images_from_a_text_only_format": (
         _lm_format,
-        r"model 'two_tower' reads \['image', 'text'\], but data.format='lm' holds no 'image'.*"
+        r"model 'composable' reads \['image', 'text'\], but data.format='lm' holds no 'image'.*"
         r"valid: data.format in \['caption', 'hard_negatives', 'vlm'\]"),
 }
 

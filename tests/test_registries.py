@@ -26,7 +26,8 @@ REGISTRIES = {
 
 def test_the_registries_are_the_dicts_the_code_reads():
   assert models.MODELS is model_registry.MODELS and evals.EVALUATORS is eval_registry.EVALUATORS
-  assert sorted(models.MODELS) == ["cappa", "coca", "composable", "flamingo", "llava", "lm", "two_tower"]
+  assert sorted(models.MODELS) == ["composable", "flamingo", "llava", "lm"]
+  assert sorted(model_registry.ALIASES) == ["cappa", "coca", "two_tower"]  # vljax/models/legacy.py
   assert sorted(evals.EVALUATORS) == ["binding", "caption", "fewshot", "retrieval", "vqa", "zeroshot"]
   assert all(cls.name == name for name, cls in evals.EVALUATORS.items())
 
@@ -43,11 +44,11 @@ def test_every_entry_registers_itself_in_its_own_file(kind):
 
 MODEL_FILE = '''
 from vljax.models.registry import register_model
-from vljax.models.two_tower import TwoTower
+from vljax.models.composable import Composable
 
 
-@register_model("_test_two_tower_copy")
-class CopiedTwoTower(TwoTower):
+@register_model("_test_composable_copy")
+class CopiedComposable(Composable):
   """A model added by this file alone."""
 '''
 
@@ -74,7 +75,7 @@ class RecorderEvaluator:
 def plugin_files(tmp_path, monkeypatch):
   """A model file and an evaluator file beside the packages' own, imported as the packages import theirs."""
   added = {}
-  for package, source, module, name in ((models, MODEL_FILE, "copied_two_tower", "_test_two_tower_copy"),
+  for package, source, module, name in ((models, MODEL_FILE, "copied_composable", "_test_composable_copy"),
                                         (evals, EVALUATOR_FILE, "recorder", "_test_recorder")):
     folder = tmp_path / package.__name__.replace(".", "_")
     folder.mkdir()
@@ -93,21 +94,21 @@ def plugin_files(tmp_path, monkeypatch):
 
 def test_a_model_and_an_evaluator_are_one_file_each(plugin_files):
   cfg = tiny_config(evals={"_test_recorder": dict(every=0), "zeroshot": dict(every=0, num_examples=8)})
-  cfg.model.name = "_test_two_tower_copy"
+  cfg.model.name = "_test_composable_copy"
   parts = setup.build(cfg)
-  assert type(parts.model).__name__ == "CopiedTwoTower"
+  assert type(parts.model).__name__ == "CopiedComposable"
   settings, tokenizer, max_len, data = parts.evaluators["_test_recorder"].built_from
   assert settings == dict(every=0) and tokenizer is parts.tokenizer and max_len == cfg.data.max_len
   assert data.image_size == cfg.data.image_size
   with pytest.raises(ValueError, match=r"'_test_recorder', 'binding', .*'zeroshot'\]"):
     evals.get_evaluator("recorder")
-  with pytest.raises(ValueError, match=r"valid: \['_test_two_tower_copy', 'cappa'"):
+  with pytest.raises(ValueError, match=r"valid: \['_test_composable_copy', 'composable'"):
     models.get_model(dict(name="copied"))
 
 
 def test_unknown_names_fail_listing_the_valid_ones():
-  with pytest.raises(ValueError, match=r"Unknown model name 'two_towers'; valid: \['cappa', 'coca', 'composable', "
-                                       r"'flamingo', 'llava', 'lm', 'two_tower'\]"):
+  with pytest.raises(ValueError, match=r"Unknown model name 'two_towers'; valid: \['composable', 'flamingo', 'llava', "
+                                       r"'lm'\] \(and \['cappa', 'coca', 'two_tower'\], older names"):
     models.get_model(dict(name="two_towers"))
   with pytest.raises(ValueError, match=r"unknown evaluator 'vqa_v2'; valid: \['binding', 'caption', 'fewshot', 'retrieval', "
                                        r"'vqa', 'zeroshot'\], or fewshot_<label> / retrieval_<label> / zeroshot_<label>"):
@@ -124,14 +125,16 @@ def test_register_model_checks_the_class_and_the_name():
     @models.register_model("_test_no_builder")
     class NoBuilder:
       pass
-  with pytest.raises(ValueError, match="model 'two_tower' is already registered to TwoTower"):
-    @models.register_model("two_tower")
+  with pytest.raises(ValueError, match="model 'composable' is already registered to Composable"):
+    @models.register_model("composable")
     class Impostor:
       @classmethod
       def from_config(cls, cfg):
         return cls()
-  twin = models.MODELS["coca"]
-  assert models.register_model("coca")(twin) is twin  # a module imported again registers the same class
+  with pytest.raises(ValueError, match="alias 'composable' would hide the registered model Composable"):
+    model_registry.register_alias("composable", dict)
+  twin = models.MODELS["composable"]
+  assert models.register_model("composable")(twin) is twin  # a module imported again registers the same class
   assert "_test_no_builder" not in models.MODELS
 
 

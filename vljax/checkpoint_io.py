@@ -56,7 +56,10 @@ def load_params(workdir: str, step: int | None = None, purpose: str = "init_from
   out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item=item, restore_args=restore_args, partial_restore=True)))
   manager.close()
-  return out["state"]["params"], step
+  from vljax.models import legacy  # lazy: reading a checkpoint needs no model until here
+
+  old = legacy.checkpoint_model(meta)  # a legacy model class's tree: its composable paths
+  return (legacy.TRANSLATIONS[old][1](out["state"]["params"]) if old else out["state"]["params"]), step
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""Pretrained CLIP / SigLIP weights -> a vljax two_tower model config and params.
+"""Pretrained CLIP / SigLIP weights -> a vljax composable model config (towers + contrastive head) and params.
 
   converted = vljax.convert.import_checkpoint("ViT-B-32.pt")      # format detected: openai_clip
   model_cfg, params, data = converted
@@ -57,7 +57,7 @@ HF_TOKENIZERS = {"hf_clip": ("tokenizer.json", "hf:{}"),
 
 
 class Converted(NamedTuple):
-  model_cfg: dict  # a two_tower model config (the "model" of a training config)
+  model_cfg: dict  # a composable model config with a contrastive head (the "model" of a training config)
   params: dict  # float32 numpy arrays, laid out as that model's params
   data: dict  # image_size, max_len, tokenizer (a spec, or None), normalization the weights go with; format, source
 
@@ -87,7 +87,7 @@ def import_checkpoint(path: str, format: str | None = None, image_size: int | No
                       tokenizer: str | None = None, *, config: ml_collections.ConfigDict | str | None = None,
                       max_len: int | None = None, activation: str | None = None,
                       input_normalization: str | None = None) -> Converted:
-  """Read a CLIP / SigLIP checkpoint and convert it to vljax's two_tower.
+  """Read a CLIP / SigLIP checkpoint and convert it to vljax's composable model.
 
   image_size: resample the image position embedding to this size (default: the checkpoint's).
   tokenizer: a vljax tokenizer spec; its id_offset and vocab_size shape the token table.
@@ -160,7 +160,7 @@ def write_workdir(converted: Converted, workdir: str, config: ml_collections.Con
     logging.warning("no tokenizer given for %s: config.json keeps data.tokenizer=%r; set the model's own "
                     "(e.g. --tokenizer bpe:/path/bpe_simple_vocab_16e6.txt.gz)", data["source"], cfg.data.tokenizer)
   path = metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
-  meta = {"model_name": "two_tower", "param_shapes": checkpoint_io.param_shapes(params),
+  meta = {"model_name": "composable", "param_shapes": checkpoint_io.param_shapes(params),
           "converted_from": data["source"], "format": data["format"]}
   checkpointer = ckpt_lib.Checkpointer(workdir, every=0, keep=1, async_save=False)
   checkpointer.save(0, {"params": params}, {}, meta, force=True)

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   model, data = converted.model_cfg, converted.data
-  print(f"wrote {path} and a step-0 checkpoint: {data['format']} -> two_tower image {model['image']['variant']} "
+  print(f"wrote {path} and a step-0 checkpoint: {data['format']} -> composable image {model['image']['variant']} "
         f"text {model['text']['variant']}, image_size {data['image_size']}, max_len {data['max_len']}, "
         f"tokenizer {data['tokenizer']!r}")
   return 0

@@ -1,4 +1,4 @@
-"""big_vision SigLIP `.npz` (params/img/..., params/txt/..., params/t, params/b) -> vljax two_tower.
+"""big_vision SigLIP `.npz` (params/img/..., params/txt/..., params/t, params/b) -> vljax composable.
 
 The arrays are mapped onto Hugging Face SigLIP's names and layouts, as transformers'
 convert_siglip_to_hf does, and converted by `hf_siglip`. Heads come from the attention kernels'

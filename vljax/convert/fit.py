@@ -12,7 +12,7 @@ from flax import linen as nn
 from vljax import checkpoint_io
 from vljax import config as config_lib
 from vljax.data import tokenizers
-from vljax.models import get_model, two_tower
+from vljax.models import composable, get_model
 from vljax.models.resolve import resolve_model_config
 from vljax.train import state as state_lib
 
@@ -44,11 +44,11 @@ def check_against(config: ml_collections.ConfigDict, model_cfg: dict, params: di
   """(model_cfg, params) laid out as `config`'s model (stacked layers when it scans); ValueError naming
   the first param whose shape differs, or the tower settings that do."""
   expected_cfg = resolve_model_config(config, tokenizers.get_tokenizer(config.data.tokenizer))
-  if expected_cfg.get("name") != "two_tower":
-    raise ValueError(f"converted CLIP / SigLIP weights are a 'two_tower' model; the config's model is "
-                     f"{expected_cfg.get('name')!r}")
-  expected = two_tower.resolve_config({k: v for k, v in expected_cfg.items() if k != "name"})
-  converted = two_tower.resolve_config({k: v for k, v in model_cfg.items() if k != "name"})
+  if expected_cfg.get("name") != "composable" or not expected_cfg.get("contrastive"):
+    raise ValueError(f"converted CLIP / SigLIP weights are a composable model with a contrastive head; the "
+                     f"config's model is {expected_cfg.get('name')!r} (contrastive={expected_cfg.get('contrastive')!r})")
+  expected = composable.resolve_config({k: v for k, v in expected_cfg.items() if k != "name"})
+  converted = composable.resolve_config({k: v for k, v in model_cfg.items() if k != "name"})
   differ = [f"{tower}.{key}: checkpoint {converted[tower][key]!r}, config {expected[tower][key]!r}"
             for tower, keys in NUMERICS_KEYS.items() for key in keys
             if converted[tower][key] != expected[tower][key]]

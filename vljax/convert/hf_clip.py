@@ -1,4 +1,5 @@
-"""Hugging Face `CLIPModel` (config.json + model.safetensors) -> vljax two_tower.
+"""Hugging Face `CLIPModel` (config.json + model.safetensors) -> vljax's composable model
+(image and text towers with a contrastive head).
 
 Also the second half of `openai_clip`, which renames OpenAI's state dict into these names.
 """
@@ -6,8 +7,8 @@ Also the second half of `openai_clip`, which renames OpenAI's state dict into th
 from __future__ import annotations
 
 from vljax.convert import towers
-from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, activations, hf_vision_trunk, logit_config,
-                                  text_config, text_tables, vit_config)
+from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, activations, contrastive_model, hf_vision_trunk,
+                                  logit_config, text_config, text_tables, vit_config)
 from vljax.convert.towers import Tensors
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults, for keys a config.json leaves out.
@@ -37,26 +38,26 @@ def to_vljax(t: Tensors, spec: dict, target: Target) -> tuple[dict, dict, dict]:
          "cls": t.take("vision_model.embeddings.class_embedding"),
          "posemb": {"pos_embedding": posemb},
          "pre_norm": towers.layer_norm(t, "vision_model.pre_layrnorm"),
-         "encoder": encoder,
-         "head": towers.linear(t, "visual_projection", bias=False)}
+         "encoder": encoder}
+  img_proj = towers.linear(t, "visual_projection", bias=False)
   width, mlp_dim = img["cls"].shape[0], encoder["block_0"]["mlp"]["fc1"]["kernel"].shape[1]
   image_cfg = vit_config(width, depth, mlp_dim, v["num_heads"], patch, pool="tok", pre_norm=True,
-                         cls_posemb=True, head_bias=False, activation=v_act, norm_eps=v["norm_eps"])
+                         cls_posemb=True, activation=v_act, norm_eps=v["norm_eps"])
 
   # Text tower: causal, pooled at EOS (the last non-pad token of vljax's rows), projection without bias.
   embedding, positions = text_tables(t.take("text_model.embeddings.token_embedding.weight"),
                                      t.take("text_model.embeddings.position_embedding.weight"), target)
   encoder, depth = towers.encoder(t, "text_model.encoder", x["num_heads"], "text_model.final_layer_norm")
-  txt = {"embedding": {"embedding": embedding}, "posemb": {"pos_embedding": positions}, "encoder": encoder,
-         "head": towers.linear(t, "text_projection", bias=False)}
+  txt = {"embedding": {"embedding": embedding}, "posemb": {"pos_embedding": positions}, "encoder": encoder}
+  txt_proj = towers.linear(t, "text_projection", bias=False)
   width, mlp_dim = embedding.shape[1], encoder["block_0"]["mlp"]["fc1"]["kernel"].shape[1]
   text_cfg = text_config(width, depth, mlp_dim, x["num_heads"], vocab_size=embedding.shape[0],
-                         max_len=positions.shape[0], causal=True, pool="last", head_bias=False,
+                         max_len=positions.shape[0], causal=True, pool="last",
                          activation=x_act, norm_eps=x["norm_eps"])
 
   log_scale = float(t.take("logit_scale").reshape(()))
   t.check_all_taken(IGNORED)
-  model_cfg = dict(name="two_tower", embed_dim=img["head"]["kernel"].shape[1], image=image_cfg, text=text_cfg,
-                   **logit_config(log_scale))
-  params = {"img": img, "txt": txt, "t": log_scale}
+  model_cfg = contrastive_model(image_cfg, text_cfg, img_proj["kernel"].shape[1],
+                                dict(image=(True, False), text=(True, False)), **logit_config(log_scale))
+  params = {"img": img, "img_proj": img_proj, "txt": txt, "txt_proj": txt_proj, "t": log_scale}
   return model_cfg, params, dict(image_size=image_size, max_len=positions.shape[0])

@@ -1,4 +1,5 @@
-"""Hugging Face `SiglipModel` (config.json + model.safetensors) -> vljax two_tower.
+"""Hugging Face `SiglipModel` (config.json + model.safetensors) -> vljax's composable model
+(image and text towers with a contrastive head).
 
 Also the second half of `big_vision_siglip`, which renames big_vision's arrays into these names.
 """
@@ -6,8 +7,8 @@ Also the second half of `big_vision_siglip`, which renames big_vision's arrays i
 from __future__ import annotations
 
 from vljax.convert import towers
-from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, activations, hf_vision_trunk, logit_config,
-                                  text_config, text_tables, vit_config)
+from vljax.convert.target import (IMAGE_NORMALIZATIONS, Target, activations, contrastive_model, hf_vision_trunk,
+                                  logit_config, text_config, text_tables, vit_config)
 from vljax.convert.towers import Tensors
 
 # transformers' SiglipTextConfig / SiglipVisionConfig defaults, for keys a config.json leaves out.
@@ -44,7 +45,7 @@ def to_vljax(t: Tensors, spec: dict, target: Target) -> tuple[dict, dict, dict]:
                  "mlp": {"fc1": towers.linear(t, "vision_model.head.mlp.fc1"),
                          "fc2": towers.linear(t, "vision_model.head.mlp.fc2")}}}
   width, mlp_dim = probe.shape[-1], encoder["block_0"]["mlp"]["fc1"]["kernel"].shape[1]
-  image_cfg = vit_config(width, depth, mlp_dim, v["num_heads"], patch, pool="map", head=False,
+  image_cfg = vit_config(width, depth, mlp_dim, v["num_heads"], patch, pool="map",
                          activation=v_act, norm_eps=v["norm_eps"])
 
   # Text tower: bidirectional, pooled at the final position (EOS-padded rows: the last non-pad one),
@@ -52,20 +53,20 @@ def to_vljax(t: Tensors, spec: dict, target: Target) -> tuple[dict, dict, dict]:
   embedding, positions = text_tables(t.take("text_model.embeddings.token_embedding.weight"),
                                      t.take("text_model.embeddings.position_embedding.weight"), target)
   encoder, depth = towers.encoder(t, "text_model.encoder", x["num_heads"], "text_model.final_layer_norm")
-  txt = {"embedding": {"embedding": embedding}, "posemb": {"pos_embedding": positions}, "encoder": encoder,
-         "head": towers.linear(t, "text_model.head")}
+  txt = {"embedding": {"embedding": embedding}, "posemb": {"pos_embedding": positions}, "encoder": encoder}
+  txt_proj = towers.linear(t, "text_model.head")
   width, mlp_dim = embedding.shape[1], encoder["block_0"]["mlp"]["fc1"]["kernel"].shape[1]
   text_cfg = text_config(width, depth, mlp_dim, x["num_heads"], vocab_size=embedding.shape[0],
                          max_len=positions.shape[0], causal=False, pool="last", activation=x_act,
                          norm_eps=x["norm_eps"])
 
-  embed_dim = txt["head"]["kernel"].shape[1]
+  embed_dim = txt_proj["kernel"].shape[1]
   if embed_dim != image_cfg["width"]:
     raise ValueError(f"SigLIP text projection gives {embed_dim} dims but the image tower (no projection) "
                      f"{image_cfg['width']}")
   log_scale, bias = (float(t.take(name).reshape(())) for name in ("logit_scale", "logit_bias"))
   t.check_all_taken(IGNORED)
-  model_cfg = dict(name="two_tower", embed_dim=embed_dim, image=image_cfg, text=text_cfg,
-                   **logit_config(log_scale, bias))
-  params = {"img": img, "txt": txt, "t": log_scale, "b": bias}
+  model_cfg = contrastive_model(image_cfg, text_cfg, embed_dim, dict(image=(False, None), text=(True, True)),
+                                **logit_config(log_scale, bias))
+  params = {"img": img, "txt": txt, "txt_proj": txt_proj, "t": log_scale, "b": bias}
   return model_cfg, params, dict(image_size=image_size, max_len=positions.shape[0])

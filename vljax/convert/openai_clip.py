@@ -1,4 +1,4 @@
-"""OpenAI / open_clip CLIP state dicts (.pt TorchScript or state dict, .safetensors) -> vljax two_tower.
+"""OpenAI / open_clip CLIP state dicts (.pt TorchScript or state dict, .safetensors) -> vljax composable.
 
 The names are mapped onto Hugging Face CLIP's (what transformers' convert_clip_original_pytorch_to_hf
 does) and converted by `hf_clip`. A state dict says nothing of heads, activation or LayerNorm epsilon:

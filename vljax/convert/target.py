@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def variant(sizes: dict, table: dict, fallback: str) -> str:
 def vit_config(width: int, depth: int, mlp_dim: int, num_heads: int, patch: int, **options) -> dict:
   """A ViT config naming every setting the weights depend on (options override the vljax defaults)."""
   sizes = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
-  explicit = dict(pool="gap", pre_norm=False, cls_posemb=False, head=True, head_bias=True)
+  explicit = dict(pool="gap", pre_norm=False, cls_posemb=False)
   return dict(variant=f"{variant(sizes, VIT_VARIANTS, 'B')}/{patch}", **sizes, patch=patch, stem="patch",
               posemb="learned", **dict(explicit, **options))
 
@@ -45,7 +45,7 @@ def vit_config(width: int, depth: int, mlp_dim: int, num_heads: int, patch: int,
 def text_config(width: int, depth: int, mlp_dim: int, num_heads: int, **options) -> dict:
   """A text tower config naming every setting the weights depend on."""
   sizes = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
-  explicit = dict(causal=False, pool="last", pad_id=0, head=True, head_bias=True)
+  explicit = dict(causal=False, pool="last", pad_id=0)
   return dict(variant=variant(sizes, TEXT_VARIANTS, "B"), **sizes, **dict(explicit, **options))
 
 
@@ -69,11 +69,22 @@ def text_tables(embedding: np.ndarray, posemb: np.ndarray, target: Target) -> tu
 
 
 def logit_config(log_scale: float, bias: float | None = None) -> dict:
-  """Two-tower logit keys for a checkpoint's learned log scale (and bias): the clamp stays CLIP's 100
-  unless the checkpoint's scale is above it (SigLIP's is not clamped)."""
+  """The contrastive head's logit keys for a checkpoint's learned log scale (and bias): the clamp stays
+  CLIP's 100 unless the checkpoint's scale is above it (SigLIP's is not clamped)."""
   scale = math.exp(log_scale)
   clamp = 100.0 if scale <= 100.0 * (1 + 1e-6) else float(math.ceil(scale))  # CLIP's trained t sits at log(100)
   return dict(logit_scale_init=scale, logit_bias_init=bias, max_logit_scale=clamp)
+
+
+def contrastive_model(image_cfg: dict, text_cfg: dict, embed_dim: int, projections: dict, **head: Any) -> dict:
+  """The composable model config of imported towers: `projections` (image/text -> (present, bias))
+  and the logit keys (logit_config) make its contrastive head."""
+  contrastive = dict(embed_dim=embed_dim, **head)
+  for tower, (present, bias) in projections.items():
+    contrastive[f"{tower}_proj"] = present
+    if present:
+      contrastive[f"{tower}_proj_bias"] = bias
+  return dict(name="composable", image=image_cfg, text=text_cfg, contrastive=contrastive)
 
 
 class VisionTrunk(NamedTuple):

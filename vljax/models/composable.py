@@ -44,7 +44,6 @@ from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
 from vljax.models.registry import register_model
 from vljax.models.text import TextTransformer, text_settings
-from vljax.models.two_tower import l2_normalize, temperature_param
 from vljax.models.vit import ViT, vit_settings
 
 IMAGE_POOLS = ("tower", "map")  # the pooled ViT output; a MAP head
@@ -56,6 +55,26 @@ CONTRASTIVE_DEFAULTS = dict(embed_dim=128, logit_scale_init=1 / 0.07, logit_bias
                             text_proj=True, text_proj_bias=True)
 DECODER_DEFAULTS = dict(mode="autoregressive", parallel_fraction=0.75, memory_queries=0, input="embed")
 COMPOSABLE_DEFAULTS: dict[str, Any] = dict(image=None, text=None, contrastive=None, decoder=None)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """x / ||x|| over the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def temperature_param(module: nn.Module, scale_init: float) -> jax.Array:
+  """Param t = log(logit scale): learned in log space so the scale stays positive."""
+  return module.param("t", partitioned(nn.initializers.constant(math.log(scale_init)), ()), (), jnp.float32)
+
+
+def clamp_log_scale(params: dict, max_scale: float) -> dict:
+  """params with t (log logit scale) clipped to [0, log max_scale]: the last step of every update, as
+  CLIP's `logit_scale.clamp_(0, ln 100)`. The forward pass uses exp(t) as it is: a clamp inside it
+  would have zero gradient above the cap, and a scale that crossed it could never come back."""
+  if "t" not in params:  # frozen, or a model without a learned temperature
+    return params
+  return {**params, "t": jnp.clip(params["t"], 0.0, math.log(max_scale))}
 
 
 @register_model("composable")
@@ -172,7 +191,7 @@ class Composable(nn.Module):
         out["caption_logits"] = (self._train_caption_logits if parallel else self.caption_logits)(out["memory"],
                                                                                                    text)
     if self.contrastive:
-      out["logit_scale"] = jnp.exp(self.t)  # clamped after each update (two_tower.clamp_log_scale)
+      out["logit_scale"] = jnp.exp(self.t)  # clamped after each update (clamp_log_scale)
       if self.contrastive["logit_bias_init"] is not None:
         out["logit_bias"] = self.b
     return out

@@ -59,7 +59,7 @@ def model_parts(model_cfg: Any, inputs: Inputs) -> list[Part] | None:
   """The parts the model named by model_cfg["name"] declares; None where its class declares none."""
   from vljax import models  # lazy: the model files import this one
 
-  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
+  cfg = models.registry.canonical_config(model_cfg)
   name = cfg.pop("name", None)
   if name not in models.MODELS:
     raise ValueError(f"Unknown model name {name!r}; valid: {sorted(models.MODELS)}")

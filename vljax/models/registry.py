@@ -10,6 +10,8 @@ from flax import linen as nn
 from vljax.plugins import add_unique
 
 MODELS: dict[str, type[nn.Module]] = {}
+# Names kept for old configs: name -> the function translating such a config to a registered model's.
+ALIASES: dict[str, Callable[[Any], dict[str, Any]]] = {}
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -22,12 +24,27 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
   return wrap
 
 
+def register_alias(name: str, translate: Callable[[Any], dict[str, Any]]) -> None:
+  """Keep `name` working for old configs: `translate` turns its config into a registered model's."""
+  if name in MODELS:
+    raise ValueError(f"alias {name!r} would hide the registered model {MODELS[name].__name__}")
+  ALIASES[name] = translate
+
+
+def canonical_config(model_cfg: Any) -> dict[str, Any]:
+  """model_cfg as a plain dict; an alias's config translated to the registered model's."""
+  cfg = _to_dict(model_cfg)
+  translate = ALIASES.get(cfg.get("name"))
+  return translate(cfg) if translate else cfg
+
+
 def get_model(model_cfg: Any) -> nn.Module:
   """Build the module named by model_cfg["name"] from a dict or ml_collections.ConfigDict."""
-  cfg = _to_dict(model_cfg)
+  cfg = canonical_config(model_cfg)
   name = cfg.pop("name", None)
   if name not in MODELS:
-    raise ValueError(f"Unknown model name {name!r}; valid: {sorted(MODELS)}")
+    raise ValueError(f"Unknown model name {name!r}; valid: {sorted(MODELS)} (and {sorted(ALIASES)}, "
+                     f"older names of composable configs)")
   return MODELS[name].from_config(cfg)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from vljax import models
+from vljax.models import registry
 
 VOCAB_MULTIPLE = 128
 
@@ -19,7 +20,7 @@ def padded_vocab_size(n: int) -> int:
 
 def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
   """The model config with what the data and precision decide filled in."""
-  m = cfg.model.to_dict()
+  m = registry.canonical_config(cfg.model)  # a legacy name: its composable config
   for key in ("text", "decoder"):  # text towers and decoders read the tokenizer's ids
     if m.get(key):
       m[key] = dict(m[key])

@@ -4,6 +4,7 @@ Reading a run's params alone (vljax.load, init_from) is in vljax/checkpoint_io.p
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,8 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from grain import checkpoint as grain_checkpoint
 
-from vljax.checkpoint_io import checkpoint_dir, shape_mismatches
+from vljax.checkpoint_io import checkpoint_dir, param_shapes, shape_mismatches
+from vljax.models import legacy
 from vljax.train.optim import frozen_predicate
 
 
@@ -105,6 +107,12 @@ class Checkpointer:
     """(state, data_state, meta) restored onto the shardings in `abstract_state` (any mesh);
     `layout` (state_layout) is compared with the checkpoint's first, for an error naming what changed."""
     meta = self.read_meta(step)
+    old = legacy.checkpoint_model(meta)
+    if old:  # written by a legacy model class: checked and restored in its layout, then translated
+      abstract_state = legacy.map_state(abstract_state, functools.partial(legacy.to_legacy_params, old))
+      expected_shapes = param_shapes(abstract_state.params)
+      if layout:
+        layout = dict(layout, trainable_params=sorted(legacy.legacy_path(old, p) for p in layout["trainable_params"]))
     problems = shape_mismatches(meta.get("param_shapes", {}), expected_shapes)
     if problems:
       raise ValueError(f"checkpoint {self.directory}/{step} was written by a different model "
@@ -115,8 +123,10 @@ class Checkpointer:
       raise ValueError(f"checkpoint {self.directory}/{step} cannot be resumed with this config:\n  "
                        + "\n  ".join(problems) + "\nResume with the config the run was started with (its "
                        "config.json), or start a new run from these weights with --config.init_from.workdir.")
-    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    return state["state"], self._restore_data_state(step), meta
+    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+    if old:
+      state = legacy.map_state(state, legacy.TRANSLATIONS[old][1])
+    return state, self._restore_data_state(step), meta
 
   def _restore_data_state(self, step: int) -> dict:
     """This host's iterator state; checkpoints from before per-host states hold one JSON for all."""

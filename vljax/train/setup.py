@@ -12,6 +12,7 @@ from vljax import evals, models, objectives
 from vljax.data import formats, pipeline, tokenizers
 from vljax.evals import requirements, world as eval_world
 from vljax.models import capabilities as model_decl
+from vljax.models import legacy
 from vljax.models.resolve import resolve_model_config
 from vljax.train import optim
 
@@ -80,7 +81,9 @@ def check_objectives_served(cfg: ml_collections.ConfigDict, model) -> None:
 
 
 def build(cfg: ml_collections.ConfigDict) -> RunParts:
-  """Every name in the config is checked here, before the workdir is touched."""
+  """Every name in the config is checked here, before the workdir is touched. A legacy model name
+  (two_tower, coca, cappa) becomes its composable config, in `cfg` itself (vljax/models/legacy.py)."""
+  legacy.upgrade_config(cfg)
   config_lib.validate(cfg)
   pipeline.check_data_config(cfg.data)  # names, presets, paths and keys of the data, before any compute
   objectives.parse_objectives(cfg.objectives)

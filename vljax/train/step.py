@@ -13,7 +13,7 @@ from flax import linen as nn
 from vljax import objectives
 from vljax.config import GRAD_ACCUM_MODES
 from vljax.data import pipeline, tokenizers
-from vljax.models.two_tower import clamp_log_scale
+from vljax.models.composable import clamp_log_scale
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding, replicated
 from vljax.train import gradcache
 from vljax.train.optim import merge_params, split_frozen
