@@ -8,7 +8,8 @@ from a workdir written by `python -m vljax.convert`; training starts from its we
 Other keys as configs/clip_vit_b16.py (common.use_real_data); without `train=` it
 fine-tunes on the shapes world at the imported model's image size. The objective is the
 imported model's own (softmax for CLIP, sigmoid for SigLIP). A small learning rate and short
-warmup keep the pretrained features; `frozen` can lock a tower (LiT: --config.frozen='("img/.*",)').
+warmup keep the pretrained features; `frozen` can lock a tower (LiT on CLIP: --config.frozen='("img/.*","img_proj/.*")';
+SigLIP's image tower has no projection: "img/.*" alone).
 """
 
 import json

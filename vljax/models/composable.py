@@ -16,7 +16,7 @@ optional heads, so that objectives are compared on the same towers.
                decoder=dict(variant=..., mode="autoregressive" | "parallel", parallel_fraction,
                             memory_queries=0, input="embed" | "text_tower") or None)
 
-CLIP/SigLIP/LiT (two_tower): image + text + contrastive (a logit_bias_init gives the sigmoid loss its
+CLIP/SigLIP/LiT: image + text + contrastive (a logit_bias_init gives the sigmoid loss its
 bias; image_proj=False makes the pooled width the embedding, as SigLIP's image tower; *_proj_bias=False
 are CLIP's bias-free projections). Cap: image + decoder; CapPa: decoder mode="parallel". CoCa:
 text=dict(causal=True, pool="cls") (its unimodal decoder: [CLS] after the padding), decoder
