@@ -65,9 +65,9 @@ def test_shapes_unit_norm_and_param_tree(image, text):
   assert out["txt_tokens"].shape == (B, LEN, 32)
   np.testing.assert_allclose(jnp.linalg.norm(out["img_emb"], axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(jnp.linalg.norm(out["txt_emb"], axis=-1), 1.0, rtol=1e-5)
-  # LiT freezes with regexes like "img/.*": the towers must be the two top-level subtrees.
-  assert set(params) == {"img", "txt", "t"}
-  assert "head" in params["img"] and "head" in params["txt"]
+  # LiT freezes with regexes like "img/.*": the towers are top-level subtrees, their projections beside them.
+  assert set(params) == {"img", "img_proj", "txt", "txt_proj", "t"}
+  assert "head" not in params["img"] and "head" not in params["txt"]
 
 
 def test_init_values_siglip_scale_bias_clamp_and_single_tower_calls():
@@ -88,7 +88,7 @@ def test_init_values_siglip_scale_bias_clamp_and_single_tower_calls():
   np.testing.assert_allclose(apply(model, {"params": params}, img, ids)["logit_scale"], 20.0, rtol=1e-5)
   clip = get_model(tiny_cfg())
   t = jax.eval_shape(clip.init, jax.random.key(0), img, ids)["params"]["t"]
-  assert clip.logit_scale_init == pytest.approx(1 / 0.07) and t.value.shape == ()
+  assert clip.contrastive["logit_scale_init"] == pytest.approx(1 / 0.07) and t.value.shape == ()
 
 
 def encoder_inputs(length=LEN):
@@ -203,7 +203,7 @@ def test_clip_and_siglip_tower_options_param_trees_and_outputs():
   grid = (IMG // 8) ** 2
   assert params["img"]["posemb"]["pos_embedding"].shape == (grid + 1, 32)  # [CLS] has a row
   assert set(params["img"]["pre_norm"]) == {"scale", "bias"}
-  assert set(params["img"]["head"]) == set(params["txt"]["head"]) == {"kernel"}
+  assert set(params["img_proj"]) == set(params["txt_proj"]) == {"kernel"}
   out = apply(clip, {"params": params}, img, ids)
   assert out["img_tokens"].shape == (B, grid, 32) and out["img_emb"].shape == (B, EMBED)
   # eps and activation reach every LayerNorm and MLP: the same params compute differently without them
@@ -212,7 +212,7 @@ def test_clip_and_siglip_tower_options_param_trees_and_outputs():
 
   siglip = get_model(dict(tiny_cfg(dict(SIGLIP_IMAGE)), embed_dim=32, logit_bias_init=-10.0))
   params = random_params(siglip, img, ids)
-  assert "head" not in params["img"] and set(params["txt"]["head"]) == {"kernel", "bias"}
+  assert "img_proj" not in params and set(params["txt_proj"]) == {"kernel", "bias"}
   out = apply(siglip, {"params": params}, img, ids)
   assert out["img_emb"].shape == out["txt_emb"].shape == (B, 32)
   pooled, _ = jax.jit(siglip.img.apply)({"params": params["img"]}, img)
@@ -361,7 +361,7 @@ def test_variants_and_overrides():
     (tiny_cfg(dict(activation="relu")), "relu"),
     (tiny_cfg(text=dict(activation="swish")), "swish"),
     (tiny_cfg(dict(cls_posemb=True)), "cls_posemb=True .* needs pool='tok' and posemb='learned', got pool='gap'"),
-    (tiny_cfg(dict(head=False)), "image.head=False makes the image width 32 the embedding, but embed_dim is 16"),
+    (tiny_cfg(dict(head=False)), "contrastive.image_proj=False makes the image width 32 the embedding, but contrastive.embed_dim is 16"),
 ])
 def test_bad_config_names_the_bad_value(cfg, bad):
   with pytest.raises(ValueError, match=bad):

@@ -78,10 +78,17 @@ def test_resume_continues_bitwise(finished_run, tmp_path, monkeypatch):
   assert resumed_final == final
 
 
+def _embed_dim(size: int) -> dict:
+  """tiny_config's model with another embedding size (its projections' shapes)."""
+  model = tiny_config().model.to_dict()
+  model["contrastive"]["embed_dim"] = size
+  return model
+
+
 def test_bad_checkpoint_shape_is_clear_and_harmless(finished_run):
   workdir, _ = finished_run
   before = _files(workdir)
-  cfg = tiny_config(model=dict(tiny_config().model.to_dict(), embed_dim=24))
+  cfg = tiny_config(model=_embed_dim(24))
   with pytest.raises(ValueError, match=r"different model.*img_proj|different model.*embed|mismatched params"):
     train_and_evaluate(cfg, workdir)
   assert _files(workdir) == before
@@ -138,8 +145,8 @@ def test_init_from_several_sources(finished_run, tmp_path):
   for tower in ("img", "txt"):
     for k, v in traverse_util.flatten_dict(src_params[tower], sep="/").items():
       np.testing.assert_array_equal(traverse_util.flatten_dict(got[tower], sep="/")[k], v, err_msg=k)
-  cfg.init_from = dict(workdir=source, subtree="img", step=-1, sources=(f"{source}:img/head",))
-  with pytest.raises(ValueError, match=r"img/head/\S+ \(and 1 more\) already comes from"):
+  cfg.init_from = dict(workdir=source, subtree="img", step=-1, sources=(f"{source}:img/encoder",))
+  with pytest.raises(ValueError, match=r"img/encoder/\S+ \(and \d+ more\) already comes from"):
     train_and_evaluate(cfg, str(tmp_path / "overlap"))
   cfg.init_from = dict(workdir="", subtree="", step=-1, sources=("runs-without-subtree",))
   with pytest.raises(ValueError, match="is not 'WORKDIR:SUBTREE"):
@@ -184,9 +191,9 @@ def test_a_failing_evaluation_keeps_its_steps_checkpoint(tmp_path, monkeypatch):
 
 def test_init_from_shape_mismatch_names_the_params(finished_run, tmp_path):
   source, _ = finished_run
-  cfg = tiny_config(model=dict(tiny_config().model.to_dict(), embed_dim=24))
-  cfg.init_from = dict(workdir=source, subtree="img", step=-1)
-  with pytest.raises(ValueError, match=r"does not fit this model:\n  img/head/.*\[.*16\] vs model \[.*24\]"):
+  cfg = tiny_config(model=_embed_dim(24))
+  cfg.init_from = dict(workdir=source, subtree="img,img_proj", step=-1)
+  with pytest.raises(ValueError, match=r"does not fit this model:\n  img_proj/.*\[.*16\] vs model \[.*24\]"):
     train_and_evaluate(cfg, str(tmp_path / "w"))
 
 
