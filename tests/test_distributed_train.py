@@ -177,14 +177,9 @@ def test_a_mesh_that_cannot_hold_a_parameter_is_a_clear_error(tmp_path):
 # The language model alone ("lm") is not listed: LLaVA holds it whole (txt, lm, logits, the same names and
 # logical axes), and its text-only batch is sharded on the batch axes like every other batch array.
 DECODER_MODELS = {
-    # CoCa with the sigmoid loss: its params are softmax CoCa's plus the bias, and both losses'
-    # distributed forms are checked on the two-tower model above.
-    "coca": (dict(name="coca", embed_dim=32, image=dict(variant="mu/8"), text=dict(variant="mu", num_heads=2),
-                  num_queries=8, logit_scale_init=10.0, logit_bias_init=-10.0),
-             {"sigmoid_contrastive": 1.0, "captioning": 2.0}, "caption"),
-    "cappa": (dict(name="cappa", image=dict(variant="mu/8"), text=dict(variant="mu"), parallel_fraction=0.5),
-              {"captioning": 1.0}, "caption"),
     # Every head of the composable model at once: MAP image pooling, sigmoid bias, parallel prediction.
+    # CoCa and CapPa are configurations of it (vljax/models/legacy.py), so they add no other layout;
+    # both contrastive losses' distributed forms are checked on the two-tower model above.
     "composable": (dict(name="composable", image=dict(variant="mu/8"), text=dict(variant="mu", num_heads=2),
                         contrastive=dict(embed_dim=32, logit_scale_init=10.0, logit_bias_init=-10.0, image_pool="map"),
                         decoder=dict(variant="mu", mode="parallel", parallel_fraction=0.5, memory_queries=8)),

@@ -1,8 +1,7 @@
-"""Every legacy model class (two_tower, coca, cappa) is a configuration of the composable model:
-its params, translated by vljax/models/legacy.py, give the composable model the same outputs as the
-legacy class (tests/legacy_models.py)
-(embeddings, logit scale and bias, caption logits, KV-cached decode steps), the same training
-loss and gradients, and the same FLOP count."""
+"""Every legacy model class (two_tower, coca, cappa; kept in tests/legacy_models.py) is a
+configuration of the composable model: its params, translated by vljax/models/legacy.py, give the
+composable model the same outputs as the legacy class (embeddings, logit scale and bias, caption
+logits, KV-cached decode steps), the same training loss and gradients, and the same FLOP count."""
 
 import functools
 
