@@ -78,7 +78,8 @@ def test_a_real_data_run_builds_no_shapes_world(real_data, no_world):
     ("retrieval_coco", dict(every=2, num_examples=8), r"evals.retrieval_coco reads the shapes world.*"
                                                       r"set evals.retrieval_coco.dataset"),
     ("binding", dict(every=2), r"evals.binding reads the shapes world.*no `dataset` setting.*drop "
-                               r"evals.binding; evaluators that read sets on disk: \['fewshot', 'retrieval', 'zeroshot'\]"),
+                               r"evals.binding; evaluators that read sets on disk: \['compositionality', "
+                               r"'fewshot', 'retrieval', 'zeroshot'\]"),
 ])
 def test_a_shapes_world_evaluator_on_a_real_data_run_fails_at_start(real_data, no_world, name, settings, match):
   evals = dict(_on_disk(real_data), **{name: settings})

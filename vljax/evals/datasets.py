@@ -276,12 +276,15 @@ class EvalImages:
     for start in range(0, len(kept), chunk):
       yield kept[start:start + chunk], pixels[start:start + chunk]
 
-  def map(self, fn: Callable[[np.ndarray], np.ndarray], chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """fn over normalised float32 [n <= chunk, size, size, 3] batches, outputs concatenated."""
+  def map(self, fn: Callable[..., np.ndarray], chunk: int, *, with_positions: bool = False
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """fn over normalised float32 [n <= chunk, size, size, 3] batches (and, with_positions, the
+    batch's positions in the set: for pairs of an image with its own texts), outputs concatenated."""
     outs, kept = [], []
     for positions, pixels in self._chunks(chunk):
       if len(positions):
-        outs.append(fn(images_lib.normalize(pixels, self.normalization)))
+        pixels = images_lib.normalize(pixels, self.normalization)
+        outs.append(fn(pixels, positions) if with_positions else fn(pixels))
         kept.append(positions)
     return np.concatenate(outs), np.concatenate(kept)
 
