@@ -36,22 +36,16 @@ DATA = {"lm": dict(format="lm", chunks=1), "llava": dict(format="vlm", chunks=1)
 def test_every_model_declares_what_it_can_do():
   assert {cfg["name"] for cfg in MODEL_CONFIGS.values()} == set(models.MODELS)
   caps = {name: requirements.model_capabilities(cls) for name, cls in models.MODELS.items()}
-<<<<<<< HEAD
   tower = IMAGE_FEATURES  # every model with an image tower
-  assert caps == {"two_tower": {EMBEDDINGS, tower}, "coca": {EMBEDDINGS, LIKELIHOOD, GENERATION, tower},
-                  "cappa": {LIKELIHOOD, GENERATION, tower}, "lm": set(), "llava": {GENERATION, PROMPTED, tower},
+  assert caps == {"lm": set(), "llava": {GENERATION, PROMPTED, tower},
                   "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE, tower},
                   "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, tower}}
-=======
-  assert caps == {"lm": set(), "llava": {GENERATION, PROMPTED}, "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE},
-                  "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION}}
   # A composable config has the capabilities of the heads it builds.
   built = {name: requirements.model_capabilities(models.get_model(dict(cfg, text=dict(cfg["text"], vocab_size=128))
                                                                   if "text" in cfg else cfg))
            for name, cfg in MODEL_CONFIGS.items() if name in ("clip", "cappa", "composable")}
-  assert built == {"clip": {EMBEDDINGS}, "cappa": {LIKELIHOOD, GENERATION},
-                   "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION}}
->>>>>>> 8f09f8f (Recipes state composable models; legacy names (two_tower, coca, cappa) resolve to composable configs, legacy checkpoints resume and load through the param translation; weight import writes composable trees)
+  assert built == {"clip": {EMBEDDINGS, tower}, "cappa": {LIKELIHOOD, GENERATION, tower},
+                   "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, tower}}
 
 
 def test_every_evaluator_names_what_it_needs():
@@ -70,15 +64,10 @@ def _config(model, evals_cfg, **data):
 
 # (model, evals, the message: evaluator, its need, the model, what would work)
 MISMATCHES = [
-<<<<<<< HEAD
-    ("two_tower", dict(caption=dict(every=3, num_examples=8)),
-     r"evals.caption \(captioning\) needs caption generation from an image; model 'two_tower' has "
-     r"contrastive embeddings, an image tower's pooled features\. Valid: a model with it \(cappa, coca, composable, flamingo, llava\), or drop evals.caption"),
-=======
     ("clip", dict(caption=dict(every=3, num_examples=8)),
      r"evals.caption \(captioning\) needs caption generation from an image; model 'composable' has "
-     r"contrastive embeddings\. Valid: a model with it \(composable, flamingo, llava\), or drop evals.caption"),
->>>>>>> 8f09f8f (Recipes state composable models; legacy names (two_tower, coca, cappa) resolve to composable configs, legacy checkpoints resume and load through the param translation; weight import writes composable trees)
+     r"contrastive embeddings, an image tower's pooled features\. Valid: a model with it \(composable, flamingo, "
+     r"llava\), or drop evals.caption"),
     ("llava", dict(zeroshot=dict(every=3, num_examples=8)),
      r"evals.zeroshot \(scoring='auto'\) needs contrastive embeddings or caption log-likelihood given an image; "
      r"model 'llava' has .*Valid: a model with it \(composable\)"),
