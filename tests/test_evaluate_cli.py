@@ -57,7 +57,7 @@ def test_evaluates_the_latest_or_a_given_step_and_appends(clip_run, capsys):
 @pytest.mark.parametrize("args, match", [
     (["--evals", "fewshot,nope"], r"unknown evaluator 'nope'; valid: \[.*'fewshot'"),
     (["--evals", "caption"], r"evals.caption \(captioning\) needs caption generation from an image; "
-                             r"model 'two_tower' has"),
+                             r"model 'composable' has"),
     (["--evals", "fewshot", "--step", "7"], r"--step 7: .* has no checkpoint at that step; valid: \[1, 2\]"),
     (["--evals", "fewshot", "--config.evals.fewshot.bogus=1"], r"evals.fewshot: unknown key\(s\) \['bogus'\]"),
     (["--evals", "fewshot", "--config.evals.retrieval.num_examples=4"],
