@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import tiny_config
 from vljax import evals
 from vljax.data import shapes, tokenizers
+from vljax.evals import shapes_negatives, world as world_lib
 from vljax.evals.compositionality import CompositionalityEvaluator, choice_metrics, winoground_metrics
 from vljax.inference.runner import ModelRunner
 from vljax.parallel.mesh import make_mesh
@@ -151,7 +152,6 @@ def test_labelled_runs_and_registration():
 
 
 @pytest.mark.parametrize("make, error", [
-    (lambda d: dict(), r"needs dataset=dict\(layout=\.\.\., path=\.\.\.\).*evaluator 'binding'"),
     (lambda d: dict(dataset=dict(layout="crepe", path=str(d))), r"layout 'crepe' is unknown; valid: \['sugarcrepe', 'aro', 'jsonl', 'winoground'\]"),
     (lambda d: dict(dataset=dict(layout="aro", path=str(d / "nope.json"))), r"dataset path .*nope.json' does not exist"),
     (lambda d: dict(dataset=dict(layout="jsonl", path=str(d / "set.jsonl"), bogus=1)), r"dataset: unknown key\(s\) \['bogus'\]"),
@@ -210,3 +210,46 @@ def test_a_real_model_scores_each_image_with_its_own_captions(tmp_path):
              for k in ("caption", "attribute_swapped", "relation_swapped")]
   scores = np.stack([np.sum(zimg * t, axis=1) for t in texts], axis=1)
   assert out == pytest.approx({"acc": float(np.mean(scores[:, 0] > scores[:, 1:].max(axis=1)))})
+
+
+def _said_relation(text: str) -> str:
+  return next(r for r, phrases in shapes.RELATIONS.items() if any(f" {p} " in text for p in phrases))
+
+
+def test_shapes_negatives_are_each_kind_and_false_of_the_scene():
+  world = shapes.ShapesWorld(image_size=32)
+  for i in range(64):
+    example = world.binding_example(i)
+    caption, negs = shapes_negatives.negatives(example)
+    a, b = example["objects"]
+    scene = {(o["color"], o["shape"]) for o in (a, b)}
+    assert caption == example["caption"] and negs["swap_att"] == example["attribute_swapped"]
+    assert sorted(negs) == sorted(shapes_negatives.KINDS) and caption not in negs.values()
+    for kind in ("replace_att", "replace_obj", "swap_att", "swap_obj", "add_obj"):  # names an absent object
+      assert not set(shapes.color_shape_pairs(negs[kind])) <= scene, (kind, negs[kind], scene)
+    assert set(shapes.color_shape_pairs(negs["replace_rel"])) == scene
+    assert _said_relation(negs["replace_rel"]) not in shapes.relation(a, b)
+    assert negs["add_att"].split()[1] in shapes.SIZES and negs["add_att"].split()[1] != a["size"]
+
+
+class LengthRunner:
+  """Scores a caption by minus its length: the shorter caption wins, equal lengths tie."""
+
+  chunk = 3
+
+  def __init__(self, vocabulary):
+    self.vocabulary = vocabulary
+
+  def pair_scores(self, params, images, tokens, scoring):
+    return {k: -np.array([len(self.vocabulary.texts[t[0]]) for t in ids], float) for k, ids in tokens.items()}
+
+
+def test_shapes_mode_scores_each_kind_in_its_own_column():
+  vocabulary, data = Vocabulary(), dict(image_size=32, normalization="siglip")
+  ev = CompositionalityEvaluator(dict(num_examples=24), tokenizer=vocabulary, max_len=4, data=data)
+  out = ev(LengthRunner(vocabulary), None)
+  world = world_lib.shapes_world(data, CompositionalityEvaluator)
+  pairs = [shapes_negatives.negatives(world.binding_example(i)) for i in range(24)]
+  expected = {f"{k}_acc": np.mean([len(c) < len(n[k]) for c, n in pairs]) for k in shapes_negatives.KINDS}
+  assert out == pytest.approx({"acc": np.mean(list(expected.values())), **expected})
+  assert out["add_obj_acc"] == 1.0 and out["add_att_acc"] == 1.0  # longer negatives: sanity of the columns

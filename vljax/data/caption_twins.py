@@ -18,7 +18,6 @@ from vljax.data import shapes
 _RELATION = re.compile(r"\b(" + "|".join(sorted((re.escape(p) for ps in shapes.RELATIONS.values() for p in ps),
                                                  key=len, reverse=True)) + r")\b")
 _PHRASE_TO_RELATION = {p: (rel, i) for rel, ps in shapes.RELATIONS.items() for i, p in enumerate(ps)}
-_OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
 def _objects(words: list[str]) -> list[int]:
@@ -56,7 +55,7 @@ def relation_twin(caption: str) -> str | None:
   if not match or len(_objects(caption.split())) < 2:
     return None
   rel, index = _PHRASE_TO_RELATION[match.group(1)]
-  return caption[:match.start()] + shapes.RELATIONS[_OPPOSITE[rel]][index] + caption[match.end():]
+  return caption[:match.start()] + shapes.RELATIONS[shapes.OPPOSITE[rel]][index] + caption[match.end():]
 
 
 TWINS = {"attribute": attribute_twin, "relation": relation_twin}

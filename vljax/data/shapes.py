@@ -62,7 +62,7 @@ RELATIONS = {
     "above": ("above", "over"),
     "below": ("below", "under"),
 }
-_OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 _ONE_OBJECT_TEMPLATES = (
     "{o}",
@@ -187,7 +187,7 @@ def _article(word: str) -> str:
   return "an" if word[0] in "aeiou" else "a"
 
 
-def _noun_phrase(obj: dict, with_size: bool) -> str:
+def noun_phrase(obj: dict, with_size: bool) -> str:
   words = ([obj["size"]] if with_size else []) + [obj["color"], obj["shape"]]
   return " ".join([_article(words[0])] + words)
 
@@ -298,7 +298,7 @@ class ShapesWorld:
 
   def _caption(self, objects: list[dict], rng: np.random.Generator) -> str:
     n = len(objects)
-    phrases = [_noun_phrase(o, with_size=rng.random() < 0.6) for o in objects]
+    phrases = [noun_phrase(o, with_size=rng.random() < 0.6) for o in objects]
     if n == 1:
       template = _ONE_OBJECT_TEMPLATES[rng.integers(len(_ONE_OBJECT_TEMPLATES))]
       return template.format(o=phrases[0], p=_position_phrase(objects[0]["row"], objects[0]["col"], rng))
@@ -377,12 +377,12 @@ class ShapesWorld:
     rel = relation(a, b)[0]  # left/right when columns differ, else above/below
 
     def caption(x: dict, y: dict, r: str) -> str:
-      return f"{_noun_phrase(x, False)} {RELATIONS[r][0]} {_noun_phrase(y, False)}"
+      return f"{noun_phrase(x, False)} {RELATIONS[r][0]} {noun_phrase(y, False)}"
 
     swapped_a, swapped_b = dict(a, color=b["color"]), dict(b, color=a["color"])
     return dict(image=image, caption=caption(a, b, rel),
                 attribute_swapped=caption(swapped_a, swapped_b, rel),
-                relation_swapped=caption(a, b, _OPPOSITE[rel]), objects=[a, b])
+                relation_swapped=caption(a, b, OPPOSITE[rel]), objects=[a, b])
 
   def vqa_example(self, index: int, split: str = "eval", render: bool = True) -> dict:
     """dict(image, question, answer, question_type, objects); types cycle with the index and

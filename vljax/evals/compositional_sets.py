@@ -41,7 +41,7 @@ IMAGE_SUFFIX = ".png"  # Winoground's image names carry none
 @dataclasses.dataclass
 class ChoiceSet:
   """One image per row; its true caption must outscore every one of its negatives."""
-  images: datasets.EvalImages
+  images: datasets.EvalImages | datasets.ArrayImages
   positives: list[str]
   negatives: list[list[str]]  # at least one per row
   categories: list[str]

@@ -1,6 +1,8 @@
 """Compositionality on sets on disk (vljax/evals/compositional_sets.py): ARO, SugarCrepe and any
 image-with-hard-negatives JSONL, where the true caption must outscore each of its negatives; and
-Winoground, whose text, image and group scores follow its paper.
+Winoground, whose text, image and group scores follow its paper. Without a `dataset`, the shapes
+world's two-object scenes with SugarCrepe's seven kinds of negative (vljax/evals/shapes_negatives.py),
+each kind scored on its own: `<kind>_acc`, and `acc` their mean.
 
 Scores are the runner's image-text scores (embedding cosine, or log p(caption | image) for a
 captioner, as `scoring` picks), so every objective is judged by the same rule. A tie or a NaN counts
@@ -16,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from vljax.evals import compositional_sets, datasets, ranking, world as world_lib
+from vljax.evals import compositional_sets, datasets, ranking, shapes_negatives, world as world_lib
+from vljax.evals.arrays import eval_images
 from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
 
@@ -43,6 +46,13 @@ def choice_metrics(scores: np.ndarray, categories: list[str]) -> dict[str, float
   return out
 
 
+def kind_metrics(scores: np.ndarray, kinds: tuple[str, ...]) -> dict[str, float]:
+  """scores [N, 1 + len(kinds)]: column 0 the true caption's, column 1 + j its negative of kind j.
+  Each kind's accuracy, and acc their mean (every image has one negative of each kind)."""
+  per = {f"{k}_acc": float(np.mean(ranking.beats(scores[:, 0], scores[:, 1 + j]))) for j, k in enumerate(kinds)}
+  return {"acc": float(np.mean(list(per.values()))), **per}
+
+
 def winoground_metrics(scores: np.ndarray) -> dict[str, float]:
   """scores [K, 2 images, 2 captions]: s[k, i, c] scores image i with caption c of example k.
   text: each image prefers its own caption; image: each caption prefers its own image; group: both.
@@ -56,9 +66,8 @@ def winoground_metrics(scores: np.ndarray) -> dict[str, float]:
 
 @register_evaluator("compositionality")
 class CompositionalityEvaluator:
-  """Settings: every, num_examples (rows; Winoground: examples), scoring, dataset (layouts in
-  vljax/evals/compositional_sets.py; required: the shapes world's swapped-caption sets are the
-  `binding` evaluator)."""
+  """Settings: every, num_examples (rows; Winoground: examples; shapes: scenes, default 512),
+  scoring, dataset (layouts in vljax/evals/compositional_sets.py; none: the shapes world)."""
 
   needs = "scores"  # vljax.evals.requirements: embeddings or likelihood, as `scoring` picks
   settings_keys = ("every", "num_examples", "scoring", "dataset")
@@ -66,14 +75,15 @@ class CompositionalityEvaluator:
   def __init__(self, settings, *, tokenizer, max_len: int, data: Mapping[str, Any]):
     datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
     spec = datasets.as_dict(settings.get("dataset", None))
-    if not spec:
-      raise ValueError(f"evals.{self.name} needs dataset=dict(layout=..., path=...), layouts "
-                       f"{list(compositional_sets.LAYOUTS)}; on the shapes world use evaluator 'binding'")
     num_examples = settings.get("num_examples", None)
     self.scoring = settings.get("scoring", "auto")
-    self.set = compositional_sets.open_set(spec, image_size=world_lib.image_size(data),
-                                           normalization=data.get("normalization", "siglip"),
-                                           num_examples=None if num_examples is None else int(num_examples))
+    self.kinds = () if spec else shapes_negatives.KINDS  # one negative per kind, scored per kind
+    if spec:
+      self.set = compositional_sets.open_set(spec, image_size=world_lib.image_size(data),
+                                             normalization=data.get("normalization", "siglip"),
+                                             num_examples=None if num_examples is None else int(num_examples))
+    else:
+      self.set = _shapes_set(data, int(num_examples or 512), type(self))
     encode = lambda texts: tokenizer.encode(texts, max_len)
     if isinstance(self.set, compositional_sets.PairSet):  # one row per image: both captions of its example
       self.tokens = {f"caption_{c}": encode([pair[c] for pair in self.set.captions for _ in range(2)])
@@ -94,7 +104,9 @@ class CompositionalityEvaluator:
 
   def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
     scores, kept = self.scores(runner, params)
-    if isinstance(self.set, compositional_sets.PairSet):
+    if self.kinds:
+      out = kind_metrics(scores, self.kinds)
+    elif isinstance(self.set, compositional_sets.PairSet):
       full = np.full((len(self.set.images), 2), np.nan, np.float64)
       full[kept] = scores
       decoded = np.zeros(len(self.set.images), bool)
@@ -106,3 +118,14 @@ class CompositionalityEvaluator:
     if self.set.images.skipped:
       out["skipped"] = float(self.set.images.skipped)
     return out
+
+
+def _shapes_set(data: Mapping[str, Any], n: int, evaluator: type) -> compositional_sets.ChoiceSet:
+  """The binding evaluator's scenes, each with its negative of every kind (shapes_negatives.KINDS)."""
+  world = world_lib.shapes_world(data, evaluator)
+  examples = [world.binding_example(i) for i in range(n)]
+  captions = [shapes_negatives.negatives(e) for e in examples]
+  images = datasets.ArrayImages(eval_images(examples, data.get("normalization", "siglip")))
+  return compositional_sets.ChoiceSet(images, [c for c, _ in captions],
+                                      [[negs[k] for k in shapes_negatives.KINDS] for _, negs in captions],
+                                      ["shapes"] * n)

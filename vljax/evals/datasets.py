@@ -192,9 +192,13 @@ class ArrayImages:
   def __len__(self) -> int:
     return len(self.images)
 
-  def map(self, fn: Callable[[np.ndarray], np.ndarray], chunk: int) -> tuple[np.ndarray, np.ndarray]:
+  def map(self, fn: Callable[..., np.ndarray], chunk: int, *, with_positions: bool = False
+          ) -> tuple[np.ndarray, np.ndarray]:
+    positions = np.arange(len(self.images))
+    if with_positions:  # the set at once: pairs of an image with its own texts
+      return fn(self.images, positions), positions
     del chunk  # the runner chunks
-    return fn(self.images), np.arange(len(self.images))
+    return fn(self.images), positions
 
 
 class EvalImages:
