@@ -86,7 +86,7 @@ class CompositionalityEvaluator:
       self.set = _shapes_set(data, int(num_examples or 512), type(self))
     encode = lambda texts: tokenizer.encode(texts, max_len)
     if isinstance(self.set, compositional_sets.PairSet):  # one row per image: both captions of its example
-      self.tokens = {f"caption_{c}": encode([pair[c] for pair in self.set.captions for _ in range(2)])
+      self.tokens = {f"caption_{c}": np.repeat(encode([pair[c] for pair in self.set.captions]), 2, axis=0)
                      for c in range(2)}
     else:  # rows with fewer negatives repeat their first (a repeat changes no ranking)
       width = max(len(n) for n in self.set.negatives)

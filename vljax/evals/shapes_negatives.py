@@ -28,12 +28,12 @@ def _unused(names: tuple[str, ...], *used: str) -> str:
 def negatives(example: dict) -> tuple[str, dict[str, str]]:
   """(the caption, {kind: its negative}) of a ShapesWorld.binding_example."""
   a, b = example["objects"]
-  rel = shapes.relation(a, b)[0]  # the one binding_example says
+  true_rels = shapes.relation(a, b)
+  rel = true_rels[0]  # the one binding_example says
 
   def say(x: dict, y: dict, r: str = rel, x_size: bool = False) -> str:
     return f"{shapes.noun_phrase(x, x_size)} {shapes.RELATIONS[r][0]} {shapes.noun_phrase(y, False)}"
 
-  true_rels = shapes.relation(a, b)
   absent = dict(color=_unused(shapes.COLOR_NAMES, a["color"], b["color"]),
                 shape=_unused(shapes.SHAPES, a["shape"], b["shape"]))
   other_size = _unused(shapes.SIZES, a["size"])
