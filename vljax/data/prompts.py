@@ -115,3 +115,8 @@ def prompt_ids(tokenizer: Tokenizer, sequences: Sequence[Sequence[tuple[str, str
     ids[row, :len(tokens)] = tokens
     lengths[row] = len(tokens)
   return ids, lengths
+
+
+def cut_at_eoc(tokenizer: Tokenizer, ids: np.ndarray) -> np.ndarray:
+  """Generated id rows with everything from the first <eoc> on made padding: not part of the answer."""
+  return np.where(np.cumsum(ids == tokenizer.eoc_id, axis=1) > 0, tokenizer.pad_id, ids)

@@ -23,6 +23,7 @@ from vljax.data import shapes
 from vljax.evals import datasets, world as world_lib
 from vljax.evals.arrays import eval_images
 from vljax.evals.registry import register_evaluator
+from vljax.evals.setting_checks import positive_int
 from vljax.evals.shots import parse_shots
 from vljax.inference.runner import ModelRunner
 from vljax.models.capabilities import IMAGE_FEATURES
@@ -165,13 +166,6 @@ def _rendered(world, scene, part: int, n: int, normalization: str) -> tuple[data
   return datasets.ArrayImages(images), [labels for _, labels in made]
 
 
-def _positive_int(settings, key: str, default, where: str) -> int | None:
-  value = settings.get(key, default)
-  if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-    raise ValueError(f"{where}.{key}={value!r} is invalid; valid: an int >= 1")
-  return None if value is None else int(value)
-
-
 @register_evaluator("fewshot")
 class FewShotEvaluator:
   """Linear-probe accuracy `<task>_<k>shot` (mean over draws) and `<task>_<k>shot_std` (sample std
@@ -201,12 +195,12 @@ class FewShotEvaluator:
     self.shots = parse_shots(settings.get("shots", DEFAULT_SHOTS), f"{where}.shots")
     if 0 in self.shots:
       raise ValueError(f"{where}.shots={self.shots} holds 0; valid: shot counts >= 1 (a probe needs examples)")
-    self.num_draws = _positive_int(settings, "num_draws", 5, where)
+    self.num_draws = positive_int(settings, "num_draws", 5, where)
     l2 = settings.get("l2_reg", DEFAULT_L2)
     self.l2s = tuple(float(v) for v in (l2 if isinstance(l2, (list, tuple)) else [l2]))
     if not self.l2s or any(not v > 0 for v in self.l2s):
       raise ValueError(f"{where}.l2_reg={l2!r} is invalid; valid: a float > 0 or a list of them")
-    self.num_val = _positive_int(settings, "num_val", 5, where) if len(self.l2s) > 1 else 0
+    self.num_val = positive_int(settings, "num_val", 5, where) if len(self.l2s) > 1 else 0
     self.seed = int(settings.get("seed", 0))
     need = max(self.shots) + self.num_val
     spec = datasets.as_dict(settings.get("dataset", None))
@@ -226,8 +220,8 @@ class FewShotEvaluator:
     if bad or not tasks:
       why = " (count needs a world with min_objects < max_objects)" if "count" in bad else ""
       raise ValueError(f"{where}.tasks={tasks!r}: {bad or 'none'} not available{why}; valid: {available}")
-    n_test = _positive_int(settings, "num_examples", 576, where)
-    n_pool = _positive_int(settings, "num_pool", 1024, where)
+    n_test = positive_int(settings, "num_examples", 576, where)
+    n_pool = positive_int(settings, "num_pool", 1024, where)
     normalization = data.get("normalization", "siglip")
     groups = []
     for scene in dict.fromkeys(SHAPES_TASKS[t][0] for t in tasks):  # one image set per scene kind
@@ -251,8 +245,8 @@ class FewShotEvaluator:
                          "drawn from, other images than the test set's)")
       shots_spec = dict(spec, split="train")
     kw = dict(image_size=world_lib.image_size(data), normalization=data.get("normalization", "siglip"))
-    test = datasets.open_classification(spec, num_examples=_positive_int(settings, "num_examples", None, where), **kw)
-    pool = datasets.open_classification(shots_spec, num_examples=_positive_int(settings, "num_pool", None, where),
+    test = datasets.open_classification(spec, num_examples=positive_int(settings, "num_examples", None, where), **kw)
+    pool = datasets.open_classification(shots_spec, num_examples=positive_int(settings, "num_pool", None, where),
                                         **kw)
     if len(pool.class_names) != len(test.class_names):
       raise ValueError(f"{where}: shots_dataset has {len(pool.class_names)} classes, dataset "

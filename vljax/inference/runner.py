@@ -90,23 +90,28 @@ class ModelRunner:
 
   # ---- frozen image features
 
-  @functools.cached_property
-  def _features(self):
+  @functools.lru_cache(maxsize=2)
+  def _tower_output(self, which: str):
     # The tower without its head: a two-tower ViT projects into the contrastive space after pooling,
     # and probes read the pooled vector before that projection (the others have no head). The head's
     # params are in the tree but unused.
     tower = self.model.img.clone(parent=None, out_dim=None)
 
-    def features(params, image):
+    def output(params, image):
       with nn.logical_axis_rules(LOGICAL_RULES):
-        pooled, _ = tower.apply({"params": params["img"]}, image, train=False)
-      return pooled.astype(jnp.float32)
-    return jax.jit(features)
+        pooled, tokens = tower.apply({"params": params["img"]}, image, train=False)
+      return (pooled if which == "pooled" else tokens).astype(jnp.float32)
+    return jax.jit(output)
 
   def image_features(self, params, images: np.ndarray) -> np.ndarray:
     """float32 [N, width]: the image tower's pooled output before any head (not normalised)."""
     self._require_capability("image features", model_decl.IMAGE_FEATURES)
-    return self._chunked(lambda x: self._features(params, x), images)
+    return self._chunked(lambda x: self._tower_output("pooled")(params, x), images)
+
+  def image_tokens(self, params, images: np.ndarray) -> np.ndarray:
+    """float32 [N, T, width]: the image tower's output tokens, before pooling (no [CLS])."""
+    self._require_capability("image tokens", model_decl.IMAGE_FEATURES)
+    return self._chunked(lambda x: self._tower_output("tokens")(params, x), images)
 
   # ---- caption likelihood
 
@@ -222,14 +227,9 @@ class ModelRunner:
         if prompt_len + shift + options.max_len > self.max_text_len:
           raise ValueError(f"prompt length {prompt_len} (+{shift} image positions) + decode max_len="
                            f"{options.max_len} exceeds the model's text max_len {self.max_text_len}")
-        cache = decoder.init_cache(self.model, params, None if shift else memory,
-                                   prompt_len + shift + options.max_len, ids.shape[0])
-        cache = decoder.prefill(self.model, params, cache, memory, ids)
-        # Step 0 feeds each prompt's last token at its own position; generation continues from there.
-        first = jnp.take_along_axis(ids, (lengths - 1)[:, None], axis=1)[:, 0]
-        start = lengths - 1 + shift
-        return decode_lib.decode(decoder.make_prompted_step_fn(self.model, params, start), cache, ids.shape[0],
-                                 bos_id=first, eos_id=tok.eoc_id, pad_id=tok.pad_id, options=options, rng=rng)
+        return decoder.continue_prompts(self.model, params, memory, ids, lengths, options,
+                                        cache_len=prompt_len + shift + options.max_len, eos_id=tok.eoc_id,
+                                        pad_id=tok.pad_id, rng=rng, shift=shift)
     return jax.jit(generate)
 
   def generate(self, params, images: np.ndarray | None, prompt_ids: np.ndarray, prompt_lengths: np.ndarray,
@@ -263,9 +263,7 @@ class ModelRunner:
     images = np.zeros((len(prompt_ids), 1), np.float32) if images is None else images
     tokens = self._chunked(lambda c, x, i, n: fn(params, x, i, n, rng, c).tokens, images, prompt_ids,
                            np.asarray(prompt_lengths, np.int32), indexed=True)
-    # Everything from <eoc> on is not part of the answer.
-    tokens = np.where(np.cumsum(tokens == self.tokenizer.eoc_id, axis=1) > 0, self.tokenizer.pad_id, tokens)
-    return self.tokenizer.decode(tokens)
+    return self.tokenizer.decode(prompts.cut_at_eoc(self.tokenizer, tokens))
 
 
 def _global_array(host: np.ndarray, sharding) -> jax.Array:

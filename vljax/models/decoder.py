@@ -7,7 +7,8 @@ Generative models (CoCa, CapPa, ...) expose three methods besides `__call__`:
   decode_step(ids, memory, decode_index)      -> float32 [B, T, vocab], reading and writing the
                                                  "cache" collection (keys/values of every layer)
 `init_cache` and `make_step_fn` below turn them into what `vljax.decode.decode` drives;
-`prefill` and `make_prompted_step_fn` continue prompts of unequal lengths.
+`prefill` and `make_prompted_step_fn` continue prompts of unequal lengths, and `continue_prompts`
+puts them together (traceable: jit the caller).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vljax import decode as decode_lib
 from vljax.models import layers
 from vljax.models.layers import Dtype, partitioned
 
@@ -144,6 +146,22 @@ def make_prompted_step_fn(model: nn.Module, params: Any, start: jax.Array) -> Ca
                                     decode_index=start + index, method="decode_step", mutable=["cache"])
     return logits[:, 0], variables["cache"]
   return step_fn
+
+
+def continue_prompts(model: nn.Module, params: Any, memory: jax.Array | None, ids: jax.Array, lengths: jax.Array,
+                     options: decode_lib.DecodeOptions, *, cache_len: int, eos_id: int, pad_id: int,
+                     rng: jax.Array | None = None, shift: int = 0) -> decode_lib.DecodeResult:
+  """Continuations of prompts ids [B, P] (right-padded, `lengths` [B] real tokens) until eos_id.
+
+  shift: positions the model's own prompt holds besides the ids (LLaVA splices shift + 1 image tokens
+  in for one <image> id and keeps them in its self-attention cache; it has no memory to cross-attend).
+  """
+  cache = init_cache(model, params, None if shift else memory, cache_len, ids.shape[0])
+  cache = prefill(model, params, cache, memory, ids)
+  # Step 0 feeds each prompt's last token at its own position; generation continues from there.
+  first = jnp.take_along_axis(ids, (lengths - 1)[:, None], axis=1)[:, 0]
+  return decode_lib.decode(make_prompted_step_fn(model, params, lengths - 1 + shift), cache, ids.shape[0],
+                           bos_id=first, eos_id=eos_id, pad_id=pad_id, options=options, rng=rng)
 
 
 def make_recompute_step_fn(model: nn.Module, params: Any, memory: jax.Array, cache_len: int
