@@ -28,8 +28,8 @@ def test_the_registries_are_the_dicts_the_code_reads():
   assert models.MODELS is model_registry.MODELS and evals.EVALUATORS is eval_registry.EVALUATORS
   assert sorted(models.MODELS) == ["composable", "flamingo", "llava", "lm"]
   assert sorted(model_registry.ALIASES) == ["cappa", "coca", "two_tower"]  # vljax/models/legacy.py
-  assert sorted(evals.EVALUATORS) == ["binding", "caption", "compositionality", "fewshot", "retrieval", "vqa",
-                                     "zeroshot"]
+  assert sorted(evals.EVALUATORS) == ["binding", "caption", "compositionality", "decoder_transfer", "fewshot",
+                                     "retrieval", "vqa", "zeroshot"]
   assert all(cls.name == name for name, cls in evals.EVALUATORS.items())
 
 
@@ -112,8 +112,9 @@ def test_unknown_names_fail_listing_the_valid_ones():
                                        r"'lm'\] \(and \['cappa', 'coca', 'two_tower'\], older names"):
     models.get_model(dict(name="two_towers"))
   with pytest.raises(ValueError, match=r"unknown evaluator 'vqa_v2'; valid: \['binding', 'caption', 'compositionality', "
-                                       r"'fewshot', 'retrieval', 'vqa', 'zeroshot'\], or compositionality_<label> / "
-                                       r"fewshot_<label> / retrieval_<label> / zeroshot_<label>"):
+                                       r"'decoder_transfer', 'fewshot', 'retrieval', 'vqa', 'zeroshot'\], or "
+                                       r"compositionality_<label> / fewshot_<label> / retrieval_<label> / "
+                                       r"zeroshot_<label>"):
     evals.get_evaluator("vqa_v2")
   assert evals.get_evaluator("retrieval_flickr") is evals.EVALUATORS["retrieval"]
   cfg = tiny_config(evals={"bindng": dict(every=0)})
