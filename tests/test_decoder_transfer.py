@@ -17,6 +17,7 @@ from flax import linen as nn
 from conftest import tiny_config
 from vljax import evals, evaluate, models
 from vljax.convert import Converted, write_workdir
+from vljax.data import tokenizers
 from vljax.evals import requirements, transfer_training as training, vqa_metrics
 from vljax.inference.runner import ModelRunner
 from vljax.parallel.mesh import make_mesh
@@ -28,8 +29,8 @@ DECODER_PARAMS = {"memory_norm", "embed", "dec"}
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  """The tiny CLIP's parts built from a config naming decoder_transfer (as training builds them), its
-  random params, an imported workdir holding them, and one transfer's results."""
+  """The tiny CLIP built from a config naming decoder_transfer (as training builds it, evaluator
+  included), its random params, an imported workdir holding them, and one transfer's results."""
   cfg = tiny_config(evals=dict(decoder_transfer=dict(every=0, **SETTINGS)))
   parts = setup.build(cfg)
   init = jax.jit(lambda key: parts.model.init(key, **state_lib.dummy_inputs(cfg, 1))["params"])
@@ -44,8 +45,8 @@ def run(tmp_path_factory):
   before = jax.tree.map(np.copy, params)
   with jax.set_mesh(mesh):
     out = evaluator(runner, params)
-  return dict(cfg=cfg, parts=parts, params=params, before=before, workdir=workdir, mesh=mesh, runner=runner,
-              evaluator=evaluator, out=out)
+  return dict(params=params, before=before, workdir=workdir, mesh=mesh, runner=runner, evaluator=evaluator,
+              out=out)
 
 
 def _memory(run, images):
@@ -74,7 +75,7 @@ def test_the_transfer_learns(run):
   assert out["vqa_acc"] > untrained["vqa_acc"], (out, untrained)
 
 
-def test_the_encoder_is_untouched_and_no_step_input(run, monkeypatch):
+def test_the_encoder_is_untouched_and_never_a_step_input(run, monkeypatch):
   """The train step's inputs are the decoder's params, their optimizer state and the frozen tokens
   (with ids, mask and batch rows): no encoder param reaches it, so none gets a gradient."""
   jax.tree.map(np.testing.assert_array_equal, run["params"], run["before"])
@@ -144,10 +145,9 @@ def test_vqa_accuracy_is_the_official_rule_on_the_decoded_answers(run):
   assert _official("x", ["x"] * 3 + ["y"] * 7) == pytest.approx(0.9)
 
 
-def _build(**settings):
-  from vljax.data import tokenizers
+def _build(data=None, **settings):
   return evals.get_evaluator("decoder_transfer")(settings, tokenizer=tokenizers.get_tokenizer("shapes"), max_len=12,
-                                                 data=dict(world_seed=0, image_size=32))
+                                                 data=dict(world_seed=0, image_size=32, **(data or {})))
 
 
 @pytest.mark.parametrize("settings, match", [
@@ -163,6 +163,8 @@ def _build(**settings):
     (dict(memory="cls"), r"memory='cls' is unknown; valid: \['tokens', 'pooled'\]"),
     (dict(seed=-1), r"seed=-1 is invalid; valid: an int >= 0"),
     (dict(shots=5), r"unknown key\(s\) \['shots'\]"),
+    (dict(data=dict(caption_noise=1.0)), r"data.caption_noise=1.0 makes every one noise; valid: < 1, or "
+                                         r"tasks=\['vqa'\]"),
 ])
 def test_bad_settings_fail_at_build(settings, match):
   with pytest.raises(ValueError, match=match):

@@ -20,7 +20,7 @@ from absl import logging
 
 from vljax.evals import datasets, transfer_tasks, transfer_training as training, world as world_lib
 from vljax.evals.registry import register_evaluator
-from vljax.evals.setting_checks import choice, positive_float, positive_int, subset
+from vljax.evals.setting_checks import choice, nonnegative_int, positive_float, positive_int, subset
 from vljax.inference.runner import ModelRunner
 from vljax.models.capabilities import IMAGE_FEATURES
 from vljax.models.text import TEXT_VARIANTS
@@ -56,9 +56,7 @@ class DecoderTransferEvaluator:
     steps, batch_size, num_train, num_eval = (positive_int(settings, k, DEFAULTS[k], where) for k in (
         "steps", "batch_size", "num_train_examples", "num_eval_examples"))
     lr = positive_float(settings, "lr", DEFAULTS["lr"], where)
-    self.seed = settings.get("seed", DEFAULTS["seed"])
-    if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-      raise ValueError(f"{where}.seed={self.seed!r} is invalid; valid: an int >= 0")
+    self.seed = nonnegative_int(settings, "seed", DEFAULTS["seed"], where)
     world = world_lib.shapes_world(data, type(self))
     normalization = data.get("normalization", "siglip")
     self.tasks = [transfer_tasks.TASKS[t](world, tokenizer, num_train, num_eval, normalization) for t in task_names]

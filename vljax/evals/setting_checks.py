@@ -17,6 +17,14 @@ def positive_int(settings: Mapping[str, Any], key: str, default, where: str) -> 
   return None if value is None else int(value)
 
 
+def nonnegative_int(settings: Mapping[str, Any], key: str, default: int, where: str) -> int:
+  """settings[key] (or default) as an int >= 0 (a seed)."""
+  value = settings.get(key, default)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ValueError(f"{where}.{key}={value!r} is invalid; valid: an int >= 0")
+  return int(value)
+
+
 def positive_float(settings: Mapping[str, Any], key: str, default: float, where: str) -> float:
   """settings[key] (or default) as a finite float > 0."""
   value = settings.get(key, default)

@@ -71,6 +71,10 @@ class CaptioningTask(TransferTask):
 
   def __init__(self, world: shapes.ShapesWorld, tokenizer: Tokenizer, num_train: int, num_eval: int,
                normalization: str):
+    if world.caption_noise >= 1:
+      raise ValueError(f"evals.decoder_transfer task 'captioning' trains on clean captions, but "
+                       f"data.caption_noise={world.caption_noise} makes every one noise; valid: < 1, or "
+                       "tasks=['vqa']")
     train, i = [], 0
     while len(train) < num_train:
       ex = world.example(i, split="train")
