@@ -49,9 +49,11 @@ def loss_and_grads(cfg, model, state, batch: dict):
   return run(state, batch)
 
 
-def first_step(cfg, mesh=None, local_batch: dict | None = None) -> dict[str, np.ndarray]:
+def first_step(cfg, mesh=None, local_batch: dict | None = None, initial=None) -> dict[str, np.ndarray]:
   """{loss, grad/..., param/..., batch/...} of the first train step on `mesh` (default: the config's)
-  and `local_batch` (default: this process's first batch of the pipeline), gathered to every process."""
+  and `local_batch` (default: this process's first batch of the pipeline), gathered to every process;
+  from `initial` (a train state on the host, placed onto the mesh's layout) or the state initialised
+  on the mesh."""
   import jax
   from flax import traverse_util
   from jax.experimental import multihost_utils
@@ -65,7 +67,10 @@ def first_step(cfg, mesh=None, local_batch: dict | None = None) -> dict[str, np.
   mesh = mesh or make_mesh(cfg.mesh)
   with jax.set_mesh(mesh):
     inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
-    state, _ = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+    if initial is None:
+      state, _ = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+    else:
+      state = jax.device_put(initial, state_lib.plan_train_state(parts.model, parts.tx, cfg, mesh, inputs)[1])
     if local_batch is None:
       data = setup.make_data_iterator(cfg, parts.tokenizer, jax.process_index(), jax.process_count())
       local_batch = skips_lib.SkipTotals().pop(next(data))

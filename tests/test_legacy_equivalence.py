@@ -38,8 +38,8 @@ LEGACY = {
 }
 GENERATIVE = ("coca_softmax_cascade", "coca_sigmoid_parallel", "cappa")
 
-# Two code paths compared bit for bit: rerun under another instruction set in CI (tests/numerics.py).
-pytestmark = pytest.mark.cross_path
+# The tests comparing two code paths' floats are marked `cross_path`: CI reruns them under another
+# instruction set (tests/numerics.py). Trees, FLOP counts and config errors do not depend on it.
 
 
 def _inputs():
@@ -76,15 +76,22 @@ def _run(model, generative, params, image, ids):
 
 
 @functools.cache
-def _pair(name):
-  """(legacy outputs, composable outputs, legacy params, composable model, translated params)."""
+def _models(name):
+  """(legacy model, its params, composable model, translated params)."""
   cfg = LEGACY[name]
   old, new = legacy_models.build(cfg), get_model(legacy.TRANSLATIONS[cfg["name"]][0](cfg))
   image, ids = _inputs()
-  params = old.init(jax.random.PRNGKey(0), image, ids)["params"]
-  translated = legacy.TRANSLATIONS[cfg["name"]][1](params)
+  params = jax.jit(old.init)(jax.random.PRNGKey(0), image, ids)["params"]
+  return old, params, new, legacy.TRANSLATIONS[cfg["name"]][1](params)
+
+
+@functools.cache
+def _pair(name):
+  """(legacy outputs, composable outputs): every compared output of each model."""
+  old, params, new, translated = _models(name)
+  image, ids = _inputs()
   run = lambda m, p: jax.jit(functools.partial(_run, m, name in GENERATIVE))(nn.unbox(p), image, ids)
-  return run(old, params), run(new, translated), params, new, translated
+  return run(old, params), run(new, translated)
 
 
 def _shapes(tree):
@@ -94,27 +101,29 @@ def _shapes(tree):
 @pytest.mark.parametrize("name", sorted(LEGACY))
 def test_translated_params_are_the_composable_tree(name):
   """The translation covers every param, and the composable config builds exactly that tree."""
-  *_, params, model, translated = _pair(name)
+  _, params, model, translated = _models(name)
   image, ids = _inputs()
   expected = jax.eval_shape(lambda r: model.init(r, image, ids)["params"], jax.random.PRNGKey(0))
   assert _shapes(translated) == _shapes(expected)
   assert sum(np.prod(s) for s in _shapes(params).values()) == sum(np.prod(s) for s in _shapes(translated).values())
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("name", sorted(LEGACY))
 def test_outputs_are_bitwise_equal(name):
   """Same ops on the same params: every output the legacy model gives, bit for bit."""
-  old, new, *_ = _pair(name)
+  old, new = _pair(name)
   assert set(old) <= set(new), sorted(set(old) - set(new))
   for key in old:
     np.testing.assert_array_equal(np.asarray(new[key]), np.asarray(old[key]), err_msg=key)
 
 
+@pytest.mark.cross_path
 @pytest.mark.parametrize("name", GENERATIVE)
 def test_decode_steps_follow_teacher_forcing(name):
   """The composable KV-cached steps (for CoCa: the text tower's cache, then the decoder's) give the
   teacher-forced logits, up to float32 rounding (cached attention sums over max_len slots)."""
-  _, new, *_ = _pair(name)
+  _, new = _pair(name)
   np.testing.assert_allclose(new["decoded"], new["teacher_forced"], rtol=1e-5, atol=1e-5)
   # The training pass's logits (one text pass with [CLS] for CoCa) agree with the no-[CLS] pass.
   if name != "cappa":
@@ -127,14 +136,15 @@ def _coca_loss(model, params, image, ids):
           + 2.0 * captioning_loss(out["caption_logits"], ids)[0])
 
 
+@pytest.mark.cross_path
 def test_coca_training_loss_and_grads_are_equal():
   """CoCa's objective (softmax contrastive + 2 x captioning): the same loss and the same gradient
   of every param, translated."""
   name = "coca_softmax_cascade"
-  *_, params, model, translated = _pair(name)
+  old, params, model, translated = _models(name)
   image, ids = _inputs()
   grad = lambda m, p: jax.jit(jax.value_and_grad(functools.partial(_coca_loss, m)))(nn.unbox(p), image, ids)
-  old_loss, old_grads = grad(legacy_models.build(LEGACY[name]), params)
+  old_loss, old_grads = grad(old, params)
   new_loss, new_grads = grad(model, translated)
   assert float(new_loss) == float(old_loss)
   flat_new = traverse_util.flatten_dict(new_grads, sep="/")
