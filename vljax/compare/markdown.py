@@ -12,7 +12,7 @@ def number(value: float | None, digits: int = 3) -> str:
     return "n/a"
   if isinstance(value, int):
     return str(value)
-  return f"{value:.{digits}g}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
+  return f"{value:.{digits - 1}e}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
 
 
 def estimate(s: dict | None) -> str:

@@ -48,12 +48,13 @@ def load_definition(path: str) -> dict[str, Any]:
   """The suite file's `get_config()` as plain JSON data, every field checked."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--suite {path!r} does not exist; shipped suites: {shipped_suites()}")
+  config_lib.put_recipe_dir_on_path(os.path.join(CONFIGS_DIR, "common.py"))  # a suite may `import common`
   suite = config_lib.load_config(path)
   if not isinstance(suite, ml_collections.ConfigDict):
     raise ValueError(f"suite {path!r}: get_config() returned a {type(suite).__name__}; valid: a ConfigDict "
                      f"with fields {list(SUITE_KEYS)}")
   try:  # JSON data: what suite.json records and what configs/compare/run.py rebuilds runs from
-    definition = json.loads(json.dumps(suite.to_dict()))
+    definition = json.loads(suite.to_json())  # keeps the suite's order of arms (to_dict() sorts them)
   except TypeError as e:
     raise ValueError(f"suite {path!r}: every value must be JSON data (numbers, strings, lists, dicts): {e}") from e
   return check_definition(definition, path)
