@@ -51,15 +51,17 @@ class ResolvedSuite:
     return {"suite_file": self.path, "definition": self.definition, "arms": arms}
 
 
-def resolve(path: str) -> ResolvedSuite:
-  """The suite file at `path`, checked and resolved (ValueError / FileNotFoundError on bad input)."""
+def resolve(path: str, build_evaluators: bool = True) -> ResolvedSuite:
+  """The suite file at `path`, checked and resolved (ValueError / FileNotFoundError on bad input);
+  `build_evaluators=False` skips building the first arm's evaluators (they render their sets) where
+  nothing will evaluate."""
   definition = suite_lib.load_definition(path)
   costs, recipes = {}, {}
   for i, arm in enumerate(definition["arms"]):
     cfg = suite_lib.arm_config(definition, arm)
     recipes[arm] = definition["arms"][arm]["recipe"]
     probe = suite_lib.with_run_settings(copy.deepcopy(cfg), definition, definition["seeds"][0], cfg.total_steps)
-    parts = check_arm(arm, recipes[arm], probe, build_evaluators=i == 0)
+    parts = check_arm(arm, recipes[arm], probe, build_evaluators=build_evaluators and i == 0)
     costs[arm] = budget_lib.step_cost(probe, parts)
   steps = budget_lib.matched_steps(definition["budget"], costs)
   arms = {arm: Arm(arm, recipes[arm], costs[arm], steps[arm]) for arm in definition["arms"]}
