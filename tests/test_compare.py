@@ -17,7 +17,7 @@ import pytest
 from conftest import workdir_listing
 from vljax import models
 from vljax.compare import __main__ as compare
-from vljax.compare import launch, record, runs, stats
+from vljax.compare import budget, launch, record, runs, stats
 from vljax.config import load_config
 from vljax.models.composable import Composable
 from vljax.train import preemption
@@ -265,11 +265,14 @@ BAD = {
     "unknown suite field": (("c.eval_points = 2", "c.eval_pionts = 2"),
                             r"unknown field\(s\) \['eval_pionts'\]; valid: \['seeds', 'budget'"),
     "suite-owned override": ((NOISY, '("seed", 3)'), r"override 'seed' is set for every run by the suite's `seeds`"),
-    "evaluator the model cannot serve": (("zeroshot=dict(num_examples=32)", "caption=dict(num_examples=8)"),
+    "evaluator the model cannot serve": (("zeroshot=dict(num_examples=32)", "zeroshot=dict(num_examples=32), caption=dict()"),
                                          r"arm 'clip' \(clip_shapes.py\): evals.caption \(captioning\) needs caption "
                                          r"generation from an image; model 'composable' has"),
-    "unknown evaluator": (("zeroshot=dict(num_examples=32)", "zeroshoot=dict()"),
+    "unknown evaluator": (("zeroshot=dict(num_examples=32)", "zeroshot=dict(num_examples=32), zeroshoot=dict()"),
                           r"unknown evaluator 'zeroshoot'; valid: \["),
+    "rank_by another evaluator": (('"eval/zeroshot/top1")', '"eval/retrieval/i2t_r1")'),
+                                  r"rank_by \['eval/retrieval/i2t_r1'\] names no evaluator of the suite; valid: "
+                                  r"metrics of \['fewshot', 'zeroshot'\]"),
     "budget like an unknown arm": (('like="clip"', 'like="clip2"'),
                                    r"budget.like='clip2' is no arm of the suite; valid: .*\['clip', 'clip_noisy'\]"),
     "missing FLOP count": ((NOISY, '("model.name", "no_flops")'),
@@ -300,6 +303,17 @@ def test_a_workdir_of_another_suite_is_refused_untouched(suite_dir, tmp_path, ca
   assert compare.main(["--suite", TINY, "--workdir", str(tmp_path / "stray")]) == 2
   assert "holds files but no suite.json" in capsys.readouterr().err
   assert workdir_listing(suite_dir) == listing
+
+
+def test_budgets_in_examples_and_steps_match_too():
+  cost = lambda batch, flops: budget.StepCost(batch, flops, "", 10)  # noqa: E731
+  costs = {"a": cost(16, 2e9), "b": cost(8, None)}
+  assert budget.matched_steps({"match": "examples", "like": "a"}, costs) == {"a": 10, "b": 20}
+  assert budget.matched_steps({"match": "steps", "value": 7}, costs) == {"a": 7, "b": 7}
+  with pytest.raises(ValueError, match="arm 'b': budget match='flops' cannot be matched"):
+    budget.matched_steps({"match": "flops", "value": 1e12}, costs)
+  with pytest.raises(ValueError, match="arm 'a': the budget examples=5 is less than one of its steps"):
+    budget.matched_steps({"match": "examples", "value": 5}, costs)
 
 
 def test_intervals_and_paired_differences():

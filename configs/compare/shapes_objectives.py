@@ -12,7 +12,7 @@ its recipe (SigLIP's scale and bias, CoCa's poolers, CapPa's parallel prediction
 retrieval and compositionality score with contrastive embeddings where the model has them and by
 caption log-likelihood otherwise (CapPa, Cap), with sets sized for the latter.
 NegCLIP's twin captions are a second text-tower pass that the model FLOP count leaves out.
-Runs one after another on a 2-core CPU in a few hours; the report is README "Comparing objectives".
+18 runs one after another on a 2-core CPU: a few hours (README "Comparing objectives").
 """
 
 import ml_collections

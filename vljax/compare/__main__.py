@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     text, files = launch.plan(args.plan, resolved, workdir, pending, shlex.split(args.launch_args))
     print(text)
     if not args.dry_run:
-      record.write(workdir, resolved.record())
+      if not recorded:
+        record.write(workdir, resolved.record())
       for name, content in files.items():
         print(f"wrote {metrics_lib.write_text(workdir, name, content)}")
   if args.dry_run or args.plan:

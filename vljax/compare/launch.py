@@ -10,8 +10,8 @@ import shlex
 from typing import Any
 
 from vljax.compare import suite as suite_lib
-from vljax.compare.budget import budget_amount
-from vljax.compare.markdown import number
+from vljax.compare.markdown import budget_text, number
+from vljax.compare.report import budget_summary
 from vljax.compare.resolve import ResolvedSuite
 
 RUN_RECIPE = "configs/compare/run.py"
@@ -27,9 +27,6 @@ def _columns(rows: list[list[str]]) -> str:
 def dry_run_table(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[str, int], str]) -> str:
   """One row per arm: seeds, matched steps, examples, FLOPs per step and in all, workdirs, status."""
   d = resolved.definition
-  budget = d["budget"]
-  amount = budget_amount(budget, {a: x.cost for a, x in resolved.arms.items()})
-  like = f" (what arm {budget['like']}'s recipe spends)" if budget.get("like") else ""
   rows = [["arm", "seeds", "steps", "examples", "FLOPs/step", "total FLOPs", "workdir", "status"]]
   for name, arm in resolved.arms.items():
     seeds = ",".join(map(str, resolved.seeds))
@@ -38,7 +35,7 @@ def dry_run_table(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[st
                  number(arm.total_flops), os.path.join(workdir, name, "seed{" + seeds + "}"),
                  status[0] if len(status) == 1 else "; ".join(f"seed{s} {statuses[(name, s)]}" for s in resolved.seeds)])
   lines = [f"suite {resolved.path}: {len(resolved.arms)} arms x {len(resolved.seeds)} seeds = "
-           f"{len(resolved.arms) * len(resolved.seeds)} runs; budget {budget['match']} = {number(amount)} per run{like}",
+           f"{len(resolved.arms) * len(resolved.seeds)} runs; budget {budget_text(budget_summary(resolved))}",
            _columns(rows)]
   lines += [f"note: {name}: objective(s) {list(a.cost.uncounted_objectives)} run model passes of their own that "
             "no model's FLOP count includes" for name, a in resolved.arms.items() if a.cost.uncounted_objectives]

@@ -33,8 +33,10 @@ def ranking_section(report: dict[str, Any]) -> list[str]:
   rows = [[str(i + 1), row["arm"], f"{row['mean_rank']:.2f}",
            *(estimate(report["metrics"].get(m, {}).get(row["arm"])) for m in metrics)]
           for i, row in enumerate(report["ranking"])]
+  missing = [m for m in metrics if m not in report["metrics"]]
+  note = [f"No final values (yet) for {missing}: ranked without them.", ""] if missing else []
   return ["## Ranking", "", f"By mean rank over {len(metrics)} metric(s); each cell: mean over seeds "
-          "[95% interval].", "", *table(["rank", "arm", "mean rank", *metrics], rows)]
+          "[95% interval].", "", *note, *table(["rank", "arm", "mean rank", *metrics], rows)]
 
 
 def runs_section(report: dict[str, Any]) -> list[str]:
@@ -66,11 +68,15 @@ def metrics_section(report: dict[str, Any]) -> list[str]:
   return ["## Every final metric", "", *table(["metric", *arms], rows)]
 
 
-def render(report: dict[str, Any], figures: dict[str, str]) -> str:
-  budget = report["budget"]
+def budget_text(budget: dict[str, Any]) -> str:
+  """'flops = 1.51e+13 per run (what arm clip's recipe spends)' from report.budget_summary."""
   like = f" (what arm {budget['like']}'s recipe spends)" if "like" in budget else ""
+  return f"{budget['match']} = {number(budget['amount'])} per run{like}"
+
+
+def render(report: dict[str, Any], figures: dict[str, str]) -> str:
   lines = [f"# Comparison: `{report['suite']}`", "",
-           f"Matched budget: {budget['match']} = {number(budget['amount'])} per run{like}; seeds "
+           f"Matched budget: {budget_text(report['budget'])}; seeds "
            f"{', '.join(map(str, report['seeds']))}; intervals: {report['interval']}. Higher is better for "
            "every metric.", "", *ranking_section(report), "", *runs_section(report), "",
            *differences_section(report), "", *metrics_section(report), "", "## Figures", ""]

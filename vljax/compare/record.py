@@ -46,13 +46,18 @@ def check(workdir: str, record: dict[str, Any]) -> bool:
       raise ValueError(f"--workdir {workdir!r} holds files but no {RECORD}: it is no vljax.compare directory; "
                        "valid: a new or empty directory, or one this suite wrote")
     return False
-  diff = differences({k: old.get(k) for k in ("definition", "arms")},
-                     {k: record[k] for k in ("definition", "arms")})
+  diff = differences(_runs_part(old), _runs_part(record))
   if diff:
     shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
     raise ValueError(f"--workdir {workdir!r} holds runs of another suite ({old.get('suite_file')}, its {RECORD}), "
                      f"differing in {shown}. Valid: that suite, or a new --workdir for this one")
   return True
+
+
+def _runs_part(rec: dict[str, Any]) -> dict[str, Any]:
+  """What the runs depend on: all but the report's `rank_by`, which may change between reports."""
+  definition = {k: v for k, v in (rec.get("definition") or {}).items() if k != "rank_by"}
+  return {"definition": definition, "arms": rec.get("arms")}
 
 
 def write(workdir: str, record: dict[str, Any]) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 from vljax import metrics as metrics_lib
 from vljax.compare import stats
-from vljax.compare.budget import budget_amount
 from vljax.compare import suite as suite_lib
+from vljax.compare.budget import budget_amount
 from vljax.compare.resolve import ResolvedSuite
 
 LOSS = "train/loss"
@@ -89,11 +89,9 @@ def build(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[str, int],
                      for a, b in itertools.combinations([x for x in resolved.arms if x in by_arm], 2)]
                  for m, by_arm in finals.items()}
   rank_by = resolved.definition["rank_by"] or list(finals)
-  budget = resolved.definition["budget"]
   return {
       "suite": resolved.path,
-      "budget": {"match": budget["match"], "amount": budget_amount(budget, {a: x.cost for a, x in resolved.arms.items()}),
-                 **({"like": budget["like"]} if budget.get("like") else {})},
+      "budget": budget_summary(resolved),
       "seeds": resolved.seeds,
       "interval": f"{stats.LEVEL:.0%} Student t over seeds; differences paired by seed",
       "compute_axis": compute_axis(resolved),
@@ -105,6 +103,13 @@ def build(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[str, int],
       "curves": curves(resolved, series, [LOSS, *finals]),
       "unfinished_runs": {f"{arm}/seed{seed}": s for (arm, seed), s in statuses.items() if s != "done"},
   }
+
+
+def budget_summary(resolved: ResolvedSuite) -> dict[str, Any]:
+  """What every run gets: match, amount, and the arm it is like (where the suite says so)."""
+  budget = resolved.definition["budget"]
+  amount = budget_amount(budget, {arm: a.cost for arm, a in resolved.arms.items()})
+  return {"match": budget["match"], "amount": amount, **({"like": budget["like"]} if budget.get("like") else {})}
 
 
 def _arm_row(resolved: ResolvedSuite, arm: str, finals: dict) -> dict[str, Any]:

@@ -89,6 +89,10 @@ def check_definition(d: dict[str, Any], where: str) -> dict[str, Any]:
   _check_evals(d["evals"])
   if not isinstance(d["rank_by"], list) or not all(isinstance(m, str) and m.startswith("eval/") for m in d["rank_by"]):
     raise ValueError(f"suite {where!r}: rank_by={d['rank_by']!r}; valid: metric names like 'eval/zeroshot/top1'")
+  stray = [m for m in d["rank_by"] if m.split("/")[1] not in d["evals"]]
+  if stray:
+    raise ValueError(f"suite {where!r}: rank_by {stray} names no evaluator of the suite; valid: metrics of "
+                     f"{sorted(d['evals'])} (eval/<evaluator>/<metric>)")
   return d
 
 
@@ -225,6 +229,8 @@ def parse_run_arg(arg: str | None, keys: Sequence[str] = ("workdir", "arm", "see
       raise ValueError(f"configs/compare/run.py argument {item!r}: expected KEY=VALUE with KEY in {list(keys)}")
     out[key] = value
   missing = [k for k in keys if not out.get(k)]
+  if "seed" in out and not out["seed"].isdigit():
+    raise ValueError(f"configs/compare/run.py argument seed={out['seed']!r}: valid: an int >= 0")
   if missing:
     raise ValueError(f"configs/compare/run.py needs {missing}: e.g. "
                      "configs/compare/run.py:workdir=runs/cmp,arm=clip,seed=0 (the suite's DIR, written by "
