@@ -14,8 +14,11 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 
+from absl import logging
 from etils import epath
 
+from vljax import checkpoint_io
+from vljax import metrics as metrics_lib
 from vljax.compare import suite as suite_lib
 from vljax.compare.resolve import ResolvedSuite
 
@@ -23,8 +26,6 @@ from vljax.compare.resolve import ResolvedSuite
 @contextlib.contextmanager
 def _quiet_orbax():
   """Listing a run's checkpoints opens a read-only Orbax manager, which warns that it is read-only."""
-  from absl import logging
-
   level = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)
   try:
@@ -65,15 +66,12 @@ class RunStatus:
 
 
 def run_status(resolved: ResolvedSuite, workdir: str, arm: str, seed: int) -> RunStatus:
-  from vljax import checkpoint_io
-  from vljax.metrics import read_metrics
-
   path = suite_lib.run_dir(workdir, arm, seed)
   total = resolved.arms[arm].total_steps
   every = suite_lib.eval_interval(total, resolved.definition["eval_points"])
   with _quiet_orbax():
     checkpoints = tuple(checkpoint_io.checkpoint_steps(path))
-  series = read_metrics(path)
+  series = metrics_lib.read_metrics(path)
   evaluated: dict[str, set[int]] = {}
   for key, values in series.items():
     if key.startswith("eval/"):
@@ -111,7 +109,7 @@ def run_all(resolved: ResolvedSuite, workdir: str, log: Callable[[str], None] = 
 
 def train(resolved: ResolvedSuite, arm: str, seed: int, path: str) -> None:
   """What `python -m vljax.train --config configs/compare/run.py:... --workdir path` does."""
-  from vljax.train import trainer
+  from vljax.train import trainer  # lazy: the whole model and data stack, only when training
 
   final = trainer.train_and_evaluate(resolved.run_config(arm, seed), path)
   trainer.write_final_metrics(path, final)
@@ -119,7 +117,7 @@ def train(resolved: ResolvedSuite, arm: str, seed: int, path: str) -> None:
 
 def fill_evaluations(status: RunStatus, log: Callable[[str], None] = print) -> None:
   """The suite's evaluators missing at evaluated checkpoint steps, by vljax.evaluate."""
-  from vljax import evaluate
+  from vljax import evaluate  # lazy, as the trainer
 
   for step, names in sorted(status.missing.items()):
     log(f"{status.arm}/seed{status.seed}: evaluating {names} at step {step}")
