@@ -89,12 +89,23 @@ def suite(tmp_path_factory):
               second={run: files(run_dir(*run)) for run in RUNS})
 
 
-@pytest.fixture(scope="module")
-def suite_dir(suite):
-  return suite["dir"]
+def test_the_tiny_suite_end_to_end(suite, tmp_path, capsys):
+  """Every check on the suite's directory in one test: pytest-xdist would otherwise hand the tests
+  of this module to both workers, and each would train the suite."""
+  d = suite["dir"]
+  check_every_run_is_an_ordinary_workdir_at_matched_flops(d)
+  check_report_numbers_are_the_runs_own(d)
+  check_report_ranks_and_plots(d)
+  check_a_stopped_run_stops_the_suite_and_resumes(suite)
+  check_a_rerun_skips_finished_runs(suite)
+  check_a_rerun_fills_a_lost_evaluation_without_retraining(suite)
+  check_a_dry_run_shows_finished_runs(d, capsys)
+  check_slurm_plan_is_a_job_array_of_the_runs(d, tmp_path, capsys)
+  check_a_workdir_of_another_suite_is_refused_untouched(d, tmp_path, capsys)
+  check_report_only_rewrites_the_report_alone(d, capsys)  # last: it rewrites the report
 
 
-def test_every_run_is_an_ordinary_workdir_at_matched_flops(suite_dir):
+def check_every_run_is_an_ordinary_workdir_at_matched_flops(suite_dir):
   arms = record.read(suite_dir)["arms"]
   assert {a: arms[a]["total_steps"] for a in arms} == {"clip": STEPS, "clip_noisy": STEPS}
   assert arms["clip"]["total_flops"] == pytest.approx(STEPS * arms["clip"]["flops_per_step"])
@@ -109,7 +120,7 @@ def test_every_run_is_an_ordinary_workdir_at_matched_flops(suite_dir):
     assert set(series["eval/zeroshot/top1"]) == set(series["eval/fewshot/color_5shot"]) == {2, 4}
 
 
-def test_report_numbers_are_the_runs_own(suite_dir):
+def check_report_numbers_are_the_runs_own(suite_dir):
   report = json.load(open(os.path.join(suite_dir, "report.json")))
   finals = {}
   for arm, seed in RUNS:
@@ -133,7 +144,7 @@ def test_report_numbers_are_the_runs_own(suite_dir):
     assert diff["distinguishable"] == bool(d.mean() - half > 0 or d.mean() + half < 0)
 
 
-def test_report_ranks_and_plots(suite_dir):
+def check_report_ranks_and_plots(suite_dir):
   report = json.load(open(os.path.join(suite_dir, "report.json")))
   arms = ["clip", "clip_noisy"]
   mean = {arm: np.mean([1 + sum(report["metrics"][m][o]["mean"] > report["metrics"][m][arm]["mean"] for o in arms)
@@ -155,7 +166,7 @@ def test_report_ranks_and_plots(suite_dir):
     assert [p["step"] for p in report["curves"]["train/loss"][arm]] == [1, 2, 3, 4]
 
 
-def test_a_stopped_run_stops_the_suite_and_resumes(suite):
+def check_a_stopped_run_stops_the_suite_and_resumes(suite):
   assert "stopped: clip_noisy/seed1 stopped at step 2 of 4; rerun the same command to resume" in suite["stopped"]
   path = suite["run_dir"]("clip_noisy", 1)
   assert not any(f.startswith("checkpoints/4/") for f in suite["first"][("clip_noisy", 1)])
@@ -164,12 +175,12 @@ def test_a_stopped_run_stops_the_suite_and_resumes(suite):
   assert steps == [1, 2, 3, 4]  # resumed after step 2, not restarted
 
 
-def test_a_rerun_skips_finished_runs(suite):
+def check_a_rerun_skips_finished_runs(suite):
   for run in [("clip", 0), ("clip_noisy", 0)]:
     assert suite["second"][run] == suite["first"][run], run  # not a file touched
 
 
-def test_a_rerun_fills_a_lost_evaluation_without_retraining(suite):
+def check_a_rerun_fills_a_lost_evaluation_without_retraining(suite):
   changed = {f for f, meta in suite["second"][("clip", 1)].items() if suite["edited"].get(f) != meta}
   assert "metrics.jsonl" in changed and not any(f.startswith("checkpoints") for f in changed)
   filled, original = last_values(suite["run_dir"]("clip", 1)), suite["original"][("clip", 1)]
@@ -177,33 +188,12 @@ def test_a_rerun_fills_a_lost_evaluation_without_retraining(suite):
     assert filled[key][2] == pytest.approx(original[key][2]), key  # vljax.evaluate, from the step-2 checkpoint
 
 
-def test_report_only_rewrites_the_report_alone(suite_dir, capsys):
-  runs_before = {run: files(os.path.join(suite_dir, run[0], f"seed{run[1]}")) for run in RUNS}
-  os.remove(os.path.join(suite_dir, "report.json"))
-  assert compare.main(["--suite", TINY, "--workdir", suite_dir, "--report_only"]) == 0
-  assert os.path.exists(os.path.join(suite_dir, "report.json")) and "report: " in capsys.readouterr().out
-  assert {run: files(os.path.join(suite_dir, run[0], f"seed{run[1]}")) for run in RUNS} == runs_before
-
-
-def test_dry_run_prints_the_matched_runs_and_writes_nothing(suite_dir, tmp_path, capsys):
-  # A noisy arm at half the batch: half the FLOPs per step, so twice the steps for the same budget.
-  halved = _suite_file(tmp_path, ('("data.caption_noise", 0.5)', '("data.caption_noise", 0.5), ("batch_size", 8)'))
-  fresh = str(tmp_path / "new")
-  assert compare.main(["--suite", halved, "--workdir", fresh, "--dry_run"]) == 0
-  out = capsys.readouterr().out
-  assert not os.path.exists(fresh)
-  assert "2 arms x 2 seeds = 4 runs; budget flops = " in out
-  header = next(line for line in out.splitlines() if line.startswith("arm "))
-  assert header.split() == ["arm", "seeds", "steps", "examples", "FLOPs/step", "total", "FLOPs", "workdir", "status"]
-  clip, noisy = (line.split() for line in out.splitlines() if line.startswith(("clip ", "clip_noisy ")))
-  assert clip[:4] == ["clip", "0,1", "4", "64"] and noisy[:4] == ["clip_noisy", "0,1", "8", "64"]
-  assert float(clip[4]) == pytest.approx(2 * float(noisy[4]), rel=1e-2) and clip[5] == noisy[5]
-  assert clip[6] == f"{fresh}/clip/seed{{0,1}}" and clip[7] == "new"
+def check_a_dry_run_shows_finished_runs(suite_dir, capsys):
   assert compare.main(["--suite", TINY, "--workdir", suite_dir, "--dry_run"]) == 0
   assert [line.split()[-1] for line in capsys.readouterr().out.splitlines()[2:4]] == ["done", "done"]
 
 
-def test_slurm_plan_is_a_job_array_of_the_runs(suite_dir, tmp_path, capsys):
+def check_slurm_plan_is_a_job_array_of_the_runs(suite_dir, tmp_path, capsys):
   fresh = str(tmp_path / "cluster")
   assert compare.main(["--suite", TINY, "--workdir", fresh, "--plan", "slurm", "--launch_args=--per-node"]) == 0
   out = capsys.readouterr().out
@@ -224,6 +214,43 @@ def test_slurm_plan_is_a_job_array_of_the_runs(suite_dir, tmp_path, capsys):
   assert json.loads(cfg.to_json_best_effort()) == trained
   assert compare.main(["--suite", TINY, "--workdir", suite_dir, "--plan", "slurm", "--dry_run"]) == 0
   assert "every run of" in capsys.readouterr().out  # nothing left to launch
+
+
+def check_a_workdir_of_another_suite_is_refused_untouched(suite_dir, tmp_path, capsys):
+  listing = workdir_listing(suite_dir)
+  other = _suite_file(tmp_path, ("c.seeds = (0, 1)", "c.seeds = (0, 1, 2)"))
+  assert compare.main(["--suite", other, "--workdir", suite_dir]) == 2
+  err = capsys.readouterr().err
+  assert "holds runs of another suite" in err and "definition.seeds: [0, 1] -> [0, 1, 2]" in err, err
+  (tmp_path / "stray").mkdir()
+  (tmp_path / "stray" / "notes.txt").write_text("x")
+  assert compare.main(["--suite", TINY, "--workdir", str(tmp_path / "stray")]) == 2
+  assert "holds files but no suite.json" in capsys.readouterr().err
+  assert workdir_listing(suite_dir) == listing
+
+
+def check_report_only_rewrites_the_report_alone(suite_dir, capsys):
+  runs_before = {run: files(os.path.join(suite_dir, run[0], f"seed{run[1]}")) for run in RUNS}
+  os.remove(os.path.join(suite_dir, "report.json"))
+  assert compare.main(["--suite", TINY, "--workdir", suite_dir, "--report_only"]) == 0
+  assert os.path.exists(os.path.join(suite_dir, "report.json")) and "report: " in capsys.readouterr().out
+  assert {run: files(os.path.join(suite_dir, run[0], f"seed{run[1]}")) for run in RUNS} == runs_before
+
+
+def test_dry_run_prints_the_matched_runs_and_writes_nothing(tmp_path, capsys):
+  # A noisy arm at half the batch: half the FLOPs per step, so twice the steps for the same budget.
+  halved = _suite_file(tmp_path, ('("data.caption_noise", 0.5)', '("data.caption_noise", 0.5), ("batch_size", 8)'))
+  fresh = str(tmp_path / "new")
+  assert compare.main(["--suite", halved, "--workdir", fresh, "--dry_run"]) == 0
+  out = capsys.readouterr().out
+  assert not os.path.exists(fresh)
+  assert "2 arms x 2 seeds = 4 runs; budget flops = " in out
+  header = next(line for line in out.splitlines() if line.startswith("arm "))
+  assert header.split() == ["arm", "seeds", "steps", "examples", "FLOPs/step", "total", "FLOPs", "workdir", "status"]
+  clip, noisy = (line.split() for line in out.splitlines() if line.startswith(("clip ", "clip_noisy ")))
+  assert clip[:4] == ["clip", "0,1", "4", "64"] and noisy[:4] == ["clip_noisy", "0,1", "8", "64"]
+  assert float(clip[4]) == pytest.approx(2 * float(noisy[4]), rel=1e-2) and clip[5] == noisy[5]
+  assert clip[6] == f"{fresh}/clip/seed{{0,1}}" and clip[7] == "new"
 
 
 def test_tpu_pod_plan_is_one_slice_per_run(monkeypatch, capsys):
@@ -290,19 +317,6 @@ def test_bad_input_fails_first_naming_it(case, tmp_path, monkeypatch, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: ") and re.search(message, err), err
   assert not os.path.exists(workdir)
-
-
-def test_a_workdir_of_another_suite_is_refused_untouched(suite_dir, tmp_path, capsys):
-  listing = workdir_listing(suite_dir)
-  other = _suite_file(tmp_path, ("c.seeds = (0, 1)", "c.seeds = (0, 1, 2)"))
-  assert compare.main(["--suite", other, "--workdir", suite_dir]) == 2
-  err = capsys.readouterr().err
-  assert "holds runs of another suite" in err and "definition.seeds: [0, 1] -> [0, 1, 2]" in err, err
-  (tmp_path / "stray").mkdir()
-  (tmp_path / "stray" / "notes.txt").write_text("x")
-  assert compare.main(["--suite", TINY, "--workdir", str(tmp_path / "stray")]) == 2
-  assert "holds files but no suite.json" in capsys.readouterr().err
-  assert workdir_listing(suite_dir) == listing
 
 
 def test_budgets_in_examples_and_steps_match_too():
