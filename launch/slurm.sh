@@ -25,6 +25,7 @@ set -euo pipefail
 usage() {
   cat <<USAGE
 usage: sbatch [SBATCH OPTIONS] launch/slurm.sh --config CONFIG --workdir DIR [options] [--config.KEY=VALUE ...]
+       sbatch --array=0-N [SBATCH OPTIONS] launch/slurm.sh --task-list FILE [options]
        launch/slurm.sh --dry-run --nodes-list host1,host2 --config CONFIG --workdir DIR [...]
 
   --config CONFIG       recipe file, e.g. configs/clip_vit_b16.py (required)
@@ -39,6 +40,10 @@ usage: sbatch [SBATCH OPTIONS] launch/slurm.sh --config CONFIG --workdir DIR [op
   --no-perf-flags       do not add the recommended XLA / NCCL settings (your XLA_FLAGS still apply)
   --validate-only       check XLA_FLAGS with --python (import jax; jax.devices()) and exit
   --dry-run             print the environment and commands; run nothing (works without SLURM)
+  --task-list FILE      a job array: line i of FILE (0-based, shell-quoted) holds the --config, --workdir
+                        and --config.KEY=VALUE arguments of array task i (python -m vljax.compare --plan
+                        slurm writes one)
+  --task-index I        the line to take (default: \$SLURM_ARRAY_TASK_ID)
   -h, --help            this text
 
 Your own XLA_FLAGS go after the recommended ones (the last occurrence of a flag wins); NCCL_* /
@@ -83,6 +88,7 @@ perf_env() {  # NAME=VALUE lines; a value already in the environment wins
 # ---- arguments ----------------------------------------------------------------------------
 config=""; workdir=""; per_node=0; gpus_per_node=""; cpus_per_task=""; port=""; py=""; repo=""
 nodes_list=""; perf=1; validate_only=0; dry_run=0; overrides=()
+task_list=""; task_index=""; task_loaded=0
 parse_args() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -99,16 +105,36 @@ parse_args() {
       --no-perf-flags) perf=0; shift ;;
       --validate-only) validate_only=1; shift ;;
       --dry-run) dry_run=1; shift ;;
+      --task-list) task_list="${2:?--task-list needs a value}"; shift 2 ;;
+      --task-index) task_index="${2:?--task-index needs a value}"; shift 2 ;;
       --config.*) overrides+=("$1"); shift ;;
       *) usage >&2; die "unknown argument '$1' (config overrides look like --config.KEY=VALUE)" ;;
     esac
   done
+  if [[ -n "$task_list" && $task_loaded -eq 0 ]]; then
+    task_loaded=1
+    local line words
+    line="$(task_line)" || exit 2
+    eval "words=($line)"  # the file's words are shell-quoted
+    parse_args "${words[@]}"
+    return 0
+  fi
   [[ -n "$config" ]] || die "--config is required, e.g. --config configs/clip_vit_b16.py"
   [[ $validate_only -eq 1 || -n "$workdir" ]] || die "--workdir is required (a directory every node sees)"
   local n
   for n in gpus_per_node cpus_per_task port; do
     [[ -z "${!n}" || "${!n}" =~ ^[1-9][0-9]*$ ]] || die "--${n//_/-} must be a positive integer, got '${!n}'"
   done
+}
+
+task_line() {  # line task_index (0-based) of the task list
+  local i="${task_index:-${SLURM_ARRAY_TASK_ID:-}}" count
+  [[ -n "$i" ]] || die "--task-list needs a job array (sbatch --array=0-N) or --task-index I"
+  [[ "$i" =~ ^[0-9]+$ ]] || die "--task-index must be an integer >= 0, got '$i'"
+  [[ -f "$task_list" ]] || die "--task-list '$task_list' does not exist"
+  count="$(grep -c '' "$task_list")"
+  (( i < count )) || die "--task-list '$task_list' has $count task(s) (0..$(( count - 1 ))); no task $i"
+  sed -n "$(( i + 1 ))p" "$task_list"
 }
 
 # Under sbatch, $0 is a copy in SLURM's spool directory, so fall back to the submit directory.
