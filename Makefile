@@ -27,14 +27,16 @@ demo: install
 # make the suite's many small trainings faster (numbers unchanged).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
+# --dist loadfile: each test file in one worker, so a module's fixtures (a trained workdir, a
+# torch reference model) are built once, not once per worker.
 test: install-test
-	$(PY) -m pytest -n 2 -q --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile -q --durations=15
 
 # The tests that compare floats of two code paths, under another x86 instruction set than this
 # CPU's (XLA emits other code per ISA; tests/numerics.py): what CI runs after `make test`.
 ISA ?= SSE4_2
 test-isa: install-test
-	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_max_isa=$(ISA)" $(PY) -m pytest -m cross_path -n 2 -q -p no:cacheprovider
+	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_max_isa=$(ISA)" $(PY) -m pytest -m cross_path -n 2 --dist loadfile -q -p no:cacheprovider
 
 # Their worst errors against their tolerances under SSE4_2, AVX, AVX2 and this CPU's default.
 isa-table: install-test

@@ -43,8 +43,9 @@ def params_of(model, image, ids, seed=0):
   return nn.unbox(variables["params"])
 
 
-CASES = [("coca", {}), ("coca", dict(pooler="parallel", scan=True)), ("cappa", {}),
-         ("cappa", dict(scan=True, remat="full"))]
+# The plain CoCa (cascade pooler) and CapPa decode steps are tests/test_legacy_equivalence.py's; here
+# the scanned layers, the parallel pooler and remat.
+CASES = [("coca", dict(pooler="parallel", scan=True)), ("cappa", dict(scan=True, remat="full"))]
 
 
 @pytest.mark.cross_path

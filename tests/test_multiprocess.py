@@ -1,7 +1,11 @@
 """Two processes (gloo collectives, 2 CPU devices each) train clip_shapes.py like one process with 4.
 
 The first step is compared directly, loss and gradients, against the float32 rounding bound of the
-one thing the two layouts do differently: the order in which they add the batch's examples.
+one thing the two layouts do differently: the order in which they add the batch's examples. Later
+steps run the same programs on their own last bits, which Adam amplifies; no multi-step loss
+comparison is made, since its tolerance could only be fitted to the CPUs it was measured on. The
+plumbing of a whole two-process run (both log, agree on a stop step, save, resume bit for bit) is
+the SIGTERM test's.
 """
 
 import os
@@ -26,24 +30,6 @@ TINY_TOWERS = {"model.image.variant": "mu/8", "model.text.variant": "mu", "model
                "data.image_size": 32, "data.max_len": 12}
 TINY_MODEL = [f"--config.{k}={v}" for k, v in TINY_TOWERS.items()]
 TINY_MODEL += ["--config.batch_size=16", "--config.eval_batch_size=32"]
-# Evaluations only at the end, on few examples; checkpoints written by both processes mid-run.
-OVERRIDES = ["--config.total_steps=20", "--config.log_every=1", "--config.progress_bar=False",
-             "--config.checkpoint.every=10"]
-OVERRIDES += [f"--config.evals.{e}.{k}" for e in ("zeroshot", "retrieval", "binding")
-              for k in ("every=0", "num_examples=64")]
-# The two runs add gradients in different orders (gloo's all-reduce vs one process's), which
-# changes the last bits. Adam divides by sqrt(v) + eps: at eps=1e-6 a parameter whose gradient is
-# ~1e-9 takes a full step in the direction of that last bit, and a few such steps make the runs
-# drift apart. eps=1e-3 keeps the comparison about the distributed plumbing.
-OVERRIDES += ["--config.optimizer.eps=1e-3"]
-# Warmup must fit in the run: 20 steps of warmup to 1.2e-3 give these 20 steps the learning rates of
-# the recipe's 50 steps to 3e-3 (k / 50 x 3e-3), on which the tolerance below was measured.
-OVERRIDES += ["--config.schedule.warmup_steps=20", "--config.optimizer.lr=1.2e-3"]
-# Over 20 steps of the tiny towers the drift then reached, relative: 1.5e-7 (SSE4_2 and default: AVX-512),
-# 1e-7 (AVX, AVX2) on an Intel Xeon (`tests/isa_sweep.py -- tests/test_multiprocess.py`). clip_shapes.py's
-# own towers drifted 100x more, up to 2.6e-5 by step 16 on an AMD EPYC's AVX-512; 2e-4 holds both
-# with room. The bound derived from rounding is the first step's (the test above).
-MULTI_STEP_RTOL = 2e-4
 
 
 def _free_port() -> int:
@@ -113,21 +99,6 @@ def test_first_step_loss_and_gradients_of_two_processes_are_one_within_float32_r
                                                 numerics.first_step_gradient_terms(_first_step_config(), one))
 
 
-@pytest.mark.slow
-@pytest.mark.cross_path
-def test_two_processes_log_the_same_losses_as_one(tmp_path):
-  """20 steps with checkpoints: the plumbing of a whole run (both processes log, save and agree)."""
-  train = ["-m", "vljax.train", "--config", "configs/clip_shapes.py", *TINY_MODEL, *OVERRIDES]
-  _two_processes_and_one(train, ["--workdir", str(tmp_path / "two")], ["--workdir", str(tmp_path / "one")])
-  two, single = read_metrics(tmp_path / "two")["train/loss"], read_metrics(tmp_path / "one")["train/loss"]
-  assert sorted(two) == sorted(single) == list(range(1, 21))
-  steps = sorted(single)
-  np.testing.assert_allclose([two[s] for s in steps], [single[s] for s in steps], rtol=MULTI_STEP_RTOL)
-  assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["10", "20"]
-
-
-# A tiny two-tower at a constant learning rate (after warmup), so a run of any length follows the
-# same trajectory: the resumed run is compared with an uninterrupted one of its final length.
 TINY = [*TINY_MODEL, "--config.schedule.name=warmup_constant", "--config.schedule.warmup_steps=2", "--config.log_every=1",
         "--config.checkpoint.every=0", "--config.progress_bar=False"]
 TINY += [f"--config.evals.{e}.{k}" for e in ("zeroshot", "retrieval", "binding") for k in ("every=0", "num_examples=32")]

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import linen as nn
 
 from vljax import decode as decode_lib
@@ -34,6 +33,9 @@ from vljax.models.text import text_settings
 from vljax.objectives.captioning import captioning_loss
 from vljax.parallel.mesh import make_mesh
 from vljax.parallel.sharding import LOGICAL_RULES
+
+if TYPE_CHECKING:
+  import optax
 
 WARMUP_FRACTION = 0.1  # of the steps, linear from 0, then cosine to 0
 GRAD_CLIP_NORM = 1.0
@@ -96,6 +98,8 @@ def one_device_mesh():
 
 
 def optimizer(train: TrainSpec) -> optax.GradientTransformation:
+  import optax  # here: every evaluator module is imported by vljax.load, which holds no training code
+
   warmup = int(train.steps * WARMUP_FRACTION)
   schedule = optax.warmup_cosine_decay_schedule(0.0, train.lr, warmup, max(train.steps, warmup + 1))
   return optax.chain(optax.clip_by_global_norm(GRAD_CLIP_NORM),
@@ -123,6 +127,8 @@ def train_step_fn(spec: DecoderSpec, train: TrainSpec):
   """jitted (params, opt_state, memory [N, S, D], ids [N, L], loss_mask [N, L], batch [B]) ->
   (params, opt_state, loss): one step of teacher-forced cross-entropy on rows `batch` of the set.
   Its inputs are the decoder's params and optimizer state and the frozen tokens: nothing else."""
+  import optax  # as in optimizer()
+
   module, tx = TransferDecoder(spec), optimizer(train)
 
   def step(params, opt_state, memory, ids, loss_mask, batch):
