@@ -17,7 +17,7 @@ LEVEL = 0.95
 
 def t_quantile(df: int, level: float = LEVEL) -> float:
   """The two-sided `level` quantile of Student's t with `df` degrees of freedom."""
-  from scipy import stats  # a dependency of jax, always installed with it
+  from scipy import stats  # pinned in requirements.txt (jax needs it too)
 
   return float(stats.t.ppf(0.5 + level / 2, df))
 
