@@ -9,20 +9,21 @@ from typing import Any
 import numpy as np
 
 
+def _int_at_least(value, minimum: int, key: str, where: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{where}.{key}={value!r} is invalid; valid: an int >= {minimum}")
+  return int(value)
+
+
 def positive_int(settings: Mapping[str, Any], key: str, default, where: str) -> int | None:
   """settings[key] (or default) as an int >= 1; None stays None."""
   value = settings.get(key, default)
-  if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-    raise ValueError(f"{where}.{key}={value!r} is invalid; valid: an int >= 1")
-  return None if value is None else int(value)
+  return None if value is None else _int_at_least(value, 1, key, where)
 
 
 def nonnegative_int(settings: Mapping[str, Any], key: str, default: int, where: str) -> int:
   """settings[key] (or default) as an int >= 0 (a seed)."""
-  value = settings.get(key, default)
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-    raise ValueError(f"{where}.{key}={value!r} is invalid; valid: an int >= 0")
-  return int(value)
+  return _int_at_least(settings.get(key, default), 0, key, where)
 
 
 def positive_float(settings: Mapping[str, Any], key: str, default: float, where: str) -> float:
