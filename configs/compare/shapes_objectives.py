@@ -23,7 +23,7 @@ SHARED_IMAGE_TOWER = dict(common.SHAPES_IMAGE_TOWER, pool="max")
 
 
 def get_config(arg=None):
-  del arg
+  common.parse_arg(arg)  # no argument: any item is an error naming it
   c = ml_collections.ConfigDict()
   c.seeds = (0, 1, 2)
   c.budget = dict(match="flops", like="clip")

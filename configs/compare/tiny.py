@@ -10,13 +10,15 @@ nothing at this size; the test checks the report against the runs' own metrics.
 
 import ml_collections
 
+import common
+
 TINY_MODEL = dict(name="composable", image=dict(variant="mu/8", depth=1, pool="gap", posemb="sincos2d"),
                   text=dict(variant="mu", depth=1, causal=False, pool="last"),
                   contrastive=dict(embed_dim=16, logit_scale_init=10.0))
 
 
 def get_config(arg=None):
-  del arg
+  common.parse_arg(arg)  # no argument: any item is an error naming it
   c = ml_collections.ConfigDict()
   c.seeds = (0, 1)
   c.budget = dict(match="flops", like="clip")

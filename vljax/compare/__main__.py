@@ -1,4 +1,4 @@
-"""`python -m vljax.compare --suite configs/compare/NAME.py --workdir DIR [--dry_run] [--plan slurm|tpu_pod]
+"""`python -m vljax.compare --suite configs/compare/NAME.py[:ARG] --workdir DIR [--dry_run] [--plan slurm|tpu_pod]
 [--launch_args '...'] [--report_only]`
 
 Trains every arm x seed of the suite at matched compute, one run after another, each an ordinary
@@ -25,7 +25,8 @@ from vljax.compare import suite as suite_lib
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m vljax.compare", description=__doc__.split("\n\n")[1])
-  parser.add_argument("--suite", required=True, help="suite file, e.g. configs/compare/shapes_objectives.py")
+  parser.add_argument("--suite", required=True, help="suite file and its argument, e.g. configs/compare/"
+                      "shapes_objectives.py or configs/compare/vit_b16_objectives.py:scale=small,train=...")
   parser.add_argument("--workdir", required=True, help="comparison directory: suite.json, <arm>/seed<k>/, report")
   parser.add_argument("--dry_run", action="store_true", help="print the runs (and --plan's commands); write nothing")
   parser.add_argument("--plan", choices=launch.PLANS, help="print the cluster commands instead of running here")

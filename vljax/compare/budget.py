@@ -44,8 +44,10 @@ def step_cost(cfg: ml_collections.ConfigDict, parts: Any) -> StepCost:
   from vljax import checkpoint_io, objectives
   from vljax.train import state as state_lib, step_flops
 
-  inputs = state_lib.dummy_inputs(cfg, 1)
-  abstract = jax.eval_shape(lambda rng: parts.model.init(rng, **inputs)["params"], jax.random.PRNGKey(0))
+  # Abstract inputs and PRNG key: a dry run runs no program, so it compiles none.
+  inputs = jax.eval_shape(lambda: state_lib.dummy_inputs(cfg, 1))
+  key = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
+  abstract = jax.eval_shape(lambda rng, x: parts.model.init(rng, **x)["params"], key, inputs)
   shapes = checkpoint_io.param_shapes(nn.unbox(abstract))
   flops, why = step_flops.train_step_flops(cfg, parts.model_cfg, shapes)
   uncounted = tuple(n for n in cfg.objectives if objectives.get_objective(n).drives_model)

@@ -74,7 +74,7 @@ def tpu_pod_plan(resolved: ResolvedSuite, workdir: str, pending: list[tuple[str,
                      "--launch_args='--zone us-central2-b --accelerator-type v5p-64')")
   if "--name" in launch_args:
     raise ValueError("--plan tpu_pod: --launch_args may not set --name: the plan names each run's slice")
-  stem = os.path.splitext(os.path.basename(resolved.path))[0]
+  stem = os.path.splitext(os.path.basename(suite_lib.split_suite(resolved.path)[0]))[0]
   lines = [f"# {len(pending)} run(s) not finished, one TPU slice each (add --detach to start them all at once):"]
   for arm, seed in pending:
     name = re.sub(r"[^a-z0-9-]+", "-", f"vljax-{stem}-{arm}-s{seed}".lower()).strip("-")[:63]

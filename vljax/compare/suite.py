@@ -2,7 +2,10 @@
 the training config of each of its runs. Nothing here imports JAX: the per-run recipe
 (configs/compare/run.py) calls `run_config` while absl parses flags, before the trainer starts JAX.
 
-A suite file returns a ConfigDict with these fields (configs/compare/shapes_objectives.py):
+A suite file's `get_config(arg)` gets the ARG of `--suite FILE:ARG` (None without one: data paths
+and scale presets, configs/compare/vit_b16_objectives.py) and returns a ConfigDict with these fields
+(configs/compare/shapes_objectives.py); DIR/suite.json records them with `FILE:ARG`, and each run is
+rebuilt from that record:
 
   seeds        run seeds; every arm trains once per seed (config `seed`)
   budget       dict(match="flops" | "examples" | "steps", value=N) or dict(match=..., like=ARM): the
@@ -44,12 +47,22 @@ OPEN_SECTIONS = ("model", "objectives")
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one directory name
 
 
-def load_definition(path: str) -> dict[str, Any]:
-  """The suite file's `get_config()` as plain JSON data, every field checked."""
+def split_suite(suite: str) -> tuple[str, str | None]:
+  """(file, its `:ARG` or None) of `--suite FILE[:ARG]`."""
+  file, sep, arg = suite.partition(":")
+  return file, (arg if sep else None)
+
+
+def load_definition(suite_arg: str) -> dict[str, Any]:
+  """`get_config(ARG)` of the suite `FILE[:ARG]` as plain JSON data, every field checked."""
+  path, arg = split_suite(suite_arg)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--suite {path!r} does not exist; shipped suites: {shipped_suites()}")
   config_lib.put_recipe_dir_on_path(os.path.join(CONFIGS_DIR, "common.py"))  # a suite may `import common`
-  suite = config_lib.load_config(path)
+  try:
+    suite = config_lib.load_config(path, arg)
+  except (ValueError, FileNotFoundError) as e:  # the suite's own checks of its argument
+    raise type(e)(f"suite {path!r}: {e}") from e
   if not isinstance(suite, ml_collections.ConfigDict):
     raise ValueError(f"suite {path!r}: get_config() returned a {type(suite).__name__}; valid: a ConfigDict "
                      f"with fields {list(SUITE_KEYS)}")
