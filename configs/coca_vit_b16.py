@@ -1,10 +1,12 @@
 """CoCa ViT-B/16 at 224 px: the real-scale recipe, for accelerators.
 
-  python -m vljax.train --config configs/coca_vit_b16.py --workdir gs://BUCKET/coca_b16
+  python -m vljax.train --config configs/coca_vit_b16.py:'train=array_record:/data/datacomp/*.array_record,tokenizer=bpe:/data/bpe_simple_vocab_16e6.txt.gz,zeroshot=/data/tfds/imagenet2012/5.1.0' \\
+      --workdir gs://BUCKET/coca_b16
 
 CoCa-Base's layout (Yu et al. 2022, table 1) on a B/16 ViT: 256 captioning queries in cascade with
 one contrastive query, 12 unimodal + 12 multimodal text layers of width 768 (text variant "L"),
-embed 512, batch 65,536, captioning weight 2 with label smoothing 0.1. Runs on the shapes world until real data sources exist.
+embed 512, batch 65,536, captioning weight 2 with label smoothing 0.1. Data on disk by the same keys as
+clip_vit_b16.py (common.use_real_data); without `train=` it runs on the shapes world.
 Smoke test on CPU:
   python -m vljax.train --config configs/coca_vit_b16.py --workdir /tmp/coca_b16 \\
       --config.batch_size=8 --config.total_steps=2 --config.schedule.warmup_steps=1 \\
@@ -16,6 +18,7 @@ import common
 
 
 def get_config(arg=None):
+  args = common.parse_arg(arg, **common.REAL_DATA_ARGS)
   c = common.base_config(arg)
   # The unimodal text decoder is a causal text tower pooling an appended [CLS]; the multimodal one
   # continues from its tokens; the contrastive query reads the 256 captioning queries (cascade).
@@ -32,4 +35,5 @@ def get_config(arg=None):
   c.total_steps = 500_000
   c.optimizer = dict(name="adamw", lr=8e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0)
   c.schedule = dict(name="warmup_cosine", warmup_steps=2000, end_fraction=0.0)
-  return common.accelerator_training(c, eval_every=5000, captioning=True)
+  return common.use_real_data(common.accelerator_training(c, eval_every=5000, captioning=True), args,
+                              eval_every=5000)

@@ -8,6 +8,8 @@ presets fill in is vljax/config.py's.
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from vljax.config import base_config, load_config  # noqa: F401  (what every recipe starts from)
@@ -60,24 +62,96 @@ def use_real_data(c: ml_collections.ConfigDict, args: dict[str, str], eval_every
   With a real training source the shapes evaluators are dropped; the real ones run if given.
   """
   if args["train"]:
-    kind, sep, path = args["train"].partition(":")
-    if not sep or kind not in TRAIN_SOURCE_KINDS or not path:
-      raise ValueError(f"config argument train={args['train']!r}: expected KIND:PATH with KIND in "
-                       f"{list(TRAIN_SOURCE_KINDS)}")
+    kind, path = train_source(args["train"])
     c.data.update(name=kind, path=path)
     c.evals = {}
   if args["tokenizer"]:
     c.data.tokenizer = args["tokenizer"]
+  for name, settings in real_eval_sets(args).items():
+    c.evals[name] = dict(settings, every=eval_every)
+  return c
+
+
+def train_source(value: str) -> tuple[str, str]:
+  """(KIND, PATH) of a `train=KIND:PATH` argument."""
+  kind, sep, path = value.partition(":")
+  if not sep or kind not in TRAIN_SOURCE_KINDS or not path:
+    raise ValueError(f"config argument train={value!r}: expected KIND:PATH with KIND in {list(TRAIN_SOURCE_KINDS)}")
+  return kind, path
+
+
+def real_eval_sets(args: dict[str, str]) -> dict[str, dict]:
+  """The zero-shot and retrieval settings (no `every`) of REAL_DATA_ARGS' eval keys."""
+  evals = {}
   if args["zeroshot"]:
-    c.evals["zeroshot"] = dict(every=eval_every, dataset=dict(
-        source="tfds", path=args["zeroshot"], templates="clip80",
-        class_names=args["classnames"] or None))
+    evals["zeroshot"] = dict(dataset=dict(source="tfds", path=args["zeroshot"], templates="clip80",
+                                          class_names=args["classnames"] or None))
   elif args["classnames"]:
     raise ValueError("config argument classnames= needs zeroshot=DIR (the set the names belong to)")
   if args["retrieval"]:
     source = "jsonl" if args["retrieval"].endswith(".jsonl") else "tfds"
-    c.evals["retrieval"] = dict(every=eval_every, dataset=dict(source=source, path=args["retrieval"]))
-  return c
+    evals["retrieval"] = dict(dataset=dict(source=source, path=args["retrieval"]))
+  return evals
+
+
+# `:ARG` keys that name any number of eval sets on disk, each as `<key>` or `<key>_<label>`: an
+# evaluator of its own under that name, logging eval/<key>_<label>/<metric>.
+LABELLED_SET_ARGS = ("fewshot", "compositionality")
+_LABEL = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")
+
+
+def split_labelled_sets(arg: str | None) -> tuple[str, dict[str, str]]:
+  """(`arg` without its LABELLED_SET_ARGS items, those items as {evaluator name: value})."""
+  rest, sets = [], {}
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    base, _, label = key.partition("_")
+    if not sep or base not in LABELLED_SET_ARGS:
+      rest.append(item)
+      continue
+    if (label and not _LABEL.match(label)) or key in sets:
+      why = "is given twice" if key in sets else "has a bad label; valid: lower-case letters, digits and '_'"
+      raise ValueError(f"config argument {item!r}: {key} {why}")
+    sets[key] = value
+  return ",".join(rest), sets
+
+
+def _path_options(key: str, value: str, defaults: dict[str, str]) -> tuple[str, dict[str, str]]:
+  """(PATH, options over `defaults`) of a `PATH[?KEY=VALUE&...]` argument value."""
+  path, _, query = value.partition("?")
+  options = dict(defaults)
+  for item in filter(None, query.split("&")):
+    name, sep, option = item.partition("=")
+    if not sep or name not in defaults:
+      raise ValueError(f"config argument {key}={value!r}: option {item!r}; valid: KEY=VALUE with KEY in "
+                       f"{sorted(defaults)}")
+    options[name] = option
+  if not path:
+    raise ValueError(f"config argument {key}={value!r} names no path")
+  return path, options
+
+
+def labelled_eval_set(key: str, value: str) -> dict:
+  """The settings (no `every`) of one split_labelled_sets item:
+
+    fewshot[_LABEL]=DIR[?shots=SPLIT&test=SPLIT]
+        linear probe on a tfds classification set (builder dir): shots drawn from split `shots`
+        (default train; e.g. train[:65000] for ImageNet, big_vision's), tested on `test` (default
+        validation; test for CIFAR-100 or Pets)
+    compositionality[_LABEL]=LAYOUT:PATH[?images=DIR]
+        LAYOUT sugarcrepe, aro, winoground or jsonl (vljax/evals/compositional_sets.py), images
+        under DIR (default: PATH's folder)
+  """
+  if key.partition("_")[0] == "fewshot":
+    path, o = _path_options(key, value, dict(shots="train", test="validation"))
+    return dict(dataset=dict(source="tfds", path=path, split=o["test"]),
+                shots_dataset=dict(source="tfds", path=path, split=o["shots"]))
+  layout, sep, rest = value.partition(":")
+  if not sep or not layout or "/" in layout:
+    raise ValueError(f"config argument {key}={value!r}: expected LAYOUT:PATH[?images=DIR], LAYOUT one of "
+                     "sugarcrepe, aro, winoground, jsonl")
+  path, o = _path_options(key, rest, dict(images=""))
+  return dict(dataset=dict(layout=layout, path=path, **({"image_root": o["images"]} if o["images"] else {})))
 
 
 def shapes_contrastive(image: dict | None = None, **contrastive) -> dict:

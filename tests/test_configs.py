@@ -62,6 +62,9 @@ def test_real_scale_recipes_switch_to_data_on_disk_by_their_arguments():
   siglip = load_recipe(os.path.join(ROOT, "configs", "siglip_vit_b16.py"),
                        "train=array_record:/d/*.array_record,tokenizer=sentencepiece:/d/spm.model?bos=none&pad=eos")
   assert siglip.data.tokenizer == "sentencepiece:/d/spm.model?bos=none&pad=eos" and not siglip.evals
+  coca = load_recipe(os.path.join(ROOT, "configs", "coca_vit_b16.py"), "train=array_record:/d/*.array_record,"
+                                                                        "retrieval=/d/coco.jsonl")
+  assert (coca.data.name, sorted(coca.evals)) == ("array_record", ["retrieval"])  # no shapes captioning eval
   assert load_recipe(b16).data.name == "shapes"
   with pytest.raises(ValueError, match=r"train='parquet:/x'.*'webdataset'"):
     load_recipe(b16, "train=parquet:/x")
