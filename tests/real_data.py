@@ -142,3 +142,14 @@ def write_array_records(directory: str | os.PathLike, samples: Sequence[Mapping[
       {"key": s.get("key", f"{i:09d}"), "caption": s["caption"],
        "image": s["image"] if isinstance(s["image"], bytes) else encode(s["image"], fmt)}
       for i, s in enumerate(samples)], records_per_file)
+
+
+def word_tokenizer(path: str | os.PathLike, words: Sequence[str]) -> str:
+  """A word-level tokenizer.json over `words` (id = position, words[2] the unknown word), as the
+  tokenizers library writes it; returns its path."""
+  import tokenizers
+
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[2]))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  tok.save(os.fspath(path))
+  return os.fspath(path)

@@ -14,20 +14,12 @@ import vljax  # noqa: E402
 from hf_reference import (SMALL_IMAGE, SMALL_LEN, SMALL_VOCAB, TOLERANCE, clip_hf_ids,  # noqa: E402
                           openai_layout, pixels, relative_error, unit,
                           vljax_outputs, write_checkpoint)
+from real_data import word_tokenizer  # noqa: E402
 from vljax import convert  # noqa: E402
 from vljax.convert.__main__ import main as convert_main  # noqa: E402
 
 
 # ---- workdirs: python -m vljax.convert, vljax.load, init_from --------------------------------------
-
-def word_tokenizer(path, words: list[str]) -> str:
-  """A word-level tokenizer.json over `words` (id = position), as the tokenizers library writes it."""
-  import tokenizers
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[2]))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-  tok.save(str(path))
-  return str(path)
-
 
 WORDS = [f"w{i}" for i in range(SMALL_VOCAB)]
 # CLIP's vocabulary: id 0 is a real token ("!"), BOS/EOS are the last two ids, no padding id.
