@@ -143,17 +143,20 @@ def compiles():
   monitoring.unregister_event_duration_listener(listen)
 
 
-def test_dry_run_shows_every_scale_at_full_b16_and_compiles_nothing(data, tmp_path, capsys, compiles):
-  """Each scale's steps, examples and FLOPs for the five B/16 arms at matched FLOPs; the SLURM plan
-  carries the argument to the command that finishes the suite; nothing written, nothing compiled."""
+def test_dry_run_shows_every_scale_at_full_b16_and_compiles_nothing(data, tmp_path, capsys, compiles, monkeypatch):
+  """Each scale's steps, examples and FLOPs for the five B/16 arms at matched FLOPs; the cluster
+  plans carry the argument to the command that finishes the suite; nothing written, nothing compiled."""
   fresh = str(tmp_path / "new")
+  monkeypatch.setattr(record, "check", lambda workdir, rec: False)  # gs:// below: no GCS here, a new directory
+  plans = {"small": ["--plan", "slurm"], "medium": ["--plan", "tpu_pod", "--launch_args=--zone z"]}
   per_step = {}
   for scale, (samples, batch, lr, warmup, b2) in DATACOMP.items():
     argument = f"{SUITE}:{suite_arg(data, scale=scale)}"
     clip = suite_lib.arm_config(suite_lib.load_definition(argument), "clip")
     assert (clip.optimizer.lr, clip.optimizer.b2, clip.schedule.warmup_steps) == (lr, b2, warmup)
-    plan = ["--plan", "slurm"] if scale == "small" else []
-    assert compare.main(["--suite", argument, "--workdir", fresh, "--dry_run", *plan]) == 0
+    plan = plans.get(scale, [])
+    workdir = "gs://b/b16" if scale == "medium" else fresh
+    assert compare.main(["--suite", argument, "--workdir", workdir, "--dry_run", *plan]) == 0
     out = capsys.readouterr().out
     assert "5 arms x 2 seeds = 10 runs; budget flops = " in out
     table = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(ARMS)}
@@ -163,8 +166,12 @@ def test_dry_run_shows_every_scale_at_full_b16_and_compiles_nothing(data, tmp_pa
       assert int(row[3]) == int(row[2]) * batch and row[5] == table["clip"][5], row  # the FLOPs of CLIP's steps
     per_step[scale] = {arm: float(row[4]) for arm, row in table.items()}
     if plan:
-      assert "sbatch --array=0-9 launch/slurm.sh" in out and "configs/compare/run.py:workdir=" in out
-      assert out.splitlines()[-1] == f"python -m vljax.compare --suite '{argument}' --workdir {fresh}"
+      assert "configs/compare/run.py:workdir=" in out
+      assert out.splitlines()[-1] == f"python -m vljax.compare --suite '{argument}' --workdir {workdir}"
+    if scale == "small":
+      assert "sbatch --array=0-9 launch/slurm.sh" in out
+    if scale == "medium":
+      assert "launch/tpu_pod.sh --name vljax-vit-b16-objectives-cappa-s1 " in out
   assert per_step["large"]["clip"] == pytest.approx(2 * per_step["small"]["clip"], rel=0.01)  # twice the batch
   small = per_step["small"]
   assert small["clip"] == small["siglip"] < small["cappa"] == small["cap"] < small["coca"]
