@@ -58,6 +58,53 @@ def _compilation_cache(config):
                       int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 
+# Markers of the tests whose outcome depends on how XLA optimises a program: floats of two code paths
+# (`cross_path`), and compiled memory, FLOPs or layouts (`optimized`). They compile as users' runs do.
+FULL_COMPILE_MARKERS = ("cross_path", "optimized")
+_fast_compile = [False]
+_full_compile_fixtures = set()  # (module or "*", name) of the wider-scoped fixtures a full-compile test uses
+
+
+def _full_compile(item) -> bool:
+  return any(item.get_closest_marker(m) for m in FULL_COMPILE_MARKERS)
+
+
+def _set_fast_compile(fast: bool) -> None:
+  if fast != _fast_compile[0]:
+    jax.config.update("jax_disable_most_optimizations", fast)
+    jax.clear_caches()  # in-process jit caches do not key on the option (the persistent cache does)
+    _fast_compile[0] = fast
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if _full_compile(item):
+      for name in item.fixturenames:
+        _full_compile_fixtures.update({(item.module.__name__, name), ("*", name)})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """Every other test (files, resumes, errors, shapes, learning at all) compiles in this process with
+  XLA's optimisations off: the same math in about 60% of the CPU time. Processes a test starts (the
+  command-line tests) compile as users' do."""
+  _set_fast_compile(not _full_compile(item))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+  """A module's fixture (a trained workdir, a reference step) compiles as the tests that compare
+  against it do, whichever test sets it up."""
+  if fixturedef.scope == "function":
+    yield
+    return
+  test_mode = _fast_compile[0]
+  where = request.module.__name__ if fixturedef.scope in ("module", "class") else "*"
+  _set_fast_compile((where, fixturedef.argname) not in _full_compile_fixtures)
+  yield
+  _set_fast_compile(test_mode)
+
+
 def pytest_unconfigure(config):
   for path in _OWN_CACHE:
     shutil.rmtree(path, ignore_errors=True)
@@ -94,8 +141,8 @@ def workdir_listing(path):
 def tiny_config(**overrides):
   """A CLIP recipe small enough to compile and train in seconds on CPU (top-level overrides)."""
   c = config_lib.base_config()
-  c.model = dict(name="composable", image=dict(variant="mu/8", pool="gap", posemb="sincos2d"),
-                 text=dict(variant="mu", causal=False, pool="last"),
+  c.model = dict(name="composable", image=dict(variant="mu/8", depth=1, pool="gap", posemb="sincos2d"),
+                 text=dict(variant="mu", depth=1, causal=False, pool="last"),
                  contrastive=dict(embed_dim=16, logit_scale_init=10.0))
   c.data.image_size = 32
   c.data.max_len = 12

@@ -89,19 +89,8 @@ def suite_arg(data, **change):
   return ",".join(f"{k}={v}" for k, v in args.items())
 
 
-@pytest.fixture
-def quick_compiles():
-  """XLA without most of its optimisations: the end-to-end run checks plumbing on towers of one
-  layer, where compiling dominates and optimising the programs saves less than it costs (a third of
-  the test's time)."""
-  before = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
-
-
 @pytest.mark.slow
-def test_the_suite_trains_and_reports_on_real_format_data(data, tmp_path, quick_compiles):
+def test_the_suite_trains_and_reports_on_real_format_data(data, tmp_path):
   """Both arms x two seeds through the suite's data and evaluators; the report holds the runs' own
   numbers."""
   workdir = str(tmp_path / "b16")

@@ -189,18 +189,24 @@ def test_a_mesh_that_cannot_hold_a_parameter_is_a_clear_error(tmp_path):
 
 # The language model alone ("lm") is not listed: LLaVA holds it whole (txt, lm, logits, the same names and
 # logical axes), and its text-only batch is sharded on the batch axes like every other batch array.
+# One layer of each kind: a layout is the same in every layer, and each layer more is seconds of compiling.
+ONE_LAYER = dict(depth=1)
 DECODER_MODELS = {
     # Every head of the composable model at once: MAP image pooling, sigmoid bias, parallel prediction.
     # CoCa and CapPa are configurations of it (vljax/models/legacy.py), so they add no other layout;
     # both contrastive losses' distributed forms are checked on the two-tower model above.
-    "composable": (dict(name="composable", image=dict(variant="mu/8"), text=dict(variant="mu", num_heads=2),
+    "composable": (dict(name="composable", image=dict(variant="mu/8", **ONE_LAYER),
+                        text=dict(variant="mu", num_heads=2, **ONE_LAYER),
                         contrastive=dict(embed_dim=32, logit_scale_init=10.0, logit_bias_init=-10.0, image_pool="map"),
-                        decoder=dict(variant="mu", mode="parallel", parallel_fraction=0.5, memory_queries=8)),
+                        decoder=dict(variant="mu", mode="parallel", parallel_fraction=0.5, memory_queries=8,
+                                     **ONE_LAYER)),
                    {"sigmoid_contrastive": 1.0, "captioning": 2.0}, "caption"),
-    "llava": (dict(name="llava", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=64)),
+    "llava": (dict(name="llava", image=dict(variant="mu/8", **ONE_LAYER),
+                   text=dict(variant="mu", max_len=64, **ONE_LAYER)),
               {"captioning": 1.0}, "vlm"),
-    "flamingo": (dict(name="flamingo", image=dict(variant="mu/8"), text=dict(variant="mu", max_len=32),
-                      num_latents=4), {"captioning": 1.0}, "vlm"),
+    "flamingo": (dict(name="flamingo", image=dict(variant="mu/8", **ONE_LAYER),
+                      text=dict(variant="mu", max_len=32, **ONE_LAYER), num_latents=4, resampler_depth=1),
+                 {"captioning": 1.0}, "vlm"),
 }
 
 

@@ -58,6 +58,7 @@ def test_a_legacy_run_config_becomes_its_composable_equivalent():
   assert legacy.translate_frozen("coca", ("txt/.*", "cls", "unimodal/.*"), paths) == ("txt/.*",)
 
 
+@pytest.mark.cross_path  # the legacy class's steps, then composable's: two programs, equal bit for bit
 def test_a_legacy_workdir_resumes_on_the_same_trajectory_and_loads(tmp_path, monkeypatch):
   """The legacy class trains 4 steps; a copy of its workdir cut back to step 2 resumes on composable
   (from the same legacy config) to the same params, bit for bit; vljax.load and init_from read it."""
@@ -85,6 +86,7 @@ def test_a_legacy_workdir_resumes_on_the_same_trajectory_and_loads(tmp_path, mon
   assert texts.shape == images.shape == (1, 16) and np.isfinite(texts).all() and np.isfinite(images).all()
 
   fresh = tiny_config(total_steps=2, evals={}, checkpoint=dict(every=2, keep=1, async_save=False))
+  fresh.model.image.depth = fresh.model.text.depth = 2  # LEGACY_CLIP's towers ("mu": two layers)
   fresh.init_from = dict(workdir=full, subtree="img,img_proj", step=-1, sources=())
   fresh.frozen = ("img/.*", "img_proj/.*")
   train_and_evaluate(fresh, str(tmp_path / "lit"))
