@@ -74,6 +74,10 @@ def _set_fast_compile(fast: bool) -> None:
     jax.config.update("jax_disable_most_optimizations", fast)
     jax.clear_caches()  # in-process jit caches do not key on the option (the persistent cache does)
     _fast_compile[0] = fast
+  if fast:  # the processes a test starts compile as it does (and share its cache entries)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+  else:
+    os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
 
 
 def pytest_collection_modifyitems(items):
@@ -85,9 +89,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-  """Every other test (files, resumes, errors, shapes, learning at all) compiles in this process with
-  XLA's optimisations off: the same math in about 60% of the CPU time. Processes a test starts (the
-  command-line tests) compile as users' do."""
+  """Every other test (files, resumes, errors, shapes, learning at all), and the processes it starts,
+  compile with XLA's optimisations off: the same math in about 60% of the CPU time."""
   _set_fast_compile(not _full_compile(item))
 
 

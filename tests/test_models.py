@@ -421,3 +421,17 @@ def test_clip_and_siglip_options_keep_98_percent_of_param_bytes_sharded(image, t
   sizes = {k: int(np.prod(v.shape)) for k, v in flatten_dict(nn.meta.unbox(abstract["params"])).items()}
   sharded = sum(n for k, n in sizes.items() if any(axis is not None for axis in shardings[k].spec))
   assert sharded / sum(sizes.values()) >= 0.98
+
+
+def test_max_pool_gradient_goes_to_the_maximum_by_index():
+  """max_over_tokens is jnp.max forward; its gradient is jnp.max's where the maximum is unique, and
+  whole on the first of tied tokens (never a division by the count of maximisers)."""
+  from vljax.models.vit import max_over_tokens
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 3)), jnp.float32)
+  np.testing.assert_array_equal(max_over_tokens(x), jnp.max(x, axis=1))
+  np.testing.assert_array_equal(jax.grad(lambda v: max_over_tokens(v).sum())(x),
+                                jax.grad(lambda v: jnp.max(v, axis=1).sum())(x))
+  tied = jnp.ones((1, 4, 2))
+  grad = jax.grad(lambda v: max_over_tokens(v).sum())(tied)
+  np.testing.assert_array_equal(grad[0, :, 0], [1, 0, 0, 0])
+

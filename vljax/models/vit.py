@@ -139,6 +139,16 @@ class ConvStem(nn.Module):
     return StemConv(self.width, k, stride=k, out_name="embed", name="embedding", **kw)(x)
 
 
+def max_over_tokens(x: jax.Array) -> jax.Array:
+  """[B, N, D] -> [B, D], the largest token value of each feature. Its gradient reaches the maximising
+  token by index. jnp.max's finds the maximisers by comparing its input with the max again and divides
+  by their count: 0, so a NaN gradient, wherever XLA computes the two in code that rounds differently
+  (a producer fused twice; seen with XLA's optimisations off). The same gradient where there is one
+  maximum; among ties the first takes it all."""
+  first = jnp.argmax(x, axis=1)
+  return jnp.take_along_axis(x, first[:, None, :], axis=1)[:, 0]
+
+
 class ViT(nn.Module):
   """Image [B, H, W, 3] -> (pooled [B, out_dim or width], tokens [B, N, width])."""
   width: int
@@ -217,7 +227,7 @@ class ViT(nn.Module):
     elif self.pool == "gap":
       pooled = jnp.mean(x, axis=1)
     elif self.pool == "max":  # small objects on a large background: max keeps them, a mean dilutes them
-      pooled = jnp.max(x, axis=1)
+      pooled = max_over_tokens(x)
     else:
       pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **block_kw,
                        **kw)(x)[:, 0]
