@@ -58,10 +58,11 @@ def test_a_legacy_run_config_becomes_its_composable_equivalent():
   assert legacy.translate_frozen("coca", ("txt/.*", "cls", "unimodal/.*"), paths) == ("txt/.*",)
 
 
-@pytest.mark.cross_path  # the legacy class's steps, then composable's: two programs, equal bit for bit
+@pytest.mark.cross_path  # the legacy class's steps against composable's: two programs
 def test_a_legacy_workdir_resumes_on_the_same_trajectory_and_loads(tmp_path, monkeypatch):
   """The legacy class trains 4 steps; a copy of its workdir cut back to step 2 resumes on composable
-  (from the same legacy config) to the same params, bit for bit; vljax.load and init_from read it."""
+  (from the same legacy config) to the same params up to float32 rounding, the frozen ones bit for
+  bit; vljax.load and init_from read it."""
   full, cut = str(tmp_path / "legacy"), str(tmp_path / "resumed")
   _train_with_legacy_class(_legacy_lit_config(), full, monkeypatch)
   shutil.copytree(full, cut)
@@ -74,8 +75,11 @@ def test_a_legacy_workdir_resumes_on_the_same_trajectory_and_loads(tmp_path, mon
   assert step == 4
   want, got = _flat(legacy_params), _flat(resumed)
   assert sorted(want) == sorted(got)
+  # Same math in two programs: equal bit for bit at XLA's default here (AVX-512), the last bits of
+  # the text embedding apart under AVX2 (3.7e-9 after two steps); then the sharded step tests' bound
+  # on Adam's bounded update.
   for path in want:
-    np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+    np.testing.assert_allclose(got[path], want[path], rtol=1e-5, atol=1e-5, err_msg=path)
   initial, _ = checkpoint_io.load_params(cut, 2)  # the legacy step-2 checkpoint
   frozen = [p for p in want if p.startswith(("img/", "img_proj/"))]
   assert frozen and all(np.array_equal(_flat(initial)[p], got[p]) for p in frozen)  # LiT: never updated
