@@ -1,6 +1,7 @@
 """Captioning models (CoCa, CapPa): KV cache == full recompute, masking, parallel prediction,
 the captioning loss, objective options, likelihood scoring and captioning through the runner."""
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,10 +54,13 @@ CASES = [("coca", dict(pooler="parallel", scan=True)), ("cappa", dict(scan=True,
 def test_kv_cached_steps_equal_full_teacher_forcing(name, overrides):
   model = get_model(model_cfg(name, **overrides))
   image, ids = inputs()
-  params = params_of(model, image, ids)
-  out = model.apply({"params": params}, image=image, text=ids)
-  memory = model.apply({"params": params}, image, method="encode_image")["memory"]
-  full = model.apply({"params": params}, memory, ids, method="caption_logits")
+  params = jax.jit(functools.partial(params_of, model))(image, ids)
+  # jitted: a scanned model run op by op dispatches every layer's ops one at a time
+  apply = jax.jit(lambda p, *args, method=None: model.apply({"params": p}, *args, method=method),
+                  static_argnames="method")
+  out = apply(params, image, ids)
+  memory = apply(params, image, method="encode_image")["memory"]
+  full = apply(params, memory, ids, method="caption_logits")
   # one token at a time vs the whole sequence: attention over the cached keys vs masked ones, logits ~1
   np.testing.assert_allclose(out["caption_logits"], full, atol=1e-5)
   cache = decoder.init_cache(model, params, memory, LEN)
