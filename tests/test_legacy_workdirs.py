@@ -58,16 +58,23 @@ def test_a_legacy_run_config_becomes_its_composable_equivalent():
   assert legacy.translate_frozen("coca", ("txt/.*", "cls", "unimodal/.*"), paths) == ("txt/.*",)
 
 
+@pytest.fixture(scope="module")
+def legacy_workdir(tmp_path_factory) -> str:
+  """A workdir the legacy class trained 4 steps, checkpoints at 2 and 4."""
+  workdir = str(tmp_path_factory.mktemp("legacy") / "run")
+  with pytest.MonkeyPatch.context() as m:
+    _train_with_legacy_class(_legacy_lit_config(), workdir, m)
+  return workdir
+
+
 @pytest.mark.cross_path  # the legacy class's steps against composable's: two programs
-def test_a_legacy_workdir_resumes_on_the_same_trajectory_and_loads(tmp_path, monkeypatch):
-  """The legacy class trains 4 steps; a copy of its workdir cut back to step 2 resumes on composable
-  (from the same legacy config) to the same params up to float32 rounding, the frozen ones bit for
-  bit; vljax.load and init_from read it."""
-  full, cut = str(tmp_path / "legacy"), str(tmp_path / "resumed")
-  _train_with_legacy_class(_legacy_lit_config(), full, monkeypatch)
-  shutil.copytree(full, cut)
+def test_a_legacy_workdir_resumes_on_the_same_trajectory(legacy_workdir, tmp_path):
+  """A copy of the legacy workdir cut back to step 2 resumes on composable (from the same legacy
+  config) to the same params up to float32 rounding, the frozen ones bit for bit."""
+  cut = str(tmp_path / "resumed")
+  shutil.copytree(legacy_workdir, cut)
   shutil.rmtree(f"{cut}/checkpoints/4")
-  legacy_params, _ = checkpoint_io.load_params(full)  # translated on load
+  legacy_params, _ = checkpoint_io.load_params(legacy_workdir)  # translated on load
   assert "img_proj" in legacy_params and "head" not in legacy_params["img"]
 
   train_and_evaluate(_legacy_lit_config(), cut)  # resumes step 2 through the translation
@@ -81,21 +88,28 @@ def test_a_legacy_workdir_resumes_on_the_same_trajectory_and_loads(tmp_path, mon
   for path in want:
     np.testing.assert_allclose(got[path], want[path], rtol=1e-5, atol=1e-5, err_msg=path)
   initial, _ = checkpoint_io.load_params(cut, 2)  # the legacy step-2 checkpoint
-  frozen = [p for p in want if p.startswith(("img/", "img_proj/"))]
+  frozen = _frozen(want)
   assert frozen and all(np.array_equal(_flat(initial)[p], got[p]) for p in frozen)  # LiT: never updated
 
-  model = vljax.load(full)  # its config.json names two_tower
+
+def _frozen(flat: dict) -> list[str]:
+  return [p for p in flat if p.startswith(("img/", "img_proj/"))]
+
+
+def test_a_legacy_workdir_loads_and_serves_init_from(legacy_workdir, tmp_path):
+  model = vljax.load(legacy_workdir)  # its config.json names two_tower
   assert type(model.model).__name__ == "Composable"
   texts, images = model.encode_text(["a red circle"]), model.encode_image(np.zeros((1, 32, 32, 3), np.uint8))
   assert texts.shape == images.shape == (1, 16) and np.isfinite(texts).all() and np.isfinite(images).all()
 
+  want = _flat(checkpoint_io.load_params(legacy_workdir)[0])
   fresh = tiny_config(total_steps=2, evals={}, checkpoint=dict(every=2, keep=1, async_save=False))
   fresh.model.image.depth = fresh.model.text.depth = 2  # LEGACY_CLIP's towers ("mu": two layers)
-  fresh.init_from = dict(workdir=full, subtree="img,img_proj", step=-1, sources=())
+  fresh.init_from = dict(workdir=legacy_workdir, subtree="img,img_proj", step=-1, sources=())
   fresh.frozen = ("img/.*", "img_proj/.*")
   train_and_evaluate(fresh, str(tmp_path / "lit"))
   lit = _flat(checkpoint_io.load_params(str(tmp_path / "lit"))[0])
-  for path in frozen:
+  for path in _frozen(want):
     np.testing.assert_array_equal(lit[path], want[path], err_msg=path)
 
 
