@@ -29,10 +29,6 @@ demo: install
 # make the suite's many small trainings faster (numbers unchanged).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-# The full-size PyTorch reference models the import tests build, kept for the next run and the
-# instruction-set rerun (keyed by their source and versions; tests/hf_reference.py).
-export VLJAX_TEST_CACHE ?= $(CURDIR)/.cache/tests
-
 # --dist loadfile: each test file in one worker, so a module's fixtures (a trained workdir, a
 # torch reference model) are built once, not once per worker.
 test: install-test
@@ -52,4 +48,4 @@ isa-table: install-test
 	$(PY) tests/isa_sweep.py
 
 clean:
-	rm -rf $(VENV) runs .cache
+	rm -rf $(VENV) runs

@@ -7,12 +7,7 @@ scripts. Token ids: HF id = vljax id - id_offset (1 for CLIP). Import after
 """
 
 import functools
-import hashlib
 import json
-import os
-import pathlib
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -244,44 +239,6 @@ def assert_matches(ours: dict, reference: dict, what: str) -> dict[str, float]:
 # ---- fixtures: one HF model (and its reference outputs) per family and size ----------------------
 
 def reference_family(kind: str, small: bool, root):
-  """A random Hugging Face `kind` model saved under `root`, with its weights and outputs. The
-  full-size ones come from $VLJAX_TEST_CACHE when it holds them (`make test` and `make test-isa` set
-  it): PyTorch's side is the same under any XLA flags, and building one is most of its test's time."""
-  cache = os.environ.get("VLJAX_TEST_CACHE")
-  if small or not cache:
-    return _reference_family(kind, small, root)
-  return _cached_reference_family(kind, pathlib.Path(cache) / "hf_reference", root)
-
-
-def _cached_reference_family(kind: str, cache: pathlib.Path, root) -> dict:
-  """Keyed by this file's text and the torch and transformers versions; written whole or not at all."""
-  key = hashlib.sha256(f"{pathlib.Path(__file__).read_text()} {torch.__version__} {transformers.__version__}"
-                       .encode()).hexdigest()[:16]
-  entry = cache / f"{kind}-{key}"
-  if not entry.exists():
-    for stale in cache.glob(f"{kind}-*"):
-      shutil.rmtree(stale, ignore_errors=True)
-    building = pathlib.Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=_made(cache)))
-    family = _reference_family(kind, False, building)
-    np.savez(building / "family.npz", ids=family["ids"], pixels=family["pixels"], heads=family["heads"],
-             **{f"ref/{k}": v for k, v in family["ref"].items()}, **{f"sd/{k}": v for k, v in family["sd"].items()})
-    (building / f"hf_{kind}").rename(building / "hf")
-    try:
-      building.rename(entry)
-    except OSError:  # another process wrote it first
-      shutil.rmtree(building, ignore_errors=True)
-  with np.load(entry / "family.npz") as saved:
-    part = lambda prefix: {k[len(prefix):]: saved[k] for k in saved.files if k.startswith(prefix)}
-    return dict(folder=entry / "hf", ids=saved["ids"], pixels=saved["pixels"], heads=int(saved["heads"]),
-                ref=part("ref/"), sd=part("sd/"))
-
-
-def _made(path: pathlib.Path) -> pathlib.Path:
-  path.mkdir(parents=True, exist_ok=True)
-  return path
-
-
-def _reference_family(kind: str, small: bool, root) -> dict:
   if kind == "clip":
     model = hf_clip(small)
     vocab, length = model.config.text_config.vocab_size, model.config.text_config.max_position_embeddings
@@ -295,8 +252,7 @@ def _reference_family(kind: str, small: bool, root) -> dict:
   folder = root / f"hf_{kind}"
   model.save_pretrained(folder)
   return dict(model=model, folder=folder, ids=ids, ref=ref, sd=state_dict(model),
-              pixels=pixels(4, model.config.vision_config.image_size),
-              heads=model.config.vision_config.num_attention_heads)
+              pixels=pixels(4, model.config.vision_config.image_size))
 
 
 def torchscript_archive(arrays: dict[str, np.ndarray], path: str) -> None:
@@ -335,6 +291,7 @@ def write_checkpoint(family: dict, fmt: str, path) -> str:
       import safetensors.numpy
       safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, path)
   else:
-    np.savez(path, **big_vision_layout(family["sd"], family["heads"], scanned=path.endswith("_scanned.npz")))
+    heads = family["model"].config.vision_config.num_attention_heads
+    np.savez(path, **big_vision_layout(family["sd"], heads, scanned=path.endswith("_scanned.npz")))
   return path
 
