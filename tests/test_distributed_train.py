@@ -17,8 +17,7 @@ from vljax.data import pipeline, tokenizers
 from vljax.metrics import read_metrics
 from vljax.parallel.mesh import batch_shards, make_mesh
 from vljax.parallel.sharding import bytes_per_device, tree_bytes
-from vljax.train import setup, state as state_lib, step as step_lib
-from vljax.train import trainer as trainer_lib
+from vljax.train import setup, state as state_lib, step as step_lib, trainer as trainer_lib
 from vljax.train.trainer import _global_batch, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

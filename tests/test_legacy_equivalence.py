@@ -112,7 +112,7 @@ def test_translated_params_are_the_composable_tree(name):
 def test_two_tower_models_lower_to_one_program(name):
   """Renamed params, the same ops in the same order: the legacy two-tower model and its composable
   configuration lower to one program, so their outputs are equal bit for bit wherever it runs (any
-  instruction set, any XLA options), with nothing to compile here."""
+  instruction set, any XLA options); the programs are compared, neither is compiled."""
   old, _, new, translated = _models(name)
   image, ids = _inputs()
   kind = LEGACY[name]["name"]

@@ -434,4 +434,3 @@ def test_max_pool_gradient_goes_to_the_maximum_by_index():
   tied = jnp.ones((1, 4, 2))
   grad = jax.grad(lambda v: max_over_tokens(v).sum())(tied)
   np.testing.assert_array_equal(grad[0, :, 0], [1, 0, 0, 0])
-
