@@ -1,7 +1,8 @@
 """The legacy model classes (two_tower, coca, cappa) as they were before the recipes moved to the
 composable model: the reference that tests/test_legacy_equivalence.py holds vljax/models/legacy.py's
-translations to, and the writer of legacy checkpoints for the resume and load tests. Not registered:
-`model.name="two_tower"` etc. build the composable model."""
+translations to, and the writer of legacy checkpoints for the resume and load tests. Each emits its
+ops in the composable model's order (masks after embeddings, CoCa's causal text tower), so the two
+lower to one program. Not registered: `model.name="two_tower"` etc. build the composable model."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class CoCa(nn.Module):
     self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
     self.cls = self.param("cls", partitioned(nn.initializers.normal(0.02), ("embed",)), (t["width"],),
                           dtypes["param_dtype"])
-    self.unimodal = layers.Transformer(t["depth"], t["mlp_dim"], t["num_heads"], **kw)
+    self.unimodal = layers.Transformer(t["depth"], t["mlp_dim"], t["num_heads"], causal=True, **kw)
     self.txt_head = layers.dense(self.embed_dim, ("embed", None), name="txt_head", **dtypes)
     self.multimodal = CrossDecoder(self.multimodal_depth, t["mlp_dim"], t["num_heads"], t["vocab_size"], **kw)
     self.t = temperature_param(self, self.logit_scale_init)
@@ -136,19 +137,21 @@ class CoCa(nn.Module):
     """Unimodal pass with [CLS] appended after the padding; [CLS] sees every real token."""
     chex.assert_rank(ids, 2)
     batch, length = ids.shape
+    valid = ids != self.text["pad_id"]
     x = self.txt(ids)
     cls = jnp.broadcast_to(self.cls.astype(x.dtype), (batch, 1, x.shape[-1]))
     x = jnp.concatenate([x, cls], axis=1)
     # Only the [CLS] row masks pad keys: the token rows stay plain causal, as in caption_logits.
-    keys = jnp.concatenate([ids != self.text["pad_id"], jnp.ones((batch, 1), bool)], axis=1)
+    keys = jnp.concatenate([valid, jnp.ones((batch, 1), bool)], axis=1)
     is_cls = jnp.arange(length + 1) == length
-    x = self.unimodal(x, causal_mask(length + 1) & (keys[:, None, None, :] | ~is_cls[:, None]))
-    return {"txt_emb": l2_normalize(self.txt_head(x[:, -1])), "txt_tokens": x[:, :-1]}
+    x = self.unimodal(x, keys[:, None, None, :] | ~is_cls[:, None])
+    pooled, tokens = x[:, -1], x[:, :-1]
+    return {"txt_emb": l2_normalize(self.txt_head(pooled)), "txt_tokens": tokens}
 
   def caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
     """Teacher-forced logits [B, L, vocab] of ids [B, L] given the image memory."""
-    mask = causal_mask(ids.shape[1])
-    return self.multimodal(self.unimodal(self.txt(ids), mask), memory, mask)
+    x = self.unimodal(self.txt(ids))
+    return self.multimodal(x, memory, causal_mask(ids.shape[1]))
 
   def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
     """Logits for ids [B, T] at positions decode_index.. with both decoders' KV caches."""
@@ -229,8 +232,8 @@ class CapPa(nn.Module):
     return {"memory": self.img(image, train=train)[1]}
 
   def caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
-    mask = causal_mask(ids.shape[1])
-    return self.dec(self.txt(ids), memory, mask)
+    x = self.txt(ids)
+    return self.dec(x, memory, causal_mask(ids.shape[1]))
 
   def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
     return self.dec(self.txt(ids, decode_index), memory, decode_index=decode_index)
@@ -242,13 +245,13 @@ class CapPa(nn.Module):
     if image is None or text is None:
       return out
     batch, length = text.shape
-    mask = causal_mask(length)
     if train and self.parallel_fraction > 0:
       parallel = jax.random.bernoulli(self.make_rng("mask"), self.parallel_fraction, (batch,))
       x = self.txt(text, replace=parallel, replacement=self.mask_embedding)
-      mask = mask | parallel[:, None, None, None]
+      mask = causal_mask(length) | parallel[:, None, None, None]
     else:
       x = self.txt(text)
+      mask = causal_mask(length)
     out["caption_logits"] = self.dec(x, out["memory"], mask)
     return out
 

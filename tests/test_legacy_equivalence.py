@@ -85,13 +85,19 @@ def _models(name):
   return old, params, new, legacy.TRANSLATIONS[cfg["name"]][1](params)
 
 
-@functools.cache
-def _pair(name):
-  """(legacy outputs, composable outputs): every compared output of each model."""
-  old, params, new, translated = _models(name)
-  image, ids = _inputs()
-  run = lambda m, p: jax.jit(functools.partial(_run, m, name in GENERATIVE))(nn.unbox(p), image, ids)
-  return run(old, params), run(new, translated)
+def _programs(name, make) -> tuple[str, str]:
+  """StableHLO text of make(model, to_params) for the legacy model and for its composable
+  configuration: a function of the translated params (to_params: to the model's own tree) returning
+  a dict, of which the outputs the legacy model gives are kept."""
+  old, _, new, translated = _models(name)
+  to_legacy = functools.partial(legacy.to_legacy_params, LEGACY[name]["name"])
+  translated = nn.unbox(translated)
+  old_keys = set(jax.eval_shape(make(old, to_legacy), translated))
+  new_keys = set(jax.eval_shape(make(new, lambda p: p), translated))
+  assert old_keys <= new_keys, sorted(old_keys - new_keys)
+  lower = lambda model, to_params: jax.jit(lambda p: {k: v for k, v in make(model, to_params)(p).items()
+                                                      if k in old_keys}).lower(translated).as_text()
+  return lower(old, to_legacy), lower(new, lambda p: p)
 
 
 def _shapes(tree):
@@ -108,28 +114,16 @@ def test_translated_params_are_the_composable_tree(name):
   assert sum(np.prod(s) for s in _shapes(params).values()) == sum(np.prod(s) for s in _shapes(translated).values())
 
 
-@pytest.mark.parametrize("name", sorted(set(LEGACY) - set(GENERATIVE)))
-def test_two_tower_models_lower_to_one_program(name):
-  """Renamed params, the same ops in the same order: the legacy two-tower model and its composable
-  configuration lower to one program, so their outputs are equal bit for bit wherever it runs (any
-  instruction set, any XLA options); the programs are compared, neither is compiled."""
-  old, _, new, translated = _models(name)
+@pytest.mark.parametrize("name", sorted(LEGACY))
+def test_legacy_models_lower_to_one_program(name):
+  """Renamed params, the same ops in the same order: every output the legacy model gives (for the
+  generative models also the training pass, teacher-forced caption logits and KV-cached decode
+  steps) comes from one program, so the two are equal bit for bit wherever they run (any instruction
+  set, any XLA options). The programs are compared; neither is compiled."""
   image, ids = _inputs()
-  kind = LEGACY[name]["name"]
-  program = lambda model, to_params: jax.jit(
-      lambda p: model.apply({"params": to_params(p)}, image, ids)).lower(nn.unbox(translated)).as_text()
-  assert program(old, functools.partial(legacy.to_legacy_params, kind)) == program(new, lambda p: p)
-
-
-@pytest.mark.cross_path
-@pytest.mark.parametrize("name", GENERATIVE)
-def test_outputs_are_bitwise_equal(name):
-  """Same ops on the same params: every output the legacy model gives, bit for bit (the ops come in
-  another order than the legacy model's, so these run both)."""
-  old, new = _pair(name)
-  assert set(old) <= set(new), sorted(set(old) - set(new))
-  for key in old:
-    np.testing.assert_array_equal(np.asarray(new[key]), np.asarray(old[key]), err_msg=key)
+  run = lambda model, to_params: lambda p: _run(model, name in GENERATIVE, to_params(p), image, ids)
+  old, new = _programs(name, run)
+  assert old == new
 
 
 @pytest.mark.cross_path
@@ -137,7 +131,8 @@ def test_outputs_are_bitwise_equal(name):
 def test_decode_steps_follow_teacher_forcing(name):
   """The composable KV-cached steps (for CoCa: the text tower's cache, then the decoder's) give the
   teacher-forced logits, up to float32 rounding (cached attention sums over max_len slots)."""
-  _, new = _pair(name)
+  _, _, model, translated = _models(name)
+  new = jax.jit(functools.partial(_run, model, True))(nn.unbox(translated), *_inputs())
   np.testing.assert_allclose(new["decoded"], new["teacher_forced"], rtol=1e-5, atol=1e-5)
   # The training pass's logits (one text pass with [CLS] for CoCa) agree with the no-[CLS] pass.
   if name != "cappa":
@@ -150,20 +145,15 @@ def _coca_loss(model, params, image, ids):
           + 2.0 * captioning_loss(out["caption_logits"], ids)[0])
 
 
-@pytest.mark.cross_path
-def test_coca_training_loss_and_grads_are_equal():
-  """CoCa's objective (softmax contrastive + 2 x captioning): the same loss and the same gradient
-  of every param, translated."""
-  name = "coca_softmax_cascade"
-  old, params, model, translated = _models(name)
+def test_coca_training_loss_and_grads_are_one_program():
+  """CoCa's objective (softmax contrastive + 2 x captioning), differentiated with respect to the
+  translated params: the legacy model's loss and gradients are the composable model's program, so
+  they are equal bit for bit."""
   image, ids = _inputs()
-  grad = lambda m, p: jax.jit(jax.value_and_grad(functools.partial(_coca_loss, m)))(nn.unbox(p), image, ids)
-  old_loss, old_grads = grad(old, params)
-  new_loss, new_grads = grad(model, translated)
-  assert float(new_loss) == float(old_loss)
-  flat_new = traverse_util.flatten_dict(new_grads, sep="/")
-  for path, g in traverse_util.flatten_dict(legacy.coca_params(old_grads), sep="/").items():
-    np.testing.assert_array_equal(np.asarray(flat_new[path]), np.asarray(g), err_msg=path)
+  loss_and_grads = lambda model, to_params: lambda p: dict(zip(
+      ("loss", "grads"), jax.value_and_grad(lambda q: _coca_loss(model, to_params(q), image, ids))(p)))
+  old, new = _programs("coca_softmax_cascade", loss_and_grads)
+  assert old == new
 
 
 def _param_sizes(model, image, ids):
