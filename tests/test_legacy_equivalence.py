@@ -62,16 +62,22 @@ def _decode_logits(model, params, memory, ids):
   return jnp.swapaxes(logits, 0, 1)
 
 
+def _decoding(model, params, image, ids, out=None):
+  """The eval pass's outputs, teacher-forced caption logits and the KV-cached decode steps."""
+  out = dict(model.apply({"params": params}, image, ids)) if out is None else out
+  out["teacher_forced"] = model.apply({"params": params}, out["memory"], ids, method="caption_logits")
+  out["decoded"] = _decode_logits(model, params, out["memory"], ids)
+  return out
+
+
 def _run(model, generative, params, image, ids):
   """Everything compared, in one program per model: the eval pass's outputs; for the generative
-  models also the training pass (parallel prediction, "mask" stream), teacher-forced caption
-  logits and the KV-cached decode steps."""
+  models also the training pass (parallel prediction, "mask" stream) and _decoding's."""
   out = dict(model.apply({"params": params}, image, ids))
   if generative:
     train = model.apply({"params": params}, image, ids, train=True, rngs={"mask": jax.random.PRNGKey(1)})
     out["train_caption_logits"] = train["caption_logits"]
-    out["teacher_forced"] = model.apply({"params": params}, out["memory"], ids, method="caption_logits")
-    out["decoded"] = _decode_logits(model, params, out["memory"], ids)
+    out = _decoding(model, params, image, ids, out)
   return out
 
 
@@ -132,7 +138,7 @@ def test_decode_steps_follow_teacher_forcing(name):
   """The composable KV-cached steps (for CoCa: the text tower's cache, then the decoder's) give the
   teacher-forced logits, up to float32 rounding (cached attention sums over max_len slots)."""
   _, _, model, translated = _models(name)
-  new = jax.jit(functools.partial(_run, model, True))(nn.unbox(translated), *_inputs())
+  new = jax.jit(functools.partial(_decoding, model))(nn.unbox(translated), *_inputs())
   np.testing.assert_allclose(new["decoded"], new["teacher_forced"], rtol=1e-5, atol=1e-5)
   # The training pass's logits (one text pass with [CLS] for CoCa) agree with the no-[CLS] pass.
   if name != "cappa":
