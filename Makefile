@@ -26,7 +26,8 @@ demo: install
 
 # XLA's CPU buffers come from malloc; glibc returns large ones to the kernel on free, so every
 # step faults its temporaries in again. Huge pages for malloc (glibc >= 2.35; ignored elsewhere)
-# make the suite's many small trainings faster (numbers unchanged).
+# make the suite's many small trainings faster (numbers unchanged). vljax's own commands set this
+# themselves (vljax/allocator.py); pytest is not one of them.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 # --dist loadfile: each test file in one worker, so a module's fixtures (a trained workdir, a

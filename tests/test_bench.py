@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from vljax import allocator
 from vljax.bench import train as bench
 from vljax.data import tokenizers
 from vljax.parallel.mesh import make_mesh
@@ -134,13 +135,22 @@ TINY = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "
 
 
 def test_cli_prints_table_and_json(tmp_path):
+  """Started as a user would (no GLIBC_TUNABLES, which `make test` sets), the command re-executes
+  with huge pages for malloc where they help (vljax/allocator.py), and says so."""
   out = tmp_path / "bench.json"
-  proc = _cli(*TINY, "--steps", "2", "--warmup", "1", "--json_out", str(out))
+  user_env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", allocator.ENV)}
+  proc = subprocess.run([sys.executable, "-m", "vljax.bench", "--config", "configs/clip_shapes.py", *TINY,
+                         "--steps", "2", "--warmup", "1", "--json_out", str(out)],
+                        cwd=ROOT, env=dict(user_env, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert "| metric | value |" in lines and any(line.startswith("| MFU") and "n/a" in line for line in lines)
   result = json.loads(next(line for line in lines if line.startswith("json: "))[len("json: "):])
   assert result["steps"] == 2 and result["batch_size"] == 16 and result["mfu"] is None
+  huge = allocator.huge_pages_env(user_env, allocator.glibc_version(), allocator.thp_mode())
+  assert result["malloc"] == (allocator.describe(huge) if huge else allocator.describe(user_env))
+  assert any(line.startswith("| malloc") and result["malloc"] in line for line in lines)
   assert json.loads(out.read_text()) == result
 
 

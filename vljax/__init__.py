@@ -1,6 +1,10 @@
 """vljax: vision-language pretraining in JAX/Flax."""
 
+from vljax.allocator import reexec_with_huge_pages
+
 __version__ = "0.1.0"
+
+reexec_with_huge_pages()  # `python -m vljax.train` etc.: before JAX loads (vljax/allocator.py)
 
 
 def load(workdir: str, step: int | None = None):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vljax import checkpoint_io, evals
+from vljax import allocator, checkpoint_io, evals
 from vljax import metrics as metrics_lib
 from vljax.bench.decode import machine_name
 from vljax.data import pipeline
@@ -175,7 +175,7 @@ def _max_device_bytes(tree) -> int:
 def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, devices=None) -> dict[str, Any]:
   """Compiles and times cfg's train step on `devices` (default: all); the result is JSON-able.
 
-  Keys: machine, device_kind, num_devices, cpu_cores, mesh, model, batch_size, steps, warmup,
+  Keys: machine, malloc, device_kind, num_devices, cpu_cores, mesh, model, batch_size, steps, warmup,
   compile_s, step_time_median_s, step_time_p90_s, examples_per_sec, model_tflops_per_step,
   model_tflops_per_sec_per_device, xla_tflops_per_step, xla_flops_source, peak_tflops, mfu, hfu,
   memory_{per_device,temp,argument,output,alias}_bytes, params_bytes_per_device,
@@ -228,7 +228,7 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
   tput = metrics_lib.throughput_metrics(steps=1, seconds=median, global_batch=cfg.batch_size,
                                         flops_per_step=model_flops, num_devices=num_devices, peak_flops=peak)
   return {
-      "machine": machine_name(), "device_kind": device.device_kind, "num_devices": num_devices,
+      "machine": machine_name(), "malloc": allocator.describe(), "device_kind": device.device_kind, "num_devices": num_devices,
       "cpu_cores": os.cpu_count(), "mesh": dict(zip(MESH_AXES, (int(s) for s in mesh.devices.shape))),
       "model": cfg.model.name, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
       "compile_s": compile_s, "step_time_median_s": median, "step_time_p90_s": p90,
@@ -258,6 +258,7 @@ def format_table(r: dict[str, Any]) -> str:
   memory = r["memory_per_device_bytes"]
   rows = [
       ("machine", r["machine"]),
+      ("malloc (CPU step times depend on it)", r["malloc"]),
       ("devices used", f"{r['num_devices']} x {r['device_kind']} (mesh {mesh})"),
       ("model / global batch", f"{r['model']} / {r['batch_size']}"),
       ("compile", f"{r['compile_s']:.1f} s"),
