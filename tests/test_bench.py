@@ -122,10 +122,12 @@ def test_synthetic_batch_looks_like_the_pipeline(data_format):
     assert mask.dtype == bool and mask.any(1).all() and not (mask & ~real).any()
 
 
-def _cli(*args, env_extra=None):
+def _cli(*args, env_extra=None, env_drop=()):
   env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
   if not env_extra:
     env.pop("XLA_FLAGS", None)
+  for key in env_drop:
+    env.pop(key, None)
   return subprocess.run([sys.executable, "-m", "vljax.bench", "--config", "configs/clip_shapes.py", *args],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -138,11 +140,9 @@ def test_cli_prints_table_and_json(tmp_path):
   """Started as a user would (no GLIBC_TUNABLES, which `make test` sets), the command re-executes
   with huge pages for malloc where they help (vljax/allocator.py), and says so."""
   out = tmp_path / "bench.json"
-  user_env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", allocator.ENV)}
-  proc = subprocess.run([sys.executable, "-m", "vljax.bench", "--config", "configs/clip_shapes.py", *TINY,
-                         "--steps", "2", "--warmup", "1", "--json_out", str(out)],
-                        cwd=ROOT, env=dict(user_env, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-                        timeout=300)
+  drop = ("GLIBC_TUNABLES", allocator.ENV)
+  proc = _cli(*TINY, "--steps", "2", "--warmup", "1", "--json_out", str(out), env_drop=drop)
+  user_env = {k: v for k, v in os.environ.items() if k not in drop}
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert "| metric | value |" in lines and any(line.startswith("| MFU") and "n/a" in line for line in lines)

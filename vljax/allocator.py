@@ -5,8 +5,9 @@ every train step maps, zeroes and faults in its temporaries again: on a 2-core C
 step's time was the kernel's. Backed by transparent huge pages (glibc >= 2.35, THP in `madvise` or
 `always` mode) the same step is ~1.5x faster, with the same numbers. glibc reads GLIBC_TUNABLES only
 when a process starts, so a command re-executes itself once with the tunable set: from vljax's
-package import, which `python -m vljax.CMD` runs before anything imports JAX. Left alone: another allocator already preloaded (tcmalloc, jemalloc, mimalloc), a tunable the
-user set, `VLJAX_MALLOC=system`, and systems without glibc 2.35 or THP.
+package import, which `python -m vljax.CMD` runs before anything imports JAX. Left alone: another
+allocator already preloaded (tcmalloc, jemalloc, mimalloc), a tunable the user set,
+`VLJAX_MALLOC=system`, and systems without glibc 2.35 or THP.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ ENV = "VLJAX_MALLOC"  # "system": leave malloc as it is; "hugetlb": set by the r
 PRELOADED_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 COMMANDS = ("vljax.train", "vljax.bench", "vljax.evaluate", "vljax.compare")  # what runs XLA steps
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+THP_MODES_FOR_MALLOC = ("always", "madvise")  # "never": glibc's madvise asks for nothing
 
 
 def glibc_version() -> tuple[int, ...] | None:
@@ -46,7 +48,7 @@ def huge_pages_env(environ: dict[str, str], glibc: tuple[int, ...] | None, thp: 
   if environ.get(ENV) or any(a in environ.get("LD_PRELOAD", "") for a in PRELOADED_ALLOCATORS):
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if "glibc.malloc.hugetlb" in tunables or glibc is None or glibc < (2, 35) or thp not in ("always", "madvise"):
+  if "glibc.malloc.hugetlb" in tunables or glibc is None or glibc < (2, 35) or thp not in THP_MODES_FOR_MALLOC:
     return None
   return dict(environ, GLIBC_TUNABLES=":".join(t for t in (tunables, TUNABLE) if t), **{ENV: "hugetlb"})
 
@@ -89,5 +91,5 @@ def describe(environ: dict[str, str] | None = None) -> str:
       return f"{name} (LD_PRELOAD)"
   if glibc_version() is None:
     return "system"
-  huge = "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", "") and thp_mode() in ("always", "madvise")
+  huge = TUNABLE in environ.get("GLIBC_TUNABLES", "") and thp_mode() in THP_MODES_FOR_MALLOC
   return "glibc, huge pages (GLIBC_TUNABLES)" if huge else "glibc"

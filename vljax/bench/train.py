@@ -228,8 +228,9 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
   tput = metrics_lib.throughput_metrics(steps=1, seconds=median, global_batch=cfg.batch_size,
                                         flops_per_step=model_flops, num_devices=num_devices, peak_flops=peak)
   return {
-      "machine": machine_name(), "malloc": allocator.describe(), "device_kind": device.device_kind, "num_devices": num_devices,
-      "cpu_cores": os.cpu_count(), "mesh": dict(zip(MESH_AXES, (int(s) for s in mesh.devices.shape))),
+      "machine": machine_name(), "malloc": allocator.describe(), "device_kind": device.device_kind,
+      "num_devices": num_devices, "cpu_cores": os.cpu_count(),
+      "mesh": dict(zip(MESH_AXES, (int(s) for s in mesh.devices.shape))),
       "model": cfg.model.name, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
       "compile_s": compile_s, "step_time_median_s": median, "step_time_p90_s": p90,
       "examples_per_sec": tput["examples_per_sec"],
