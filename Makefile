@@ -7,6 +7,12 @@ CONFIG ?= configs/clip_shapes.py
 
 .PHONY: demo test test-isa isa-table install install-test clean
 
+# Python caches the bytecode it compiles in __pycache__ unless PYTHONDONTWRITEBYTECODE is set; where
+# an environment sets it, every process would compile jax, flax and the rest again from source (5 s of
+# each training process's start here, and the tests start dozens). The venv is the project's own,
+# so its commands keep the cache.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 
@@ -37,6 +38,21 @@ def is_object_store(path: str | os.PathLike) -> bool:
   return "://" in os.fspath(path)
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter (it writes gs:// itself, through google-cloud-storage). tensorboardX
+  imports torch where it is installed, only to accept torch tensors: 4 s of every run's start on a
+  2-core CPU. vljax logs floats, so torch stays hidden from that import unless it is loaded already."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Appends `{"step": int, key: float, ...}` lines to metrics.jsonl and tensorboard scalars.
 
@@ -61,8 +77,7 @@ class MetricWriter:
         self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
       else:
         self._file = open(self._path, "a")
-      from tensorboardX import SummaryWriter  # writes gs:// itself (google-cloud-storage)
-      self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tb"))
+      self._tb = _summary_writer_class()(os.fspath(epath.Path(workdir) / "tb"))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
