@@ -209,12 +209,15 @@ def test_data_state_is_saved_per_host_and_older_shared_states_still_restore(tmp_
   _, data_state, _ = checkpointer.restore(1, abstract, {})
   assert data_state == {"next_index": 7}
   checkpointer.close()
-  # Earlier checkpoints hold one JSON item for every host.
+  # Earlier checkpoints hold one JSON item for every host, and their state was saved with Orbax's
+  # standard handler (the same files as the PyTree handler's that vljax now configures).
+  old_manager = ocp.CheckpointManager(ckpt_lib.checkpoint_dir(str(tmp_path / "legacy")),
+                                      item_names=("state", "data", "meta"))
+  old_manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                              data=ocp.args.JsonSave({"next_index": 5}), meta=ocp.args.JsonSave(meta)))
+  old_manager.wait_until_finished()
+  old_manager.close()
   legacy = ckpt_lib.Checkpointer(str(tmp_path / "legacy"), every=1, keep=2, async_save=False)
-  legacy.manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 data=ocp.args.JsonSave({"next_index": 5}),
-                                                 meta=ocp.args.JsonSave(meta)))
-  legacy.wait()
   restored, data_state, _ = legacy.restore(1, abstract, {})
   assert data_state == {"next_index": 5}
   np.testing.assert_array_equal(restored["w"], state["w"])
