@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from vljax import allocator
+from vljax import allocator, xla_cpu
 from vljax.bench import train as bench
 from vljax.data import tokenizers
 from vljax.parallel.mesh import make_mesh
@@ -138,7 +138,8 @@ TINY = ["--config.model.image.variant=mu/8", "--config.model.text.variant=mu", "
 
 def test_cli_prints_table_and_json(tmp_path):
   """Started as a user would (no GLIBC_TUNABLES, which `make test` sets), the command re-executes
-  with huge pages for malloc where they help (vljax/allocator.py), and says so."""
+  with huge pages for malloc where they help (vljax/allocator.py), compiles with XLA's memory-ordered
+  CPU schedule (vljax/xla_cpu.py), and says both."""
   out = tmp_path / "bench.json"
   drop = ("GLIBC_TUNABLES", allocator.ENV)
   proc = _cli(*TINY, "--steps", "2", "--warmup", "1", "--json_out", str(out), env_drop=drop)
@@ -151,6 +152,7 @@ def test_cli_prints_table_and_json(tmp_path):
   huge = allocator.huge_pages_env(user_env, allocator.glibc_version(), allocator.thp_mode())
   assert result["malloc"] == (allocator.describe(huge) if huge else allocator.describe(user_env))
   assert any(line.startswith("| malloc") and result["malloc"] in line for line in lines)
+  assert result["xla_flags"] == xla_cpu.SETTING and any(xla_cpu.SETTING in line for line in lines)
   assert json.loads(out.read_text()) == result
 
 

@@ -20,6 +20,8 @@ from vljax.config import put_recipe_dirs_on_path
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/clip_shapes.py", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (median and p90 over them)")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling, before the timed ones")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 0, "Also trace this many steps and print their time by op "
+                                      "(jax.profiler; 0: no trace)")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the JSON result to this file")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                                    "(with --num_processes, --process_id); default: detect SLURM / TPU / env")
@@ -75,13 +77,16 @@ def main(argv: list[str]) -> None:
   from vljax.parallel import distributed
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    result = bench.run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value)
+    result = bench.run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, profile_steps=_PROFILE_STEPS.value)
   except (ValueError, OSError) as e:  # OSError: config_flags reports a missing recipe file on first use
     logging.error("%s", e)
     _fail(str(e))
   if jax.process_index() != 0:
     return
   print(bench.format_table(result))
+  if "op_profile" in result:
+    from vljax.bench import op_profile
+    print("\n" + op_profile.format_profile(result["op_profile"]))
   line = json.dumps(result)
   print(f"json: {line}")
   if _JSON_OUT.value:

@@ -24,6 +24,7 @@ import numpy as np
 
 from vljax import allocator, checkpoint_io, evals
 from vljax import metrics as metrics_lib
+from vljax.bench import op_profile
 from vljax.bench.decode import machine_name
 from vljax.data import pipeline
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
@@ -167,12 +168,37 @@ def memory_stats(compiled) -> dict[str, int | None]:
   return out
 
 
+def activation_bytes(model, cfg, state, batch) -> int | None:
+  """Bytes of what the forward pass keeps for the backward (autodiff residuals, params excluded) for
+  one micro-batch of the whole global batch: the floor under the compiled step's temporary memory,
+  per device once divided over the batch shards. None where JAX cannot list residuals."""
+  try:
+    from jax._src.ad_checkpoint import saved_residuals  # not exported; print_saved_residuals prints it
+  except ImportError:
+    return None
+  from flax import linen as nn
+  from vljax.parallel.sharding import LOGICAL_RULES
+  from vljax.train.optim import split_frozen
+  loss_fn = step_lib.make_loss_fn(model, cfg)
+  trainable, frozen = split_frozen(state.params, list(cfg.frozen))
+  micro = jax.tree.map(lambda x: x[:x.shape[0] // int(cfg.grad_accum_steps)], batch)
+
+  def loss(params):
+    with nn.logical_axis_rules(LOGICAL_RULES):
+      return loss_fn(params, jax.lax.stop_gradient(frozen), micro, state.rng)[0]
+
+  residuals = saved_residuals(loss, trainable)
+  return sum(int(np.prod(aval.shape)) * aval.dtype.itemsize for aval, source in residuals
+             if not source.startswith("from the argument"))
+
+
 def _max_device_bytes(tree) -> int:
   """Bytes on the fullest device (replicated leaves count in full on every device)."""
   return max(bytes_per_device(tree).values(), default=0)
 
 
-def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, devices=None) -> dict[str, Any]:
+def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, devices=None,
+        profile_steps: int = 0) -> dict[str, Any]:
   """Compiles and times cfg's train step on `devices` (default: all); the result is JSON-able.
 
   Keys: machine, malloc, device_kind, num_devices, cpu_cores, mesh, model, batch_size, steps, warmup,
@@ -182,10 +208,11 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
   opt_state_bytes_per_device, model_flops_missing. peak_tflops, mfu and hfu are None where the
   device has no known peak (CPU) and config.peak_flops is unset; model_tflops_* and mfu where the
   model declares no FLOP count (model_flops_missing says why); xla_tflops_per_step and hfu where XLA
-  gives no count; memory_* where the backend has no memory analysis.
+  gives no count; memory_* where the backend has no memory analysis. With profile_steps > 0, also
+  op_profile: that many more steps traced, their time by op (vljax/bench/op_profile.py).
   """
-  if steps < 1 or warmup < 0:
-    raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
+  if steps < 1 or warmup < 0 or profile_steps < 0:
+    raise ValueError(f"steps={steps} must be >= 1, warmup={warmup} >= 0 and profile_steps={profile_steps} >= 0")
   # The trainer's checks (unknown keys, model, objectives, evaluator names), without building the
   # evaluators: they render eval sets the benchmark never uses.
   for name in cfg.evals:
@@ -221,6 +248,10 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
       jax.block_until_ready((state, out))
       times.append(time.perf_counter() - start)
     xla_total, xla_source = xla_step_flops(compiled, matmul_loops, cfg, mesh, batch)
+    profile = None
+    if profile_steps:
+      profile, state = op_profile.profile_step(compiled, state, batch, profile_steps)
+    activations = activation_bytes(parts.model, cfg, state, batch)
 
   median, p90 = float(np.median(times)), float(np.percentile(times, 90))
   model_flops, no_count = step_flops.train_step_flops(cfg, parts.model_cfg, checkpoint_io.param_shapes(state.params))
@@ -228,7 +259,8 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
   tput = metrics_lib.throughput_metrics(steps=1, seconds=median, global_batch=cfg.batch_size,
                                         flops_per_step=model_flops, num_devices=num_devices, peak_flops=peak)
   return {
-      "machine": machine_name(), "malloc": allocator.describe(), "device_kind": device.device_kind,
+      "machine": machine_name(), "malloc": allocator.describe(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "device_kind": device.device_kind,
       "num_devices": num_devices, "cpu_cores": os.cpu_count(),
       "mesh": dict(zip(MESH_AXES, (int(s) for s in mesh.devices.shape))),
       "model": cfg.model.name, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
@@ -241,6 +273,8 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
       "hfu": xla_total / num_devices / median / peak if xla_total and peak else None,
       **memory_stats(compiled),
       "params_bytes_per_device": params_bytes, "opt_state_bytes_per_device": opt_bytes,
+      "activation_bytes_per_device": activations // batch_shards(mesh) if activations is not None else None,
+      **({"op_profile": profile} if profile else {}),
   }
 
 
@@ -260,6 +294,7 @@ def format_table(r: dict[str, Any]) -> str:
   rows = [
       ("machine", r["machine"]),
       ("malloc (CPU step times depend on it)", r["malloc"]),
+      ("XLA_FLAGS (CPU: vljax's commands add the memory-ordered schedule)", f"`{r['xla_flags']}`" if r.get("xla_flags") else "none"),
       ("devices used", f"{r['num_devices']} x {r['device_kind']} (mesh {mesh})"),
       ("model / global batch", f"{r['model']} / {r['batch_size']}"),
       ("compile", f"{r['compile_s']:.1f} s"),
@@ -283,5 +318,7 @@ def format_table(r: dict[str, Any]) -> str:
       ("params + optimizer per device",
        f"{_bytes(r['params_bytes_per_device'] + r['opt_state_bytes_per_device'])} "
        f"({_bytes(r['params_bytes_per_device'])} + {_bytes(r['opt_state_bytes_per_device'])})"),
+      ("activations kept for the backward per device (autodiff residuals, one micro-batch)",
+       _bytes(r["activation_bytes_per_device"]) if r.get("activation_bytes_per_device") is not None else "n/a"),
   ]
   return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])

@@ -20,6 +20,32 @@ from vljax.train.optim import merge_params, split_frozen
 from vljax.train.state import TrainState
 
 
+def _model_fns(model: nn.Module, cfg) -> tuple[Callable, Callable, Callable]:
+  """(access, apply_fn, loss_fn) of (trainable, frozen, [micro-batch,] rng): the model's parameter
+  access for objectives, its forward pass, and cfg's weighted objectives -> (loss, metrics)."""
+  weights, impl, pad_id = cfg.objectives, cfg.get("loss_impl", "gather"), tokenizers.PAD_ID
+
+  def access(trainable, frozen_params, rng):
+    return objectives.ModelAccess(model, merge_params(trainable, frozen_params), rng)
+
+  def apply_fn(trainable, frozen_params, micro, rng):
+    # Only the inputs the model declares: a text-only model never sees the batch's placeholder image.
+    return access(trainable, frozen_params, rng).apply(**{k: micro[k] for k in model.inputs})
+
+  def loss_fn(trainable, frozen_params, micro, rng):
+    out = apply_fn(trainable, frozen_params, micro, rng)
+    return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id,
+                                    model=access(trainable, frozen_params, rng))
+
+  return access, apply_fn, loss_fn
+
+
+def make_loss_fn(model: nn.Module, cfg) -> Callable:
+  """(trainable, frozen, batch, rng) -> (loss, metrics) of cfg's objectives on one batch, no
+  accumulation (call under the logical axis rules)."""
+  return _model_fns(model, cfg)[2]
+
+
 def make_grads_fn(model: nn.Module, cfg) -> Callable:
   """(trainable, frozen, batch, rng) -> (loss, metrics, grads) of cfg's objectives, accumulated over
   grad_accum_steps micro-batches as grad_accum_mode says (call under the logical axis rules).
@@ -38,18 +64,7 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
   if mode == "gradcache":
     gradcache.check_objectives(weights)
 
-  def access(trainable, frozen_params, rng):
-    return objectives.ModelAccess(model, merge_params(trainable, frozen_params), rng)
-
-  def apply_fn(trainable, frozen_params, micro, rng):
-    # Only the inputs the model declares: a text-only model never sees the batch's placeholder image.
-    return access(trainable, frozen_params, rng).apply(**{k: micro[k] for k in model.inputs})
-
-  def loss_fn(trainable, frozen_params, micro, rng):
-    out = apply_fn(trainable, frozen_params, micro, rng)
-    return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id,
-                                    model=access(trainable, frozen_params, rng))
-
+  access, apply_fn, loss_fn = _model_fns(model, cfg)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def grads_fn(trainable, frozen_params, batch, rng):
