@@ -5,7 +5,7 @@ keeps many buffers live together: a small ViT CLIP train step (the CPU benchmark
 772 MiB of temporaries whatever it saves for the backward (no remat, or only q/k/v: 926 or 126 MiB
 of autodiff residuals, the same 772 MiB), and every byte of it is faulted in again each step. The
 memory-ordered schedule gives 520 MiB without remat and 463 MiB with q/k/v saved, and the step is no
-slower on a 2-core CPU (README, "CPU train step"). vljax's commands (vljax.allocator.COMMANDS) set
+slower on a 2-core CPU (README, "XLA's CPU schedule"). vljax's commands (vljax.allocator.COMMANDS) set
 the flag before JAX starts, unless XLA_FLAGS already names it; `import vljax` elsewhere changes
 nothing. Other backends ignore it.
 """
