@@ -2,9 +2,9 @@
 matched to the HLO instruction it ran (by name, in the compiled module's text) and grouped by kind.
 
 On CPU the kernels are the thunks XLA's runtime logs on the host threads; on GPU, the device planes'
-events. The rest of a step's wall time (dispatch, allocation, waiting between kernels) is reported as
-`outside_kernels`. Kernel times are summed over devices and threads, so with several devices or
-intra-op threads the kernel total can exceed the wall time."""
+events. The report gives the traced step's wall time beside the kernels' total; the difference is
+dispatch, allocation and waiting between kernels. Kernel times are summed over devices and threads,
+so with several devices or intra-op threads the kernel total can exceed the wall time."""
 
 from __future__ import annotations
 

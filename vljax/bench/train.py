@@ -294,7 +294,8 @@ def format_table(r: dict[str, Any]) -> str:
   rows = [
       ("machine", r["machine"]),
       ("malloc (CPU step times depend on it)", r["malloc"]),
-      ("XLA_FLAGS (CPU: vljax's commands add the memory-ordered schedule)", f"`{r['xla_flags']}`" if r.get("xla_flags") else "none"),
+      ("XLA_FLAGS (CPU: vljax's commands add the memory-ordered schedule)",
+       f"`{r['xla_flags']}`" if r.get("xla_flags") else "none"),
       ("devices used", f"{r['num_devices']} x {r['device_kind']} (mesh {mesh})"),
       ("model / global batch", f"{r['model']} / {r['batch_size']}"),
       ("compile", f"{r['compile_s']:.1f} s"),
