@@ -1,5 +1,5 @@
 """Eight simulated CPU devices for every test, set before JAX touches a backend; one XLA
-compilation cache per test run; the error log of `cross_path` tests (tests/numerics.py); the
+compilation cache per test run; how the run compiles (fast machine code unless told otherwise); the error log of `cross_path` tests (tests/numerics.py); the
 recipes' presets importable as `common` (configs/common.py)."""
 
 import gc
@@ -36,6 +36,7 @@ def pytest_configure(config):
   gc.freeze()
   gc.set_threshold(100_000, 50, 100)
   _compilation_cache(config)
+  _compile_mode()
 
 
 def _compilation_cache(config):
@@ -58,54 +59,26 @@ def _compilation_cache(config):
                       int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 
-# Markers of the tests whose outcome depends on how XLA optimises a program: floats of two code paths
-# (`cross_path`), and compiled memory, FLOPs or layouts (`optimized`). They compile as users' runs do.
-FULL_COMPILE_MARKERS = ("cross_path", "optimized")
-_fast_compile = [False]
-_full_compile_fixtures = set()  # (module or "*", name) of the wider-scoped fixtures a full-compile test uses
+# How the suite compiles: "fast" (the default) turns off LLVM's optimisations of the machine code
+# (`jax_disable_most_optimizations`). XLA's HLO passes still run as in users' runs, and they decide
+# what the tests check: fusion and partitioning (the order floats are added in), layouts, buffer
+# assignment (compiled memory) and cost analysis (FLOPs). Machine code differs in the way another
+# CPU's does (FMA contraction, vector width), which the `cross_path` tolerances must absorb anyway.
+# "full" compiles exactly as users' runs do: CI's rerun of the `cross_path` tests under another
+# instruction set (`make test-isa`) and `make isa-table` use it.
+COMPILE_ENV = "VLJAX_TEST_COMPILE"
+COMPILE_MODES = ("fast", "full")
 
 
-def _full_compile(item) -> bool:
-  return any(item.get_closest_marker(m) for m in FULL_COMPILE_MARKERS)
-
-
-def _set_fast_compile(fast: bool) -> None:
-  if fast != _fast_compile[0]:
-    jax.config.update("jax_disable_most_optimizations", fast)
-    jax.clear_caches()  # in-process jit caches do not key on the option (the persistent cache does)
-    _fast_compile[0] = fast
-  if fast:  # the processes a test starts compile as it does (and share its cache entries)
+def _compile_mode() -> None:
+  """Set once per process before anything compiles; workers and the processes tests start inherit
+  the environment, so they compile the same way (and share the cache's entries)."""
+  mode = os.environ.get(COMPILE_ENV, "fast")
+  if mode not in COMPILE_MODES:
+    raise pytest.UsageError(f"{COMPILE_ENV}={mode!r}: must be one of {', '.join(COMPILE_MODES)}")
+  if mode == "fast":
     os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-  else:
-    os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
-
-
-def pytest_collection_modifyitems(items):
-  for item in items:
-    if _full_compile(item):
-      for name in item.fixturenames:
-        _full_compile_fixtures.update({(item.module.__name__, name), ("*", name)})
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-  """Every other test (files, resumes, errors, shapes, learning at all), and the processes it starts,
-  compile with XLA's optimisations off: the same math in about 60% of the CPU time."""
-  _set_fast_compile(not _full_compile(item))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_fixture_setup(fixturedef, request):
-  """A module's fixture (a trained workdir, a reference step) compiles as the tests that compare
-  against it do, whichever test sets it up."""
-  if fixturedef.scope == "function":
-    yield
-    return
-  test_mode = _fast_compile[0]
-  where = request.module.__name__ if fixturedef.scope in ("module", "class") else "*"
-  _set_fast_compile((where, fixturedef.argname) not in _full_compile_fixtures)
-  yield
-  _set_fast_compile(test_mode)
+    jax.config.update("jax_disable_most_optimizations", True)  # jax was imported before the variable was set
 
 
 def pytest_unconfigure(config):

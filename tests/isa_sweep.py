@@ -33,7 +33,7 @@ def cpu_name() -> str:
 
 def run_under(isa: str, pytest_args: list[str]) -> tuple[dict, list[dict]]:
   """One pytest run under `isa`: ({isa, returncode, seconds, summary}, the tests' error rows)."""
-  env = dict(os.environ)
+  env = dict(os.environ, VLJAX_TEST_COMPILE="full")  # machine code as users' runs compile it (tests/conftest.py)
   if isa != "default":
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_max_isa={isa}".strip()
   with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as log:

@@ -137,7 +137,6 @@ def test_train_step_flops_match_xla(recipe, frozen):
   assert analytic == pytest.approx(matmuls, rel=0.01), (analytic / matmuls, cfg.frozen)
 
 
-@pytest.mark.optimized
 @pytest.mark.parametrize("recipe", ["lit_shapes", "flamingo_shapes"])
 def test_compiled_step_flops_match(recipe):
   cfg = tiny_recipe(recipe)

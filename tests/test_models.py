@@ -306,7 +306,6 @@ def test_sharded_params_and_apply_on_8_devices():
     pytest.param(dict(name="two_tower", embed_dim=64, image=dict(variant="shapes/patch-64", pool="map", head=False),
                       text=dict(variant="shapes-64", vocab_size=1000, max_len=16)), id="two_tower-no-image-head"),
 ], ids=lambda c: c["name"] + "-" + c.get("pooler", ""))
-@pytest.mark.optimized
 def test_flops_match_xla_cost_analysis(cfg):
   model, n = get_model(cfg), 2
   img, ids = jnp.zeros((n, 64, 64, 3)), jnp.ones((n, 16), jnp.int32)
@@ -377,7 +376,6 @@ def test_conv_stem_and_image_size_must_fit_the_patch():
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 12, 12, 3)), jnp.ones((1, LEN), jnp.int32))
 
 
-@pytest.mark.optimized
 def test_remat_policies_trade_memory_for_recompute():
   """Under scan (one compiled body, so XLA cannot reschedule across layers), each policy saves
   less than the one before it and recomputes more."""

@@ -305,7 +305,6 @@ def test_combined_loss_weights_and_metrics():
   assert float(metrics["logit_scale"]) == 7.0 and float(metrics["logit_bias"]) == -3.0
 
 
-@pytest.mark.optimized
 def test_ring_sigmoid_memory_follows_the_local_batch():
   """Per-device temp memory of loss + gradients on 8 devices: the ring holds (b, b) blocks of the
   local batch b = B / 8 (rematerialised in the backward pass); the plain form holds (b, B) rows."""
