@@ -10,6 +10,7 @@ import pytest
 from flax import linen as nn
 
 from conftest import greedy_by_recompute
+from vljax import config as config_lib
 from vljax import decode as decode_lib
 from vljax import objectives
 from vljax.data import tokenizers
@@ -232,7 +233,10 @@ def test_cappa_config_errors():
 @pytest.mark.cross_path
 def test_decode_benchmark_paths_agree():
   from vljax.bench import decode as bench
-  result = bench.run("configs/coca_shapes.py", batch=2, tokens=4, repeats=1)
+  cfg = config_lib.load_config("configs/coca_shapes.py")
+  cfg.model = model_cfg("coca")  # the recipe's own towers take a minute to compile here
+  cfg.data.update(image_size=IMG, max_len=LEN)
+  result = bench.run(cfg, batch=2, tokens=4, repeats=1)
   assert result["same_tokens"] and result["cached_s"] > 0 and result["recompute_s"] > 0
 
 

@@ -15,6 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import linen as nn
 
@@ -43,13 +44,14 @@ def timed(fn, *args, repeats: int) -> float:
   return float(np.median(times))
 
 
-def run(config_path: str, batch: int, tokens: int, repeats: int) -> dict[str, float]:
-  cfg = config_lib.load_config(config_path)
+def run(config: str | ml_collections.ConfigDict, batch: int, tokens: int, repeats: int) -> dict[str, float]:
+  """`config`: a recipe's path or a loaded config."""
+  cfg = config_lib.load_config(config) if isinstance(config, str) else config
   cfg.data.max_len = max(cfg.data.max_len, tokens)
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
   model = get_model(resolve_model_config(cfg, tok))
   if not hasattr(model, "decode_step"):
-    raise ValueError(f"{config_path}: model {cfg.model.name!r} has no caption decoder to benchmark")
+    raise ValueError(f"{config if isinstance(config, str) else 'config'}: model {cfg.model.name!r} has no caption decoder to benchmark")
   size = cfg.data.image_size
   images = jax.random.normal(jax.random.PRNGKey(1), (batch, size, size, 3))
   with nn.logical_axis_rules(LOGICAL_RULES):
