@@ -42,14 +42,13 @@ test: install-test
 	$(PY) -m pytest -n 2 --dist loadfile -q --durations=15
 
 # The tests that compare floats of two code paths, under another x86 instruction set than this
-# CPU's (XLA emits other code per ISA; tests/numerics.py) and compiled as users' runs are (`make test`
-# turns LLVM's optimisations off; tests/conftest.py): what CI runs after `make test`. The slow
+# CPU's (XLA emits other code per ISA; tests/numerics.py): what CI runs after `make test`. The slow
 # ones (full-size imports, decoder-model layouts, two processes) keep bounds that faster ones
 # check here too; `make isa-table` runs every one under every instruction set.
 ISA ?= SSE4_2
 ISA_TESTS ?= cross_path and not slow
 test-isa: install-test
-	VLJAX_TEST_COMPILE=full XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_max_isa=$(ISA)" $(PY) -m pytest -m "$(ISA_TESTS)" -n 2 --dist loadfile -q -p no:cacheprovider
+	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_max_isa=$(ISA)" $(PY) -m pytest -m "$(ISA_TESTS)" -n 2 --dist loadfile -q -p no:cacheprovider
 
 # Their worst errors against their tolerances under SSE4_2, AVX, AVX2 and this CPU's default.
 isa-table: install-test

@@ -62,10 +62,10 @@ def _compilation_cache(config):
 # How the suite compiles: "fast" (the default) turns off LLVM's optimisations of the machine code
 # (`jax_disable_most_optimizations`). XLA's HLO passes still run as in users' runs, and they decide
 # what the tests check: fusion and partitioning (the order floats are added in), layouts, buffer
-# assignment (compiled memory) and cost analysis (FLOPs). Machine code differs in the way another
-# CPU's does (FMA contraction, vector width), which the `cross_path` tolerances must absorb anyway.
-# "full" compiles exactly as users' runs do: CI's rerun of the `cross_path` tests under another
-# instruction set (`make test-isa`) and `make isa-table` use it.
+# assignment (compiled memory) and cost analysis (FLOPs). Only the machine code below them differs,
+# as it does on another CPU, which the `cross_path` tolerances must absorb anyway (`make test-isa`).
+# "full" compiles exactly as users' runs do: `make isa-table` uses it for its table of errors per
+# instruction set.
 COMPILE_ENV = "VLJAX_TEST_COMPILE"
 COMPILE_MODES = ("fast", "full")
 

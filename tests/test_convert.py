@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -73,24 +74,38 @@ def test_small_siglip_matches_transformers(small_siglip, tmp_path, fmt, file):
 @pytest.mark.slow
 def test_clip_vit_b32_every_format_matches_transformers(tmp_path):
   family = reference_family("clip", False, tmp_path)
-  for fmt, path in (("hf_clip", family["folder"]), ("openai_clip", write_checkpoint(family, "openai_clip",
-                                                                                     tmp_path / "b32.safetensors"))):
-    converted = convert.import_checkpoint(str(path))
-    c = converted.model_cfg
-    assert (c["image"]["variant"], c["text"]["variant"], c["contrastive"]["embed_dim"], c["text"]["max_len"]) == ("B/32", "B", 512, 77)
-    assert_matches(vljax_outputs(converted, family["pixels"], family["ids"]), family["ref"], f"CLIP B/32 via {fmt}")
+  _full_size_formats_match(family, [("hf_clip", family["folder"]),
+                                    ("openai_clip", write_checkpoint(family, "openai_clip", tmp_path / "b32.safetensors"))],
+                           ("B/32", "B", 512, 77), "CLIP B/32")
 
 
 @pytest.mark.cross_path
 @pytest.mark.slow
 def test_siglip_b16_every_format_matches_transformers(tmp_path):
   family = reference_family("siglip", False, tmp_path)
-  for fmt, path in (("hf_siglip", family["folder"]),
-                    ("big_vision_siglip", write_checkpoint(family, "big_vision_siglip", tmp_path / "b16.npz"))):
+  _full_size_formats_match(family, [("hf_siglip", family["folder"]),
+                                    ("big_vision_siglip", write_checkpoint(family, "big_vision_siglip", tmp_path / "b16.npz"))],
+                           ("B/16", "L", 768, 64), "SigLIP B/16")
+
+
+def _full_size_formats_match(family, formats, sizes, name):
+  """The first format's import runs against the reference; the others must import to the very same
+  config and parameters (a full-size forward each would only repeat it)."""
+  first = None
+  for fmt, path in formats:
     converted = convert.import_checkpoint(str(path))
     c = converted.model_cfg
-    assert (c["image"]["variant"], c["text"]["variant"], c["contrastive"]["embed_dim"], c["text"]["max_len"]) == ("B/16", "L", 768, 64)
-    assert_matches(vljax_outputs(converted, family["pixels"], family["ids"]), family["ref"], f"SigLIP B/16 via {fmt}")
+    assert (c["image"]["variant"], c["text"]["variant"], c["contrastive"]["embed_dim"], c["text"]["max_len"]) == sizes
+    if first is None:
+      first = converted
+      assert_matches(vljax_outputs(converted, family["pixels"], family["ids"]), family["ref"], f"{name} via {fmt}")
+      continue
+    assert c == first.model_cfg, fmt
+    want = traverse_util.flatten_dict(first.params, sep="/")
+    got = traverse_util.flatten_dict(converted.params, sep="/")
+    assert got.keys() == want.keys(), fmt
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name} via {fmt}: {key}")
 
 
 # ---- position embedding resampling --------------------------------------------------------------
