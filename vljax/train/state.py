@@ -35,9 +35,9 @@ def dummy_inputs(cfg, batch: int) -> dict:
   return inputs
 
 
-def param_shardings(model: nn.Module, inputs: dict, mesh) -> Any:
-  """NamedShardings of the params, from the logical names the modules declare."""
-  boxed = jax.eval_shape(lambda r: model.init(r, **inputs)["params"], jax.random.PRNGKey(0))
+def param_shardings(boxed: Any, mesh) -> Any:
+  """NamedShardings of the params, from the logical names the modules declare (`boxed`: the
+  params as model.init returns them, abstract or not)."""
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_RULES)
   check_shardable(nn.unbox(boxed), shardings)
   return shardings
@@ -60,13 +60,15 @@ def check_shardable(params: Any, shardings: Any) -> None:
                          f"use a mesh whose {'x'.join(axes)} size divides {size}")
 
 
-def _init_fn(model: nn.Module, tx: optax.GradientTransformation, cfg, inputs: dict):
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, cfg, inputs: dict, with_boxed: bool = False):
+  """rng -> TrainState; with `with_boxed`, (params with their logical names, TrainState)."""
   def init(rng):
     init_rng, state_rng = jax.random.split(rng)
-    params = nn.unbox(model.init(init_rng, **inputs)["params"])
+    boxed = model.init(init_rng, **inputs)["params"]
+    params = nn.unbox(boxed)
     trainable, _ = split_frozen(params, cfg.frozen)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable),
-                      rng=state_rng)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), rng=state_rng)
+    return (boxed, state) if with_boxed else state
   return init
 
 
@@ -74,10 +76,10 @@ def plan_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, me
   """(abstract state, state_shardings) without computing anything: the state's ShapeDtypeStructs
   carrying their shardings (what a resume restores into, so it never compiles or runs the init),
   params sharded by their logical names, optimizer state like its params."""
-  p_sh = param_shardings(model, inputs, mesh)
+  with nn.logical_axis_rules(LOGICAL_RULES):  # one trace gives the names and the state's shapes
+    boxed, abstract = jax.eval_shape(_init_fn(model, tx, cfg, inputs, with_boxed=True), jax.random.PRNGKey(cfg.seed))
+  p_sh = param_shardings(boxed, mesh)
   trainable_sh, _ = split_frozen(p_sh, cfg.frozen)
-  with nn.logical_axis_rules(LOGICAL_RULES):
-    abstract = jax.eval_shape(_init_fn(model, tx, cfg, inputs), jax.random.PRNGKey(cfg.seed))
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable_sh,
                                  transform_non_params=lambda _: replicated(mesh))
   shardings = TrainState(step=replicated(mesh), params=p_sh, opt_state=opt_sh, rng=replicated(mesh))
