@@ -1,6 +1,7 @@
 """Eight simulated CPU devices for every test, set before JAX touches a backend; one XLA
-compilation cache per test run; how the run compiles (fast machine code unless told otherwise); the error log of `cross_path` tests (tests/numerics.py); the
-recipes' presets importable as `common` (configs/common.py)."""
+compilation cache per test run; how the run compiles (`VLJAX_TEST_COMPILE`); the error log of
+`cross_path` tests (tests/numerics.py); the recipes' presets importable as `common`
+(configs/common.py)."""
 
 import gc
 import os
@@ -76,9 +77,12 @@ def _compile_mode() -> None:
   mode = os.environ.get(COMPILE_ENV, "fast")
   if mode not in COMPILE_MODES:
     raise pytest.UsageError(f"{COMPILE_ENV}={mode!r}: must be one of {', '.join(COMPILE_MODES)}")
-  if mode == "fast":
+  fast = mode == "fast"
+  if fast:
     os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-    jax.config.update("jax_disable_most_optimizations", True)  # jax was imported before the variable was set
+  else:
+    os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
+  jax.config.update("jax_disable_most_optimizations", fast)  # jax was imported before the variable was set
 
 
 def pytest_unconfigure(config):
