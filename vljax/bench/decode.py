@@ -46,12 +46,13 @@ def timed(fn, *args, repeats: int) -> float:
 
 def run(config: str | ml_collections.ConfigDict, batch: int, tokens: int, repeats: int) -> dict[str, float]:
   """`config`: a recipe's path or a loaded config."""
+  name = config if isinstance(config, str) else "config"
   cfg = config_lib.load_config(config) if isinstance(config, str) else config
   cfg.data.max_len = max(cfg.data.max_len, tokens)
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
   model = get_model(resolve_model_config(cfg, tok))
   if not hasattr(model, "decode_step"):
-    raise ValueError(f"{config if isinstance(config, str) else 'config'}: model {cfg.model.name!r} has no caption decoder to benchmark")
+    raise ValueError(f"{name}: model {cfg.model.name!r} has no caption decoder to benchmark")
   size = cfg.data.image_size
   images = jax.random.normal(jax.random.PRNGKey(1), (batch, size, size, 3))
   with nn.logical_axis_rules(LOGICAL_RULES):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import linen as nn
 
 from vljax import allocator, checkpoint_io, evals
 from vljax import metrics as metrics_lib
@@ -28,8 +29,9 @@ from vljax.bench import op_profile
 from vljax.bench.decode import machine_name
 from vljax.data import pipeline
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
-from vljax.parallel.sharding import MESH_AXES, batch_sharding, bytes_per_device
+from vljax.parallel.sharding import LOGICAL_RULES, MESH_AXES, batch_sharding, bytes_per_device
 from vljax.train import setup, state as state_lib, step as step_lib, step_flops
+from vljax.train.optim import split_frozen
 
 
 def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int = 0) -> dict[str, jax.Array]:
@@ -176,9 +178,6 @@ def activation_bytes(model, cfg, state, batch) -> int | None:
     from jax._src.ad_checkpoint import saved_residuals  # not exported; print_saved_residuals prints it
   except ImportError:
     return None
-  from flax import linen as nn
-  from vljax.parallel.sharding import LOGICAL_RULES
-  from vljax.train.optim import split_frozen
   loss_fn = step_lib.make_loss_fn(model, cfg)
   trainable, frozen = split_frozen(state.params, list(cfg.frozen))
   micro = jax.tree.map(lambda x: x[:x.shape[0] // int(cfg.grad_accum_steps)], batch)
