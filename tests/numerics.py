@@ -44,32 +44,42 @@ def contrastive_loss_bound(loss: float, batch_size: int) -> float:
 
 
 def per_example_gradient_abs_sum(model, params, batch: dict, objective_spec) -> dict[str, np.ndarray]:
+  """gradient_terms_abs_sum of the model's one forward pass and the objectives' combined loss."""
+  def forward(p, batch):
+    return model.apply({"params": p}, image=batch["image"], text=batch["text"], train=False)
+
+  return gradient_terms_abs_sum(forward, lambda out, batch: objectives.combined_loss(objective_spec, out, batch)[0],
+                                params, batch)
+
+
+def gradient_terms_abs_sum(forward, loss, params, batch: dict) -> dict[str, np.ndarray]:
   """sum_i |dL/dparams through example i| (plus the term through outputs shared by the batch, such as
   the logit scale), per flattened param path: the sum|x_i| of the batch's gradient reduction.
 
-  Chain rule: dL/dparams = sum_i J_i^T c_i, with c_i = dL/d(outputs of example i) from the full
-  batch's loss and J_i the Jacobian of example i's outputs; each J_i^T c_i is one vjp on one example.
+  forward(params, batch) gives outputs whose leaves either lead with the batch size (example i's
+  rows depend on example i alone, however many passes of the model made them) or are shared by the
+  batch; L = loss(outputs, batch). Chain rule: dL/dparams = sum_i J_i^T c_i, with c_i = dL/d(outputs of
+  example i) from the full batch's loss and J_i the Jacobian of example i's outputs; each J_i^T c_i
+  is one vjp on one example.
   """
-  def apply(p, image, text):
-    return model.apply({"params": p}, image=image, text=text, train=False)
-
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   size = batch["text"].shape[0]
+  examples = {k: v for k, v in batch.items() if v.ndim > 0 and v.shape[0] == size}
 
-  def through_example(params, image, text, cot, own):
-    _, vjp = jax.vjp(lambda p: apply(p, image[None], text[None]), params)
+  def through_example(params, example, cot, own):
+    one = {**batch, **jax.tree.map(lambda v: v[None], example)}
+    _, vjp = jax.vjp(lambda p: forward(p, one), params)
     cot = jax.tree.map(lambda c, is_own: c[None] if is_own else jnp.zeros_like(c), cot, own)
     return jax.tree.map(jnp.abs, vjp(cot)[0])
 
   @jax.jit  # one program: run eagerly, every op of the model would be compiled on its own
   def terms(params, batch):
-    outputs, vjp_all = jax.vjp(lambda p: apply(p, batch["image"], batch["text"]), params)
-    cotangents = jax.grad(lambda out: objectives.combined_loss(objective_spec, out, batch)[0])(outputs)
+    outputs, vjp_all = jax.vjp(lambda p: forward(p, batch), params)
+    cotangents = jax.grad(lambda out: loss(out, batch))(outputs)
     own = jax.tree.map(lambda x: x.ndim > 0 and x.shape[0] == size, outputs)
     shared_cot = jax.tree.map(lambda c, is_own: jnp.zeros_like(c) if is_own else c, cotangents, own)
     example_cots = jax.tree.map(lambda c, is_own: c if is_own else jnp.zeros((size, *c.shape)), cotangents, own)
-    per_example = jax.lax.map(lambda xs: through_example(params, *xs, own), (batch["image"], batch["text"], example_cots),
-                              batch_size=32)
+    per_example = jax.lax.map(lambda xs: through_example(params, *xs, own), (examples, example_cots), batch_size=32)
     return jax.tree.map(lambda shared, each: jnp.abs(shared) + each.sum(0), vjp_all(shared_cot)[0], per_example)
 
   total = terms(params, batch)
@@ -102,12 +112,19 @@ def assert_first_steps_within_reordering(got: dict, want: dict, terms: dict[str,
   size = len(want["batch/text"])
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=0,
                              atol=contrastive_loss_bound(float(want["loss"]), size))
-  assert sorted(terms) == sorted(k[len("grad/"):] for k in want if k.startswith("grad/"))
+  grads = lambda result: {k[len("grad/"):]: v for k, v in result.items() if k.startswith("grad/")}  # noqa: E731
+  assert_gradients_within_reordering(grads(got), grads(want), terms, size * positions)
+
+
+def assert_gradients_within_reordering(got: dict, want: dict, terms: dict[str, np.ndarray], n: int) -> None:
+  """Two gradients {flattened param path: array} of one loss on the same examples, summed in other
+  orders: each tensor within 2 gamma_{n-1} times its largest term sum (`terms`, from
+  gradient_terms_abs_sum), n the number of terms each element's sum may be reordered over."""
+  assert sorted(terms) == sorted(want) == sorted(got)
   for name, abs_sum in terms.items():
-    g, w = got[f"grad/{name}"], want[f"grad/{name}"]
-    assert np.abs(w).max() > 0, name  # every tensor gets a gradient: a bound on zeros proves nothing
-    bound = float(reordered_sum_bound(abs_sum.max(), size * positions))
-    np.testing.assert_allclose(g, w, rtol=0, atol=bound, err_msg=name)
+    assert np.abs(want[name]).max() > 0, name  # every tensor gets a gradient: a bound on zeros proves nothing
+    bound = float(reordered_sum_bound(abs_sum.max(), n))
+    np.testing.assert_allclose(got[name], want[name], rtol=0, atol=bound, err_msg=name)
 
 
 class ErrorRecorder:

@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
+import numerics
 from conftest import tiny_config, workdir_listing
 from vljax import models, objectives
 from vljax.data import pipeline, tokenizers
@@ -101,25 +103,35 @@ def test_an_objective_that_runs_the_model_trains_and_gradcache_splits_it(flip_ob
   model, params, batch, loss, metrics, grads = _loss_and_grads(cfg)
   assert float(metrics["mirror_distance"]) > 0
 
-  def written_out(p):
+  def forward(p, batch):  # both passes of the written-out loss; row i of every output is example i's
     out = model.apply({"params": p}, image=batch["image"], text=batch["text"], train=True)
-    mirrored = model.apply({"params": p}, image=batch["image"][:, :, ::-1], train=True)["img_emb"]
-    contrastive = objectives.softmax_contrastive_loss(out["img_emb"], out["txt_emb"], out["logit_scale"])
-    return contrastive + 0.5 * jnp.mean(jnp.sum((out["img_emb"] - mirrored) ** 2, axis=-1))
+    return {**out, "mirrored": model.apply({"params": p}, image=batch["image"][:, :, ::-1], train=True)["img_emb"]}
 
-  want_loss, want_grads = jax.jit(jax.value_and_grad(written_out))(params)
-  # one program against another computing the same sums: float32 rounding apart (atol: see below)
-  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, jax.device_get(want_grads))
+  def written_out(outputs, batch):
+    contrastive = objectives.softmax_contrastive_loss(outputs["img_emb"], outputs["txt_emb"], outputs["logit_scale"])
+    return contrastive + 0.5 * jnp.mean(jnp.sum((outputs["img_emb"] - outputs["mirrored"]) ** 2, axis=-1))
+
+  want_loss, want_grads = jax.jit(jax.value_and_grad(lambda p: written_out(forward(p, batch), batch)))(params)
+  # Both comparisons are of the same sums in other orders (another program; micro-batches), so float32
+  # rounding bounds them (tests/numerics.py). The loss: the contrastive part's bound plus the mirror
+  # mean's, a sum of batch x embed_dim squares. Each gradient element sums, per example, both passes'
+  # patches or the text's tokens (fewer); GradCache's micro-batch programs may reorder those too.
+  size, embed_dim = batch["text"].shape[0], cfg.model["contrastive"]["embed_dim"]
+  positions = 2 * (cfg.data.image_size // 8) ** 2  # mu/8: 8-pixel patches
+  mirror = float(metrics["mirror_distance"])
+  loss_bound = (numerics.contrastive_loss_bound(float(metrics["softmax_contrastive_loss"]), size)
+                + 0.5 * float(numerics.reordered_sum_bound(mirror, size * embed_dim)))
+  terms = numerics.gradient_terms_abs_sum(forward, written_out, params, batch)
+  flat = lambda tree: traverse_util.flatten_dict(jax.device_get(tree), sep="/")  # noqa: E731
+  np.testing.assert_allclose(loss, want_loss, rtol=0, atol=loss_bound)
+  numerics.assert_gradients_within_reordering(flat(grads), flat(want_grads), terms, size * positions)
 
   cfg.grad_accum_steps, cfg.grad_accum_mode = 2, "gradcache"
   *_, cached_loss, cached_metrics, cached_grads = _loss_and_grads(cfg)
-  # micro-batches reorder the batch's sums: float32 rounding apart. As in test_gradcache, atol 1e-5: an
-  # element is a sum of per-example terms larger than itself, and the reordering moves it by ulps of
-  # those terms (5e-6 on an element of 0.022 under SSE4_2), not of its own value.
-  np.testing.assert_allclose(cached_loss, loss, rtol=1e-5)
-  np.testing.assert_allclose(cached_metrics["mirror_distance"], metrics["mirror_distance"], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), cached_grads, grads)
+  np.testing.assert_allclose(cached_loss, loss, rtol=0, atol=loss_bound)
+  np.testing.assert_allclose(cached_metrics["mirror_distance"], mirror, rtol=0,
+                             atol=numerics.reordered_sum_bound(mirror, size * embed_dim))
+  numerics.assert_gradients_within_reordering(flat(cached_grads), flat(grads), terms, size * positions)
 
 
 def test_random_streams_are_separate_by_name_and_capp_masks_from_its_own():
