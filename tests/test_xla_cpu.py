@@ -1,4 +1,4 @@
-"""vljax's commands compile CPU programs with XLA's memory-ordered schedule (vljax/xla_cpu.py)."""
+"""vljax's commands compile CPU programs with their XLA settings (vljax/xla_cpu.py)."""
 
 import json
 import os
@@ -12,17 +12,23 @@ from vljax import xla_cpu
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+SCHEDULE, YNN = "--xla_cpu_enable_concurrency_optimized_scheduler", "--xla_cpu_experimental_ynn_fusion_type"
+ALL = f"{SCHEDULE}=false {YNN}=-individual_dot"
+
+
 @pytest.mark.parametrize("before, after", [
-    ("", xla_cpu.SETTING),
-    ("--xla_cpu_max_isa=AVX2", f"--xla_cpu_max_isa=AVX2 {xla_cpu.SETTING}"),
-    (f"{xla_cpu.FLAG}=true", f"{xla_cpu.FLAG}=true"),  # the user's choice stands
+    ("", ALL),
+    ("--xla_cpu_max_isa=AVX2", f"--xla_cpu_max_isa=AVX2 {ALL}"),
+    (f"{SCHEDULE}=true", f"{SCHEDULE}=true {YNN}=-individual_dot"),  # the user's choice stands
+    (f" {YNN}= ", f"{YNN}= {SCHEDULE}=false"),  # an empty value is a choice too
+    (f"{SCHEDULE}_x=1", f"{SCHEDULE}_x=1 {ALL}"),  # another flag whose name starts the same
 ])
-def test_the_flag_joins_the_users_xla_flags(before, after):
-  assert xla_cpu.with_memory_ordered_schedule(before) == after
+def test_the_settings_join_the_users_xla_flags(before, after):
+  assert xla_cpu.with_cpu_settings(before) == after
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["python", "-m", "vljax.train", "--config", "c.py"], xla_cpu.SETTING),
+    (["python", "-m", "vljax.train", "--config", "c.py"], ALL),
     (["python", "-m", "vljax.report", "--workdir", "w"], None),  # compiles no steps
     (["python", "script.py"], None),
 ])
