@@ -399,9 +399,26 @@ def test_cudnn_attention_falls_back_to_xla_with_a_log_line(caplog):
   mask = jnp.tril(jnp.ones((8, 8), bool))[None, None]
   with caplog.at_level("WARNING"):
     got = layers.attention(q, q, q, mask, False, "cudnn")  # no GPU here: cuDNN refuses while tracing
-  want = jax.nn.dot_product_attention(q, q, q, mask=mask, implementation="xla")
-  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got, layers.xla_attention(q, q, q, mask, False))
   assert "cuDNN unavailable" in caplog.text and "using XLA" in caplog.text
+
+
+@pytest.mark.cross_path
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("masked, causal", [(False, False), (True, False), (False, True), (True, True)])
+def test_the_xla_attention_path_computes_what_jax_nn_does(masked, causal, dtype):
+  """vljax's XLA attention (heads next to the batch) against jax.nn.dot_product_attention's XLA path:
+  the same sums in other orders. float32: each output is a convex combination of values of size ~3,
+  within a few ulps of 3 (2e-6); bf16: both round the float32 result to bf16, within one bf16 ulp."""
+  from vljax.models import layers
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 4, 16)), dtype) for _ in range(3))
+  mask = jnp.asarray(rng.random((2, 1, 7, 7)) < 0.7) | jnp.eye(7, dtype=bool) if masked else None
+  got = layers.xla_attention(q, k, v, mask, causal)
+  want = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="xla")
+  assert got.dtype == want.dtype and got.shape == want.shape
+  tolerance = 2e-6 if dtype == jnp.float32 else 2 ** -7 * 4
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=0, atol=tolerance)
 
 
 @pytest.mark.parametrize("image,text,top", [
