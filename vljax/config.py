@@ -28,11 +28,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = dict(name="shapes", format="caption", vqa_fraction=0.5, chunks=1, image_size=64, max_len=24,
                 caption_noise=0.0, tokenizer="shapes",
                 world_seed=0,                # the shapes world and its eval sets: fixed across run seeds
-                min_objects=1, max_objects=3, prefetch=4, workers=0,
-                # Read threads. The shapes renderer holds the GIL: a second thread doubled its CPU
-                # time per batch and slowed it (0.29 vs 0.14 CPU-s a batch of 256); JPEG decoding
-                # releases it, so real-data recipes set their own (configs/*_vit_b16.py).
-                num_threads=1,
+                min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0,
                 normalization="siglip",      # pixel preset (vljax.data.images.NORMALIZATIONS); siglip: [-1, 1]
                 # Real data (name: tfds, array_record, webdataset, folder, mixture): the keys are
                 # documented in vljax/data/sources/__init__.py.

@@ -138,7 +138,7 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   vljax/data/formats), vqa_fraction (0.5: the share of question-answer chunks in chunked formats,
   "lm" / "vlm"), chunks (1: chunks per sequence of a chunked format), image_size (64), max_len (24),
   normalization ("siglip": pixels in [-1, 1]), caption_noise (0.0), min_objects/max_objects (1/3),
-  num_threads (1), prefetch (4 batches), workers (0 = threads only; > 0 renders in that many
+  num_threads (2), prefetch (4 batches), workers (0 = threads only; > 0 renders in that many
   processes). Real sources add the "_skipped" field (SKIPPED_KEY) to every batch; their chunked
   formats take question-answer records and documents instead of vqa_fraction (sources/fields.py).
   """
@@ -163,7 +163,7 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   ds = ds[process_index::process_count]
   settings = formats.CollateSettings(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), normalization)
   ds = ds.batch(local_batch, drop_remainder=True, batch_fn=fmt.collate(settings))
-  read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 1),
+  read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=data_cfg.get("prefetch", 4))
   it_ds = ds.to_iter_dataset(read_options)
   workers = data_cfg.get("workers", 0)
@@ -283,7 +283,7 @@ def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_ba
   fmt = check_format(data_cfg.get("format", "caption"))
   workers = int(data_cfg.get("workers", 0)) if train else 0
   prefetch = max(1, int(data_cfg.get("prefetch", 4)))
-  read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 1),
+  read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=prefetch * local_batch)
   parts = [_source_part(spec, i, data_cfg, fmt, tokenizer, seed=seed, train=train, process_index=process_index,
                         process_count=process_count, workers=workers, read_options=read_options)
