@@ -15,6 +15,7 @@ from conftest import tiny_config, workdir_listing
 from vljax import models, objectives
 from vljax.data import pipeline, tokenizers
 from vljax.models import get_model
+from vljax.models.vit import vit_settings
 from vljax.parallel.mesh import make_mesh
 from vljax.train import setup, state as state_lib, step as step_lib
 from vljax.train.trainer import _global_batch, train_and_evaluate
@@ -117,10 +118,10 @@ def test_an_objective_that_runs_the_model_trains_and_gradcache_splits_it(flip_ob
   # mean's, a sum of batch x embed_dim squares. Each gradient element sums, per example, both passes'
   # patches or the text's tokens (fewer); GradCache's micro-batch programs may reorder those too.
   size, embed_dim = batch["text"].shape[0], cfg.model["contrastive"]["embed_dim"]
-  positions = 2 * (cfg.data.image_size // 8) ** 2  # mu/8: 8-pixel patches
+  positions = 2 * (cfg.data.image_size // vit_settings(cfg.model["image"]["variant"])["patch"]) ** 2
   mirror = float(metrics["mirror_distance"])
-  loss_bound = (numerics.contrastive_loss_bound(float(metrics["softmax_contrastive_loss"]), size)
-                + 0.5 * float(numerics.reordered_sum_bound(mirror, size * embed_dim)))
+  mirror_bound = float(numerics.reordered_sum_bound(mirror, size * embed_dim))
+  loss_bound = numerics.contrastive_loss_bound(float(metrics["softmax_contrastive_loss"]), size) + 0.5 * mirror_bound
   terms = numerics.gradient_terms_abs_sum(forward, written_out, params, batch)
   flat = lambda tree: traverse_util.flatten_dict(jax.device_get(tree), sep="/")  # noqa: E731
   np.testing.assert_allclose(loss, want_loss, rtol=0, atol=loss_bound)
@@ -129,8 +130,7 @@ def test_an_objective_that_runs_the_model_trains_and_gradcache_splits_it(flip_ob
   cfg.grad_accum_steps, cfg.grad_accum_mode = 2, "gradcache"
   *_, cached_loss, cached_metrics, cached_grads = _loss_and_grads(cfg)
   np.testing.assert_allclose(cached_loss, loss, rtol=0, atol=loss_bound)
-  np.testing.assert_allclose(cached_metrics["mirror_distance"], mirror, rtol=0,
-                             atol=numerics.reordered_sum_bound(mirror, size * embed_dim))
+  np.testing.assert_allclose(cached_metrics["mirror_distance"], mirror, rtol=0, atol=mirror_bound)
   numerics.assert_gradients_within_reordering(flat(cached_grads), flat(grads), terms, size * positions)
 
 

@@ -253,7 +253,8 @@ def xla_attention(q, k, v, mask, is_causal: bool) -> jax.Array:
   moved next to the batch for both products.
 
   XLA's CPU dot kernels take batch axes leading; jax.nn's [B,T,N,H] products made XLA transpose
-  inside each one, and a ViT block's forward and backward ran 1.3x slower (`vljax.bench`, README).
+  inside each one: a ViT-medium attention block's forward and backward ran 1.3x slower (README,
+  "Attention layout and matmul kernels").
   As jax.nn: QK^T accumulated in float32 even for bf16, scaled, masked, softmaxed in float32.
   """
   q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, N, L, H]
