@@ -111,6 +111,21 @@ class _Sequences:
     return [self.source[index * self.chunks + j] for j in range(self.chunks)]
 
 
+class _PaintThenCollate:
+  """A batch of shapes examples (sequences of them, in chunked formats) whose images are sketches ->
+  the same examples with their pixels, painted in one call -> the format's collate."""
+
+  def __init__(self, world: shapes.ShapesWorld, collate):
+    self.world, self.collate = world, collate
+
+  def __call__(self, batch: Sequence[Any]) -> dict[str, np.ndarray]:
+    flat = [ex for item in batch for ex in (item if isinstance(item, list) else [item])]
+    sketched = [ex for ex in flat if isinstance(ex.get("image"), shapes.Sketch)]
+    for ex, pixels in zip(sketched, self.world.paint([ex["image"] for ex in sketched])):
+      ex["image"] = pixels
+    return self.collate(batch)
+
+
 def batch_ndims(data_format: str) -> dict[str, int]:
   """Rank of each array in a batch of `data_format`: what the train step's shardings follow."""
   return dict(formats.get_format(data_format).fields)
@@ -154,7 +169,8 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   images.check_normalization(normalization)
   # Question-answer chunks only in chunked sequences: a caption format trains on captions.
   vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if fmt.chunked else 0.0
-  source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render=fmt.renders,
+  # Examples carry sketches; their batch is painted at once (_PaintThenCollate), a fraction of the cost.
+  source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render="sketch" if fmt.renders else False,
                                start=seed * TRAIN_SEED_STRIDE)
   sources.check_chunks(data_cfg)
   if fmt.chunked:
@@ -162,7 +178,7 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]
   settings = formats.CollateSettings(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), normalization)
-  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=fmt.collate(settings))
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_PaintThenCollate(world, fmt.collate(settings)))
   read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=data_cfg.get("prefetch", 4))
   it_ds = ds.to_iter_dataset(read_options)
