@@ -34,7 +34,10 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # documented in vljax/data/sources/__init__.py.
                 path="", split="train", tfds_name="", image_key="image", caption_key="caption",
                 label_template="a photo of a {}.", crop_scale=CROP_SCALE, cycle_length=4, sources=(),
-                question_key="question", answer_key="answer", chunks_key="")
+                question_key="question", answer_key="answer", chunks_key="",
+                # "device": the host ships crops as uint8 canvases of canvas_size (0: 2 * image_size) and
+                # the train step resizes them (vljax/data/device_resize.py); evaluation stays on the host.
+                resize="host", canvas_size=0)
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1
   c.grad_accum_mode = "mean"           # "mean" of micro-batch grads, or "gradcache" (full-batch negatives)

@@ -27,7 +27,7 @@ from vljax import allocator, checkpoint_io, evals
 from vljax import metrics as metrics_lib
 from vljax.bench import op_profile
 from vljax.bench.decode import machine_name
-from vljax.data import pipeline
+from vljax.data import device_resize, images, pipeline
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import LOGICAL_RULES, MESH_AXES, batch_sharding, bytes_per_device
 from vljax.train import setup, state as state_lib, step as step_lib, step_flops
@@ -41,13 +41,17 @@ def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int =
   lengths between half and all of max_len, content ids random in [1, vocab) minus the special ids
   ("vlm": one "<image>" per chunk), so last-token pooling and padding masks see what real
   batches give them. loss_mask (formats that have one) covers the second half of each row.
+  data.resize="device": uint8 canvases with boxes from image_size / 2 to the whole canvas, so the
+  step's time includes resizing them.
   """
   fmt, b, size, length = cfg.data.format, cfg.batch_size, cfg.data.image_size, cfg.data.max_len
-  ndims = pipeline.batch_ndims(fmt)
+  on_device = pipeline.resizes_on_device(cfg.data)
+  ndims = pipeline.batch_ndims(fmt, on_device)
+  canvas = device_resize.canvas_size(cfg.data)
   chunks = int(cfg.data.chunks) if fmt == "vlm" else 0
   if length < chunks + 2:
     raise ValueError(f"data.max_len={length} cannot hold BOS, EOS and {chunks} image token(s)")
-  unknown = sorted(set(ndims) - {"image", "text", "loss_mask"})
+  unknown = sorted(set(ndims) - {"image", "text", "loss_mask", images.BOX_KEY})
   if unknown:
     raise ValueError(f"vljax.bench makes no synthetic {unknown} for data.format={fmt!r}; valid formats: those "
                      f"with image, text and loss_mask only")
@@ -59,6 +63,10 @@ def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int =
   def make(rng):
     k_image, k_ids, k_len = jax.random.split(rng, 3)
     image = jax.random.uniform(k_image, image_shape, jnp.float32, -1.0, 1.0)
+    if on_device:
+      image = jax.random.randint(k_image, (b, canvas, canvas, 3), 0, 256, jnp.int32).astype(jnp.uint8)
+      ends = jax.random.uniform(jax.random.fold_in(k_len, 1), (b, 2), jnp.float32, max(1, size // 2), canvas)
+      boxes = jnp.concatenate([jnp.zeros((b, 2), jnp.float32), ends], axis=1)
     ids = jax.random.randint(k_ids, (b, length), 1, tokenizer.vocab_size, jnp.int32)
     ids = jnp.where(jnp.isin(ids, special_ids), filler, ids)
     lengths = jax.random.randint(k_len, (b, 1), max(chunks + 2, length // 2), length + 1)
@@ -71,6 +79,8 @@ def synthetic_batch(cfg: ml_collections.ConfigDict, tokenizer, mesh, seed: int =
     out = {"text": ids}
     if "image" in ndims:
       out["image"] = image
+    if on_device:
+      out[images.BOX_KEY] = boxes
     if "loss_mask" in ndims:
       out["loss_mask"] = (pos >= lengths // 2) & (pos < lengths)
     return out

@@ -2,6 +2,7 @@
 
   decode_image(bytes)               -> PIL image in RGB, or CorruptImageError
   random_resized_crop(im, size, rng) -> uint8 [size, size, 3]   (training)
+  crop_to_canvas(im, box, size, canvas) -> uint8 [canvas, canvas, 3], box   (resized on device)
   resize_center_crop(im, size)      -> uint8 [size, size, 3]   (evaluation, inference)
   normalize(uint8 images, preset)   -> float32                  (NORMALIZATIONS)
 
@@ -29,6 +30,9 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 NORMALIZATIONS["inception"] = NORMALIZATIONS["siglip"]
 DEFAULT_CROP_SCALE = (0.08, 1.0)
 DEFAULT_CROP_RATIO = (3 / 4, 4 / 3)
+# Batch field beside the uint8 canvases of data.resize="device": float32 [..., 4], each crop's box
+# (top, left, bottom, right) in its canvas's pixels (vljax/data/device_resize.py).
+BOX_KEY = "image_box"
 MAX_PIXELS = 178_956_970  # PIL's decompression-bomb limit; larger images are treated as corrupt
 
 
@@ -58,49 +62,86 @@ def decode_image(data: bytes) -> Image.Image:
     raise CorruptImageError(f"undecodable image: {type(e).__name__}: {e}") from e
 
 
-def _to_rgb_array(im: Image.Image, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-  """Crop `box` (in full-resolution coordinates) out of `im`, resize to size x size, RGB uint8."""
+def _decoded_region(im: Image.Image, box: tuple[int, int, int, int], size: int):
+  """(RGB image decoded at the smallest JPEG scale whose `box` is still >= size on both sides, the
+  box in its coordinates). `box` is in full-resolution coordinates."""
   full_w, full_h = im.size
   if min(full_w, full_h) < 1:
     raise CorruptImageError(f"image of {full_w}x{full_h} pixels has no content")
   crop_w, crop_h = box[2] - box[0], box[3] - box[1]
+  if im.format == "JPEG":
+    im.draft("RGB", (math.ceil(full_w * size / crop_w), math.ceil(full_h * size / crop_h)))
+  sx, sy = im.size[0] / full_w, im.size[1] / full_h
+  box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+  if im.mode != "RGB":
+    im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "LA", "PA") else im.convert("RGB")
+  return im, box
+
+
+def _to_rgb_array(im: Image.Image, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+  """Crop `box` (in full-resolution coordinates) out of `im`, resize to size x size, RGB uint8."""
   try:
-    if im.format == "JPEG":
-      # Ask for the smallest scaled decode whose crop is still >= size on both sides.
-      im.draft("RGB", (math.ceil(full_w * size / crop_w), math.ceil(full_h * size / crop_h)))
-    sx, sy = im.size[0] / full_w, im.size[1] / full_h
-    box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-    if im.mode != "RGB":
-      im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "LA", "PA") else im.convert("RGB")
-    out = im.resize((size, size), Image.BICUBIC, box=box, reducing_gap=None)
-    return np.asarray(out, dtype=np.uint8)
+    im, box = _decoded_region(im, box, size)
+    return np.asarray(im.resize((size, size), Image.BICUBIC, box=box, reducing_gap=None), dtype=np.uint8)
+  except CorruptImageError:
+    raise
   except Exception as e:  # truncated or malformed data surfaces only when pixels load, as any type
     raise CorruptImageError(f"undecodable image: {type(e).__name__}: {e}") from e
+
+
+def crop_to_canvas(im: Image.Image | np.ndarray, box: tuple[int, int, int, int], size: int,
+                   canvas: int) -> tuple[np.ndarray, np.ndarray]:
+  """The pixels under `box` for a `size` crop resized on the device (vljax/data/device_resize.py):
+  decoded at the JPEG scale that keeps the box >= size, the whole pixels it touches at the top left
+  of a zero canvas, shrunk (bicubic) only when larger than `canvas`.
+  -> (uint8 [canvas, canvas, 3], float32 [4]: the box (top, left, bottom, right) in the canvas)."""
+  if isinstance(im, np.ndarray):
+    im = Image.fromarray(im)
+  try:
+    im, (x0, y0, x1, y1) = _decoded_region(im, box, size)
+    left, top = math.floor(x0), math.floor(y0)
+    region = im.crop((left, top, max(left + 1, math.ceil(x1)), max(top + 1, math.ceil(y1))))
+    sx = sy = 1.0
+    if max(region.size) > canvas:
+      fit = canvas / max(region.size)
+      width, height = max(1, round(region.width * fit)), max(1, round(region.height * fit))
+      sx, sy = width / region.width, height / region.height
+      region = region.resize((width, height), Image.BICUBIC, reducing_gap=3.0)
+    pixels = np.asarray(region, dtype=np.uint8)
+  except CorruptImageError:
+    raise
+  except Exception as e:
+    raise CorruptImageError(f"undecodable image: {type(e).__name__}: {e}") from e
+  out = np.zeros((canvas, canvas, 3), np.uint8)
+  out[:pixels.shape[0], :pixels.shape[1]] = pixels
+  return out, np.array([(y0 - top) * sy, (x0 - left) * sx, (y1 - top) * sy, (x1 - left) * sx], np.float32)
+
+
+def center_box(width: int, height: int) -> tuple[int, int, int, int]:
+  """The central square of a width x height image."""
+  side = min(width, height)
+  left, top = (width - side) // 2, (height - side) // 2
+  return left, top, left + side, top + side
 
 
 def resize_center_crop(im: Image.Image | np.ndarray, size: int) -> np.ndarray:
   """Shorter side to `size` (bicubic), then the central size x size square: uint8 [size, size, 3]."""
   if isinstance(im, np.ndarray):
     im = Image.fromarray(im)
-  w, h = im.size
-  side = min(w, h)
-  left, top = (w - side) // 2, (h - side) // 2
-  return _to_rgb_array(im, (left, top, left + side, top + side), size)
+  return _to_rgb_array(im, center_box(*im.size), size)
 
 
-def random_resized_crop(im: Image.Image | np.ndarray, size: int, rng: np.random.Generator,
-                        scale: tuple[float, float] = DEFAULT_CROP_SCALE,
-                        ratio: tuple[float, float] = DEFAULT_CROP_RATIO) -> np.ndarray:
-  """Inception-style crop: a random area fraction in `scale` and aspect ratio in `ratio`, resized.
+def random_crop_box(width: int, height: int, rng: np.random.Generator,
+                    scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+                    ratio: tuple[float, float] = DEFAULT_CROP_RATIO) -> tuple[int, int, int, int]:
+  """Inception-style crop box: a random area fraction in `scale` and aspect ratio in `ratio`.
 
   The same sampling as torchvision's RandomResizedCrop: ten tries, then the central crop of the
   nearest allowed aspect ratio.
   """
   if not 0 < scale[0] <= scale[1] <= 1:
     raise ValueError(f"crop scale {scale} must satisfy 0 < low <= high <= 1")
-  if isinstance(im, np.ndarray):
-    im = Image.fromarray(im)
-  w, h = im.size
+  w, h = width, height
   area = w * h
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
@@ -109,7 +150,7 @@ def random_resized_crop(im: Image.Image | np.ndarray, size: int, rng: np.random.
     cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
     if 0 < cw <= w and 0 < ch <= h:
       left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-      return _to_rgb_array(im, (left, top, left + cw, top + ch), size)
+      return left, top, left + cw, top + ch
   aspect = w / h
   if aspect < ratio[0]:
     cw, ch = w, round(w / ratio[0])
@@ -118,7 +159,16 @@ def random_resized_crop(im: Image.Image | np.ndarray, size: int, rng: np.random.
   else:
     cw, ch = w, h
   left, top = (w - cw) // 2, (h - ch) // 2
-  return _to_rgb_array(im, (left, top, left + cw, top + ch), size)
+  return left, top, left + cw, top + ch
+
+
+def random_resized_crop(im: Image.Image | np.ndarray, size: int, rng: np.random.Generator,
+                        scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+                        ratio: tuple[float, float] = DEFAULT_CROP_RATIO) -> np.ndarray:
+  """random_crop_box, resized to size x size (bicubic): uint8 [size, size, 3]."""
+  if isinstance(im, np.ndarray):
+    im = Image.fromarray(im)
+  return _to_rgb_array(im, random_crop_box(*im.size, rng, scale, ratio), size)
 
 
 def normalize(images: np.ndarray, preset: str = "siglip") -> np.ndarray:

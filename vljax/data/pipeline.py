@@ -44,7 +44,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from vljax.data import formats, images, shapes, sources
+from vljax.data import device_resize, formats, images, shapes, sources
 from vljax.data.sources import examples, fields, skips, webdataset
 from vljax.data.tokenizers import Tokenizer
 
@@ -68,8 +68,24 @@ def check_name(data_cfg: Mapping[str, Any]) -> str:
   return name
 
 
+def resizes_on_device(data_cfg: Mapping[str, Any]) -> bool:
+  """Whether training batches carry uint8 canvases the train step resizes (data.resize="device");
+  checked: a real source, a format with one image per example, a canvas of at least image_size."""
+  if not device_resize.check_resize(data_cfg):
+    return False
+  if check_name(data_cfg) == "shapes":
+    raise ValueError("data.resize='device' is for real sources (their images are decoded and cropped); "
+                     "the shapes world renders at data.image_size: use data.resize='host'")
+  fmt = data_cfg.get("format", "caption")
+  if fmt not in formats.DEVICE_RESIZE_FORMATS:
+    raise ValueError(f"data.resize='device' supports data.format in {list(formats.DEVICE_RESIZE_FORMATS)}, "
+                     f"not {fmt!r}")
+  return True
+
+
 def check_data_config(data_cfg: Mapping[str, Any]) -> None:
   """Every data setting checked before any compute: names, presets, paths, keys."""
+  resizes_on_device(data_cfg)
   if check_name(data_cfg) == "shapes":
     images.check_normalization(data_cfg.get("normalization", "siglip"))
     sources.check_chunks(data_cfg)
@@ -126,9 +142,11 @@ class _PaintThenCollate:
     return self.collate(batch)
 
 
-def batch_ndims(data_format: str) -> dict[str, int]:
-  """Rank of each array in a batch of `data_format`: what the train step's shardings follow."""
-  return dict(formats.get_format(data_format).fields)
+def batch_ndims(data_format: str, device_resize: bool = False) -> dict[str, int]:
+  """Rank of each array in a batch of `data_format` (training batches resized on the device add
+  their crops' boxes): what the train step's shardings follow."""
+  fields = dict(formats.get_format(data_format).fields)
+  return {**fields, images.BOX_KEY: 2} if device_resize else fields
 
 
 def check_format(data_format: str) -> formats.BatchFormat:
@@ -261,9 +279,10 @@ def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, An
   max_len = int(data_cfg.get("max_len", DEFAULT_MAX_LEN))
   # Chunked formats tokenize per example here: what cannot make a row is skipped, not a failed batch.
   chunk_tokens = functools.partial(fmt.chunk_tokens, tokenizer) if fmt.chunk_tokens else None
+  canvas = device_resize.canvas_size(data_cfg) if train and resizes_on_device(data_cfg) else 0
   preprocess = examples.Preprocess(int(data_cfg.get("image_size", 64)), train, sources.crop_scale(data_cfg),
                                    decode_images=fmt.renders, chunks=chunks, chunk_tokens=chunk_tokens,
-                                   max_len=max_len)
+                                   max_len=max_len, canvas=canvas)
   if spec.name == "webdataset":
     shards = webdataset.host_shards(webdataset.shard_paths(spec.path), process_index, process_count)
     cycle = min(int(data_cfg.get("cycle_length", 4)), len(shards)) if train else 1
@@ -306,7 +325,8 @@ def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_ba
            for i, spec in enumerate(specs)]
   ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts, [s.weight for s in specs])
   settings = formats.CollateSettings(tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)),
-                                     data_cfg.get("normalization", "siglip"))
+                                     data_cfg.get("normalization", "siglip"),
+                                     device_resize=train and resizes_on_device(data_cfg))
   ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt.collate(settings), fmt.chunked))
   if workers:
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,

@@ -12,7 +12,7 @@ from flax import linen as nn
 
 from vljax import objectives
 from vljax.config import GRAD_ACCUM_MODES
-from vljax.data import pipeline, tokenizers
+from vljax.data import device_resize, pipeline, tokenizers
 from vljax.models.composable import clamp_log_scale
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding, replicated
 from vljax.train import gradcache
@@ -97,6 +97,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
   max_logit_scale = getattr(model, "max_logit_scale", None)
 
   def train_step(state: TrainState, batch: dict):
+    batch = device_resize.prepare_batch(batch, cfg.data.image_size, cfg.data.normalization)
     trainable, frozen_params = split_frozen(state.params, frozen)
     # Frozen params enter as constants: no gradient is asked for, so XLA computes none.
     frozen_params = jax.lax.stop_gradient(frozen_params)
@@ -113,7 +114,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(trainable)}
     return new_state, metrics
 
-  batch_sh = {k: batch_sharding(mesh, ndim) for k, ndim in pipeline.batch_ndims(cfg.data.format).items()}
+  fields = pipeline.batch_ndims(cfg.data.format, pipeline.resizes_on_device(cfg.data))
+  batch_sh = {k: batch_sharding(mesh, ndim) for k, ndim in fields.items()}
   return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
 

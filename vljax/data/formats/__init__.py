@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vljax.data import images
 from vljax.data.tokenizers import Tokenizer
 from vljax.plugins import add_unique, import_submodules
 
@@ -33,10 +34,25 @@ CollateFn = Callable[["CollateSettings", Sequence[Any]], dict[str, np.ndarray]]
 
 @dataclasses.dataclass(frozen=True)
 class CollateSettings:
-  """What every collate function may use: the tokenizer, the text length, the image normalisation preset."""
+  """What every collate function may use: the tokenizer, the text length, the image normalisation
+  preset, and whether images are resized on the device (data.resize="device")."""
   tokenizer: Tokenizer
   max_len: int
   normalization: str = "siglip"
+  device_resize: bool = False
+
+
+# Formats whose images may be resized on the device: one image per example, collated by image_fields.
+DEVICE_RESIZE_FORMATS = ("caption", "hard_negatives")
+
+
+def image_fields(settings: CollateSettings, examples: Sequence[dict]) -> dict[str, np.ndarray]:
+  """The examples' images as a batch: float32 normalised, or (device resize) the uint8 canvases
+  and each crop's box in its canvas."""
+  pixels = np.stack([ex["image"] for ex in examples])
+  if settings.device_resize:
+    return {"image": pixels, images.BOX_KEY: np.stack([ex[images.BOX_KEY] for ex in examples])}
+  return {"image": images.normalize(pixels, settings.normalization)}
 
 
 @dataclasses.dataclass(frozen=True)

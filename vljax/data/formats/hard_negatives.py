@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vljax.data import caption_twins, images
-from vljax.data.formats import CollateSettings, register_format
+from vljax.data import caption_twins
+from vljax.data.formats import CollateSettings, image_fields, register_format
 
 
 @register_format("hard_negatives", fields={"image": 4, "text": 2, "neg_text": 3, "neg_mask": 2})
@@ -20,6 +20,6 @@ def hard_negatives_collate(settings: CollateSettings, examples) -> dict[str, np.
   twins = [[make(c) for make in caption_twins.TWINS.values()] for c in captions]
   flat = [t or "" for row in twins for t in row]
   neg_text = settings.tokenizer.encode(flat, settings.max_len).reshape(len(examples), len(caption_twins.TWINS), -1)
-  return {"image": images.normalize(np.stack([ex["image"] for ex in examples]), settings.normalization),
+  return {**image_fields(settings, examples),
           "text": settings.tokenizer.encode(captions, settings.max_len),
           "neg_text": neg_text, "neg_mask": np.array([[t is not None for t in row] for row in twins], bool)}

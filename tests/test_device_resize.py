@@ -1,0 +1,153 @@
+"""data.resize="device": the host ships crops as uint8 canvases, the train step resizes them.
+
+What must hold: the device's resize gives the host path's pixels (within a level or two of 255:
+PIL rounds its two passes to uint8 and crops at fractional positions, the device at whole pixels);
+padding never leaks into a region's edge; the pipeline's batches carry canvases and extents, skip
+corrupt records as before, and resume; a train step on them gives the host path's loss; settings
+that cannot work are refused by name.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from real_data import encode, shapes_pairs, write_array_records
+from vljax.bench.input import synthetic_jpeg
+from vljax.data import device_resize, images, pipeline
+from vljax.data.sources import skips
+from vljax.data.tokenizers import ShapesTokenizer
+from vljax.parallel.mesh import make_mesh
+from vljax.train import setup, state as state_lib, step as step_lib
+from vljax.train.trainer import _global_batch
+
+TOK = ShapesTokenizer()
+
+
+def _resize(canvases, boxes, size, normalization="siglip"):
+  fn = jax.jit(lambda p, b: device_resize.resize_and_normalize(p, b, size, normalization))
+  return np.asarray(fn(np.stack(canvases), np.stack(boxes)))
+
+
+def test_a_flat_region_stays_flat_whatever_the_padding():
+  """Boxes over one color in canvases whose other pixels are noise: every output pixel is that color,
+  at every scale (up and down), shape and fractional position of the box."""
+  rng = np.random.default_rng(0)
+  canvases, boxes, colors = [], [], []
+  for top, left, bottom, right in [(0, 0, 5, 7), (0, 0, 16, 16), (0.4, 0.7, 40, 22.5), (0, 0, 48, 48),
+                                   (2.5, 0, 12.2, 48)]:
+    canvas = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    color = rng.integers(0, 256, 3, dtype=np.uint8)
+    canvas[:int(np.ceil(bottom)), :int(np.ceil(right))] = color
+    canvases.append(canvas), boxes.append(np.array([top, left, bottom, right], np.float32)), colors.append(color)
+  out = _resize(canvases, boxes, 16)
+  expected = images.normalize(np.stack(colors)[:, None, None, :].repeat(16, 1).repeat(16, 2))
+  np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("size, canvas", [(224, 448), (64, 128)])
+def test_device_resize_matches_the_host_path(size, canvas):
+  """Random resized crops of 500x375 photo-like JPEGs, each through the host path (PIL bicubic) and
+  the canvas + device path: mean difference under half a level of 255, 99% of values within 2 levels.
+  At 64 px most crops are shrunk on the host to fit the 128 canvas first (two resamplings)."""
+  rng = np.random.default_rng(1)
+  host, canvases, boxes = [], [], []
+  for i in range(8):
+    jpeg = synthetic_jpeg(rng, 500, 375)
+    box = images.random_crop_box(500, 375, np.random.default_rng(i), scale=(0.08, 1.0))
+    host.append(images._to_rgb_array(images.decode_image(jpeg), box, size))
+    pixels, canvas_box = images.crop_to_canvas(images.decode_image(jpeg), box, size, canvas)
+    top, left, bottom, right = canvas_box
+    assert pixels.shape == (canvas, canvas, 3) and 0 <= top < 1 and 0 <= left < 1 and max(bottom, right) <= canvas
+    rows, cols = int(np.ceil(bottom - 1e-4)), int(np.ceil(right - 1e-4))
+    assert not pixels[rows:].any() and not pixels[:, cols:].any()  # zeros past the pixels the box touches
+    canvases.append(pixels), boxes.append(canvas_box)
+  levels = np.abs(_resize(canvases, boxes, size) - images.normalize(np.stack(host))) * 127.5
+  assert levels.mean() < 0.5, levels.mean()
+  assert np.percentile(levels, 99) <= 2.0 + 1e-3, np.percentile(levels, 99)
+
+
+def test_crop_to_canvas_decodes_large_jpegs_at_a_reduced_scale():
+  """A 2000x1500 JPEG cropped whole for 224 px: decoded at 1/4 scale (500x375 >= 224), then shrunk
+  to fit the 448 canvas (448x336); an 800x600 crop decodes at 1/2 (400x300 >= 224) and fits as it is."""
+  jpeg = synthetic_jpeg(np.random.default_rng(2), 2000, 1500)
+  _, box = images.crop_to_canvas(images.decode_image(jpeg), (0, 0, 2000, 1500), 224, 448)
+  np.testing.assert_allclose(box, [0, 0, 336, 448])
+  _, box = images.crop_to_canvas(images.decode_image(jpeg), (100, 100, 900, 700), 224, 448)
+  np.testing.assert_allclose(box, [0, 0, 300, 400])
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  """24 shapes pairs at 48 px as JPEG array_records, with a corrupt image among them."""
+  samples = [dict(p) for p in shapes_pairs(24, image_size=48)]
+  samples.insert(5, dict(image=b"\xff\xd8\xff not a jpeg", caption="a broken image"))
+  root = tmp_path_factory.mktemp("device_resize")
+  write_array_records(root, samples, records_per_file=10, fmt="JPEG")
+  return str(root)
+
+
+def _data(path, **kw):
+  return dict(tiny_config().data.to_dict(), name="array_record", path=path, image_size=32, num_threads=1,
+              prefetch=2, **kw)
+
+
+def test_pipeline_batches_carry_canvases_boxes_and_skip_counts(records):
+  cfg = _data(records, resize="device")
+  it = iter(pipeline.make_train_dataset(cfg, TOK, global_batch_size=8, seed=0))
+  batches = [next(it) for _ in range(4)]
+  state = it.get_state()
+  after = next(it)
+  it.close()
+  for b in batches:
+    assert b["image"].dtype == np.uint8 and b["image"].shape == (8, 64, 64, 3)  # canvas 2 * image_size
+    boxes = b[images.BOX_KEY]
+    assert boxes.dtype == np.float32 and boxes.shape == (8, 4)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, :2] < 1).all() and (boxes[:, 2:] <= 64).all()
+    assert (boxes[:, 2:] - boxes[:, :2] >= 32 * 0.9 - 1e-3).all()  # crops of >= 0.9 of 48 px, drafted >= 32
+  # 32 examples read of an epoch of 25 records: the corrupt one read at least once, counted, not a crash
+  assert skips.counts_dict(np.sum([b[pipeline.SKIPPED_KEY] for b in batches], axis=0))["corrupt_image"] >= 1
+  resumed = iter(pipeline.make_train_dataset(cfg, TOK, global_batch_size=8, seed=0))
+  resumed.set_state(state)
+  again = next(resumed)
+  resumed.close()
+  for key in after:
+    np.testing.assert_array_equal(after[key], again[key])
+  # Evaluation batches stay resized on the host.
+  eval_batch = next(iter(pipeline.make_eval_dataset(cfg, TOK, global_batch_size=8)))
+  assert eval_batch["image"].dtype == np.float32 and images.BOX_KEY not in eval_batch
+
+
+@pytest.mark.cross_path
+def test_a_train_step_on_device_resized_batches_gives_the_host_paths_loss(records):
+  """The same examples and crops (one random stream draws both paths' boxes), one step each: the
+  losses agree to the pixel differences' order (a few 1e-3 of a ~2.8 loss)."""
+  losses = {}
+  for mode in ("host", "device"):
+    cfg = tiny_config(evals={}, batch_size=8)
+    cfg.data = _data(records, resize=mode)
+    cfg.schedule.name = "constant"
+    parts = setup.build(cfg)
+    local = next(iter(pipeline.make_train_dataset(cfg.data, TOK, global_batch_size=8, seed=0)))
+    local.pop(pipeline.SKIPPED_KEY)  # the trainer counts these; the step never sees them
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    with jax.set_mesh(mesh):
+      state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, 1))
+      train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
+      _, metrics = train_step(state, _global_batch(local, mesh))
+    losses[mode] = float(metrics["loss"])
+  assert np.isfinite(losses["device"])
+  assert abs(losses["device"] - losses["host"]) < 0.02, losses
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(resize="gpu"), "data.resize='gpu' is unknown; valid: ['host', 'device']"),
+    (dict(resize="device", canvas_size=16), "data.canvas_size=16 must be at least data.image_size=32"),
+    (dict(resize="device", name="shapes"), "data.resize='device' is for real sources"),
+    (dict(resize="device", format="vlm"), "data.resize='device' supports data.format in"),
+])
+def test_settings_that_cannot_work_are_refused_by_name(records, change, message):
+  cfg = dict(_data(records), **change)
+  with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+    pipeline.check_data_config(cfg)
