@@ -89,7 +89,13 @@ def test_input_benchmark_runs_and_reports(tmp_path, capsys):
                              "--warmup", "1", "--num_images", "16", "--width", "100", "--height", "75",
                              "--json_out", str(tmp_path / "r.json")])
   printed = capsys.readouterr().out
-  assert "| array_record, 0 workers |" in printed and "json: {" in printed and "CPU cores" in printed
-  assert [r["path"].split(",")[0] for r in result["rows"]][1:] == ["array_record", "webdataset", "folder"]
-  assert all(r["images_per_sec"] > 0 for r in result["rows"])
+  assert "| resize on host: array_record, 0 workers |" in printed and "json: {" in printed and "CPU cores" in printed
+  paths = [r["path"].split(",")[0] for r in result["rows"]]
+  assert paths == [f"resize on {mode}: {where}" for mode in ("host", "device")
+                   for where in ("1 process", "array_record", "webdataset", "folder")]
+  assert all(r["images_per_sec"] > 0 and r["cores_for_demand"] > 0 for r in result["rows"])
+  assert result["stage_ms_per_image"]["decode (PIL)"] > 0 and "| crop into canvas |" in printed
   assert os.path.exists(tmp_path / "r.json")
+  with pytest.raises(SystemExit):
+    bench_input.main(["--resize", "gpu"])
+  assert "--resize: unknown ['gpu']; valid: ['host', 'device']" in capsys.readouterr().err

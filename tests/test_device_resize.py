@@ -101,10 +101,10 @@ def test_pipeline_batches_carry_canvases_boxes_and_skip_counts(records):
   after = next(it)
   it.close()
   for b in batches:
-    assert b["image"].dtype == np.uint8 and b["image"].shape == (8, 64, 64, 3)  # canvas 2 * image_size
+    assert b["image"].dtype == np.uint8 and b["image"].shape == (8, 96, 96, 3)  # default_canvas(32)
     boxes = b[images.BOX_KEY]
     assert boxes.dtype == np.float32 and boxes.shape == (8, 4)
-    assert (boxes[:, :2] >= 0).all() and (boxes[:, :2] < 1).all() and (boxes[:, 2:] <= 64).all()
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, :2] < 1).all() and (boxes[:, 2:] <= 96).all()
     assert (boxes[:, 2:] - boxes[:, :2] >= 32 * 0.9 - 1e-3).all()  # crops of >= 0.9 of 48 px, drafted >= 32
   # 32 examples read of an epoch of 25 records: the corrupt one read at least once, counted, not a crash
   assert skips.counts_dict(np.sum([b[pipeline.SKIPPED_KEY] for b in batches], axis=0))["corrupt_image"] >= 1

@@ -35,7 +35,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 path="", split="train", tfds_name="", image_key="image", caption_key="caption",
                 label_template="a photo of a {}.", crop_scale=CROP_SCALE, cycle_length=4, sources=(),
                 question_key="question", answer_key="answer", chunks_key="",
-                # "device": the host ships crops as uint8 canvases of canvas_size (0: 2 * image_size) and
+                # "device": the host ships crops as uint8 canvases of canvas_size (0: about 2.25 x image_size) and
                 # the train step resizes them (vljax/data/device_resize.py); evaluation stays on the host.
                 resize="host", canvas_size=0)
   c.batch_size = 128                   # global, over all hosts

@@ -1,13 +1,17 @@
 """Input pipeline throughput: JPEG decode + random resized crop + normalise + tokenise through grain.
 
-  python -m vljax.bench.input [--image_size 224 --workers 2 --batch_size 64 --batches 20 --sources ...]
+  python -m vljax.bench.input [--image_size 224 --workers 2 --batch_size 64 --batches 20 --sources ...
+                               --resize host,device --demand 3300]
 
 Writes `--num_images` synthetic JPEGs of COCO / LAION size (500x375, smooth shapes over a
 gradient with sensor-like noise, quality 90) to a temporary directory in each format a run can
 read (array_record, webdataset tar shards, a JSONL folder), then times `--batches` training
-batches of each through `vljax.data.pipeline.make_train_dataset` after `--warmup` batches.
-"decode only" is the per-image work in one process without grain, the per-core ceiling. Prints
-a markdown table, then the same numbers as one line `json: {...}`.
+batches of each through `vljax.data.pipeline.make_train_dataset` after `--warmup` batches, for
+each data.resize mode ("host": crops resized and normalised on the host; "device": crops shipped
+as uint8 canvases, resized in the train step). "1 process" rows are the per-image work without
+grain, the per-core ceiling, and the stages alone (ms per image; simplejpeg's decoder where it is
+installed). Cores for `--demand` images/s: 3,300 is clip_vit_b16.py on one H100 at 40% MFU (README).
+Prints a markdown table, then the same numbers as one line `json: {...}`.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vljax.config import CROP_SCALE
-from vljax.data import images, pipeline, shapes, tokenizers
+from vljax.data import device_resize, images, pipeline, shapes, tokenizers
 from vljax.data.sources import records
 
 SOURCES = ("array_record", "webdataset", "folder")
+RESIZE_MODES = ("host", "device")
+# Images/s clip_vit_b16.py consumes on one H100 at 40% MFU: 120 GFLOPs an example (3x the forward),
+# 989 TFLOP/s bf16 peak (README "Real data input").
+DEMAND = 3300.0
 
 
 def machine() -> str:
@@ -89,25 +97,60 @@ def write_datasets(directory: str, num_images: int, width: int, height: int, see
           "folder": os.path.join(directory, "folder", "captions.jsonl")}
 
 
-def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: int) -> float:
-  """Images/s of decode + crop + normalise + tokenise in this process, no grain."""
+def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: int, resize: str = "host") -> float:
+  """Images/s of decode + crop (+ resize + normalise on the host) + tokenise in this process, no grain."""
   source = records.ArrayRecordSource(paths["array_record"])
   tok = tokenizers.get_tokenizer("shapes")
   rng = np.random.default_rng(0)
   start = time.perf_counter()
   for b in range(0, num, batch_size):
     raws = [source[i % len(source)] for i in range(b, b + batch_size)]
-    crops = [images.random_resized_crop(images.decode_image(r["image"]), image_size, rng, scale=CROP_SCALE)
-             for r in raws]
-    images.normalize(np.stack(crops), "siglip")
+    ims = [images.decode_image(r["image"]) for r in raws]
+    if resize == "device":
+      np.stack([images.crop_to_canvas(im, images.random_crop_box(*im.size, rng, CROP_SCALE), image_size,
+                                      device_resize.default_canvas(image_size))[0] for im in ims])
+    else:
+      crops = [images.random_resized_crop(im, image_size, rng, scale=CROP_SCALE) for im in ims]
+      images.normalize(np.stack(crops), "siglip")
     tok.encode([r["caption"] for r in raws], 24)
   return num / (time.perf_counter() - start)
 
 
-def time_pipeline(source: str, path: str, args) -> float:
+def stage_times(paths: dict[str, str], image_size: int, num: int = 128) -> dict[str, float | None]:
+  """Milliseconds per image of each host stage alone (CPU time, one process); None: not installed."""
+  source = records.ArrayRecordSource(paths["array_record"])
+  jpegs = [source[i % len(source)]["image"] for i in range(num)]
+
+  def per_image(fn) -> float:
+    fn(jpegs[0])
+    start = time.process_time()
+    for jpeg in jpegs:
+      fn(jpeg)
+    return (time.process_time() - start) / num * 1e3
+
+  decoded = images.decode_image(jpegs[0]).convert("RGB")
+  box = images.center_box(*decoded.size)  # the central square: for 224 px of 500x375, no reduced-scale decode
+  crop = np.asarray(decoded.resize((image_size, image_size), Image.BICUBIC, box=box))
+  out = {"decode (PIL)": per_image(lambda j: images.decode_image(j).load()),
+         "decode (simplejpeg)": None,
+         "bicubic crop-resize (PIL)": per_image(lambda j: decoded.resize((image_size, image_size), Image.BICUBIC,
+                                                                        box=box)),
+         "normalise (host)": per_image(lambda j: images.normalize(crop, "siglip")),
+         "crop into canvas": per_image(lambda j: images.crop_to_canvas(decoded, box, image_size,
+                                                                       device_resize.default_canvas(image_size)))}
+  try:
+    import simplejpeg
+    out["decode (simplejpeg)"] = per_image(lambda j: simplejpeg.decode_jpeg(j, "RGB"))
+  except ImportError:
+    pass
+  return out
+
+
+def time_pipeline(source: str, path: str, args, resize: str = "host") -> float:
   """Images/s of training batches from `source` after `args.warmup` batches (workers started)."""
   cfg = dict(name=source, path=path, image_size=args.image_size, workers=args.workers, num_threads=args.threads,
-             prefetch=4, max_len=24, normalization="clip")
+             prefetch=4, max_len=24, normalization="clip", resize=resize)
+  side = device_resize.default_canvas(args.image_size) if resize == "device" else args.image_size
   it = iter(pipeline.make_train_dataset(cfg, tokenizers.get_tokenizer("shapes"), global_batch_size=args.batch_size,
                                         seed=0))
   try:
@@ -117,11 +160,39 @@ def time_pipeline(source: str, path: str, args) -> float:
     for _ in range(args.batches):
       batch = next(it)
     seconds = time.perf_counter() - start
-    assert batch["image"].shape == (args.batch_size, args.image_size, args.image_size, 3)
+    assert batch["image"].shape == (args.batch_size, side, side, 3)
   finally:
     if hasattr(it, "close"):
       it.close()
   return args.batches * args.batch_size / seconds
+
+
+def _choices(parser, flag: str, value: str, valid: tuple[str, ...]) -> list[str]:
+  chosen = [s.strip() for s in value.split(",") if s.strip()]
+  bad = sorted(set(chosen) - set(valid))
+  if bad or not chosen:
+    parser.error(f"{flag}: unknown {bad or value!r}; valid: {list(valid)}")
+  return chosen
+
+
+def _row(path: str, images_per_sec: float, cores: int, demand: float) -> dict:
+  per_core = images_per_sec / cores
+  return {"path": path, "images_per_sec": images_per_sec, "images_per_sec_per_core": per_core,
+          "cores_for_demand": demand / per_core}
+
+
+def _print(result: dict, args) -> None:
+  print(f"machine: {result['machine']}")
+  print(f"{args.width}x{args.height} JPEG -> {args.image_size}px random resized crop, normalise, tokenise; "
+        f"batch {args.batch_size}, {args.batches} timed batches")
+  print(f"| path | images/s | per core | cores for {args.demand:.0f} images/s |\n|---|---|---|---|")
+  for row in result["rows"]:
+    print(f"| {row['path']} | {row['images_per_sec']:.0f} | {row['images_per_sec_per_core']:.0f} | "
+          f"{row['cores_for_demand']:.1f} |")
+  print("\n| host stage (1 process) | ms per image |\n|---|---|")
+  for stage, ms in result["stage_ms_per_image"].items():
+    print(f"| {stage} | {'not installed' if ms is None else f'{ms:.2f}'} |")
+  print("json: " + json.dumps(result))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -136,12 +207,12 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--width", type=int, default=500)
   parser.add_argument("--height", type=int, default=375)
   parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated, of {list(SOURCES)}")
+  parser.add_argument("--resize", default="host,device", help=f"comma-separated data.resize modes, of {list(RESIZE_MODES)}")
+  parser.add_argument("--demand", type=float, default=DEMAND, help="images/s one accelerator consumes (cores column)")
   parser.add_argument("--json_out", default=None, help="also write the JSON result to this file")
   args = parser.parse_args(argv)
-  chosen = [s.strip() for s in args.sources.split(",") if s.strip()]
-  bad = sorted(set(chosen) - set(SOURCES))
-  if bad:
-    parser.error(f"--sources: unknown {bad}; valid: {list(SOURCES)}")
+  chosen = _choices(parser, "--sources", args.sources, SOURCES)
+  modes = _choices(parser, "--resize", args.resize, RESIZE_MODES)
   from absl import flags  # grain reads absl flags; this command line is argparse's
 
   if not flags.FLAGS.is_parsed():
@@ -152,22 +223,20 @@ def main(argv: list[str] | None = None) -> dict:
     paths = write_datasets(tmp, args.num_images, args.width, args.height)
     print(f"wrote {args.num_images} JPEGs of {args.width}x{args.height} in {time.perf_counter() - start:.1f}s",
           file=sys.stderr)
-    rows.append({"path": "decode only (1 process, no grain)",
-                 "images_per_sec": decode_only(paths, args.image_size, args.batch_size,
-                                               max(args.batch_size, args.batches * args.batch_size // 4))})
-    for source in chosen:
-      rows.append({"path": f"{source}, {args.workers} workers",
-                   "images_per_sec": time_pipeline(source, paths[source], args)})
+    stages = stage_times(paths, args.image_size)
+    num = max(args.batch_size, args.batches * args.batch_size // 4)
+    for mode in modes:
+      rows.append(_row(f"resize on {mode}: 1 process, no grain", decode_only(paths, args.image_size, args.batch_size,
+                                                                            num, mode), 1, args.demand))
+      for source in chosen:
+        rows.append(_row(f"resize on {mode}: {source}, {args.workers} workers",
+                         time_pipeline(source, paths[source], args, mode),
+                         max(1, min(args.workers, os.cpu_count() or 1)),
+                         args.demand))
   result = {"machine": machine(), "image_size": args.image_size, "source_size": [args.width, args.height],
             "batch_size": args.batch_size, "workers": args.workers, "threads": args.threads,
-            "batches": args.batches, "rows": rows}
-  print(f"machine: {result['machine']}")
-  print(f"{args.width}x{args.height} JPEG -> {args.image_size}px random resized crop, normalise, tokenise; "
-        f"batch {args.batch_size}, {args.batches} timed batches")
-  print("| path | images/s |\n|---|---|")
-  for row in rows:
-    print(f"| {row['path']} | {row['images_per_sec']:.0f} |")
-  print("json: " + json.dumps(result))
+            "batches": args.batches, "demand": args.demand, "rows": rows, "stage_ms_per_image": stages}
+  _print(result, args)
   if args.json_out:
     with open(args.json_out, "w") as f:
       json.dump(result, f, indent=2)

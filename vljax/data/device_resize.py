@@ -29,14 +29,20 @@ def check_resize(data_cfg) -> bool:
   canvas = canvas_size(data_cfg)
   if canvas < size:
     raise ValueError(f"data.canvas_size={canvas} must be at least data.image_size={size} "
-                     f"(0 means 2 * image_size)")
+                     f"(0 picks {default_canvas(size)} for this image size)")
   return mode == "device"
 
 
+def default_canvas(size: int) -> int:
+  """The smallest multiple of 32 >= 2.25 * size: 512 for 224 px, so COCO-size (500x375) crops fit
+  whole, and a crop that a reduced-scale JPEG decode brings to [size, 2 * size) on its shorter side
+  fits unless its aspect ratio is far from square. Larger crops are shrunk on the host first."""
+  return -(-int(2.25 * size) // 32) * 32
+
+
 def canvas_size(data_cfg) -> int:
-  """The side of the canvas regions are shipped in: data.canvas_size, or 2 * image_size when 0 (every
-  crop a reduced JPEG decode can bring into [size, 2 * size) fits without a host resize)."""
-  return int(data_cfg.get("canvas_size", 0)) or 2 * int(data_cfg.get("image_size", 64))
+  """The side of the canvases crops are shipped in: data.canvas_size, or default_canvas when 0."""
+  return int(data_cfg.get("canvas_size", 0)) or default_canvas(int(data_cfg.get("image_size", 64)))
 
 
 def _resize_one(canvas: jax.Array, box: jax.Array, size: int) -> jax.Array:
