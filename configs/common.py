@@ -13,6 +13,7 @@ import re
 import ml_collections
 
 from vljax.config import base_config, load_config  # noqa: F401  (what every recipe starts from)
+from vljax.data.formats import DEVICE_RESIZE_FORMATS
 
 # The CPU image tower: a 3-conv stem to 8x8 tokens of width 64, no transformer layers.
 SHAPES_IMAGE_TOWER = dict(variant="shapes/conv-64", depth=0, stem_channels=(32, 64, 128), posemb="sincos2d")
@@ -59,12 +60,16 @@ def use_real_data(c: ml_collections.ConfigDict, args: dict[str, str], eval_every
                          {"image", "captions"}; other splits: --config.evals.<name>.dataset.split=...
 
   Paths may not contain commas (`:ARG` is comma-separated): use brace ranges, not {a,b} lists.
-  With a real training source the shapes evaluators are dropped; the real ones run if given.
+  With a real training source the shapes evaluators are dropped; the real ones run if given, and
+  training crops are resized on the device where the format allows (data.resize="device": the host
+  decodes and crops, vljax/data/device_resize.py).
   """
   if args["train"]:
     kind, path = train_source(args["train"])
     c.data.update(name=kind, path=path)
     c.evals = {}
+    if c.data.format in DEVICE_RESIZE_FORMATS:
+      c.data.resize = "device"
   if args["tokenizer"]:
     c.data.tokenizer = args["tokenizer"]
   for name, settings in real_eval_sets(args).items():

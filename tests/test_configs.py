@@ -65,7 +65,8 @@ def test_real_scale_recipes_switch_to_data_on_disk_by_their_arguments():
   coca = load_recipe(os.path.join(ROOT, "configs", "coca_vit_b16.py"), "train=array_record:/d/*.array_record,"
                                                                         "retrieval=/d/coco.jsonl")
   assert (coca.data.name, sorted(coca.evals)) == ("array_record", ["retrieval"])  # no shapes captioning eval
-  assert load_recipe(b16).data.name == "shapes"
+  assert cfg.data.resize == siglip.data.resize == coca.data.resize == "device"  # crops resized in the step
+  assert (load_recipe(b16).data.name, load_recipe(b16).data.resize) == ("shapes", "host")
   with pytest.raises(ValueError, match=r"train='parquet:/x'.*'webdataset'"):
     load_recipe(b16, "train=parquet:/x")
   with pytest.raises(ValueError, match="classnames= needs zeroshot="):
