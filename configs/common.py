@@ -62,12 +62,13 @@ def use_real_data(c: ml_collections.ConfigDict, args: dict[str, str], eval_every
   Paths may not contain commas (`:ARG` is comma-separated): use brace ranges, not {a,b} lists.
   With a real training source the shapes evaluators are dropped; the real ones run if given, and
   training crops are resized on the device where the format allows (data.resize="device": the host
-  decodes and crops, vljax/data/device_resize.py).
+  decodes and crops, vljax/data/device_resize.py), JPEGs decoded by simplejpeg.
   """
   if args["train"]:
     kind, path = train_source(args["train"])
     c.data.update(name=kind, path=path)
     c.evals = {}
+    c.data.jpeg_decoder = "simplejpeg"
     if c.data.format in DEVICE_RESIZE_FORMATS:
       c.data.resize = "device"
   if args["tokenizer"]:

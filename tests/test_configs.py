@@ -66,6 +66,7 @@ def test_real_scale_recipes_switch_to_data_on_disk_by_their_arguments():
                                                                         "retrieval=/d/coco.jsonl")
   assert (coca.data.name, sorted(coca.evals)) == ("array_record", ["retrieval"])  # no shapes captioning eval
   assert cfg.data.resize == siglip.data.resize == coca.data.resize == "device"  # crops resized in the step
+  assert cfg.data.jpeg_decoder == "simplejpeg"
   assert (load_recipe(b16).data.name, load_recipe(b16).data.resize) == ("shapes", "host")
   with pytest.raises(ValueError, match=r"train='parquet:/x'.*'webdataset'"):
     load_recipe(b16, "train=parquet:/x")

@@ -89,10 +89,12 @@ def test_input_benchmark_runs_and_reports(tmp_path, capsys):
                              "--warmup", "1", "--num_images", "16", "--width", "100", "--height", "75",
                              "--json_out", str(tmp_path / "r.json")])
   printed = capsys.readouterr().out
-  assert "| resize on host: array_record, 0 workers |" in printed and "json: {" in printed and "CPU cores" in printed
-  paths = [r["path"].split(",")[0] for r in result["rows"]]
-  assert paths == [f"resize on {mode}: {where}" for mode in ("host", "device")
-                   for where in ("1 process", "array_record", "webdataset", "folder")]
+  assert "| resize on host, pil: array_record, 0 workers |" in printed and "json: {" in printed
+  assert "CPU cores" in printed
+  paths = [r["path"].rsplit(",", 1)[0] if "workers" in r["path"] else r["path"] for r in result["rows"]]
+  assert paths == [f"resize on {mode}, {decoder}: {where}" for mode in ("host", "device")
+                   for decoder in ("pil", "simplejpeg")
+                   for where in ("1 process, no grain", "array_record", "webdataset", "folder")]
   assert all(r["images_per_sec"] > 0 and r["cores_for_demand"] > 0 for r in result["rows"])
   assert result["stage_ms_per_image"]["decode (PIL)"] > 0 and "| crop into canvas |" in printed
   assert os.path.exists(tmp_path / "r.json")

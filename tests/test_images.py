@@ -105,3 +105,33 @@ def test_siglip_preset_is_bit_identical_to_the_shapes_pixels():
   np.testing.assert_array_equal(images.normalize(every, "siglip"), pipeline.preprocess_images(every))
   image = shapes_pairs(1)[0]["image"]
   np.testing.assert_array_equal(images.normalize(image, "siglip"), pipeline.preprocess_images(image))
+
+
+def test_simplejpeg_decoder_gives_pils_crops_where_no_reduced_scale_applies():
+  """Both decoders wrap libjpeg-turbo: at full scale the crops are the same pixels. A 224 crop of a
+  whole 2000x1500 JPEG decodes reduced by each (PIL in halves, simplejpeg in eighths): close, not equal."""
+  jpeg = encode(_photo(320, 240), "JPEG")
+  for seed in range(3):
+    pil = images.random_resized_crop(images.decode_image(jpeg), 224, np.random.default_rng(seed), scale=(0.9, 1.0))
+    turbo = images.random_resized_crop(images.decode_image(jpeg, "simplejpeg"), 224, np.random.default_rng(seed),
+                                       scale=(0.9, 1.0))
+    np.testing.assert_array_equal(pil, turbo)
+  big = encode(_photo(2000, 1500), "JPEG")
+  pil = images.resize_center_crop(images.decode_image(big), 224).astype(float)
+  turbo = images.resize_center_crop(images.decode_image(big, "simplejpeg"), 224).astype(float)
+  assert np.abs(pil - turbo).mean() < 2.0
+
+
+@pytest.mark.parametrize("cut", ["garbage", "header only", "truncated"])
+def test_simplejpeg_decoder_reports_garbage_and_truncation_as_corrupt(cut):
+  jpeg = encode(_photo(), "JPEG")
+  data = {"garbage": b"\xff\xd8\xff not a jpeg", "header only": b"\xff\xd8", "truncated": jpeg[:len(jpeg) // 2]}[cut]
+  with pytest.raises(images.CorruptImageError):  # truncated: libjpeg-turbo's warning, then PIL's error
+    images.resize_center_crop(images.decode_image(data, "simplejpeg"), 32)
+
+
+def test_simplejpeg_decoder_leaves_other_formats_to_pil_and_unknown_decoders_are_refused():
+  png = images.decode_image(encode(_photo(), "PNG"), "simplejpeg")
+  assert isinstance(png, Image.Image) and images.resize_center_crop(png, 32).shape == (32, 32, 3)
+  with pytest.raises(ValueError, match=r"Unknown data.jpeg_decoder 'turbo'; valid: \['pil', 'simplejpeg'\]"):
+    pipeline.check_data_config(dict(name="folder", path="/nowhere.jsonl", jpeg_decoder="turbo"))

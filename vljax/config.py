@@ -37,7 +37,8 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 question_key="question", answer_key="answer", chunks_key="",
                 # "device": the host ships crops as uint8 canvases of canvas_size (0: about 2.25 x image_size) and
                 # the train step resizes them (vljax/data/device_resize.py); evaluation stays on the host.
-                resize="host", canvas_size=0)
+                resize="host", canvas_size=0,
+                jpeg_decoder="pil")          # or "simplejpeg" (vljax.data.images.JPEG_DECODERS)
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1
   c.grad_accum_mode = "mean"           # "mean" of micro-batch grads, or "gradcache" (full-batch negatives)

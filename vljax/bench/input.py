@@ -97,7 +97,8 @@ def write_datasets(directory: str, num_images: int, width: int, height: int, see
           "folder": os.path.join(directory, "folder", "captions.jsonl")}
 
 
-def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: int, resize: str = "host") -> float:
+def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: int, resize: str = "host",
+                jpeg_decoder: str = "pil") -> float:
   """Images/s of decode + crop (+ resize + normalise on the host) + tokenise in this process, no grain."""
   source = records.ArrayRecordSource(paths["array_record"])
   tok = tokenizers.get_tokenizer("shapes")
@@ -105,7 +106,7 @@ def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: in
   start = time.perf_counter()
   for b in range(0, num, batch_size):
     raws = [source[i % len(source)] for i in range(b, b + batch_size)]
-    ims = [images.decode_image(r["image"]) for r in raws]
+    ims = [images.decode_image(r["image"], jpeg_decoder) for r in raws]
     if resize == "device":
       np.stack([images.crop_to_canvas(im, images.random_crop_box(*im.size, rng, CROP_SCALE), image_size,
                                       device_resize.default_canvas(image_size))[0] for im in ims])
@@ -146,10 +147,10 @@ def stage_times(paths: dict[str, str], image_size: int, num: int = 128) -> dict[
   return out
 
 
-def time_pipeline(source: str, path: str, args, resize: str = "host") -> float:
+def time_pipeline(source: str, path: str, args, resize: str = "host", jpeg_decoder: str = "pil") -> float:
   """Images/s of training batches from `source` after `args.warmup` batches (workers started)."""
   cfg = dict(name=source, path=path, image_size=args.image_size, workers=args.workers, num_threads=args.threads,
-             prefetch=4, max_len=24, normalization="clip", resize=resize)
+             prefetch=4, max_len=24, normalization="clip", resize=resize, jpeg_decoder=jpeg_decoder)
   side = device_resize.default_canvas(args.image_size) if resize == "device" else args.image_size
   it = iter(pipeline.make_train_dataset(cfg, tokenizers.get_tokenizer("shapes"), global_batch_size=args.batch_size,
                                         seed=0))
@@ -165,6 +166,17 @@ def time_pipeline(source: str, path: str, args, resize: str = "host") -> float:
     if hasattr(it, "close"):
       it.close()
   return args.batches * args.batch_size / seconds
+
+
+def _installed_decoders() -> list[str]:
+  out = []
+  for decoder in images.JPEG_DECODERS:
+    try:
+      images.check_jpeg_decoder(decoder)
+      out.append(decoder)
+    except ValueError:
+      pass
+  return out
 
 
 def _choices(parser, flag: str, value: str, valid: tuple[str, ...]) -> list[str]:
@@ -208,11 +220,19 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--height", type=int, default=375)
   parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated, of {list(SOURCES)}")
   parser.add_argument("--resize", default="host,device", help=f"comma-separated data.resize modes, of {list(RESIZE_MODES)}")
+  parser.add_argument("--jpeg_decoders", default=",".join(_installed_decoders()),
+                      help=f"comma-separated data.jpeg_decoder values, of {list(images.JPEG_DECODERS)}")
   parser.add_argument("--demand", type=float, default=DEMAND, help="images/s one accelerator consumes (cores column)")
   parser.add_argument("--json_out", default=None, help="also write the JSON result to this file")
   args = parser.parse_args(argv)
   chosen = _choices(parser, "--sources", args.sources, SOURCES)
   modes = _choices(parser, "--resize", args.resize, RESIZE_MODES)
+  decoders = _choices(parser, "--jpeg_decoders", args.jpeg_decoders, images.JPEG_DECODERS)
+  try:
+    for decoder in decoders:
+      images.check_jpeg_decoder(decoder)
+  except ValueError as e:
+    parser.error(str(e))
   from absl import flags  # grain reads absl flags; this command line is argparse's
 
   if not flags.FLAGS.is_parsed():
@@ -225,14 +245,15 @@ def main(argv: list[str] | None = None) -> dict:
           file=sys.stderr)
     stages = stage_times(paths, args.image_size)
     num = max(args.batch_size, args.batches * args.batch_size // 4)
+    cores = max(1, min(args.workers, os.cpu_count() or 1))
     for mode in modes:
-      rows.append(_row(f"resize on {mode}: 1 process, no grain", decode_only(paths, args.image_size, args.batch_size,
-                                                                            num, mode), 1, args.demand))
-      for source in chosen:
-        rows.append(_row(f"resize on {mode}: {source}, {args.workers} workers",
-                         time_pipeline(source, paths[source], args, mode),
-                         max(1, min(args.workers, os.cpu_count() or 1)),
-                         args.demand))
+      for decoder in decoders:
+        name = f"resize on {mode}, {decoder}"
+        rows.append(_row(f"{name}: 1 process, no grain",
+                         decode_only(paths, args.image_size, args.batch_size, num, mode, decoder), 1, args.demand))
+        for source in chosen:
+          rows.append(_row(f"{name}: {source}, {args.workers} workers",
+                           time_pipeline(source, paths[source], args, mode, decoder), cores, args.demand))
   result = {"machine": machine(), "image_size": args.image_size, "source_size": [args.width, args.height],
             "batch_size": args.batch_size, "workers": args.workers, "threads": args.threads,
             "batches": args.batches, "demand": args.demand, "rows": rows, "stage_ms_per_image": stages}

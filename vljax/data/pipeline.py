@@ -86,6 +86,7 @@ def resizes_on_device(data_cfg: Mapping[str, Any]) -> bool:
 def check_data_config(data_cfg: Mapping[str, Any]) -> None:
   """Every data setting checked before any compute: names, presets, paths, keys."""
   resizes_on_device(data_cfg)
+  images.check_jpeg_decoder(data_cfg.get("jpeg_decoder", "pil"))
   if check_name(data_cfg) == "shapes":
     images.check_normalization(data_cfg.get("normalization", "siglip"))
     sources.check_chunks(data_cfg)
@@ -282,7 +283,7 @@ def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, An
   canvas = device_resize.canvas_size(data_cfg) if train and resizes_on_device(data_cfg) else 0
   preprocess = examples.Preprocess(int(data_cfg.get("image_size", 64)), train, sources.crop_scale(data_cfg),
                                    decode_images=fmt.renders, chunks=chunks, chunk_tokens=chunk_tokens,
-                                   max_len=max_len, canvas=canvas)
+                                   max_len=max_len, canvas=canvas, jpeg_decoder=data_cfg.get("jpeg_decoder", "pil"))
   if spec.name == "webdataset":
     shards = webdataset.host_shards(webdataset.shard_paths(spec.path), process_index, process_count)
     cycle = min(int(data_cfg.get("cycle_length", 4)), len(shards)) if train else 1

@@ -53,7 +53,8 @@ class Preprocess:
   its chunks cut into consecutive sequences of `chunks`, the rest dropped.
   train: random resized crop in `crop_scale`, a random caption (answer); eval: resize + center crop
   and the first. `canvas` > 0 (training with data.resize="device"): the crop's pixels in a canvas of
-  that side and its box (images.BOX_KEY), resized on the device. `source` tags the output so mixtures count bad samples per source.
+  that side and its box (images.BOX_KEY), resized on the device. `jpeg_decoder`: images.JPEG_DECODERS.
+  `source` tags the output so mixtures count bad samples per source.
   `chunk_tokens` (chunked formats: example -> (ids, targets) or None, the format's own) tokenizes
   each example as the collate will, into its prompts.TOKENS field, so that what cannot make a row
   of `max_len` tokens is skipped here rather than failing the batch: an example whose text holds a
@@ -63,8 +64,10 @@ class Preprocess:
 
   def __init__(self, image_size: int, train: bool, crop_scale: Sequence[float], source: int = 0,
                decode_images: bool = True, chunks: int = 1,
-               chunk_tokens: Callable[[dict], tuple | None] | None = None, max_len: int = 0, canvas: int = 0):
+               chunk_tokens: Callable[[dict], tuple | None] | None = None, max_len: int = 0, canvas: int = 0,
+               jpeg_decoder: str = "pil"):
     self.image_size, self.train, self.source, self.canvas = int(image_size), train, source, int(canvas)
+    self.jpeg_decoder = jpeg_decoder
     self.crop_scale = tuple(float(s) for s in crop_scale)
     self.decode_images, self.chunks = decode_images, int(chunks)
     self.chunk_tokens, self.max_len = chunk_tokens, int(max_len)
@@ -124,7 +127,7 @@ class Preprocess:
     if not self.decode_images:
       return out
     try:
-      im = images.decode_image(record["image"])
+      im = images.decode_image(record["image"], self.jpeg_decoder)
       if self.train and self.canvas:
         box = images.random_crop_box(*im.size, rng, scale=self.crop_scale)
         pixels, canvas_box = images.crop_to_canvas(im, box, self.image_size, self.canvas)
