@@ -29,6 +29,11 @@ MODEL_CONFIGS = {
     "flamingo": dict(name="flamingo", image_token_id=TOK.image_id, num_latents=64, **TOWERS),
     "composable": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384, image_pool="map"),
                        decoder=dict(TOWERS["text"], mode="parallel", memory_queries=64)),
+    # BLIP: the fusion head on the decoder's blocks (share="blip") and one of its own (share="none").
+    "composable_blip": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384),
+                            decoder=TOWERS["text"], fusion=dict(share="blip")),
+    "composable_fusion": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384),
+                              fusion=dict(share="none", variant="S", vocab_size=32000, max_len=64)),
 }
 
 

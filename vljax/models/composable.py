@@ -7,6 +7,8 @@ optional heads, so that objectives are compared on the same towers.
   text ids -> text tower -> pooled [-> txt_proj] -> txt_emb                      (contrastive head)
                         `-> tokens ------------------------------.  (decoder.input="text_tower")
   text ids -> decoder embedding (decoder.input="embed") -> CrossDecoder(memory) -> caption_logits
+  (image tokens, text ids) -> image-grounded text encoder -> itm_logits, mlm_logits  (fusion head,
+                              vljax/models/fusion.py; objectives run it through ModelAccess)
 
   model = dict(name="composable", image=dict(variant=...), text=dict(variant=...) or None,
                contrastive=dict(embed_dim, logit_scale_init, logit_bias_init, max_logit_scale,
@@ -14,7 +16,8 @@ optional heads, so that objectives are compared on the same towers.
                                 image_proj=True, image_proj_bias=True, text_proj=True, text_proj_bias=True)
                    or None,
                decoder=dict(variant=..., mode="autoregressive" | "parallel", parallel_fraction,
-                            memory_queries=0, input="embed" | "text_tower") or None)
+                            memory_queries=0, input="embed" | "text_tower") or None,
+               fusion=dict(share="none", variant=...) | dict(share="blip") or None)
 
 CLIP/SigLIP/LiT: image + text + contrastive (a logit_bias_init gives the sigmoid loss its
 bias; image_proj=False makes the pooled width the embedding, as SigLIP's image tower; *_proj_bias=False
@@ -23,6 +26,7 @@ text=dict(causal=True, pool="cls") (its unimodal decoder: [CLS] after the paddin
 input="text_tower" (the multimodal decoder continues from the unimodal one's token outputs: one shared
 embedding), memory_queries=N, image_pool="map" with image_pool_input="memory" (the contrastive query
 reads the N memory queries' outputs: CoCa's "cascade") or "tokens" (the ViT tokens: its "parallel").
+BLIP: contrastive (ITC) + fusion (ITM, MLM) + decoder (LM), fusion share="blip".
 vljax/models/legacy.py maps each legacy model's config and params onto these. The image tower never
 holds a projection (its head is always off): the same tower config gives the same `img` params under
 every combination, so init_from and frozen-encoder evaluations treat them alike.
@@ -39,7 +43,8 @@ from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
 from vljax.models.capabilities import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD
-from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask
+from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask, vocab_logits
+from vljax.models.fusion import resolve_fusion
 from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
 from vljax.models.registry import register_model
@@ -54,7 +59,7 @@ CONTRASTIVE_DEFAULTS = dict(embed_dim=128, logit_scale_init=1 / 0.07, logit_bias
                             image_pool="tower", image_pool_input="tokens", image_proj=True, image_proj_bias=True,
                             text_proj=True, text_proj_bias=True)
 DECODER_DEFAULTS = dict(mode="autoregressive", parallel_fraction=0.75, memory_queries=0, input="embed")
-COMPOSABLE_DEFAULTS: dict[str, Any] = dict(image=None, text=None, contrastive=None, decoder=None)
+COMPOSABLE_DEFAULTS: dict[str, Any] = dict(image=None, text=None, contrastive=None, decoder=None, fusion=None)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -80,20 +85,24 @@ def clamp_log_scale(params: dict, max_scale: float) -> dict:
 @register_model("composable")
 class Composable(nn.Module):
   """Params: img (ViT, no head); with the contrastive head txt (text tower, no head), [img_proj,]
-  [txt_proj,] t[, b][, img_pool]; with the decoder dec[, dec_embed][, mask_embedding][, memory_pool]."""
+  [txt_proj,] t[, b][, img_pool]; with the decoder dec[, dec_embed][, mask_embedding][, memory_pool]; with
+  the fusion head itm_head, enc_token, mlm_mask_token[, fusion_embed, fusion_encoder] (share="none"; with
+  share="blip" its self-attention is enc_attn in each of dec's blocks)."""
   img: ViT
   txt: TextTransformer | None = None
   contrastive: dict[str, Any] | None = None
   text: dict[str, Any] | None = None  # the decoder's text_settings() + mode, parallel_fraction, memory_queries
   module_kw: dict[str, Any] | None = None
+  fusion: dict[str, Any] | None = None  # the image-grounded text encoder's settings (vljax/models/fusion.py)
 
   capabilities = frozenset({EMBEDDINGS, GENERATION, LIKELIHOOD, IMAGE_FEATURES})  # those of some configuration
   inputs = ("image", "text")
   output_names = frozenset({"img_emb", "img_tokens", "txt_emb", "txt_tokens", "logit_scale", "logit_bias",
-                            "memory", "caption_logits"})
+                            "memory", "caption_logits", "fusion_memory"})
   output_settings = {"logit_bias": "model.contrastive.logit_bias_init (SigLIP: -10.0)",
                      "img_emb": "model.contrastive=dict(...) and model.text", "txt_emb": "model.contrastive=dict(...)",
-                     "logit_scale": "model.contrastive=dict(...)", "caption_logits": "model.decoder=dict(variant=...)"}
+                     "logit_scale": "model.contrastive=dict(...)", "caption_logits": "model.decoder=dict(variant=...)",
+                     "fusion_memory": "model.fusion=dict(share='none', variant=...) or dict(share='blip')"}
   rng_streams = ("dropout", "mask")  # "mask": which examples get parallel prediction
 
   def active_capabilities(self) -> frozenset[str]:
@@ -108,6 +117,8 @@ class Composable(nn.Module):
         out.add("logit_bias")
     if self.text:
       out |= {"memory", "caption_logits"}
+    if self.fusion:
+      out.add("fusion_memory")
     return frozenset(out)
 
   def setup(self):
@@ -136,7 +147,22 @@ class Composable(nn.Module):
                                          (t["width"],), dtypes["param_dtype"])
       if t["memory_queries"]:
         self.memory_pool = MAPHead(self.img.num_heads, self.img.mlp_dim, num_queries=t["memory_queries"], **pool_kw)
-      self.dec = CrossDecoder(t["depth"], t["mlp_dim"], t["num_heads"], t["vocab_size"], **kw)
+      blip = bool(self.fusion) and self.fusion["share"] == "blip"
+      self.dec = CrossDecoder(t["depth"], t["mlp_dim"], t["num_heads"], t["vocab_size"], encoder_branch=blip, **kw)
+    if self.fusion:
+      self._setup_fusion(kw, dtypes)
+
+  def _setup_fusion(self, kw: dict[str, Any], dtypes: dict[str, Any]) -> None:
+    f = self.fusion
+    if f["share"] == "none":
+      self.fusion_embed = TokenEmbedding(f["vocab_size"], f["width"], f["max_len"], **dtypes)
+      self.fusion_encoder = layers.Transformer(f["depth"], f["mlp_dim"], f["num_heads"], cross_attention=True,
+                                               activation=f["activation"], norm_eps=f["norm_eps"], **kw)
+    # [ENC] and [MASK] are learned rows, not tokenizer ids: every tokenizer serves the head unchanged.
+    token_init = partitioned(nn.initializers.normal(0.02), ("embed",))
+    self.enc_token = self.param("enc_token", token_init, (f["width"],), dtypes["param_dtype"])
+    self.mlm_mask_token = self.param("mlm_mask_token", token_init, (f["width"],), dtypes["param_dtype"])
+    self.itm_head = layers.dense(2, ("embed", None), name="itm_head", **dtypes)
 
   def encode_image(self, image: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     pooled, tokens = self.img(image, train=train)
@@ -170,6 +196,31 @@ class Composable(nn.Module):
       x = self.dec_embed(ids, decode_index)
     return self.dec(x, memory, decode_index=decode_index)
 
+  def fusion_hidden(self, image_tokens: jax.Array, ids: jax.Array, masked: jax.Array | None = None) -> jax.Array:
+    """The image-grounded text encoder: ids [B, L] with [ENC] in place of the first token (BLIP replaces
+    [CLS]) and [MASK] where `masked` [B, L] -> hidden [B, L, W], bidirectional over the real tokens,
+    cross-attending to image_tokens [B, N, D]."""
+    f = self.fusion
+    embed = self.dec_embed if f["share"] == "blip" else self.fusion_embed
+    x = embed.tokens(ids)
+    x = jnp.where((jnp.arange(ids.shape[1]) == 0)[None, :, None], self.enc_token.astype(x.dtype), x)
+    if masked is not None:
+      x = jnp.where(masked[..., None], self.mlm_mask_token.astype(x.dtype), x)
+    x = embed.add_positions(x)
+    keys = (ids != f["pad_id"])[:, None, None, :]
+    if f["share"] == "blip":
+      return self.dec(x, image_tokens, keys, encode=True)
+    return self.fusion_encoder(x, keys, image_tokens)
+
+  def itm_logits(self, image_tokens: jax.Array, ids: jax.Array) -> jax.Array:
+    """float32 [B, 2] (no match, match) of each (image tokens, text) pair, read off the [ENC] row."""
+    return self.itm_head(self.fusion_hidden(image_tokens, ids)[:, 0]).astype(jnp.float32)
+
+  def mlm_logits(self, image_tokens: jax.Array, ids: jax.Array, masked: jax.Array) -> jax.Array:
+    """float32 [B, L, vocab]: the fusion encoder's token outputs through the tied token embedding."""
+    embed = self.dec_embed if self.fusion["share"] == "blip" else self.fusion_embed
+    return vocab_logits(embed.attend, self.fusion_hidden(image_tokens, ids, masked))
+
   def _train_caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
     """Parallel prediction (CapPa): a parallel_fraction of the examples get all-[MASK] inputs and no
     causal mask, so the decoder must read every token off the image."""
@@ -190,6 +241,11 @@ class Composable(nn.Module):
       else:
         out["caption_logits"] = (self._train_caption_logits if parallel else self.caption_logits)(out["memory"],
                                                                                                    text)
+    if image is not None and self.fusion:
+      out["fusion_memory"] = out["img_tokens"]  # what the fusion head cross-attends to, when objectives run it
+      if text is not None and self.is_initializing():  # its passes run from objectives: create its params here
+        self.mlm_logits(out["fusion_memory"], text, jnp.zeros(text.shape, bool))
+        self.itm_logits(out["fusion_memory"], text)
     if self.contrastive:
       out["logit_scale"] = jnp.exp(self.t)  # clamped after each update (clamp_log_scale)
       if self.contrastive["logit_bias_init"] is not None:
@@ -206,7 +262,8 @@ class Composable(nn.Module):
     c = resolve_config(cfg)
     kw = model_config.module_kwargs(c)
     txt = TextTransformer(**c["text"], **kw) if c["contrastive"] else None
-    return cls(img=ViT(**c["image"], **kw), txt=txt, contrastive=c["contrastive"], text=c["decoder"], module_kw=kw)
+    return cls(img=ViT(**c["image"], **kw), txt=txt, contrastive=c["contrastive"], text=c["decoder"], module_kw=kw,
+               fusion=c["fusion"])
 
   @classmethod
   def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
@@ -269,6 +326,8 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
                      "unused; drop it (the decoder's settings are model.decoder)")
   if c["decoder"]:
     _resolve_decoder(c)
+  if c["fusion"]:
+    resolve_fusion(c)
   if c["image"]["pool"] == "map" and (not c["contrastive"] or c["contrastive"]["image_pool"] == "map"):
     model_config.check_image_tokens_only("composable (decoder only, or contrastive.image_pool='map')", c["image"])
   return c

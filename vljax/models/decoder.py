@@ -59,17 +59,24 @@ class TokenEmbedding(nn.Module):
   def add_positions(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
     return self.posemb(x, offset)
 
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Hidden states [..., width] -> logits over the vocabulary, tied to the token embedding."""
+    return self.embedding.attend(x)
+
 
 class CrossDecoder(nn.Module):
   """Embedded tokens [B, L, D] + memory [B, S, D] -> float32 logits [B, L, vocab].
 
   Causal self-attention (the mask comes from the caller, or from the KV cache when decoding),
   cross-attention to the memory in every block, final LayerNorm, linear vocabulary head.
+  encoder_branch: the blocks also hold a bidirectional self-attention; a call with encode=True runs
+  it and returns the hidden states [B, L, D] (BLIP's image-grounded encoder, sharing the rest).
   """
   depth: int
   mlp_dim: int
   num_heads: int
   vocab_size: int
+  encoder_branch: bool = False
   scan: bool = False
   remat: str = "none"
   dtype: Dtype = jnp.float32
@@ -78,11 +85,14 @@ class CrossDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, memory: jax.Array | None, mask: jax.Array | None = None,
-               decode_index: jax.Array | None = None) -> jax.Array:
+               decode_index: jax.Array | None = None, encode: bool = False) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, cross_attention=True, scan=self.scan,
-                           remat=self.remat, attention_impl=self.attention_impl, name="decoder", **kw)(
-                               x, mask, memory, decode_index)
+    x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, cross_attention=True,
+                           encoder_branch=self.encoder_branch, scan=self.scan, remat=self.remat,
+                           attention_impl=self.attention_impl, name="decoder", **kw)(
+                               x, mask, memory, decode_index, encode)
+    if encode:
+      return x
     return vocab_logits(layers.dense(self.vocab_size, ("embed", "vocab"), name="logits", **kw), x)
 
 

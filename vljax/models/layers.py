@@ -270,11 +270,17 @@ def xla_attention(q, k, v, mask, is_causal: bool) -> jax.Array:
 
 
 class TransformerBlock(nn.Module):
-  """Pre-LN block: x + MHA(LN(x)) [+ cross-MHA(LN(x), memory)], then x + MLP(LN(x))."""
+  """Pre-LN block: x + MHA(LN(x)) [+ cross-MHA(LN(x), memory)], then x + MLP(LN(x)).
+
+  encoder_branch: the block also owns `enc_attn`, a bidirectional self-attention that a call with
+  bidirectional=True uses instead of `attn`, every other weight shared (BLIP's decoder and
+  image-grounded encoder, which differ only in self-attention).
+  """
   mlp_dim: int
   num_heads: int
   causal: bool = False
   cross_attention: bool = False
+  encoder_branch: bool = False
   activation: str = DEFAULT_ACTIVATION
   norm_eps: float = DEFAULT_NORM_EPS
   dtype: Dtype = jnp.float32
@@ -283,15 +289,17 @@ class TransformerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, memory: jax.Array | None = None,
-               decode_index: jax.Array | None = None) -> tuple[jax.Array, None]:
+               decode_index: jax.Array | None = None, bidirectional: bool = False) -> tuple[jax.Array, None]:
     """Returns (x, None) so the same block works under nn.scan."""
+    if bidirectional and not self.encoder_branch:
+      raise ValueError("bidirectional=True runs the block's encoder branch: build it with encoder_branch=True")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm_kw = dict(dtypes, epsilon=self.norm_eps)
     x = nn.with_logical_constraint(x, ACT)
     y = layer_norm(name="ln1", **norm_kw)(x)
-    y = MultiHeadAttention(self.num_heads, name="attn", **kw)(
-        y, mask=mask, is_causal=self.causal, decode_index=decode_index)
+    y = MultiHeadAttention(self.num_heads, name="enc_attn" if bidirectional else "attn", **kw)(
+        y, mask=mask, is_causal=self.causal and not bidirectional, decode_index=decode_index)
     x = x + y
     if self.cross_attention:
       y = layer_norm(name="ln_cross", **norm_kw)(x)
@@ -313,6 +321,7 @@ class Transformer(nn.Module):
   num_heads: int
   causal: bool = False
   cross_attention: bool = False
+  encoder_branch: bool = False  # the blocks' enc_attn (TransformerBlock), run by bidirectional=True
   scan: bool = False
   remat: str = "none"
   activation: str = DEFAULT_ACTIVATION
@@ -323,25 +332,28 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, memory: jax.Array | None = None,
-               decode_index: jax.Array | None = None) -> jax.Array:
+               decode_index: jax.Array | None = None, bidirectional: bool = False) -> jax.Array:
     check_choice("remat", self.remat, REMAT_POLICIES)
     chex.assert_rank(x, 3)
     block_cls = TransformerBlock
     if self.remat != "none":
       # Under scan, CSE across iterations is impossible anyway; prevent_cse would only slow it.
-      block_cls = nn.remat(TransformerBlock, prevent_cse=not self.scan, policy=REMAT_POLICIES[self.remat])
+      # bidirectional (argument 5, counting self) picks a branch: static, not traced.
+      block_cls = nn.remat(TransformerBlock, prevent_cse=not self.scan, policy=REMAT_POLICIES[self.remat],
+                           static_argnums=(5,))
     kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, causal=self.causal,
-              cross_attention=self.cross_attention, activation=self.activation, norm_eps=self.norm_eps,
+              cross_attention=self.cross_attention, encoder_branch=self.encoder_branch,
+              activation=self.activation, norm_eps=self.norm_eps,
               dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
     if self.scan:
       # The cache stacks its layers on axis 1, so that every cache leaf keeps batch on axis 0.
       stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
                       in_axes=nn.broadcast, length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="layers", **kw)(x, mask, memory, decode_index)
+      x, _ = stack(name="layers", **kw)(x, mask, memory, decode_index, bidirectional)
     else:
       for i in range(self.depth):
-        x, _ = block_cls(name=f"block_{i}", **kw)(x, mask, memory, decode_index)
+        x, _ = block_cls(name=f"block_{i}", **kw)(x, mask, memory, decode_index, bidirectional)
     return layer_norm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype,
                       epsilon=self.norm_eps)(x)
 
