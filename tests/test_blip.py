@@ -106,6 +106,20 @@ def test_hard_negatives_never_the_positive_and_follow_the_similarities():
     assert np.corrcoef(freq[~np.eye(b, dtype=bool)], want[~np.eye(b, dtype=bool)])[0, 1] > 0.99
 
 
+def test_identical_captions_are_no_negatives_unless_nothing_else_is_left():
+  ids = jnp.array([[1, 5, 2], [1, 5, 2], [1, 6, 2], [1, 7, 2]], jnp.int32)
+  same = np.asarray(matching.same_text(ids))
+  np.testing.assert_array_equal(same, np.eye(4, dtype=bool) | (np.arange(4)[:, None] + np.arange(4)[None] == 1))
+  z = _unit(np.random.default_rng(1).normal(size=(4, 8))).astype(np.float32)
+  keys = jax.random.split(jax.random.PRNGKey(0), 500)
+  draw = jax.jit(jax.vmap(lambda k, s: matching.sample_hard_negatives(z, z, 1.0, k, s), in_axes=(0, None)))
+  neg_text, neg_image = map(np.asarray, draw(keys, jnp.asarray(same)))
+  for got in (neg_text, neg_image):  # 0 and 1 share a caption: neither is the other's negative
+    assert not (got[:, 0] == 1).any() and not (got[:, 1] == 0).any() and not (got == np.arange(4)).any()
+  all_same = np.asarray(draw(keys, jnp.ones((4, 4), bool))[0])  # nothing else left: any non-positive
+  assert not (all_same == np.arange(4)).any() and len(np.unique(all_same[:, 0])) == 3
+
+
 def test_mlm_masks_selected_positions_only_with_the_80_10_10_split():
   rng = np.random.default_rng(0)
   rows, length, vocab, pad = 400, 24, 1000, 0

@@ -20,24 +20,38 @@ from vljax.objectives.registry import ModelAccess, register_objective
 NEGATIVES_STREAM = "itm_negatives"  # the named random stream the draw uses (ModelAccess.rng)
 
 
-def sample_hard_negatives(zimg: jnp.ndarray, ztxt: jnp.ndarray, logit_scale, rng: jax.Array
-                          ) -> tuple[jnp.ndarray, jnp.ndarray]:
+def sample_hard_negatives(zimg: jnp.ndarray, ztxt: jnp.ndarray, logit_scale, rng: jax.Array,
+                          same: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(negative text index for each image [B], negative image index for each text [B]).
 
   Row i of scale * zimg @ ztxt.T gives image i's odds over the texts, column j text j's over the
   images; the diagonal (the positives) is -inf, so a positive is never drawn. BLIP draws with
   torch.multinomial over softmax(sim) with the diagonal zeroed: the same distribution.
+  same: bool [B, B], pairs that are no negatives either (the same caption), left out as the diagonal
+  is, except in a row where they leave nothing else.
   """
   _check_embeddings(zimg, ztxt)
   batch = zimg.shape[0]
   if batch < 2:
     raise ValueError(f"ITM hard negatives need a batch of at least 2 (a negative besides the positive), got {batch}")
   sims = lax.stop_gradient(_logits(zimg, ztxt, _scalar(logit_scale, "logit_scale")))
-  sims = jnp.where(jnp.eye(batch, dtype=bool), -jnp.inf, sims)
+  eye = jnp.eye(batch, dtype=bool)
+  excluded = eye if same is None else eye | same
+  # Rows and columns where `same` leaves no candidate fall back to every non-positive.
+  rows = jnp.where(jnp.all(excluded, axis=1, keepdims=True), eye, excluded)
+  cols = jnp.where(jnp.all(excluded, axis=0, keepdims=True), eye, excluded)
   text_key, image_key = jax.random.split(rng)
-  neg_text = jax.random.categorical(text_key, sims, axis=1)
-  neg_image = jax.random.categorical(image_key, sims.T, axis=1)
+  neg_text = jax.random.categorical(text_key, jnp.where(rows, -jnp.inf, sims), axis=1)
+  neg_image = jax.random.categorical(image_key, jnp.where(cols, -jnp.inf, sims).T, axis=1)
   return neg_text, neg_image
+
+
+def same_text(ids: jnp.ndarray) -> jnp.ndarray:
+  """bool [B, B]: which captions are the same ids. Compared by a 32-bit polynomial hash of each row,
+  so the cost is B x B, not B x B x L (a collision only drops one candidate negative)."""
+  powers = jnp.cumprod(jnp.full((ids.shape[1],), 1_000_003, jnp.uint32))
+  hashes = jnp.sum(ids.astype(jnp.uint32) * powers[None], axis=1, dtype=jnp.uint32)
+  return hashes[:, None] == hashes[None, :]
 
 
 def itm_pairs(memory: jnp.ndarray, text: jnp.ndarray, neg_text: jnp.ndarray, neg_image: jnp.ndarray
@@ -61,11 +75,15 @@ def require_fusion(model: ModelAccess, objective: str) -> None:
 
 @register_objective("itm", reads=("img_emb", "txt_emb", "fusion_memory"), shared=("logit_scale",),
                     couples_examples=True, impls=("gather",))
-def itm(outputs: dict, batch: dict, *, model: ModelAccess) -> tuple[jnp.ndarray, dict]:
-  """BLIP's ITM: mean cross-entropy over the 3B pairs' (no match, match) logits."""
+def itm(outputs: dict, batch: dict, *, model: ModelAccess, exclude_same_text: bool = True
+        ) -> tuple[jnp.ndarray, dict]:
+  """BLIP's ITM: mean cross-entropy over the 3B pairs' (no match, match) logits.
+  exclude_same_text: a caption identical to the positive is no negative (templated captions repeat;
+  BLIP leaves out the pairs of the same image id for the same reason)."""
   require_fusion(model, "itm")
+  same = same_text(batch["text"]) if exclude_same_text else None
   neg_text, neg_image = sample_hard_negatives(outputs["img_emb"], outputs["txt_emb"], outputs["logit_scale"],
-                                              model.rng(NEGATIVES_STREAM))
+                                              model.rng(NEGATIVES_STREAM), same)
   images, texts, labels = itm_pairs(outputs["fusion_memory"], batch["text"], neg_text, neg_image)
   logits = model.apply(images, texts, method="itm_logits", pass_name="itm")
   logp = jax.nn.log_softmax(logits, axis=-1)
