@@ -10,7 +10,8 @@ batches of each through `vljax.data.pipeline.make_train_dataset` after `--warmup
 each data.resize mode ("host": crops resized and normalised on the host; "device": crops shipped
 as uint8 canvases, resized in the train step). "1 process" rows are the per-image work without
 grain, the per-core ceiling, and the stages alone (ms per image; simplejpeg's decoder where it is
-installed). Cores for `--demand` images/s: 3,300 is clip_vit_b16.py on one H100 at 40% MFU (README).
+installed). Cores for `--demand` images/s come from the CPU seconds an image took, summed over every
+process of the pipeline: 3,300 images/s is clip_vit_b16.py on one H100 at 40% MFU (README).
 Prints a markdown table, then the same numbers as one line `json: {...}`.
 """
 
@@ -27,6 +28,7 @@ import tempfile
 import time
 
 import numpy as np
+import psutil
 from PIL import Image, ImageDraw
 
 from vljax.config import CROP_SCALE
@@ -97,13 +99,28 @@ def write_datasets(directory: str, num_images: int, width: int, height: int, see
           "folder": os.path.join(directory, "folder", "captions.jsonl")}
 
 
+def cpu_seconds() -> float:
+  """User + system CPU seconds of this process and its children (grain's workers) so far."""
+  procs = [psutil.Process()]
+  procs += procs[0].children(recursive=True)
+  total = 0.0
+  for proc in procs:
+    try:
+      times = proc.cpu_times()
+      total += times.user + times.system
+    except psutil.NoSuchProcess:
+      pass
+  return total
+
+
 def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: int, resize: str = "host",
-                jpeg_decoder: str = "pil") -> float:
-  """Images/s of decode + crop (+ resize + normalise on the host) + tokenise in this process, no grain."""
+                jpeg_decoder: str = "pil") -> tuple[float, float]:
+  """(images/s, CPU seconds an image) of decode + crop (+ resize + normalise on the host) + tokenise in
+  this process, no grain."""
   source = records.ArrayRecordSource(paths["array_record"])
   tok = tokenizers.get_tokenizer("shapes")
   rng = np.random.default_rng(0)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), cpu_seconds()
   for b in range(0, num, batch_size):
     raws = [source[i % len(source)] for i in range(b, b + batch_size)]
     ims = [images.decode_image(r["image"], jpeg_decoder) for r in raws]
@@ -114,7 +131,7 @@ def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: in
       crops = [images.random_resized_crop(im, image_size, rng, scale=CROP_SCALE) for im in ims]
       images.normalize(np.stack(crops), "siglip")
     tok.encode([r["caption"] for r in raws], 24)
-  return num / (time.perf_counter() - start)
+  return num / (time.perf_counter() - start), (cpu_seconds() - cpu) / num
 
 
 def stage_times(paths: dict[str, str], image_size: int, num: int = 128) -> dict[str, float | None]:
@@ -147,8 +164,9 @@ def stage_times(paths: dict[str, str], image_size: int, num: int = 128) -> dict[
   return out
 
 
-def time_pipeline(source: str, path: str, args, resize: str = "host", jpeg_decoder: str = "pil") -> float:
-  """Images/s of training batches from `source` after `args.warmup` batches (workers started)."""
+def time_pipeline(source: str, path: str, args, resize: str = "host", jpeg_decoder: str = "pil") -> tuple[float, float]:
+  """(images/s, CPU seconds an image over every process) of training batches from `source` after
+  `args.warmup` batches (workers started)."""
   cfg = dict(name=source, path=path, image_size=args.image_size, workers=args.workers, num_threads=args.threads,
              prefetch=4, max_len=24, normalization="clip", resize=resize, jpeg_decoder=jpeg_decoder)
   side = device_resize.default_canvas(args.image_size) if resize == "device" else args.image_size
@@ -157,15 +175,16 @@ def time_pipeline(source: str, path: str, args, resize: str = "host", jpeg_decod
   try:
     for _ in range(args.warmup):
       next(it)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     for _ in range(args.batches):
       batch = next(it)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     assert batch["image"].shape == (args.batch_size, side, side, 3)
   finally:
     if hasattr(it, "close"):
       it.close()
-  return args.batches * args.batch_size / seconds
+  num = args.batches * args.batch_size
+  return num / seconds, cpu / num
 
 
 def _installed_decoders() -> list[str]:
@@ -187,19 +206,20 @@ def _choices(parser, flag: str, value: str, valid: tuple[str, ...]) -> list[str]
   return chosen
 
 
-def _row(path: str, images_per_sec: float, cores: int, demand: float) -> dict:
-  per_core = images_per_sec / cores
-  return {"path": path, "images_per_sec": images_per_sec, "images_per_sec_per_core": per_core,
-          "cores_for_demand": demand / per_core}
+def _row(path: str, images_per_sec: float, cpu_per_image: float, demand: float) -> dict:
+  """A table row; cores for `demand` images/s from the CPU time an image took (every process of the
+  pipeline, whatever else the machine ran meanwhile)."""
+  return {"path": path, "images_per_sec": images_per_sec, "cpu_ms_per_image": cpu_per_image * 1e3,
+          "cores_for_demand": demand * cpu_per_image}
 
 
 def _print(result: dict, args) -> None:
   print(f"machine: {result['machine']}")
   print(f"{args.width}x{args.height} JPEG -> {args.image_size}px random resized crop, normalise, tokenise; "
         f"batch {args.batch_size}, {args.batches} timed batches")
-  print(f"| path | images/s | per core | cores for {args.demand:.0f} images/s |\n|---|---|---|---|")
+  print(f"| path | images/s | CPU ms an image | cores for {args.demand:.0f} images/s |\n|---|---|---|---|")
   for row in result["rows"]:
-    print(f"| {row['path']} | {row['images_per_sec']:.0f} | {row['images_per_sec_per_core']:.0f} | "
+    print(f"| {row['path']} | {row['images_per_sec']:.0f} | {row['cpu_ms_per_image']:.2f} | "
           f"{row['cores_for_demand']:.1f} |")
   print("\n| host stage (1 process) | ms per image |\n|---|---|")
   for stage, ms in result["stage_ms_per_image"].items():
@@ -245,15 +265,14 @@ def main(argv: list[str] | None = None) -> dict:
           file=sys.stderr)
     stages = stage_times(paths, args.image_size)
     num = max(args.batch_size, args.batches * args.batch_size // 4)
-    cores = max(1, min(args.workers, os.cpu_count() or 1))
     for mode in modes:
       for decoder in decoders:
         name = f"resize on {mode}, {decoder}"
         rows.append(_row(f"{name}: 1 process, no grain",
-                         decode_only(paths, args.image_size, args.batch_size, num, mode, decoder), 1, args.demand))
+                         *decode_only(paths, args.image_size, args.batch_size, num, mode, decoder), args.demand))
         for source in chosen:
           rows.append(_row(f"{name}: {source}, {args.workers} workers",
-                           time_pipeline(source, paths[source], args, mode, decoder), cores, args.demand))
+                           *time_pipeline(source, paths[source], args, mode, decoder), args.demand))
   result = {"machine": machine(), "image_size": args.image_size, "source_size": [args.width, args.height],
             "batch_size": args.batch_size, "workers": args.workers, "threads": args.threads,
             "batches": args.batches, "demand": args.demand, "rows": rows, "stage_ms_per_image": stages}
