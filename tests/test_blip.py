@@ -82,6 +82,8 @@ def test_fusion_passes_read_the_image_and_every_real_token(share):
   np.testing.assert_allclose(padded, itm, rtol=1e-6)  # pad keys are masked
   logits = model.apply({"params": params}, memory, ids, ids == 6, method="mlm_logits")
   assert logits.shape == (2, 8, 64) and logits.dtype == jnp.float32
+  unmasked = model.apply({"params": params}, memory, ids, jnp.zeros(ids.shape, bool), method="mlm_logits")
+  assert not np.allclose(logits[:, 2], unmasked[:, 2])  # the [MASK] row stands where token 6 was
 
 
 def _unit(x):
