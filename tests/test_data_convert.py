@@ -97,7 +97,7 @@ def test_input_benchmark_runs_and_reports(tmp_path, capsys):
                    for where in ("1 process, no grain", "array_record", "webdataset", "folder")]
   # CPU time comes in clock ticks (10 ms): a run this small may read 0
   assert all(r["images_per_sec"] > 0 and r["cores_for_demand"] >= 0 for r in result["rows"])
-  assert result["stage_ms_per_image"]["decode (PIL)"] > 0 and "| crop into canvas |" in printed
+  assert result["stage_ms_per_image"]["decode (PIL)"] > 0 and "| crop for the device |" in printed
   assert os.path.exists(tmp_path / "r.json")
   with pytest.raises(SystemExit):
     bench_input.main(["--resize", "gpu"])

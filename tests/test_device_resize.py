@@ -2,7 +2,7 @@
 
 What must hold: the device's resize gives the host path's pixels (within a level or two of 255:
 PIL rounds its two passes to uint8 and crops at fractional positions, the device at whole pixels);
-padding never leaks into a region's edge; the pipeline's batches carry canvases and extents, skip
+padding never leaks into a region's edge; the pipeline's batches carry canvases and boxes, skip
 corrupt records as before, and resume; a train step on them gives the host path's loss; settings
 that cannot work are refused by name.
 """
@@ -52,30 +52,37 @@ def test_device_resize_matches_the_host_path(size, canvas):
   the canvas + device path: mean difference under half a level of 255, 99% of values within 2 levels.
   At 64 px most crops are shrunk on the host to fit the 128 canvas first (two resamplings)."""
   rng = np.random.default_rng(1)
-  host, canvases, boxes = [], [], []
+  host, regions, boxes = [], [], []
   for i in range(8):
     jpeg = synthetic_jpeg(rng, 500, 375)
     box = images.random_crop_box(500, 375, np.random.default_rng(i), scale=(0.08, 1.0))
     host.append(images._to_rgb_array(images.decode_image(jpeg), box, size))
-    pixels, canvas_box = images.crop_to_canvas(images.decode_image(jpeg), box, size, canvas)
-    top, left, bottom, right = canvas_box
-    assert pixels.shape == (canvas, canvas, 3) and 0 <= top < 1 and 0 <= left < 1 and max(bottom, right) <= canvas
-    rows, cols = int(np.ceil(bottom - 1e-4)), int(np.ceil(right - 1e-4))
-    assert not pixels[rows:].any() and not pixels[:, cols:].any()  # zeros past the pixels the box touches
-    canvases.append(pixels), boxes.append(canvas_box)
-  levels = np.abs(_resize(canvases, boxes, size) - images.normalize(np.stack(host))) * 127.5
+    region, region_box = images.crop_for_device(images.decode_image(jpeg), box, size, canvas)
+    top, left, bottom, right = region_box
+    assert max(region.shape[:2]) <= canvas and 0 <= top < 1 and 0 <= left < 1
+    # the region is the whole pixels the box touches
+    assert region.shape[:2] == (int(np.ceil(bottom - 1e-4)), int(np.ceil(right - 1e-4)))
+    regions.append(region), boxes.append(region_box)
+  canvases = images.paste_canvases(regions, canvas)
+  assert all(not c[r.shape[0]:].any() and not c[:, r.shape[1]:].any() for c, r in zip(canvases, regions))
+  levels = np.abs(_resize(list(canvases), boxes, size) - images.normalize(np.stack(host))) * 127.5
   assert levels.mean() < 0.5, levels.mean()
   assert np.percentile(levels, 99) <= 2.0 + 1e-3, np.percentile(levels, 99)
 
 
-def test_crop_to_canvas_decodes_large_jpegs_at_a_reduced_scale():
+def test_crop_for_device_decodes_large_jpegs_at_a_reduced_scale():
   """A 2000x1500 JPEG cropped whole for 224 px: decoded at 1/4 scale (500x375 >= 224), then shrunk
-  to fit the 448 canvas (448x336); an 800x600 crop decodes at 1/2 (400x300 >= 224) and fits as it is."""
+  to fit the 448 canvas (448x336). An 800x600 crop at (100, 100) fits as it is: PIL decodes it at 1/2
+  (400x300), simplejpeg at 3/8 (the box 37.5..337.5 x 37.5..262.5: 301x226 whole pixels)."""
   jpeg = synthetic_jpeg(np.random.default_rng(2), 2000, 1500)
-  _, box = images.crop_to_canvas(images.decode_image(jpeg), (0, 0, 2000, 1500), 224, 448)
-  np.testing.assert_allclose(box, [0, 0, 336, 448])
-  _, box = images.crop_to_canvas(images.decode_image(jpeg), (100, 100, 900, 700), 224, 448)
-  np.testing.assert_allclose(box, [0, 0, 300, 400])
+  quarter = {"pil": ((300, 400, 3), [0, 0, 300, 400]), "simplejpeg": ((226, 301, 3), [0.5, 0.5, 225.5, 300.5])}
+  for decoder in images.JPEG_DECODERS:
+    region, box = images.crop_for_device(images.decode_image(jpeg, decoder), (0, 0, 2000, 1500), 224, 448)
+    assert region.shape == (336, 448, 3)
+    np.testing.assert_allclose(box, [0, 0, 336, 448])
+    region, box = images.crop_for_device(images.decode_image(jpeg, decoder), (100, 100, 900, 700), 224, 448)
+    assert region.shape == quarter[decoder][0]
+    np.testing.assert_allclose(box, quarter[decoder][1], atol=0.25)  # a 3/8 decode of 1500 rows has 563
 
 
 @pytest.fixture(scope="module")

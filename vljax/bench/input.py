@@ -125,8 +125,9 @@ def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: in
     raws = [source[i % len(source)] for i in range(b, b + batch_size)]
     ims = [images.decode_image(r["image"], jpeg_decoder) for r in raws]
     if resize == "device":
-      np.stack([images.crop_to_canvas(im, images.random_crop_box(*im.size, rng, CROP_SCALE), image_size,
-                                      device_resize.default_canvas(image_size))[0] for im in ims])
+      canvas = device_resize.default_canvas(image_size)
+      images.paste_canvases([images.crop_for_device(im, images.random_crop_box(*im.size, rng, CROP_SCALE), image_size,
+                                                    canvas)[0] for im in ims], canvas)
     else:
       crops = [images.random_resized_crop(im, image_size, rng, scale=CROP_SCALE) for im in ims]
       images.normalize(np.stack(crops), "siglip")
@@ -154,8 +155,8 @@ def stage_times(paths: dict[str, str], image_size: int, num: int = 128) -> dict[
          "bicubic crop-resize (PIL)": per_image(lambda j: decoded.resize((image_size, image_size), Image.BICUBIC,
                                                                         box=box)),
          "normalise (host)": per_image(lambda j: images.normalize(crop, "siglip")),
-         "crop into canvas": per_image(lambda j: images.crop_to_canvas(decoded, box, image_size,
-                                                                       device_resize.default_canvas(image_size)))}
+         "crop for the device": per_image(lambda j: images.crop_for_device(decoded, box, image_size,
+                                                                           device_resize.default_canvas(image_size)))}
   try:
     import simplejpeg
     out["decode (simplejpeg)"] = per_image(lambda j: simplejpeg.decode_jpeg(j, "RGB"))

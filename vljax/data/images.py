@@ -2,7 +2,7 @@
 
   decode_image(bytes)               -> PIL image in RGB, or CorruptImageError
   random_resized_crop(im, size, rng) -> uint8 [size, size, 3]   (training)
-  crop_to_canvas(im, box, size, canvas) -> uint8 [canvas, canvas, 3], box   (resized on device)
+  crop_for_device(im, box, size, canvas) -> uint8 [h, w, 3], box; paste_canvases -> [n, canvas, canvas, 3]
   resize_center_crop(im, size)      -> uint8 [size, size, 3]   (evaluation, inference)
   normalize(uint8 images, preset)   -> float32                  (NORMALIZATIONS)
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Sequence
 import math
 import warnings
 
@@ -138,12 +139,12 @@ def _to_rgb_array(im: Image.Image, box: tuple[int, int, int, int], size: int) ->
     raise CorruptImageError(f"undecodable image: {type(e).__name__}: {e}") from e
 
 
-def crop_to_canvas(im: Image.Image | np.ndarray, box: tuple[int, int, int, int], size: int,
-                   canvas: int) -> tuple[np.ndarray, np.ndarray]:
+def crop_for_device(im: Image.Image | np.ndarray, box: tuple[int, int, int, int], size: int,
+                    canvas: int) -> tuple[np.ndarray, np.ndarray]:
   """The pixels under `box` for a `size` crop resized on the device (vljax/data/device_resize.py):
-  decoded at the JPEG scale that keeps the box >= size, the whole pixels it touches at the top left
-  of a zero canvas, shrunk (bicubic) only when larger than `canvas`.
-  -> (uint8 [canvas, canvas, 3], float32 [4]: the box (top, left, bottom, right) in the canvas)."""
+  decoded at the JPEG scale that keeps the box >= size, the whole pixels it touches, shrunk
+  (bicubic) only when larger than `canvas` on a side.
+  -> (uint8 [h, w, 3] with h, w <= canvas, float32 [4]: the box (top, left, bottom, right) in them)."""
   if isinstance(im, np.ndarray):
     im = Image.fromarray(im)
   try:
@@ -161,9 +162,16 @@ def crop_to_canvas(im: Image.Image | np.ndarray, box: tuple[int, int, int, int],
     raise
   except Exception as e:
     raise CorruptImageError(f"undecodable image: {type(e).__name__}: {e}") from e
-  out = np.zeros((canvas, canvas, 3), np.uint8)
-  out[:pixels.shape[0], :pixels.shape[1]] = pixels
-  return out, np.array([(y0 - top) * sy, (x0 - left) * sx, (y1 - top) * sy, (x1 - left) * sx], np.float32)
+  return pixels, np.array([(y0 - top) * sy, (x0 - left) * sx, (y1 - top) * sy, (x1 - left) * sx], np.float32)
+
+
+def paste_canvases(regions: Sequence[np.ndarray], canvas: int) -> np.ndarray:
+  """crop_for_device's regions at the top left of zero canvases: uint8 [n, canvas, canvas, 3]. One
+  batch-sized buffer: a canvas per example would be allocated, zeroed and copied once more."""
+  out = np.zeros((len(regions), canvas, canvas, 3), np.uint8)
+  for dst, region in zip(out, regions):
+    dst[:region.shape[0], :region.shape[1]] = region
+  return out
 
 
 def center_box(width: int, height: int) -> tuple[int, int, int, int]:

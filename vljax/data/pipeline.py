@@ -83,6 +83,11 @@ def resizes_on_device(data_cfg: Mapping[str, Any]) -> bool:
   return True
 
 
+def _canvas(data_cfg: Mapping[str, Any], train: bool) -> int:
+  """The side of the canvases a real source's batches ship images in; 0: resized on the host."""
+  return device_resize.canvas_size(data_cfg) if train and resizes_on_device(data_cfg) else 0
+
+
 def check_data_config(data_cfg: Mapping[str, Any]) -> None:
   """Every data setting checked before any compute: names, presets, paths, keys."""
   resizes_on_device(data_cfg)
@@ -280,7 +285,7 @@ def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, An
   max_len = int(data_cfg.get("max_len", DEFAULT_MAX_LEN))
   # Chunked formats tokenize per example here: what cannot make a row is skipped, not a failed batch.
   chunk_tokens = functools.partial(fmt.chunk_tokens, tokenizer) if fmt.chunk_tokens else None
-  canvas = device_resize.canvas_size(data_cfg) if train and resizes_on_device(data_cfg) else 0
+  canvas = _canvas(data_cfg, train)
   preprocess = examples.Preprocess(int(data_cfg.get("image_size", 64)), train, sources.crop_scale(data_cfg),
                                    decode_images=fmt.renders, chunks=chunks, chunk_tokens=chunk_tokens,
                                    max_len=max_len, canvas=canvas, jpeg_decoder=data_cfg.get("jpeg_decoder", "pil"))
@@ -327,7 +332,7 @@ def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_ba
   ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts, [s.weight for s in specs])
   settings = formats.CollateSettings(tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)),
                                      data_cfg.get("normalization", "siglip"),
-                                     device_resize=train and resizes_on_device(data_cfg))
+                                     canvas=_canvas(data_cfg, train))
   ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt.collate(settings), fmt.chunked))
   if workers:
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,

@@ -35,11 +35,12 @@ CollateFn = Callable[["CollateSettings", Sequence[Any]], dict[str, np.ndarray]]
 @dataclasses.dataclass(frozen=True)
 class CollateSettings:
   """What every collate function may use: the tokenizer, the text length, the image normalisation
-  preset, and whether images are resized on the device (data.resize="device")."""
+  preset, and the side of the canvases images are shipped in when the device resizes them
+  (data.resize="device"; 0: resized on the host)."""
   tokenizer: Tokenizer
   max_len: int
   normalization: str = "siglip"
-  device_resize: bool = False
+  canvas: int = 0
 
 
 # Formats whose images may be resized on the device: one image per example, collated by image_fields.
@@ -49,10 +50,10 @@ DEVICE_RESIZE_FORMATS = ("caption", "hard_negatives")
 def image_fields(settings: CollateSettings, examples: Sequence[dict]) -> dict[str, np.ndarray]:
   """The examples' images as a batch: float32 normalised, or (device resize) the uint8 canvases
   and each crop's box in its canvas."""
-  pixels = np.stack([ex["image"] for ex in examples])
-  if settings.device_resize:
-    return {"image": pixels, images.BOX_KEY: np.stack([ex[images.BOX_KEY] for ex in examples])}
-  return {"image": images.normalize(pixels, settings.normalization)}
+  if settings.canvas:
+    return {"image": images.paste_canvases([ex["image"] for ex in examples], settings.canvas),
+            images.BOX_KEY: np.stack([ex[images.BOX_KEY] for ex in examples])}
+  return {"image": images.normalize(np.stack([ex["image"] for ex in examples]), settings.normalization)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The "caption" format: image-caption pairs, {"image": float32[b, H, W, 3], "text": int32[b, L]}
-(data.resize="device": uint8 canvases and "image_extent", formats.image_fields)."""
+(data.resize="device": uint8 canvases and each crop's box, formats.image_fields)."""
 
 from __future__ import annotations
 

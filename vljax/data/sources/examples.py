@@ -52,8 +52,8 @@ class Preprocess:
   `decode_images` (text-only formats) no "image". A document -> {"windows": [[example] * chunks, ...]}:
   its chunks cut into consecutive sequences of `chunks`, the rest dropped.
   train: random resized crop in `crop_scale`, a random caption (answer); eval: resize + center crop
-  and the first. `canvas` > 0 (training with data.resize="device"): the crop's pixels in a canvas of
-  that side and its box (images.BOX_KEY), resized on the device. `jpeg_decoder`: images.JPEG_DECODERS.
+  and the first. `canvas` > 0 (training with data.resize="device"): the crop's pixels (at most
+  `canvas` on a side) and its box in them (images.BOX_KEY), resized on the device. `jpeg_decoder`: images.JPEG_DECODERS.
   `source` tags the output so mixtures count bad samples per source.
   `chunk_tokens` (chunked formats: example -> (ids, targets) or None, the format's own) tokenizes
   each example as the collate will, into its prompts.TOKENS field, so that what cannot make a row
@@ -130,8 +130,8 @@ class Preprocess:
       im = images.decode_image(record["image"], self.jpeg_decoder)
       if self.train and self.canvas:
         box = images.random_crop_box(*im.size, rng, scale=self.crop_scale)
-        pixels, canvas_box = images.crop_to_canvas(im, box, self.image_size, self.canvas)
-        return {"image": pixels, images.BOX_KEY: canvas_box, **out}
+        pixels, region_box = images.crop_for_device(im, box, self.image_size, self.canvas)
+        return {"image": pixels, images.BOX_KEY: region_box, **out}
       if self.train:
         pixels = images.random_resized_crop(im, self.image_size, rng, scale=self.crop_scale)
       else:
