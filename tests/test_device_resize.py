@@ -8,9 +8,9 @@ that cannot work are refused by name.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 
 from conftest import tiny_config
 from real_data import encode, shapes_pairs, write_array_records
@@ -23,6 +23,8 @@ from vljax.train import setup, state as state_lib, step as step_lib
 from vljax.train.trainer import _global_batch
 
 TOK = ShapesTokenizer()
+if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
+  flags.FLAGS.mark_as_parsed()
 
 
 def _resize(canvases, boxes, size, normalization="siglip"):
@@ -124,6 +126,27 @@ def test_pipeline_batches_carry_canvases_boxes_and_skip_counts(records):
   # Evaluation batches stay resized on the host.
   eval_batch = next(iter(pipeline.make_eval_dataset(cfg, TOK, global_batch_size=8)))
   assert eval_batch["image"].dtype == np.float32 and images.BOX_KEY not in eval_batch
+
+
+def test_worker_processes_give_the_same_examples(records):
+  """With grain's worker processes the collate writes the canvases into shared memory. Workers change
+  which examples share a batch, not an example: the same caption has the same canvas and box."""
+  seen = {}
+  for workers in (0, 2):
+    it = iter(pipeline.make_train_dataset(_data(records, resize="device", workers=workers), TOK, global_batch_size=8,
+                                          seed=0))
+    rows = {}
+    for _ in range(2):  # 16 of the first epoch's 24 examples: no caption twice
+      batch = next(it)
+      for text, image, box in zip(batch["text"], batch["image"], batch[images.BOX_KEY]):
+        rows[text.tobytes()] = (np.array(image), np.array(box))
+    it.close()
+    seen[workers] = rows
+  common = sorted(set(seen[0]) & set(seen[2]))
+  assert len(common) >= 8
+  for key in common:
+    np.testing.assert_array_equal(seen[0][key][0], seen[2][key][0])
+    np.testing.assert_array_equal(seen[0][key][1], seen[2][key][1])
 
 
 @pytest.mark.cross_path

@@ -165,10 +165,14 @@ def crop_for_device(im: Image.Image | np.ndarray, box: tuple[int, int, int, int]
   return pixels, np.array([(y0 - top) * sy, (x0 - left) * sx, (y1 - top) * sy, (x1 - left) * sx], np.float32)
 
 
-def paste_canvases(regions: Sequence[np.ndarray], canvas: int) -> np.ndarray:
-  """crop_for_device's regions at the top left of zero canvases: uint8 [n, canvas, canvas, 3]. One
-  batch-sized buffer: a canvas per example would be allocated, zeroed and copied once more."""
-  out = np.zeros((len(regions), canvas, canvas, 3), np.uint8)
+def paste_canvases(regions: Sequence[np.ndarray], canvas: int, out: np.ndarray | None = None) -> np.ndarray:
+  """crop_for_device's regions at the top left of zero canvases: uint8 [n, canvas, canvas, 3] (into
+  `out` when given). One batch-sized buffer: a canvas per example would be allocated, zeroed and
+  copied once more."""
+  if out is None:
+    out = np.zeros((len(regions), canvas, canvas, 3), np.uint8)
+  else:
+    out.fill(0)
   for dst, region in zip(out, regions):
     dst[:region.shape[0], :region.shape[1]] = region
   return out
@@ -228,8 +232,9 @@ def random_resized_crop(im: Image.Image | np.ndarray, size: int, rng: np.random.
   return _to_rgb_array(im, random_crop_box(*im.size, rng, scale, ratio), size)
 
 
-def normalize(images: np.ndarray, preset: str = "siglip") -> np.ndarray:
-  """uint8 [..., 3] -> float32 (x / 255 - mean) / std with the preset's per-channel statistics."""
+def normalize(images: np.ndarray, preset: str = "siglip", out: np.ndarray | None = None) -> np.ndarray:
+  """uint8 [..., 3] -> float32 (x / 255 - mean) / std with the preset's per-channel statistics (into
+  `out` when given: float32 of the images' shape)."""
   check_normalization(preset)
   images = np.asarray(images)
   if images.dtype != np.uint8:
@@ -237,7 +242,7 @@ def normalize(images: np.ndarray, preset: str = "siglip") -> np.ndarray:
   if images.ndim == 0 or images.shape[-1] != 3:
     raise ValueError(f"normalize expects RGB pixels [..., 3], got shape {images.shape}.")
   table = _normalization_table(preset)
-  out = np.empty(images.shape, np.float32)
+  out = np.empty(images.shape, np.float32) if out is None else out
   pixels, normalized = images.reshape(-1, 3), out.reshape(-1, 3)
   for channel in range(3):  # a lookup per channel: the same values as the arithmetic, faster than it
     normalized[:, channel] = table[:, channel][pixels[:, channel]]  # 1.6x np.take into a strided out

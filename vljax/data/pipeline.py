@@ -37,6 +37,7 @@ state in the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -228,12 +229,18 @@ def make_eval_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glob
 class _RealCollate:
   """Examples (sequences of a chunked format) -> a batch of the data format, plus "_skipped": int64 [R]."""
 
-  def __init__(self, collate, chunked: bool):
-    self.collate, self.chunked = collate, chunked
+  def __init__(self, fmt: formats.BatchFormat, settings: formats.CollateSettings):
+    self.fmt, self.settings = fmt, settings
+
+  def enable_shared_memory_output(self) -> None:
+    """Called by grain in each worker process: the images are then written where the trainer reads
+    them, not built in the worker and copied into shared memory after."""
+    self.settings = dataclasses.replace(self.settings, shared_memory=True)
 
   def __call__(self, batch: Sequence[dict]) -> dict[str, np.ndarray]:
-    examples = [ex["chunks"] for ex in batch] if self.chunked else batch
-    return {**self.collate(examples), SKIPPED_KEY: np.sum([ex["skipped"] for ex in batch], axis=0, dtype=np.int64)}
+    examples = [ex["chunks"] for ex in batch] if self.fmt.chunked else batch
+    return {**self.fmt.collate_fn(self.settings, examples),
+            SKIPPED_KEY: np.sum([ex["skipped"] for ex in batch], axis=0, dtype=np.int64)}
 
 
 def _sequence_of_examples(max_len: int, chunk_examples: Sequence[dict]) -> dict:
@@ -333,7 +340,7 @@ def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_ba
   settings = formats.CollateSettings(tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)),
                                      data_cfg.get("normalization", "siglip"),
                                      canvas=_canvas(data_cfg, train))
-  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt.collate(settings), fmt.chunked))
+  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt, settings))
   if workers:
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                        per_worker_buffer_size=max(1, prefetch // workers)))

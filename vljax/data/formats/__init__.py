@@ -36,11 +36,13 @@ CollateFn = Callable[["CollateSettings", Sequence[Any]], dict[str, np.ndarray]]
 class CollateSettings:
   """What every collate function may use: the tokenizer, the text length, the image normalisation
   preset, and the side of the canvases images are shipped in when the device resizes them
-  (data.resize="device"; 0: resized on the host)."""
+  (data.resize="device"; 0: resized on the host). shared_memory: images are built in shared memory,
+  which grain's worker processes hand to the trainer without a copy (set by grain, via the collate)."""
   tokenizer: Tokenizer
   max_len: int
   normalization: str = "siglip"
   canvas: int = 0
+  shared_memory: bool = False
 
 
 # Formats whose images may be resized on the device: one image per example, collated by image_fields.
@@ -50,10 +52,21 @@ DEVICE_RESIZE_FORMATS = ("caption", "hard_negatives")
 def image_fields(settings: CollateSettings, examples: Sequence[dict]) -> dict[str, np.ndarray]:
   """The examples' images as a batch: float32 normalised, or (device resize) the uint8 canvases
   and each crop's box in its canvas."""
+  n = len(examples)
   if settings.canvas:
-    return {"image": images.paste_canvases([ex["image"] for ex in examples], settings.canvas),
+    out = _batch_array(settings, (n, settings.canvas, settings.canvas, 3), np.uint8)
+    return {"image": images.paste_canvases([ex["image"] for ex in examples], settings.canvas, out),
             images.BOX_KEY: np.stack([ex[images.BOX_KEY] for ex in examples])}
-  return {"image": images.normalize(np.stack([ex["image"] for ex in examples]), settings.normalization)}
+  pixels = np.stack([ex["image"] for ex in examples])
+  return {"image": images.normalize(pixels, settings.normalization, _batch_array(settings, pixels.shape, np.float32))}
+
+
+def _batch_array(settings: CollateSettings, shape: tuple[int, ...], dtype) -> np.ndarray | None:
+  """Where a batch's images are written: shared memory in grain's workers, else a new array (None)."""
+  if not settings.shared_memory:
+    return None
+  from grain.multiprocessing import SharedMemoryArray  # lazy: only worker processes need it
+  return SharedMemoryArray(shape, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
