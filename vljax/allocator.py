@@ -18,7 +18,8 @@ import sys
 TUNABLE = "glibc.malloc.hugetlb=1"
 ENV = "VLJAX_MALLOC"  # "system": leave malloc as it is; "hugetlb": set by the re-exec (no loop)
 PRELOADED_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
-COMMANDS = ("vljax.train", "vljax.bench", "vljax.evaluate", "vljax.compare")  # what runs XLA steps
+# What runs XLA steps, and the input benchmark (measured under the allocator training runs with).
+COMMANDS = ("vljax.train", "vljax.bench", "vljax.evaluate", "vljax.compare", "vljax.bench.input")
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 THP_MODES_FOR_MALLOC = ("always", "madvise")  # "never": glibc's madvise asks for nothing
 
