@@ -113,6 +113,18 @@ def cpu_seconds() -> float:
   return total
 
 
+def wait_until_idle(interval: float = 0.25, longest: float = 20.0) -> None:
+  """Until this process and its children use under 10% of a core (or `longest` seconds passed)."""
+  deadline = time.perf_counter() + longest
+  last = cpu_seconds()
+  while time.perf_counter() < deadline:
+    time.sleep(interval)
+    now = cpu_seconds()
+    if now - last < 0.1 * interval:
+      return
+    last = now
+
+
 def decode_only(paths: dict[str, str], image_size: int, batch_size: int, num: int, resize: str = "host",
                 jpeg_decoder: str = "pil") -> tuple[float, float]:
   """(images/s, CPU seconds an image) of decode + crop (+ resize + normalise on the host) + tokenise in
@@ -167,7 +179,9 @@ def stage_times(paths: dict[str, str], image_size: int, num: int = 128) -> dict[
 
 def time_pipeline(source: str, path: str, args, resize: str = "host", jpeg_decoder: str = "pil") -> tuple[float, float]:
   """(images/s, CPU seconds an image over every process) of training batches from `source` after
-  `args.warmup` batches (workers started)."""
+  `args.warmup` batches (workers started). The rate is `args.batches` batches read as they come; the
+  CPU time is that of refilling the read-ahead buffers after as many more: from buffers full (the
+  processes idle) to full again, so what the buffers hold is never counted as work done."""
   cfg = dict(name=source, path=path, image_size=args.image_size, workers=args.workers, num_threads=args.threads,
              prefetch=4, max_len=24, normalization="clip", resize=resize, jpeg_decoder=jpeg_decoder)
   side = device_resize.default_canvas(args.image_size) if resize == "device" else args.image_size
@@ -176,11 +190,17 @@ def time_pipeline(source: str, path: str, args, resize: str = "host", jpeg_decod
   try:
     for _ in range(args.warmup):
       next(it)
-    start, cpu = time.perf_counter(), cpu_seconds()
+    start = time.perf_counter()
     for _ in range(args.batches):
       batch = next(it)
-    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    seconds = time.perf_counter() - start
     assert batch["image"].shape == (args.batch_size, side, side, 3)
+    wait_until_idle()
+    cpu = cpu_seconds()
+    for _ in range(args.batches):
+      next(it)
+    wait_until_idle()
+    cpu = cpu_seconds() - cpu
   finally:
     if hasattr(it, "close"):
       it.close()
