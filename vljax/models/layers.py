@@ -270,12 +270,9 @@ def xla_attention(q, k, v, mask, is_causal: bool) -> jax.Array:
 
 
 class TransformerBlock(nn.Module):
-  """Pre-LN block: x + MHA(LN(x)) [+ cross-MHA(LN(x), memory)], then x + MLP(LN(x)).
-
-  encoder_branch: the block also owns `enc_attn`, a bidirectional self-attention that a call with
-  bidirectional=True uses instead of `attn`, every other weight shared (BLIP's decoder and
-  image-grounded encoder, which differ only in self-attention).
-  """
+  """Pre-LN block: x + MHA(LN(x)) [+ cross-MHA(LN(x), memory)], then x + MLP(LN(x)). encoder_branch: it also
+  owns `enc_attn`, the bidirectional self-attention a call with bidirectional=True uses instead of `attn`, all
+  else shared (BLIP's decoder and image-grounded encoder differ only in self-attention)."""
   mlp_dim: int
   num_heads: int
   causal: bool = False
