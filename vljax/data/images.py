@@ -167,12 +167,11 @@ def crop_for_device(im: Image.Image | np.ndarray, box: tuple[int, int, int, int]
 
 def paste_canvases(regions: Sequence[np.ndarray], canvas: int, out: np.ndarray | None = None) -> np.ndarray:
   """crop_for_device's regions at the top left of zero canvases: uint8 [n, canvas, canvas, 3] (into
-  `out` when given). One batch-sized buffer: a canvas per example would be allocated, zeroed and
-  copied once more."""
+  `out` when given, which must hold zeros: new shared memory does, and pages never written are never
+  faulted in). One batch-sized buffer: a canvas per example would be allocated, zeroed and copied
+  once more."""
   if out is None:
     out = np.zeros((len(regions), canvas, canvas, 3), np.uint8)
-  else:
-    out.fill(0)
   for dst, region in zip(out, regions):
     dst[:region.shape[0], :region.shape[1]] = region
   return out

@@ -62,7 +62,8 @@ def image_fields(settings: CollateSettings, examples: Sequence[dict]) -> dict[st
 
 
 def _batch_array(settings: CollateSettings, shape: tuple[int, ...], dtype) -> np.ndarray | None:
-  """Where a batch's images are written: shared memory in grain's workers, else a new array (None)."""
+  """Where a batch's images are written: shared memory in grain's workers (new, so zero-filled by the
+  kernel, as paste_canvases needs), else a new array (None)."""
   if not settings.shared_memory:
     return None
   from grain.multiprocessing import SharedMemoryArray  # lazy: only worker processes need it
