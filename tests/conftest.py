@@ -184,3 +184,21 @@ def _reference_family(kind: str, tmp_path_factory) -> dict:
   from hf_reference import reference_family  # torch and transformers: only where these fixtures are used
 
   return reference_family(kind, True, tmp_path_factory.mktemp(f"small_{kind}"))
+
+
+def train_on_one_device(cfg, parts, local_batch: dict, steps: int) -> list[dict]:
+  """The metrics of `steps` train steps on `local_batch`, again and again, from a fresh state on one
+  CPU device (the jitted step the trainer runs)."""
+  from vljax.parallel.mesh import make_mesh
+  from vljax.train import state as state_lib, step as step_lib
+  from vljax.train.trainer import _global_batch
+
+  mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, 1))
+    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
+    history = []
+    for _ in range(steps):
+      state, metrics = train_step(state, _global_batch(local_batch, mesh))
+      history.append(metrics)
+  return history

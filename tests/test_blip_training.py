@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 import first_step
-from conftest import tiny_config
+from conftest import tiny_config, train_on_one_device
 from vljax import config as config_lib
 from vljax.data import pipeline
 from vljax.parallel.mesh import make_mesh
-from vljax.train import setup, state as state_lib, step as step_lib
-from vljax.train.trainer import _global_batch
+from vljax.train import setup, state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DECODER = dict(variant="mu", depth=1)
@@ -47,15 +46,8 @@ def test_each_combination_trains(name):
   """Six steps on one batch: every objective's loss is finite and lower at the end."""
   cfg = _config(name)
   parts = setup.build(cfg)
-  batch = _batch(cfg, parts)
-  mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
-  with jax.set_mesh(mesh):
-    state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, 1))
-    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
-    history = []
-    for _ in range(6):
-      state, metrics = train_step(state, _global_batch(batch, mesh))
-      history.append({k: float(metrics[f"{k}_loss"]) for k in cfg.objectives})
+  metrics = train_on_one_device(cfg, parts, _batch(cfg, parts), steps=6)
+  history = [{k: float(m[f"{k}_loss"]) for k in cfg.objectives} for m in metrics]
   for objective in cfg.objectives:
     losses = [h[objective] for h in history]
     assert np.isfinite(losses).all() and losses[-1] < losses[0], (objective, losses)

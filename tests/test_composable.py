@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from flax import linen as nn, traverse_util
 
-from conftest import tiny_config
+from conftest import tiny_config, train_on_one_device
 from vljax.data import pipeline, tokenizers
 from vljax.inference import ModelRunner
 from vljax.models import get_model
 from vljax.models.capabilities import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD, of as capabilities_of
 from vljax.parallel.mesh import make_mesh
-from vljax.train import setup, state as state_lib, step as step_lib
-from vljax.train.trainer import _global_batch
+from vljax.train import setup
 
 IMAGE = dict(variant="mu/8", pool="gap", posemb="sincos2d")
 TEXT = dict(variant="mu", causal=False, pool="last")
@@ -71,14 +70,9 @@ def test_each_new_combination_trains(name):
   cfg = _config(name)
   parts = setup.build(cfg)
   batch = next(iter(pipeline.make_train_dataset(cfg.data, parts.tokenizer, global_batch_size=cfg.batch_size, seed=0)))
-  mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
-  with jax.set_mesh(mesh):
-    state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, 1))
-    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
-    losses = []
-    for _ in range(3):
-      state, metrics = train_step(state, _global_batch(batch, mesh))
-      losses.append(float(metrics["loss"]))
+  history = train_on_one_device(cfg, parts, batch, steps=3)
+  losses = [float(m["loss"]) for m in history]
+  metrics = history[-1]
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   assert {f"{o}_loss" for o in cfg.objectives} <= set(metrics)
 

@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 from absl import flags
 
-from conftest import tiny_config
-from real_data import encode, shapes_pairs, write_array_records
+from conftest import tiny_config, train_on_one_device
+from real_data import shapes_pairs, write_array_records
 from vljax.bench.input import synthetic_jpeg
 from vljax.data import device_resize, images, pipeline
 from vljax.data.sources import skips
 from vljax.data.tokenizers import ShapesTokenizer
-from vljax.parallel.mesh import make_mesh
-from vljax.train import setup, state as state_lib, step as step_lib
-from vljax.train.trainer import _global_batch
+from vljax.train import setup
 
 TOK = ShapesTokenizer()
 if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
@@ -161,12 +159,7 @@ def test_a_train_step_on_device_resized_batches_gives_the_host_paths_loss(record
     parts = setup.build(cfg)
     local = next(iter(pipeline.make_train_dataset(cfg.data, TOK, global_batch_size=8, seed=0)))
     local.pop(pipeline.SKIPPED_KEY)  # the trainer counts these; the step never sees them
-    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
-    with jax.set_mesh(mesh):
-      state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, state_lib.dummy_inputs(cfg, 1))
-      train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
-      _, metrics = train_step(state, _global_batch(local, mesh))
-    losses[mode] = float(metrics["loss"])
+    losses[mode] = float(train_on_one_device(cfg, parts, local, steps=1)[0]["loss"])
   assert np.isfinite(losses["device"])
   assert abs(losses["device"] - losses["host"]) < 0.02, losses
 

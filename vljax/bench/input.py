@@ -36,7 +36,7 @@ from vljax.data import device_resize, images, pipeline, shapes, tokenizers
 from vljax.data.sources import records
 
 SOURCES = ("array_record", "webdataset", "folder")
-RESIZE_MODES = ("host", "device")
+RESIZE_MODES = device_resize.RESIZE_MODES
 # Images/s clip_vit_b16.py consumes on one H100 at 40% MFU: 120 GFLOPs an example (3x the forward),
 # 989 TFLOP/s bf16 peak (README "Real data input").
 DEMAND = 3300.0
