@@ -20,6 +20,9 @@ MULTI_IMAGE = "multi_image_prompts"
 # An image tower `img` (vljax.models.vit.ViT) whose pooled output, before any head, frozen-encoder
 # probes read (vljax.inference.runner.ModelRunner.image_features).
 IMAGE_FEATURES = "image_features"
+# An image-grounded text encoder with a match head (BLIP's ITM): `fusion_memory` from an image,
+# `itm_logits(memory, ids)` per pair (vljax.inference.runner.ModelRunner.itm_scores).
+MATCHING = "matching"
 
 DESCRIPTIONS = {
     EMBEDDINGS: "contrastive embeddings",
@@ -28,6 +31,7 @@ DESCRIPTIONS = {
     PROMPTED: "generation continuing an <image> prompt",
     MULTI_IMAGE: "prompts with several images (few-shot)",
     IMAGE_FEATURES: "an image tower's pooled features",
+    MATCHING: "an image-text matching (ITM) head",
 }
 
 # What each image-text scoring method asks of a model ("auto": either; embeddings where it has them).

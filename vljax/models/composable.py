@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import flops, layers, model_config
-from vljax.models.capabilities import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD
+from vljax.models.capabilities import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD, MATCHING
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask, vocab_logits
 from vljax.models.fusion import resolve_fusion
 from vljax.models.layers import check_choice, partitioned
@@ -95,7 +95,7 @@ class Composable(nn.Module):
   module_kw: dict[str, Any] | None = None
   fusion: dict[str, Any] | None = None  # the image-grounded text encoder's settings (vljax/models/fusion.py)
 
-  capabilities = frozenset({EMBEDDINGS, GENERATION, LIKELIHOOD, IMAGE_FEATURES})  # those of some configuration
+  capabilities = frozenset({EMBEDDINGS, GENERATION, LIKELIHOOD, IMAGE_FEATURES, MATCHING})  # of some configuration
   inputs = ("image", "text")
   output_names = frozenset({"img_emb", "img_tokens", "txt_emb", "txt_tokens", "logit_scale", "logit_bias",
                             "memory", "caption_logits", "fusion_memory"})
@@ -107,7 +107,7 @@ class Composable(nn.Module):
 
   def active_capabilities(self) -> frozenset[str]:
     return frozenset({IMAGE_FEATURES} | ({EMBEDDINGS} if self.contrastive else set()) |
-                     ({GENERATION, LIKELIHOOD} if self.text else set()))
+                     ({GENERATION, LIKELIHOOD} if self.text else set()) | ({MATCHING} if self.fusion else set()))
 
   def training_outputs(self) -> frozenset[str]:
     out = {"img_tokens"}
