@@ -266,9 +266,11 @@ class Composable(nn.Module):
                fusion=c["fusion"])
 
   @classmethod
-  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs,
+                 passes: dict[str, float] | None = None) -> list[flops.Part]:
     """Forward FLOPs by part (vljax/models/flops.py), in the order of the figure above (the memory
-    pooler first: image_pool_input="memory" reads it)."""
+    pooler first: image_pool_input="memory" reads it); then the fusion head's passes that objectives
+    run, `passes` (method -> runs per example: itm_logits, mlm_logits)."""
     c = resolve_config(cfg)
     img, scan, length, d = c["image"], c["scan"], inputs.text_len, c["decoder"]
     n, dv = flops.image_tokens(img, inputs.image_size), img["width"]
@@ -286,6 +288,8 @@ class Composable(nn.Module):
         reads = "dec_embed"
       parts += flops.encoder("dec/decoder", d["depth"], length, d["width"], d["mlp_dim"], reads, scan, memory)
       parts.append(flops.linear("dec/logits", 2 * length * d["width"] * d["vocab_size"], "dec/decoder/encoder_norm"))
+    for method, runs in (passes or {}).items():
+      parts += flops.further_pass(method, _fusion_pass_parts(c, method, length, memory=(tokens, n, dv)), runs)
     return parts
 
 
@@ -304,6 +308,28 @@ def _contrastive_parts(c: dict[str, Any], length: int, pooled: str, tokens: str,
   if h["text_proj"]:
     text.append(flops.linear("txt_proj", 2 * c["text"]["width"] * e, text[-1].name))
   return parts + text
+
+
+FUSION_PASSES = ("itm_logits", "mlm_logits")  # the fusion head's methods objectives run (ModelAccess.apply)
+
+
+def _fusion_pass_parts(c: dict[str, Any], method: str, length: int, memory: tuple[str, int, int]
+                       ) -> list[flops.Part]:
+  """One pass of the image-grounded text encoder over `length` ids, cross-attending to the ViT
+  tokens, and its head: ITM's 2 logits off the [ENC] row, or MLM's tied vocabulary logits on every row."""
+  f = c["fusion"]
+  if not f or method not in FUSION_PASSES:
+    raise flops.UncountedPass(f"composable model declares no FLOP count for a pass of method {method!r}; "
+                              f"valid: {list(FUSION_PASSES) if f else 'none without model.fusion'}")
+  blip, w = f["share"] == "blip", f["width"]
+  embed, prefix = ("dec_embed", "dec/decoder") if blip else ("fusion_embed", "fusion_encoder")
+  tokens = ("enc_token", "mlm_mask_token") if method == "mlm_logits" else ("enc_token",)
+  parts = [flops.Part("fusion_embed", (embed,) + tokens, reads={"text": 0.0})]
+  parts += flops.encoder(prefix, f["depth"], length, w, f["mlp_dim"], parts[0].name, c["scan"], memory)
+  if method == "itm_logits":
+    return parts + [flops.linear("itm_head", 2 * w * 2, parts[-1].name)]
+  head = 2 * length * w * f["vocab_size"]  # the token embedding, tied
+  return parts + [flops.Part("mlm_logits", (embed,), dense=float(head), reads={parts[-1].name: float(head)})]
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -17,12 +17,17 @@ So a trained part costs about 3x its forward; a frozen part above a trained one 
 between its trained cross-attention blocks) about 2x; a frozen part nothing trained feeds (LiT's
 image tower) 1x. A part whose params are partly frozen gets weight gradients for its trained share
 of params and input gradients throughout (exact for whole blocks, an upper bound otherwise).
-The count of a config's train step (batch, frozen set) is vljax/train/step_flops.py's.
+Objectives that run further passes of the model on the step's params (BLIP's ITM on mined
+negatives, MLM) declare them by method and runs per example (register_objective's `passes`); the
+model's flop_parts(cfg, inputs, passes=...) appends each method's parts (further_pass), which read
+the training pass's parts and so pass their gradients into them. The count of a config's train step
+(batch, frozen set, objectives) is vljax/train/step_flops.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -55,8 +60,14 @@ class Inputs:
     return cls(image_size=int(data["image_size"]), images=images, text_len=int(data["max_len"]))
 
 
-def model_parts(model_cfg: Any, inputs: Inputs) -> list[Part] | None:
-  """The parts the model named by model_cfg["name"] declares; None where its class declares none."""
+class UncountedPass(ValueError):
+  """An objective runs a model method whose FLOPs the model does not declare."""
+
+
+def model_parts(model_cfg: Any, inputs: Inputs, passes: Mapping[str, float] | None = None) -> list[Part] | None:
+  """The parts the model named by model_cfg["name"] declares; None where its class declares none.
+  passes: model method -> runs per example, the further passes objectives run (UncountedPass where
+  the model counts no such method)."""
   from vljax import models  # lazy: the model files import this one
 
   cfg = models.registry.canonical_config(model_cfg)
@@ -64,7 +75,13 @@ def model_parts(model_cfg: Any, inputs: Inputs) -> list[Part] | None:
   if name not in models.MODELS:
     raise ValueError(f"Unknown model name {name!r}; valid: {sorted(models.MODELS)}")
   declare = getattr(models.MODELS[name], "flop_parts", None)
-  return None if declare is None else list(declare(cfg, inputs))
+  if declare is None:
+    return None
+  if not passes:
+    return list(declare(cfg, inputs))
+  if "passes" not in inspect.signature(declare).parameters:
+    raise UncountedPass(f"model {name!r} declares no FLOP count for the further pass(es) {sorted(passes)}")
+  return list(declare(cfg, inputs, passes=dict(passes)))
 
 
 def forward_flops(parts: Sequence[Part]) -> float:
@@ -102,10 +119,21 @@ def linear(name: str, flops: float, reads: str) -> Part:
   return Part(name, (name,), dense=float(flops), reads={reads: float(flops)})
 
 
-def times(parts: Sequence[Part], k: int) -> list[Part]:
+def times(parts: Sequence[Part], k: float) -> list[Part]:
   """The same parts run k times per example (Flamingo's images)."""
   return [dataclasses.replace(p, dense=k * p.dense, attention=k * p.attention,
                               reads={r: k * f for r, f in p.reads.items()}) for p in parts]
+
+
+def further_pass(method: str, parts: Sequence[Part], runs: float) -> list[Part]:
+  """A method an objective runs `runs` times per example besides the training pass (BLIP's ITM on
+  3 pairs an example): its parts renamed "<method>:<name>", since they may share weights (and so
+  names) with the training pass's; reads of its own parts follow the renaming, reads of the
+  training pass's parts and of data stay. Params stay: a shared weight's gradient is paid per pass."""
+  own = {p.name for p in parts}
+  rename = lambda name: f"{method}:{name}" if name in own else name
+  return times([dataclasses.replace(p, name=rename(p.name), reads={rename(r): f for r, f in p.reads.items()})
+                for p in parts], runs)
 
 
 def block(name: str, length: int, width: int, mlp_dim: int, reads: str,

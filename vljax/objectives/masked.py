@@ -62,7 +62,8 @@ def mask_tokens(ids: jnp.ndarray, rng: jax.Array, *, pad_id: int, vocab_size: in
   return jnp.where(to_random, random_ids, ids), to_mask, selected
 
 
-@register_objective("mlm", reads=("fusion_memory",), couples_examples=False, count=masked_token_count)
+@register_objective("mlm", reads=("fusion_memory",), couples_examples=False, count=masked_token_count,
+                    passes={"mlm_logits": 1})
 def mlm(outputs: dict, batch: dict, *, pad_id: int, model: ModelAccess) -> tuple[jnp.ndarray, dict]:
   """Cross-entropy of the selected tokens given the image and the rest of the (corrupted) caption."""
   require_fusion(model, "mlm")

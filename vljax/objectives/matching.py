@@ -74,7 +74,7 @@ def require_fusion(model: ModelAccess, objective: str) -> None:
 
 
 @register_objective("itm", reads=("img_emb", "txt_emb", "fusion_memory"), shared=("logit_scale",),
-                    couples_examples=True, impls=("gather",))
+                    couples_examples=True, impls=("gather",), passes={"itm_logits": 3})  # 3B pairs (itm_pairs)
 def itm(outputs: dict, batch: dict, *, model: ModelAccess, exclude_same_text: bool = True
         ) -> tuple[jnp.ndarray, dict]:
   """BLIP's ITM: mean cross-entropy over the 3B pairs' (no match, match) logits.

@@ -42,6 +42,9 @@ class ObjectiveInfo:
     negatives); False when the loss is sum(per-unit terms) / count(batch) (captioning).
   count: for objectives that do not couple examples, the normaliser (see Count).
   impls: the loss implementations (config loss_impl) it has a form for.
+  passes: the further passes it runs through ModelAccess.apply, as (model method, runs per example of
+    the batch) pairs, e.g. ITM's ("itm_logits", 3); the train step's FLOP count adds them
+    (vljax/train/step_flops.py). An objective that drives the model and declares none goes uncounted.
   """
   name: str
   fn: Objective
@@ -50,6 +53,7 @@ class ObjectiveInfo:
   couples_examples: bool = False
   count: Count | None = None
   impls: tuple[str, ...] = ("gather", "shard_map")  # the loss_impl values it has a form for
+  passes: tuple[tuple[str, float], ...] = ()
 
   @property
   def needs(self) -> tuple[str, ...]:
@@ -67,14 +71,19 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {}
 
 def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, ...] = (),
                        couples_examples: bool, count: Count | None = None,
-                       impls: tuple[str, ...] = ("gather", "shard_map")) -> Callable[[Objective], Objective]:
-  """Decorator adding an objective to OBJECTIVES under `name`, with its declarations (ObjectiveInfo)."""
+                       impls: tuple[str, ...] = ("gather", "shard_map"),
+                       passes: Mapping[str, float] | None = None) -> Callable[[Objective], Objective]:
+  """Decorator adding an objective to OBJECTIVES under `name`, with its declarations (ObjectiveInfo);
+  passes: model method -> runs per example (ObjectiveInfo.passes)."""
   if not couples_examples and count is None:
     raise ValueError(f"objective {name!r}: an objective that does not couple examples declares its count")
+  runs = tuple((str(m), float(k)) for m, k in (passes or {}).items())
+  if any(not k > 0 for _, k in runs):
+    raise ValueError(f"objective {name!r}: passes={dict(passes)} must give each method runs per example > 0")
 
   def wrap(fn: Objective) -> Objective:
     add_unique(OBJECTIVES, "objective", name,
-               ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count, tuple(impls)),
+               ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count, tuple(impls), runs),
                owner=lambda info: info.fn)
     return fn
   return wrap
