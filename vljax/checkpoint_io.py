@@ -39,8 +39,22 @@ def shape_mismatches(saved: dict, expected: dict, limit: int = 8) -> list[str]:
   return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
 
 
-def load_params(workdir: str, step: int | None = None, purpose: str = "init_from") -> tuple[dict, int]:
-  """All params of a run's checkpoint as host numpy arrays (for `init_from`, `vljax.load`)."""
+WEIGHTS = ("raw", "ema")
+
+
+def evaluated_weights(cfg) -> str:
+  """Which weights a run's own evaluations score as its main figures (its config's ema.evaluate):
+  "ema" where that is the EMA alone, else "raw"."""
+  ema = cfg.get("ema", None) or {}
+  return "ema" if ema.get("evaluate", "raw") == "ema" else "raw"
+
+
+def load_params(workdir: str, step: int | None = None, purpose: str = "init_from", weights: str = "raw"
+                ) -> tuple[dict, int]:
+  """All params of a run's checkpoint as host numpy arrays (for `init_from`, `vljax.load`); with
+  weights="ema", the EMA of the trainable ones (vljax/train/ema.py) in place of theirs."""
+  if weights not in WEIGHTS:
+    raise ValueError(f"{purpose}: weights={weights!r} is unknown; valid: {list(WEIGHTS)}")
   directory = checkpoint_dir(workdir)
   if not epath.Path(directory).is_dir():
     raise FileNotFoundError(f"{purpose}: no checkpoints in {directory!r}; train that run first")
@@ -50,16 +64,28 @@ def load_params(workdir: str, step: int | None = None, purpose: str = "init_from
   if step is None:
     raise FileNotFoundError(f"{purpose}: {directory!r} holds no finished checkpoint")
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  item = {"params": traverse_util.unflatten_dict(
-      {tuple(k.split("/")): np.zeros(s, np.float32) for k, s in meta["param_shapes"].items()})}
+  shapes = meta["param_shapes"]
+  item = {"params": traverse_util.unflatten_dict({tuple(k.split("/")): np.zeros(s, np.float32)
+                                                  for k, s in shapes.items()})}
+  if weights == "ema":
+    if not meta.get("ema"):
+      raise ValueError(f"{purpose}: {workdir!r} keeps no EMA of its weights (trained with ema.decay=0); "
+                       "use its raw weights")
+    item["ema_params"] = traverse_util.unflatten_dict({tuple(k.split("/")): np.zeros(shapes[k], np.float32)
+                                                      for k in meta["trainable_params"]})
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
   out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item=item, restore_args=restore_args, partial_restore=True)))
   manager.close()
+  params = out["state"]["params"]
+  if weights == "ema":
+    flat = traverse_util.flatten_dict(params, sep="/")
+    flat.update(traverse_util.flatten_dict(out["state"]["ema_params"], sep="/"))
+    params = traverse_util.unflatten_dict(flat, sep="/")
   from vljax.models import legacy  # lazy: reading a checkpoint needs no model until here
 
   old = legacy.checkpoint_model(meta)  # a legacy model class's tree: its composable paths
-  return (legacy.TRANSLATIONS[old][1](out["state"]["params"]) if old else out["state"]["params"]), step
+  return (legacy.TRANSLATIONS[old][1](params) if old else params), step
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

@@ -45,6 +45,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.total_steps = 1000
   c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0)
   c.schedule = dict(name="warmup_cosine", warmup_steps=100, end_fraction=0.0)
+  c.ema = dict(decay=0.0, warmup=False, evaluate="raw")  # weight averaging: vljax/train/ema.py
   c.frozen = ()                        # regexes over param paths like "img/.*": no update, no gradient
   # Params from other runs: workdir + subtree ("img", or several: "txt,lm"), and more sources as
   # "WORKDIR:SUBTREE[,SUBTREE]" strings, e.g. sources=("runs/lm:txt,lm,logits",).
@@ -107,7 +108,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
   if unknown:
     raise ValueError(f"config: unknown key(s) {unknown}; valid top-level keys: {sorted(TOP_LEVEL_KEYS)}")
-  for section in ("data", "optimizer", "schedule", "init_from", "precision", "checkpoint"):
+  for section in ("data", "optimizer", "schedule", "init_from", "precision", "checkpoint", "ema"):
     extra = sorted(set(cfg[section].keys()) - set(base_config()[section].keys()))
     if extra:
       raise ValueError(f"config.{section}: unknown key(s) {extra}; valid: {sorted(base_config()[section].keys())}")

@@ -73,6 +73,7 @@ def check_values(cfg: ml_collections.ConfigDict) -> None:
   from vljax.models.model_config import DTYPES  # lazy: these modules import jax
   from vljax.objectives.contrastive import IMPLS
   from vljax.parallel.mesh import check_mesh_sizes
+  from vljax.train import ema
   from vljax.train.optim import OPTIMIZERS, SCHEDULES
 
   _int(cfg, "seed", -2**63, "an int")
@@ -100,6 +101,8 @@ def check_values(cfg: ml_collections.ConfigDict) -> None:
   for key in ("param_dtype", "compute_dtype"):
     _choice(cfg, f"precision.{key}", DTYPES)
   _check_frozen(cfg.frozen)
+  if "ema" in cfg:
+    ema.check(cfg)
   _check_evals(cfg.evals)
 
 

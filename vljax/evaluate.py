@@ -116,7 +116,8 @@ def evaluate(workdir: str, names: list[str], overrides: dict | None = None,
   built = {name: cls(settings[name], tokenizer=tokenizer, max_len=cfg.data.max_len, data=cfg.data)
            for name, cls in classes.items()}
   mesh = make_mesh({"data": -1})
-  params, step = checkpoint_io.load_params(workdir, step, purpose="vljax.evaluate")
+  params, step = checkpoint_io.load_params(workdir, step, purpose="vljax.evaluate",
+                                           weights=checkpoint_io.evaluated_weights(cfg))
   runner = ModelRunner(model, mesh, cfg.eval_batch_size, tokenizer)
   out = {}
   with jax.set_mesh(mesh):

@@ -90,10 +90,12 @@ class Predictor:
 
 
 def load(workdir: str, step: int | None = None) -> Predictor:
-  """The model trained in `workdir` (its config.json and latest checkpoint, or `step`)."""
+  """The model trained in `workdir` (its config.json and latest checkpoint, or `step`); the weights
+  its own evaluations scored (the EMA where its config says ema.evaluate="ema")."""
   path = epath.Path(workdir) / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"vljax.load: {str(path)!r} does not exist; is {workdir!r} a vljax workdir?")
   cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
-  params, step = checkpoint_io.load_params(workdir, step, purpose="vljax.load")
+  params, step = checkpoint_io.load_params(workdir, step, purpose="vljax.load",
+                                           weights=checkpoint_io.evaluated_weights(cfg))
   return Predictor(cfg, params, step)

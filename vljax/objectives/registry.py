@@ -131,8 +131,9 @@ class ModelAccess:
   streams of their own, so adding an objective never changes the randomness of another.
   """
 
-  def __init__(self, module, params, rng: jax.Array, train: bool = True):
+  def __init__(self, module, params, rng: jax.Array, train: bool = True, momentum_params=None):
     self.module, self.params, self._rng, self.train = module, params, rng, train
+    self.momentum_params = momentum_params  # the EMA of the weights (vljax/train/ema.py), when the run keeps one
 
   def rng(self, stream: str) -> jax.Array:
     return stream_rng(self._rng, stream)
@@ -146,6 +147,17 @@ class ModelAccess:
     rng = self._rng if pass_name is None else stream_rng(self._rng, f"pass:{pass_name}")
     return self.module.apply({"params": self.params}, *args, method=method, rngs=model_rngs(self.module, rng),
                              **kwargs)
+
+
+  def momentum(self, *args, needed_by: str, **kwargs):
+    """The momentum model's outputs (BLIP/ALBEF): module.apply on the EMA weights, deterministic
+    (train=False), no gradient. `needed_by` names the setting that asked, for the error when the run
+    keeps no EMA."""
+    if self.momentum_params is None:
+      raise ValueError(f"{needed_by} needs a momentum model, an EMA of the weights: set ema.decay "
+                       "(BLIP: 0.995; vljax/train/ema.py)")
+    out = self.module.apply({"params": self.momentum_params}, *args, train=False, **kwargs)
+    return jax.lax.stop_gradient(out)
 
 
 def stream_rng(rng: jax.Array, stream: str) -> jax.Array:

@@ -32,7 +32,7 @@ def state_layout(state, frozen, optimizer: dict) -> dict:
     cut = next((i for i, k in enumerate(path) if isinstance(k, jax.tree_util.DictKey)), len(path))
     heads.add(jax.tree_util.keystr(tuple(path[:cut])))
   return {"frozen": list(frozen), "trainable_params": sorted(k for k in params if not is_frozen(k)),
-          "optimizer": dict(optimizer), "opt_state_layout": sorted(heads)}
+          "optimizer": dict(optimizer), "opt_state_layout": sorted(heads), "ema": state.ema_params is not None}
 
 
 def layout_changes(saved: dict, now: dict, limit: int = 4) -> list[str]:
@@ -52,6 +52,9 @@ def layout_changes(saved: dict, now: dict, limit: int = 4) -> list[str]:
               if before.get(k) != after.get(k)]
     problems.append(f"the optimizer state has another layout (optimizer settings that differ: "
                     f"{', '.join(differ) or 'none'}; state {saved['opt_state_layout']} -> {now['opt_state_layout']})")
+  if saved.get("ema", False) != now.get("ema", False):  # checkpoints from before the EMA existed keep none
+    problems.append("the checkpoint " + ("keeps" if saved.get("ema") else "has no") + " EMA of the weights and "
+                    "this config " + ("has none (ema.decay=0)" if saved.get("ema") else "keeps one (ema.decay > 0)"))
   return problems
 
 

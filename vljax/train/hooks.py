@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import jax
 import numpy as np
@@ -114,10 +114,13 @@ class SaveCheckpoint:
 
 class Evaluate:
   """Each evaluator every its `every` steps, all of them at the last step; `results` keeps the
-  latest value of every eval/ metric (the run's final metrics)."""
+  latest value of every eval/ metric (the run's final metrics). `weights(state)` gives the params to
+  score, {metric prefix: params} (vljax.train.ema.evaluated: the raw weights, the EMA, or both)."""
 
-  def __init__(self, evaluators: dict, settings, runner, writer: metrics_lib.MetricWriter):
+  def __init__(self, evaluators: dict, settings, runner, writer: metrics_lib.MetricWriter,
+               weights: Callable[[Any], dict[str, Any]] = lambda state: {"": state.params}):
     self.evaluators, self.settings, self.runner, self.writer = evaluators, settings, runner, writer
+    self.weights = weights
     self.results: dict[str, float] = {}
 
   def _every(self, name: str) -> int:
@@ -125,16 +128,19 @@ class Evaluate:
 
   def after_step(self, ctx: StepContext) -> None:
     if ctx.last or any(due(ctx.step, self._every(name), ctx.total) for name in self.settings):
-      self.run(ctx.step, ctx.state.params, force=ctx.last)
+      self.run(ctx.step, ctx.state, force=ctx.last)
 
-  def run(self, step: int, params, force: bool = False) -> dict[str, float]:
-    """The evaluators due at `step` (all when `force`), written at `step`."""
+  def run(self, step: int, state, force: bool = False) -> dict[str, float]:
+    """The evaluators due at `step` (all when `force`) on `state`'s weights, written at `step`."""
     out = {}
+    weights = self.weights(state)
     for name, evaluator in self.evaluators.items():
       if force or due(step, self._every(name), -1):
-        start = time.perf_counter()
-        out.update({f"eval/{name}/{k}": v for k, v in evaluator(self.runner, params).items()})
-        logging.info("eval %s at step %d took %.1fs", name, step, time.perf_counter() - start)
+        for prefix, params in weights.items():
+          start = time.perf_counter()
+          out.update({f"eval/{name}/{prefix}{k}": v for k, v in evaluator(self.runner, params).items()})
+          logging.info("eval %s%s at step %d took %.1fs", name, f" ({prefix.rstrip('_')})" if prefix else "",
+                       step, time.perf_counter() - start)
     if out:
       self.writer.write(step, out)
     self.results.update(out)

@@ -13,6 +13,7 @@ from flax import linen as nn
 
 from vljax.data import pipeline
 from vljax.parallel.sharding import LOGICAL_RULES, replicated
+from vljax.train import ema as ema_lib
 from vljax.train.optim import split_frozen
 
 
@@ -22,6 +23,7 @@ class TrainState:
   params: Any            # every parameter, nested dict
   opt_state: Any         # optimizer state of the trainable params only
   rng: jax.Array         # uint32[2]; folded with the step for per-step randomness
+  ema_params: Any = None  # EMA of the trainable params (vljax/train/ema.py); None when cfg.ema.decay is 0
 
 
 def dummy_inputs(cfg, batch: int) -> dict:
@@ -67,7 +69,10 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, cfg, inputs: di
     boxed = model.init(init_rng, **inputs)["params"]
     params = nn.unbox(boxed)
     trainable, _ = split_frozen(params, cfg.frozen)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), rng=state_rng)
+    # The EMA starts as the initial weights, in buffers of its own (the step donates the state).
+    ema = jax.tree.map(jnp.copy, trainable) if ema_lib.enabled(cfg) else None
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), rng=state_rng,
+                       ema_params=ema)
     return (boxed, state) if with_boxed else state
   return init
 
@@ -82,7 +87,8 @@ def plan_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, me
   trainable_sh, _ = split_frozen(p_sh, cfg.frozen)
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable_sh,
                                  transform_non_params=lambda _: replicated(mesh))
-  shardings = TrainState(step=replicated(mesh), params=p_sh, opt_state=opt_sh, rng=replicated(mesh))
+  shardings = TrainState(step=replicated(mesh), params=p_sh, opt_state=opt_sh, rng=replicated(mesh),
+                         ema_params=trainable_sh if ema_lib.enabled(cfg) else None)
   return abstract_state(shardings, abstract), shardings
 
 

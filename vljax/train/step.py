@@ -1,5 +1,5 @@
 """The jitted train step: micro-batch gradient accumulation (mean or GradCache), frozen params,
-weighted objectives."""
+weighted objectives, the EMA of the weights (vljax/train/ema.py)."""
 
 from __future__ import annotations
 
@@ -15,39 +15,41 @@ from vljax.config import GRAD_ACCUM_MODES
 from vljax.data import device_resize, pipeline, tokenizers
 from vljax.models.composable import clamp_log_scale
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding, replicated
-from vljax.train import gradcache
+from vljax.train import ema as ema_lib, gradcache
 from vljax.train.optim import merge_params, split_frozen
 from vljax.train.state import TrainState
 
 
 def _model_fns(model: nn.Module, cfg) -> tuple[Callable, Callable, Callable]:
-  """(access, apply_fn, loss_fn) of (trainable, frozen, [micro-batch,] rng): the model's parameter
-  access for objectives, its forward pass, and cfg's weighted objectives -> (loss, metrics)."""
+  """(access, apply_fn, loss_fn) of (trainable, frozen, [micro-batch,] rng[, ema]): the model's
+  parameter access for objectives, its forward pass, and cfg's weighted objectives -> (loss, metrics).
+  ema: the EMA of the trainable params (vljax/train/ema.py), the objectives' momentum model."""
   weights, impl, pad_id = cfg.objectives, cfg.get("loss_impl", "gather"), tokenizers.PAD_ID
 
-  def access(trainable, frozen_params, rng):
-    return objectives.ModelAccess(model, merge_params(trainable, frozen_params), rng)
+  def access(trainable, frozen_params, rng, ema=None):
+    momentum = None if ema is None else merge_params(ema, frozen_params)
+    return objectives.ModelAccess(model, merge_params(trainable, frozen_params), rng, momentum_params=momentum)
 
   def apply_fn(trainable, frozen_params, micro, rng):
     # Only the inputs the model declares: a text-only model never sees the batch's placeholder image.
     return access(trainable, frozen_params, rng).apply(**{k: micro[k] for k in model.inputs})
 
-  def loss_fn(trainable, frozen_params, micro, rng):
+  def loss_fn(trainable, frozen_params, micro, rng, ema=None):
     out = apply_fn(trainable, frozen_params, micro, rng)
     return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id,
-                                    model=access(trainable, frozen_params, rng))
+                                    model=access(trainable, frozen_params, rng, ema))
 
   return access, apply_fn, loss_fn
 
 
 def make_loss_fn(model: nn.Module, cfg) -> Callable:
-  """(trainable, frozen, batch, rng) -> (loss, metrics) of cfg's objectives on one batch, no
+  """(trainable, frozen, batch, rng[, ema]) -> (loss, metrics) of cfg's objectives on one batch, no
   accumulation (call under the logical axis rules)."""
   return _model_fns(model, cfg)[2]
 
 
 def make_grads_fn(model: nn.Module, cfg) -> Callable:
-  """(trainable, frozen, batch, rng) -> (loss, metrics, grads) of cfg's objectives, accumulated over
+  """(trainable, frozen, batch, rng[, ema]) -> (loss, metrics, grads) of cfg's objectives, accumulated over
   grad_accum_steps micro-batches as grad_accum_mode says (call under the logical axis rules).
 
   "mean": the mean of k micro-batch gradients, each micro-batch its own negatives (k x less
@@ -67,18 +69,19 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
   access, apply_fn, loss_fn = _model_fns(model, cfg)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def grads_fn(trainable, frozen_params, batch, rng):
+  def grads_fn(trainable, frozen_params, batch, rng, ema=None):
     if accum == 1:
-      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng)
+      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng, ema)
       return loss, metrics, grads
     if mode == "gradcache":
       return gradcache.gradcache_value_and_grad(apply_fn, weights, trainable, frozen_params, batch, rng,
-                                                k=accum, impl=impl, pad_id=pad_id, access=access)
+                                                k=accum, impl=impl, pad_id=pad_id,
+                                                access=lambda p, f, r: access(p, f, r, ema))
 
     def one(i):
       # Micro-batch i = examples i, k+i, 2k+i...: every device keeps its own rows.
       micro = gradcache.take_micro(batch, accum, i)
-      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i))
+      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i), ema)
       return l, m, g
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(one, 0))
@@ -103,13 +106,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
     frozen_params = jax.lax.stop_gradient(frozen_params)
     rng = jax.random.fold_in(state.rng, state.step)
     with nn.logical_axis_rules(LOGICAL_RULES):
-      loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng)
+      loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng, state.ema_params)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     if max_logit_scale:
       trainable = clamp_log_scale(trainable, max_logit_scale)
+    ema = state.ema_params
+    if ema is not None:
+      ema = ema_lib.update(ema, trainable, ema_lib.decay_at(cfg.ema.decay, state.step, cfg.ema.warmup))
     new_state = state.replace(step=state.step + 1, params=merge_params(trainable, frozen_params),
-                              opt_state=opt_state)
+                              opt_state=opt_state, ema_params=ema)
     metrics = {"loss": loss, **metrics, "lr": schedule(state.step),
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(trainable)}
     return new_state, metrics

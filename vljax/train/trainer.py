@@ -21,7 +21,7 @@ from vljax.inference.runner import ModelRunner
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import batch_sharding
 from vljax.train import checkpoint as ckpt_lib
-from vljax.train import hooks, init_from, preemption, setup, state as state_lib, step as step_lib, step_flops
+from vljax.train import ema, hooks, init_from, preemption, setup, state as state_lib, step as step_lib, step_flops
 
 
 @dataclasses.dataclass
@@ -98,7 +98,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     bar = tqdm(total=total, initial=start, disable=not cfg.progress_bar or process != 0, dynamic_ncols=True,
                desc="train")
     clock = hooks.ThroughputClock()
-    evaluate = hooks.Evaluate(parts.evaluators, cfg.evals, runner, writer)
+    evaluate = hooks.Evaluate(parts.evaluators, cfg.evals, runner, writer,
+                              weights=lambda state: ema.evaluated(cfg, state.params, state.ema_params))
     step_hooks = [
         stop,  # first: the others act on ctx.stopping
         hooks.LogMetrics(writer, bar, clock, run.skipped, every=cfg.log_every, global_batch=cfg.batch_size,
@@ -111,7 +112,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
     try:
       state = _train_loop(run.state, next_batch, train_step, step_hooks, total)
       if start >= total:  # resumed a finished run: report its evaluations again
-        evaluate.run(total, state.params, force=True)
+        evaluate.run(total, state, force=True)
     finally:
       bar.close()
       stop.close()
