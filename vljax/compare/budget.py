@@ -50,7 +50,9 @@ def step_cost(cfg: ml_collections.ConfigDict, parts: Any) -> StepCost:
   abstract = jax.eval_shape(lambda rng, x: parts.model.init(rng, **x)["params"], key, inputs)
   shapes = checkpoint_io.param_shapes(nn.unbox(abstract))
   flops, why = step_flops.train_step_flops(cfg, parts.model_cfg, shapes)
-  uncounted = tuple(n for n in cfg.objectives if objectives.get_objective(n).drives_model)
+  # Passes an objective runs of its own count where it declares them (register_objective's passes).
+  uncounted = tuple(n for n in cfg.objectives
+                    if objectives.get_objective(n).drives_model and not objectives.get_objective(n).passes)
   return StepCost(int(cfg.batch_size), flops, why, int(cfg.total_steps), uncounted)
 
 

@@ -45,7 +45,7 @@ def runs_section(report: dict[str, Any]) -> list[str]:
           for arm, a in report["arms"].items()]
   out = ["## Runs", "", *table(["arm", "recipe", "seeds with results", "steps", "batch", "examples",
                                 "FLOPs/step", "total FLOPs"], rows)]
-  notes = [f"- {arm}: objective(s) {a['uncounted_objectives']} run model passes of their own (extra captions) "
+  notes = [f"- {arm}: objective(s) {a['uncounted_objectives']} run model passes of their own "
            "that no model's FLOP count includes" for arm, a in report["arms"].items() if a["uncounted_objectives"]]
   return out + ([""] + notes if notes else [])
 
