@@ -220,6 +220,23 @@ def test_dry_run_prints_the_matched_runs_and_writes_nothing(tmp_path, capsys):
   assert clip[6] == f"{fresh}/clip/seed{{0,1}}" and clip[7] == "new"
 
 
+def test_blip_arms_train_fewer_steps_for_their_fusion_passes(tmp_path, capsys):
+  """The shapes suite's BLIP arms at CLIP's FLOPs: their fusion passes are counted, so fewer steps."""
+  suite = os.path.join(ROOT, "configs", "compare", "shapes_objectives.py")
+  assert compare.main(["--suite", f"{suite}:arms=clip+blip+itc_itm+itc_mlm", "--workdir", str(tmp_path / "d"),
+                       "--dry_run"]) == 0
+  out = capsys.readouterr().out
+  steps = {line.split()[0]: int(line.split()[2]) for line in out.splitlines()
+           if line.split() and line.split()[0] in ("clip", "blip", "itc_itm", "itc_mlm")}
+  assert steps["clip"] == 750 and steps["itc_mlm"] < 750 and steps["blip"] < steps["itc_itm"] < steps["itc_mlm"]
+  # Only the momentum model's forward passes go uncounted (no declared passes).
+  assert "note: blip: objective(s) ['momentum_contrastive']" in out and "note: itc_itm" not in out
+  for arg, message in (("arms=clip+albef", r"arms=\['albef'\]; valid: names from"),
+                       ("arms=blip", r"arms=blip: the budget is CLIP's .* include clip")):
+    with pytest.raises(ValueError, match=message):
+      load_config(suite, arg)
+
+
 def test_tpu_pod_plan_is_one_slice_per_run(monkeypatch, capsys):
   monkeypatch.setattr(record, "check", lambda workdir, rec: False)  # no GCS here: a new directory
   assert compare.main(["--suite", TINY, "--workdir", "gs://b/cmp", "--plan", "tpu_pod", "--dry_run",
