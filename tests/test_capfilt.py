@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from vljax import checkpoint_io, metrics as metrics_lib
-from vljax.capfilt import __main__ as cli, inputs, job as job_lib, noisy_shapes, pipeline, scenes
+from vljax.capfilt import __main__ as cli, inputs, job as job_lib, noisy_shapes, pipeline, scenes, score
 from vljax.data import pipeline as data_pipeline, shapes, tokenizers
 from vljax.data.sources import records
 from vljax.models import get_model
@@ -201,6 +201,7 @@ def test_resume_after_an_interruption_gives_identical_files(job, data, monkeypat
   assert sorted(set(calls)) == [2, 3]  # finished shards skipped
   original, again = files_of(output), files_of(resumed)
   assert sorted(again) == sorted(original) and all(again[k] == original[k] for k in original)
+  assert sorted(os.listdir(resumed)) == sorted(original)  # the interrupted shard's temporary files gone
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
@@ -275,6 +276,7 @@ def test_bad_input_is_refused_before_anything_is_written(data, tmp_path, capsys)
       (dict(top_p=0.0), ValueError, r"--top_p=0.0 is invalid; valid: in \(0, 1\]"),
       (dict(top_p=1.5), ValueError, r"--top_p=1.5 is invalid"),
       (dict(input=str(tmp_path / "none.jsonl")), FileNotFoundError, "does not exist"),
+      (dict(max_len=12), ValueError, r"--max_len=12 is invalid for the captioner; valid: 1\.\.11"),
   ]
   for overrides, error, message in cases:
     with pytest.raises(error, match=message):
@@ -297,6 +299,50 @@ def test_an_output_of_another_job_is_refused_untouched(job, data, capsys):
   assert code == 2
   assert "holds another CapFilt job (threshold: 0.5 there, 0.7 now)" in capsys.readouterr().err
   assert files_of(output) == before
+
+
+def test_the_command_resumes_a_finished_job_and_prints_the_counts(job, data, capsys):
+  output, summary = job
+  before = files_of(output)
+  assert cli.main(["--captioner", data["blip"], "--filter", data["blip"], "--input", data["folder"], "--output",
+                   output, "--captions_per_image", str(PER_IMAGE), "--shard_size", "4", "--seed", "3",
+                   "--no_progress"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  web = summary["counts"]["web"]
+  assert lines[1].split()[:3] == ["web", str(web["kept"]), str(web["removed"])]
+  assert "corrupt_image: 1, missing_image: 1" in lines[3] and files_of(output) == before
+
+
+def test_score_against_the_ground_truth(tmp_path):
+  data_dir = str(tmp_path / "d")
+  noisy_shapes.write(data_dir, num_images=6, noise=0.5, image_size=32, progress=False)
+  truth = list(noisy_shapes.read_truth(data_dir).values())
+  noisy = [r["noisy"] for r in truth]
+  assert 0 < sum(noisy) < 6
+  # A filter that removes every noisy web caption and one clean one; synthetic captions: the true one, kept,
+  # and a wrong one, removed.
+  clean = [i for i, n in enumerate(noisy) if not n]
+  rows = []
+  for i, r in enumerate(truth):
+    removed = r["noisy"] or i == clean[0]
+    rows.append(dict(image=r["image"], caption=r["caption"], provenance="web", itm_score=0.2 if removed else 0.8,
+                     decision="removed" if removed else "kept"))
+    rows.append(dict(image=r["image"], caption=r["true_caption"], provenance="synthetic", itm_score=0.9,
+                     decision="kept"))
+    rows.append(dict(image=r["image"], caption="buy cheap shoes online", provenance="synthetic", itm_score=0.1,
+                     decision="removed"))
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "shard-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  result = score.score(data_dir, str(out))
+  assert result["web"]["recall"] == 1 and result["web"]["precision"] == sum(noisy) / (sum(noisy) + 1)
+  assert result["web"]["auc"] == pytest.approx((sum(noisy) * (len(clean) - 1) + 0.5 * sum(noisy)) /
+                                               (sum(noisy) * len(clean)))
+  assert result["synthetic"]["correct"] == 0.5 and result["synthetic"]["correct_among_kept"] == 1
+  assert result["synthetic"]["auc"] == 1 and result["dataset"]["kept_correct"] == 1
+  at = {t["threshold"]: t for t in result["thresholds"]}
+  assert at[0.5]["web_recall"] == 1 and at[0.2]["web_recall"] == 0
+  assert at[0.1]["kept_pairs"] == 3 * 6 and at[0.2]["kept_pairs"] == 2 * 6  # the wrong synthetic ones at 0.1
 
 
 def test_noisy_shapes_ground_truth(tmp_path):

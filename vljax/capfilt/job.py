@@ -96,12 +96,19 @@ def _ours(name: str) -> bool:
   return name in (JOB_FILE, SUMMARY_FILE, TMP_DIR) or name.startswith("shard-")
 
 
+def read_job(output: str) -> dict | None:
+  """The job file of DIR, or None."""
+  path = os.path.join(output, JOB_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def open_output(output: str, job: dict) -> None:
   """Checks DIR against the job (a new or empty DIR, or this job's own) and writes the job file."""
-  path = os.path.join(output, JOB_FILE)
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+  saved = read_job(output)
+  if saved is not None:
     diff = sorted(k for k in set(saved) | set(job) if saved.get(k) != job.get(k))
     if diff:
       changes = "; ".join(f"{k}: {saved.get(k)!r} there, {job.get(k)!r} now" for k in diff)
@@ -115,7 +122,7 @@ def open_output(output: str, job: dict) -> None:
       raise ValueError(f"--output {output!r} holds {what} ({', '.join(others[:5])}{' ...' * (len(others) > 5)}); "
                        "give an empty or new directory")
   os.makedirs(output, exist_ok=True)
-  write_json(path, job)
+  write_json(os.path.join(output, JOB_FILE), job)
 
 
 def finished_counts(output: str) -> list[dict]:

@@ -11,7 +11,6 @@ import collections
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from flax import linen as nn
 
 from vljax import checkpoint_io
 from vljax import decode as decode_lib
+from vljax.capfilt import job as job_lib
 from vljax.data import images as images_lib
 from vljax.data import tokenizers
 from vljax.inference.runner import ModelRunner
@@ -112,7 +112,7 @@ def loaded(run: Run, mesh: jax.sharding.Mesh, batch_size: int) -> Run:
   """The run with its params on the mesh's devices and a runner. A process keeps the last two it
   loaded: a filter of the captioner's workdir and step shares its params, and later jobs in the same
   process (a notebook, tests) their compiled functions."""
-  key = (os.path.abspath(run.workdir), run.step, batch_size, tuple(d.id for d in mesh.devices.flat))
+  key = (job_lib.absolute(run.workdir), run.step, batch_size, tuple(d.id for d in mesh.devices.flat))
   if key in _LOADED:
     _LOADED.move_to_end(key)
     return _LOADED[key]

@@ -13,7 +13,8 @@ With probability --noise the web caption is wrong, of a kind drawn uniformly fro
 "web" (unrelated alt text: the world's caption noise), "other_scene" (another scene's caption) or
 "swapped" (the true caption with one colour or shape word changed). A wrong caption is redrawn until
 it describes the scene in none of the world's wordings (vljax/capfilt/scenes.py), so "noisy" is
-exact. Every row is a function of (--seed, index) alone.
+exact. Every row is a function of (--seed, index) alone. The demonstration that scores CapFilt on it,
+with its commands and numbers: vljax/capfilt/__init__.py.
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any
-
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -45,7 +43,6 @@ class ShardWriter:
   def __init__(self, output: str, shard: int):
     self.output, self.shard = output, shard
     self.tmp = os.path.join(output, job_lib.TMP_DIR, f"shard-{shard:05d}.{os.getpid()}")
-    shutil.rmtree(self.tmp, ignore_errors=True)
     self.records = records.RecordWriter(self.tmp, RECORDS_PER_FILE)
     self.jsonl = open(os.path.join(self.tmp, "captions.jsonl"), "w", encoding="utf-8")
     self.images, self.skipped = 0, collections.Counter()
@@ -147,7 +144,7 @@ def plan(settings: job_lib.Settings, output: str, batch_size: int) -> tuple[dict
   settings.validate()
   if batch_size < 1:
     raise ValueError(f"--batch_size={batch_size} is invalid; valid: >= 1")
-  saved = _saved_job(output)
+  saved = job_lib.read_job(output)
   steps = {}
   for role in models.ROLES:
     same = saved and saved.get(role) == job_lib.absolute(getattr(settings, role))
@@ -169,20 +166,14 @@ def plan(settings: job_lib.Settings, output: str, batch_size: int) -> tuple[dict
   return job, source, captioner, filter_run, options
 
 
-def _saved_job(output: str) -> dict[str, Any] | None:
-  path = os.path.join(output, job_lib.JOB_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def run(settings: job_lib.Settings, output: str, batch_size: int = 64, progress: bool = True) -> dict:
   """Runs (or resumes) the job; returns the summary (also DIR/summary.json, written by process 0)."""
   job, source, captioner, filter_run, options = plan(settings, output, batch_size)
   index, count = jax.process_index(), jax.process_count()
+  tmp = os.path.join(output, job_lib.TMP_DIR)
   if index == 0:
     job_lib.open_output(output, job)
+    shutil.rmtree(tmp, ignore_errors=True)  # shards an interrupted run was writing: they start over
   _barrier("capfilt_output")
   if index != 0:
     job_lib.open_output(output, job)  # the job file is there now: checks it is this job's
@@ -206,4 +197,5 @@ def run(settings: job_lib.Settings, output: str, batch_size: int = 64, progress:
   summary = job_lib.summarize(output, source.num_shards)
   if index == 0:
     job_lib.write_json(os.path.join(output, job_lib.SUMMARY_FILE), summary)
+    shutil.rmtree(tmp, ignore_errors=True)
   return summary

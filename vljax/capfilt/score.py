@@ -95,7 +95,8 @@ def _at(threshold: float, rows: list[dict], good: list[bool], noisy: dict[str, b
   good = np.asarray(good, bool)
   tp = int(np.sum(wrong_web & ~keep))
   return {"threshold": threshold, "web_precision": tp / max(1, int(np.sum(web & ~keep))),
-          "web_recall": tp / max(1, int(wrong_web.sum())), "kept_pairs": int(keep.sum()),
+          "web_recall": tp / max(1, int(wrong_web.sum())), "kept_web_correct": _share(good[keep & web]),
+          "kept_pairs": int(keep.sum()),
           "kept_synthetic_correct": _share(good[keep & ~web]), "kept_correct": _share(good[keep])}
 
 
