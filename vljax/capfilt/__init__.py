@@ -23,11 +23,14 @@ human-annotated data), shard-NNNNN.jsonl (every caption: {"image", "index", "cap
 "web" | "synthetic", "itm_score", "decision": "kept" | "removed"}) and shard-NNNNN.done.json (its
 counts); and capfilt.json (the job) and summary.json (counts by provenance x decision, skipped records
 by reason). Shards are written under temporary names and renamed: a restart skips the finished ones
-and writes the same bytes. Over several processes (--coordinator_address etc., or as training
-detects them) process p of P writes shards p, p + P, ...; each uses its own devices. Corrupt or
-missing images are skipped and counted; a DIR of another job or with other files is refused.
+and writes the others as the first run would have (the same bytes, given the same devices and
+--batch_size: they set how images are batched, hence the last bits of the scores). Over several
+processes (--coordinator_address etc., or as training detects them) process p of P writes shards p,
+p + P, ...; each uses its own devices. Corrupt or missing images are skipped and counted; a DIR of
+another job or with other files is refused.
 
-The shapes demonstration (seed 0, one run, a 2-core CPU shared with other work):
+The shapes demonstration (seed 0, one run, a 2-core CPU shared with other work; the recipe as of
+commit 8858988, whose arm=blip trained plain ITC, before momentum distillation):
 
   python -m vljax.train --config configs/blip_shapes.py --workdir runs/capfilt_demo/blip \\
       --config.total_steps=300 --config.checkpoint.every=300             # 12 minutes
