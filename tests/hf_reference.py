@@ -295,3 +295,79 @@ def write_checkpoint(family: dict, fmt: str, path) -> str:
     np.savez(path, **big_vision_layout(family["sd"], heads, scanned=path.endswith("_scanned.npz")))
   return path
 
+
+
+# ---- decoder-only language models (vljax/convert/hf_lm.py) ---------------------------------------------
+
+LM_VOCAB, LM_LEN = 96, 32
+LM_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                vocab_size=LM_VOCAB, max_position_embeddings=LM_LEN)
+# family -> (transformers config, special tokens at their ids): ids as the family's tokenizers put them
+# (Llama: <unk> 0, <s> 1, </s> 2; OPT: <s> 0, <pad> 1, </s> 2; GPT-2 and Qwen2: one end-of-text token).
+LM_FAMILIES = {
+    "gpt2": (lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_inner=128, vocab_size=LM_VOCAB,
+                                             n_positions=LM_LEN, bos_token_id=LM_VOCAB - 1,
+                                             eos_token_id=LM_VOCAB - 1),
+             {LM_VOCAB - 1: "<|endoftext|>"}),
+    "opt": (lambda: transformers.OPTConfig(**LM_SIZES, ffn_dim=128, word_embed_proj_dim=64, pad_token_id=1,
+                                           bos_token_id=2, eos_token_id=2),
+            {0: "<s>", 1: "<pad>", 2: "</s>"}),
+    "llama": (lambda: transformers.LlamaConfig(**LM_SIZES, bos_token_id=1, eos_token_id=2, rope_theta=500.0),
+              {0: "<unk>", 1: "<s>", 2: "</s>"}),
+    "mistral": (lambda: transformers.MistralConfig(**LM_SIZES, num_key_value_heads=2, head_dim=8,
+                                                   bos_token_id=1, eos_token_id=2, sliding_window=None),
+                {0: "<unk>", 1: "<s>", 2: "</s>"}),
+    "qwen2": (lambda: transformers.Qwen2Config(**LM_SIZES, num_key_value_heads=1, tie_word_embeddings=True,
+                                               bos_token_id=LM_VOCAB - 1, eos_token_id=LM_VOCAB - 1),
+              {LM_VOCAB - 1: "<|endoftext|>"}),
+}
+
+
+def random_lm(family: str, seed: int = 0):
+  """A transformers causal LM of `family` with random weights: N(0, 0.05) everywhere (biases included), norm
+  scales around 1, so a mapping error anywhere shows in the logits; float32, eval mode."""
+  make_config, _ = LM_FAMILIES[family]
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(make_config(), dtype=torch.float32)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.copy_(0.05 * torch.randn_like(p))
+      if "norm" in name and name.endswith("weight") or "ln_" in name and name.endswith("weight"):
+        p.add_(1.0)
+  return model.eval()
+
+
+def write_lm_tokenizer(family: str, folder) -> str:
+  """A word-level tokenizer.json for the family's vocabulary: its special tokens at their ids, "w<i>" at
+  every other id i. Returns its path."""
+  import tokenizers
+  _, specials = LM_FAMILIES[family]
+  vocab = {specials.get(i, f"w{i}"): i for i in range(LM_VOCAB)}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=specials.get(0, "w0")))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  tok.add_special_tokens(list(specials.values()))
+  path = str(folder / "tokenizer.json")
+  tok.save(path)
+  return path
+
+
+def lm_prompt_ids(batch: int, length: int, seed: int = 0) -> np.ndarray:
+  """int64 [batch, length] of checkpoint ids, none special (3 .. LM_VOCAB - 2)."""
+  return np.random.default_rng(seed).integers(3, LM_VOCAB - 1, (batch, length))
+
+
+def hf_lm_logits(model, ids: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(input_ids=torch.from_numpy(ids)).logits.numpy()
+
+
+def hf_lm_greedy(model, ids: np.ndarray, new_tokens: int) -> np.ndarray:
+  """transformers' generate(do_sample=False) of `new_tokens` tokens after each prompt row (one row at a time,
+  so prompts of unequal lengths need no padding); no EOS stop."""
+  rows = []
+  for row in ids:
+    with torch.no_grad():
+      out = model.generate(torch.from_numpy(row[None]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)
+    rows.append(out[0, len(row):].numpy())
+  return np.stack(rows)

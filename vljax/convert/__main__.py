@@ -1,7 +1,8 @@
 """`python -m vljax.convert --checkpoint PATH --workdir OUT [--format F] [--image_size N] [--tokenizer SPEC]
 [--config CONFIG.py[:ARG]]`
 
-Converts CLIP / SigLIP weights into a vljax workdir that `vljax.load(OUT)` opens and a training
+Converts CLIP / SigLIP weights, or a Hugging Face decoder-only language model folder (GPT-2, OPT, Llama,
+Mistral, Qwen2: vljax.convert.hf_lm), into a vljax workdir that `vljax.load(OUT)` opens and a training
 config starts from with `--config.init_from.workdir=OUT`. With --config, the weights are fitted to
 that recipe (its tokenizer, image size, text length, scan) and checked against its model.
 """
@@ -15,10 +16,11 @@ import sys
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m vljax.convert", description=__doc__.split("\n\n")[1])
   parser.add_argument("--checkpoint", required=True,
-                      help="a .pt/.pth/.bin/.safetensors/.npz file or a Hugging Face model folder")
+                      help="a .pt/.pth/.bin/.safetensors/.npz file or a Hugging Face model folder (CLIP, SigLIP or a "
+                           "decoder-only LM)")
   parser.add_argument("--workdir", required=True, help="the vljax workdir to write (config.json, checkpoints/)")
   parser.add_argument("--format", default=None,
-                      help="openai_clip, hf_clip, hf_siglip or big_vision_siglip (default: detected)")
+                      help="openai_clip, hf_clip, hf_siglip, big_vision_siglip or hf_lm (default: detected)")
   parser.add_argument("--image_size", type=int, default=None,
                       help="resample the image position embedding to this size (default: the checkpoint's)")
   parser.add_argument("--tokenizer", default=None,
@@ -37,8 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   from vljax import convert
-  from vljax.convert import fit
+  from vljax.convert import fit, hf_lm
 
+  if args.format == "hf_lm" or (args.format is None and hf_lm.is_lm_folder(args.checkpoint)):
+    return convert_lm(args)
   try:
     config = fit.as_config(args.config) if args.config else None
     converted = convert.import_checkpoint(
@@ -52,6 +56,25 @@ def main(argv=None) -> int:
   print(f"wrote {path} and a step-0 checkpoint: {data['format']} -> composable image {model['image']['variant']} "
         f"text {model['text']['variant']}, image_size {data['image_size']}, max_len {data['max_len']}, "
         f"tokenizer {data['tokenizer']!r}")
+  return 0
+
+
+def convert_lm(args: argparse.Namespace) -> int:
+  """A decoder-only LM folder -> a causal_lm workdir (the image options do not apply)."""
+  from vljax.convert import hf_lm
+
+  ignored = [f"--{k}" for k in ("image_size", "activation", "input_normalization", "config") if getattr(args, k)]
+  try:
+    if ignored:
+      raise ValueError(f"{ignored} do not apply to a language model import; valid: --tokenizer, --max_len")
+    converted = hf_lm.import_lm(args.checkpoint, args.tokenizer)
+    path = hf_lm.write_workdir(converted, args.workdir, args.max_len)
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  m, data = converted.model_cfg, converted.data
+  print(f"wrote {path} and a step-0 checkpoint: {data['format']} -> causal_lm {m['depth']} layers, width "
+        f"{m['width']}, vocab {m['vocab_size']}, max_len {m['max_len']}, tokenizer {data['tokenizer']!r}")
   return 0
 
 

@@ -192,30 +192,35 @@ class MultiHeadAttention(nn.Module):
     return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
 
   def _cached_self_kv(self, k, v, mask, index):
-    """Writes k/v [B,T,...] at positions index..index+T-1; returns the whole cache and its mask."""
-    initialized = self.has_variable("cache", "cached_key")
-    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-    length = k.shape[1]
-    if not initialized:  # the creating call: shapes only, attend causally within the input
-      causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-      return k, v, causal if mask is None else mask & causal
-    max_len = cached_k.value.shape[1]
-    slots = jnp.arange(max_len)
-    if jnp.ndim(index) == 0:  # every sequence at the same position: write a [B, T] block
-      start = (0, index, 0, 0)
-      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
-      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
-      query_pos = index + jnp.arange(length)
-      visible = (slots[None, :] <= query_pos[:, None])[None, None]  # [1, 1, T, max_len]
-    else:  # index [B]: each sequence at its own position (prompts of unequal lengths), one token
-      if length != 1:
-        raise ValueError(f"per-sequence decode positions take one token per step, got {length}")
-      here = (slots[None, :] == index[:, None])[:, :, None, None]  # [B, max_len, 1, 1]
-      cached_k.value = jnp.where(here, k.astype(cached_k.value.dtype), cached_k.value)
-      cached_v.value = jnp.where(here, v.astype(cached_v.value.dtype), cached_v.value)
-      visible = (slots[None, :] <= index[:, None])[:, None, None, :]  # [B, 1, 1, max_len]
-    return cached_k.value, cached_v.value, visible if mask is None else mask & visible
+    return cached_self_kv(self, k, v, mask, index)
+
+
+def cached_self_kv(module: nn.Module, k: jax.Array, v: jax.Array, mask: jax.Array | None, index: jax.Array):
+  """Writes k/v [B,T,...] into `module`'s "cache" at positions index..index+T-1 (index scalar, or [B] with
+  T=1); returns the whole cache and its mask. Every self-attention with a KV cache shares it."""
+  initialized = module.has_variable("cache", "cached_key")
+  cached_k = module.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+  cached_v = module.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+  length = k.shape[1]
+  if not initialized:  # the creating call: shapes only, attend causally within the input
+    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    return k, v, causal if mask is None else mask & causal
+  max_len = cached_k.value.shape[1]
+  slots = jnp.arange(max_len)
+  if jnp.ndim(index) == 0:  # every sequence at the same position: write a [B, T] block
+    start = (0, index, 0, 0)
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+    query_pos = index + jnp.arange(length)
+    visible = (slots[None, :] <= query_pos[:, None])[None, None]  # [1, 1, T, max_len]
+  else:  # index [B]: each sequence at its own position (prompts of unequal lengths), one token
+    if length != 1:
+      raise ValueError(f"per-sequence decode positions take one token per step, got {length}")
+    here = (slots[None, :] == index[:, None])[:, :, None, None]  # [B, max_len, 1, 1]
+    cached_k.value = jnp.where(here, k.astype(cached_k.value.dtype), cached_k.value)
+    cached_v.value = jnp.where(here, v.astype(cached_v.value.dtype), cached_v.value)
+    visible = (slots[None, :] <= index[:, None])[:, None, None, :]  # [B, 1, 1, max_len]
+  return cached_k.value, cached_v.value, visible if mask is None else mask & visible
 
 
 _ATTENTION_PATHS_LOGGED: set = set()

@@ -1,0 +1,197 @@
+"""Hugging Face decoder-only LMs imported into vljax's causal_lm (vljax/convert/hf_lm.py): logits and greedy
+generation against transformers for GPT-2, OPT, Llama (untied, sharded safetensors), Mistral (grouped-query
+attention, head_dim != width / heads) and Qwen2 (qkv bias, tied, one KV head); the workdir; bad folders."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import hf_reference as ref  # noqa: E402
+import vljax  # noqa: E402
+from vljax import decode as decode_lib  # noqa: E402
+from vljax.convert import hf_lm  # noqa: E402
+from vljax.convert.__main__ import main as convert_main  # noqa: E402
+from vljax.data import tokenizers  # noqa: E402
+from vljax.models import decoder, get_model  # noqa: E402
+
+FAMILIES = ("gpt2", "opt", "llama", "mistral", "qwen2")
+SHARDED = "llama"  # saved in shards with model.safetensors.index.json
+TOLERANCE = 1e-4  # max |logit difference|, float32
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  """family -> (transformers model, its folder, the import); built on first use."""
+  root, cache = tmp_path_factory.mktemp("hf_lm"), {}
+
+  def get(family: str):
+    if family not in cache:
+      model = ref.random_lm(family)
+      folder = root / family
+      model.save_pretrained(folder, **(dict(max_shard_size="100KB") if family == SHARDED else {}))
+      ref.write_lm_tokenizer(family, folder)
+      converted = hf_lm.import_lm(str(folder))
+      cache[family] = (model, folder, converted._replace(params=jax.tree.map(jnp.asarray, converted.params)))
+    return cache[family]
+  return get
+
+
+def vljax_logits(converted, hf_ids: np.ndarray) -> np.ndarray:
+  """Logits over the checkpoint's vocabulary (vljax's columns id_offset.. id_offset + vocab)."""
+  off = converted.data["id_offset"]
+  model = get_model(converted.model_cfg)
+  logits = model.apply({"params": converted.params}, None, jnp.asarray(hf_ids + off), method="caption_logits")
+  return np.asarray(logits)
+
+
+@pytest.mark.cross_path
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(imported, family):
+  model, folder, converted = imported(family)
+  hf_ids = ref.lm_prompt_ids(2, 12)
+  ours, off = vljax_logits(converted, hf_ids), converted.data["id_offset"]
+  reference = ref.hf_lm_logits(model, hf_ids)
+  err = float(np.abs(ours[..., off:off + ref.LM_VOCAB] - reference).max())
+  print(f"{family}: max |logit difference| {err:.2e}, logits up to {np.abs(reference).max():.2f}")
+  assert err < TOLERANCE
+  # Rows the checkpoint lacks (padding, <image>, <eoc>, rounding) sit at the mean logit: never the top one.
+  others = np.delete(ours, np.arange(off, off + ref.LM_VOCAB), axis=-1)
+  assert (others.max(-1) < reference.max(-1)).all()
+  if family == SHARDED:
+    assert (folder / hf_lm.INDEX).is_file() and len(list(folder.glob("model-*.safetensors"))) > 1
+
+
+@pytest.mark.cross_path
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_with_kv_cache_matches_generate(imported, family):
+  """Prompts of unequal lengths (right-padded for vljax, each its own row for transformers)."""
+  model, _, converted = imported(family)
+  off, lengths = converted.data["id_offset"], np.array([5, 9])
+  hf_ids = ref.lm_prompt_ids(2, 9, seed=1)
+  reference = ref.hf_lm_greedy(model, [row[:n] for row, n in zip(hf_ids, lengths)], NEW_TOKENS)
+  ids = np.where(np.arange(9) < lengths[:, None], hf_ids + off, 0)
+  lm = get_model(converted.model_cfg)
+  out = decoder.continue_prompts(lm, converted.params, None, jnp.asarray(ids), jnp.asarray(lengths),
+                                 decode_lib.DecodeOptions(max_len=NEW_TOKENS), cache_len=20, eos_id=-1, pad_id=0)
+  np.testing.assert_array_equal(np.asarray(out.tokens) - off, reference)
+
+
+def test_tokenizer_from_the_folder(imported):
+  _, folder, converted = imported("llama")
+  spec = converted.data["tokenizer"]
+  assert spec == f"hf:{folder / 'tokenizer.json'}"
+  tok = tokenizers.get_tokenizer(spec)
+  # Llama's vocabulary: <unk> at 0, so every id moves up one and 0 is vljax's padding.
+  assert tok.id_offset == converted.data["id_offset"] == 1
+  np.testing.assert_array_equal(tok.encode(["w5 w7"], 6)[0], [1 + 1, 5 + 1, 7 + 1, 2 + 1, 0, 0])
+  assert tok.image_id < converted.model_cfg["vocab_size"]
+
+
+@pytest.mark.cross_path
+def test_cli_workdir_opens_with_vljax_load(imported, tmp_path):
+  _, folder, converted = imported("qwen2")
+  out = tmp_path / "qwen2"
+  assert convert_main(["--checkpoint", str(folder), "--workdir", str(out), "--max_len", "16"]) == 0
+  cfg = json.loads((out / "config.json").read_text())
+  assert cfg["model"]["name"] == "causal_lm" and cfg["data"]["max_len"] == 16
+  assert cfg["data"]["tokenizer"] == converted.data["tokenizer"]
+  loaded = vljax.load(str(out))
+  hf_ids = ref.lm_prompt_ids(1, 7)
+  logits = loaded.model.apply({"params": loaded.params}, None, jnp.asarray(hf_ids + 1), method="caption_logits")
+  np.testing.assert_allclose(np.asarray(logits), vljax_logits(converted, hf_ids), atol=1e-5)
+  # Tied embeddings: no separate head.
+  assert "logits" not in loaded.params
+
+
+def test_parameters_carry_logical_axis_names(imported):
+  _, _, converted = imported("mistral")
+  model = get_model(converted.model_cfg)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), text=jnp.zeros((1, 4), jnp.int32)))["params"]
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: hasattr(x, "names"))
+  assert leaves and all(hasattr(x, "names") and len(x.names) == len(x.value.shape) for x in leaves)
+  assert boxed["lm"]["block_0"]["attn"]["key"]["kernel"].names == ("embed", "heads", "kv")
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+
+def rewrite_config(folder, **changes):
+  path = folder / "config.json"
+  path.write_text(json.dumps(dict(json.loads(path.read_text()), **changes)))
+
+
+def test_folder_without_config_json(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    hf_lm.import_lm(str(tmp_path))
+  assert convert_main(["--checkpoint", str(tmp_path / "absent"), "--workdir", str(tmp_path / "w"),
+                       "--format", "hf_lm"]) == 2
+
+
+def test_unsupported_model_type_names_the_supported_ones(imported, tmp_path):
+  folder = shutil.copytree(imported("gpt2")[1], tmp_path / "m")
+  rewrite_config(folder, model_type="bert")
+  with pytest.raises(ValueError, match=r"model_type 'bert' is not supported; valid: \['gpt2', 'llama'"):
+    hf_lm.import_lm(str(folder))
+
+
+def test_unsupported_rope_scaling(imported, tmp_path):
+  folder = shutil.copytree(imported("llama")[1], tmp_path / "m")
+  rewrite_config(folder, rope_parameters=dict(rope_type="llama3", rope_theta=500.0, factor=8.0))
+  with pytest.raises(ValueError, match="rope_type 'llama3' is not supported"):
+    hf_lm.import_lm(str(folder))
+
+
+def test_missing_tensor_is_named(imported, tmp_path):
+  import safetensors.numpy
+  folder = shutil.copytree(imported("gpt2")[1], tmp_path / "m")
+  tensors = safetensors.numpy.load_file(str(folder / "model.safetensors"))
+  del tensors["transformer.h.1.mlp.c_fc.bias"]
+  safetensors.numpy.save_file(tensors, str(folder / "model.safetensors"))
+  with pytest.raises(ValueError, match=r"no tensor 'transformer\.h\.1\.mlp\.c_fc\.bias'"):
+    hf_lm.import_lm(str(folder))
+
+
+def test_shapes_that_disagree_with_the_config(imported, tmp_path):
+  folder = shutil.copytree(imported("opt")[1], tmp_path / "m")
+  rewrite_config(folder, ffn_dim=256)
+  with pytest.raises(ValueError, match=r"lm/block_0/mlp/fc1/bias has shape \(128,\), but config.json implies "
+                                       r"\(256,\)"):
+    hf_lm.import_lm(str(folder))
+  rewrite_config(folder, ffn_dim=128, num_hidden_layers=3)
+  with pytest.raises(ValueError, match="2 blocks of weights, but config.json says 3 layers"):
+    hf_lm.import_lm(str(folder))
+  folder = shutil.copytree(imported("mistral")[1], tmp_path / "gqa")
+  rewrite_config(folder, num_key_value_heads=4)
+  with pytest.raises(ValueError, match=r"block 0's key projection \(as \[in, out\]\) has shape \(64, 16\), but "
+                                       r"config.json implies \(64, 32\)"):
+    hf_lm.import_lm(str(folder))
+
+
+def test_missing_shard_is_named(imported, tmp_path):
+  folder = shutil.copytree(imported(SHARDED)[1], tmp_path / "m")
+  (folder / "model-00002-of-00004.safetensors").unlink()
+  with pytest.raises(FileNotFoundError, match="shard 'model-00002-of-00004.safetensors'"):
+    hf_lm.import_lm(str(folder))
+
+
+def test_tokenizer_of_another_vocabulary(imported, tmp_path):
+  import tokenizers as hf_tokenizers
+  folder = shutil.copytree(imported("qwen2")[1], tmp_path / "m")
+  bigger = {f"w{i}": i for i in range(ref.LM_VOCAB + 50)}
+  hf_tokenizers.Tokenizer(hf_tokenizers.models.WordLevel(bigger, unk_token="w0")).save(str(folder / "tokenizer.json"))
+  with pytest.raises(ValueError, match=f"has {ref.LM_VOCAB + 50} tokens but the checkpoint's embedding has "
+                                       f"{ref.LM_VOCAB} rows"):
+    hf_lm.import_lm(str(folder))
+
+
+def test_sequence_longer_than_the_positions(imported):
+  _, _, converted = imported("qwen2")
+  with pytest.raises(ValueError, match=f"exceeds the language model's max_len={ref.LM_LEN}"):
+    vljax_logits(converted, ref.lm_prompt_ids(1, ref.LM_LEN + 1))

@@ -1,0 +1,285 @@
+"""Decoder-only language model with the options of pretrained families: GPT-2, OPT and Llama / Mistral / Qwen2.
+
+  ids -> token embedding [+ learned positions] -> depth x pre-norm block -> final norm -> vocab logits
+  block: x + out(attention(rope?(q), rope?(k), v)) over norm(x); x + mlp(norm(x))
+
+Settings (CAUSAL_LM_DEFAULTS): norm layernorm|rmsnorm with its epsilon, positions learned|rope (theta),
+grouped-query attention (num_kv_heads < num_heads; equal is multi-head), q/k/v and output biases, MLP
+gelu|gelu_tanh|relu|swiglu, tied or untied vocabulary head. vljax/convert/hf_lm.py imports Hugging Face
+checkpoints into it. A separate model from `lm` because `lm` shares text_settings and layers.Transformer
+with every text tower, where these options would add branches that no tower uses.
+
+Parameter names follow LanguageModel's (txt, lm/block_i, lm/encoder_norm, logits) so that image-conditioned
+models can hold either. Keys get no bias where positions are learned: q.b_k is the same for every key of a
+query and softmax cancels it (layers.MultiHeadAttention drops it for the same reason); under RoPE the key
+is rotated after the bias, so there it is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
+
+from vljax.models import flops, layers, model_config
+from vljax.models.layers import ACT, Dtype, EinsumDense, check_choice, partitioned
+from vljax.models.registry import register_model
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = {"gelu": layers.ACTIVATIONS["gelu"], "gelu_tanh": layers.ACTIVATIONS["gelu_tanh"], "relu": nn.relu,
+        "swiglu": nn.silu}  # swiglu: silu(gate(x)) * fc1(x)
+REQUIRED = ("vocab_size", "width", "depth", "num_heads", "mlp_dim", "max_len")
+CAUSAL_LM_DEFAULTS: dict[str, Any] = dict(
+    **{k: None for k in REQUIRED},
+    num_kv_heads=None,  # None: num_heads (multi-head attention)
+    head_dim=None,  # None: width // num_heads
+    norm="layernorm", norm_eps=1e-5, positions="learned", rope_theta=10_000.0, mlp="gelu",
+    qkv_bias=False, out_bias=False, mlp_bias=False, tie_embeddings=False,
+    source=None)  # where the weights came from (an import's folder): a note, no effect on the model
+
+
+def norm(kind: str, eps: float, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
+  """LayerNorm or RMSNorm (scale only), statistics in float32, scale (and bias) named ("embed",)."""
+  if kind == "layernorm":
+    return layers.layer_norm(name=name, dtype=dtype, param_dtype=param_dtype, epsilon=eps)
+  return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name, force_float32_reductions=True,
+                    scale_init=partitioned(nn.initializers.ones, ("embed",)))
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding of x [B, L, heads, head_dim] at positions [B or 1, L], in the half-split
+  layout of Llama's Hugging Face weights (dimension i pairs with i + head_dim / 2)."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) * 2 / x.shape[-1])
+  angles = positions.astype(jnp.float32)[..., None, None] * inv_freq  # [B, L, 1, half]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Causal self-attention with num_kv_heads key/value heads shared by num_heads // num_kv_heads query heads
+  each; the KV cache (layers.cached_self_kv) holds the num_kv_heads heads."""
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  qkv_bias: bool = False
+  out_bias: bool = False
+  rope_theta: float | None = None  # None: no rotation (learned positions are added to the input)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, decode_index: jax.Array | None = None) -> jax.Array:
+    width = x.shape[-1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def proj(name, heads, bias):  # [B, L, width] -> [B, L, heads, head_dim]
+      return EinsumDense("bld,dhk->blhk", (width, heads, self.head_dim), ("embed", "heads", "kv"),
+                         fan_axes=((0,), (1, 2)), use_bias=bias, name=name, **kw)(x)
+
+    q = proj("query", self.num_heads, self.qkv_bias)
+    k = proj("key", self.num_kv_heads, self.qkv_bias and self.rope_theta is not None)
+    v = proj("value", self.num_kv_heads, self.qkv_bias)
+    if self.rope_theta is not None:
+      q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+    q, k, v = checkpoint_name(q, "query"), checkpoint_name(k, "key"), checkpoint_name(v, "value")
+    mask, is_causal = None, True
+    if decode_index is not None:
+      k, v, mask = layers.cached_self_kv(self, k, v, None, decode_index)
+      is_causal = False  # the cache's mask is causal
+    groups = self.num_heads // self.num_kv_heads
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    out = layers.attention(q, k, v, mask, is_causal, self.attention_impl)
+    out = EinsumDense("blhk,hkd->bld", (self.num_heads, self.head_dim, width), ("heads", "kv", "embed"),
+                      fan_axes=((0, 1), (2,)), use_bias=self.out_bias, name="out", **kw)(out)
+    return checkpoint_name(out, "attention_out")
+
+
+class Mlp(nn.Module):
+  """fc1 -> activation -> fc2; swiglu: fc2(silu(gate(x)) * fc1(x))."""
+  mlp_dim: int
+  kind: str = "gelu"
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias)
+    up = layers.dense(self.mlp_dim, ("embed", "mlp"), name="fc1", **kw)(x)
+    if self.kind == "swiglu":
+      h = MLPS["swiglu"](layers.dense(self.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x)) * up
+    else:
+      h = MLPS[self.kind](up)
+    h = checkpoint_name(nn.with_logical_constraint(h, ("batch", "length", "mlp")), "mlp_hidden")
+    return checkpoint_name(layers.dense(x.shape[-1], ("mlp", "embed"), name="fc2", **kw)(h), "mlp_out")
+
+
+class Block(nn.Module):
+  """Pre-norm decoder block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+  s: dict[str, Any]  # resolved settings (resolve_config)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, decode_index: jax.Array | None) -> tuple[jax.Array, None]:
+    s, kw = self.s, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.with_logical_constraint(x, ACT)
+    theta = s["rope_theta"] if s["positions"] == "rope" else None
+    y = norm(s["norm"], s["norm_eps"], "ln1", **kw)(x)
+    x = x + Attention(s["num_heads"], s["num_kv_heads"], s["head_dim"], s["qkv_bias"], s["out_bias"], theta,
+                      attention_impl=self.attention_impl, name="attn", **kw)(y, positions, decode_index)
+    y = norm(s["norm"], s["norm_eps"], "ln2", **kw)(x)
+    x = x + Mlp(s["mlp_dim"], s["mlp"], s["mlp_bias"], name="mlp", **kw)(y)
+    return nn.with_logical_constraint(x, ACT), None
+
+
+class DecoderStack(nn.Module):
+  """depth Blocks (looped, or nn.scan'ed as "layers"; optionally remat'ed) + the final norm "encoder_norm"."""
+  s: dict[str, Any]
+  scan: bool = False
+  remat: str = "none"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, decode_index: jax.Array | None = None) -> jax.Array:
+    kw = dict(s=self.s, dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+    block_cls = Block
+    if self.remat != "none":
+      block_cls = nn.remat(Block, prevent_cse=not self.scan, policy=layers.REMAT_POLICIES[self.remat])
+    if self.scan:  # the cache stacks layers on axis 1: every cache leaf keeps batch on axis 0
+      stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
+                      in_axes=nn.broadcast, length=self.s["depth"], metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(name="layers", **kw)(x, positions, decode_index)
+    else:
+      for i in range(self.s["depth"]):
+        x, _ = block_cls(name=f"block_{i}", **kw)(x, positions, decode_index)
+    return norm(self.s["norm"], self.s["norm_eps"], "encoder_norm", self.dtype, self.param_dtype)(x)
+
+
+class Embedding(nn.Module):
+  """Token table "embedding" [+ learned position table "posemb"]; `attend` is the tied vocabulary head."""
+  vocab_size: int
+  width: int
+  max_len: int
+  learned_positions: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                              embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
+    if self.learned_positions:
+      self.posemb = layers.LearnedPosEmb(self.max_len, self.param_dtype)
+
+  def tokens(self, ids: jax.Array) -> jax.Array:
+    return self.embedding(ids)
+
+  def add_positions(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """Learned rows offset..offset+L-1 added to x [B, L, D]; RoPE models rotate inside attention instead."""
+    return self.posemb(x, offset) if self.learned_positions else x
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return self.embedding.attend(x)
+
+
+@register_model("causal_lm")
+class CausalLM(nn.Module):
+  """Params: txt (embedding [, posemb]), lm (blocks + encoder_norm), logits (absent when tied)."""
+  text: dict[str, Any]  # the architecture settings (resolve_config() without the module options), as lm's `text`
+  module_kw: dict[str, Any] | None = None
+  capabilities = frozenset()  # text only: nothing an image evaluator can use
+  inputs = ("text",)
+  output_names = frozenset({"caption_logits"})
+  rng_streams = ("dropout",)
+
+  def setup(self):
+    s, kw = self.text, dict(self.module_kw or {})
+    dtypes = model_config.dtypes(kw)
+    self.txt = Embedding(s["vocab_size"], s["width"], s["max_len"], s["positions"] == "learned", **dtypes)
+    self.lm = DecoderStack(s, **kw)
+    if not s["tie_embeddings"]:
+      self.logits = layers.dense(s["vocab_size"], ("embed", "vocab"), name="logits", use_bias=False, **dtypes)
+
+  def run(self, x: jax.Array, decode_index: jax.Array | None = None) -> jax.Array:
+    """Embedded tokens [B, L, D] (no positions yet) -> float32 logits [B, L, vocab]; decode_index (scalar or
+    [B]): the positions of x's first token, with the KV cache."""
+    length = x.shape[1]
+    if length > self.text["max_len"]:
+      raise ValueError(f"sequence of {length} positions exceeds the language model's max_len="
+                       f"{self.text['max_len']}")
+    offset = 0 if decode_index is None else decode_index
+    positions = jnp.reshape(offset, (-1, 1)) + jnp.arange(length)[None]  # [B or 1, L]
+    h = self.lm(self.txt.add_positions(x, offset), positions, decode_index)
+    logits = self.txt.attend(h) if self.text["tie_embeddings"] else self.logits(h)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+  def caption_logits(self, memory: jax.Array | None, ids: jax.Array) -> jax.Array:
+    del memory  # no image: the captioning models' signature
+    return self.run(self.txt.tokens(ids))
+
+  def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
+    del memory
+    return self.run(self.txt.tokens(ids), decode_index)
+
+  def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
+               train: bool = False) -> dict[str, jax.Array]:
+    """caption_logits of the text (an image is ignored: text-only model)."""
+    del image, train
+    return {} if text is None else {"caption_logits": self.caption_logits(None, text)}
+
+  @classmethod
+  def from_config(cls, cfg: dict[str, Any]) -> "CausalLM":
+    c = resolve_config(cfg)
+    arch = {k: c[k] for k in CAUSAL_LM_DEFAULTS}
+    return cls(text=arch, module_kw=model_config.module_kwargs(c))
+
+  @classmethod
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
+    """Forward FLOPs by part over the data's text length: the projections at their GQA widths."""
+    s = resolve_config(cfg)
+    n, d, h = inputs.text_len, s["width"], s["head_dim"]
+    qkvo = 2 * n * d * h * (2 * s["num_heads"] + 2 * s["num_kv_heads"])
+    mlp = 2 * n * d * s["mlp_dim"] * (3 if s["mlp"] == "swiglu" else 2)
+    attention = 4 * n * n * s["num_heads"] * h
+    parts, last = [flops.Part("txt", ("txt",), reads={"text": 0.0})], "txt"
+    names = ["lm/layers"] if s["scan"] else [f"lm/block_{i}" for i in range(s["depth"])]
+    k = s["depth"] / len(names)
+    for name in names:
+      parts.append(flops.Part(name, (name,), float(k * (qkvo + mlp)), float(k * attention), {last: 0.0}))
+      last = name
+    parts.append(flops.Part("lm/encoder_norm", ("lm/encoder_norm",), reads={last: 0.0}))
+    head = "txt" if s["tie_embeddings"] else "logits"
+    vocab = float(2 * n * d * s["vocab_size"])
+    return parts + [flops.Part("logits", (head,), vocab, reads={"lm/encoder_norm": vocab})]
+
+
+def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
+  """Defaults filled, every setting checked; num_kv_heads and head_dim made explicit."""
+  c = model_config.resolve("causal_lm", cfg, CAUSAL_LM_DEFAULTS, {})
+  missing = [k for k in REQUIRED if c[k] is None]
+  if missing:
+    raise ValueError(f"causal_lm config needs {missing} (e.g. from vljax.convert's import of a Hugging Face LM)")
+  check_choice("causal_lm norm", c["norm"], NORMS)
+  check_choice("causal_lm positions", c["positions"], POSITIONS)
+  check_choice("causal_lm mlp", c["mlp"], MLPS)
+  c["num_kv_heads"] = c["num_kv_heads"] or c["num_heads"]
+  if c["num_heads"] % c["num_kv_heads"]:
+    raise ValueError(f"causal_lm num_heads={c['num_heads']} is not a multiple of num_kv_heads={c['num_kv_heads']}")
+  if c["head_dim"] is None:
+    if c["width"] % c["num_heads"]:
+      raise ValueError(f"causal_lm width {c['width']} is not divisible by num_heads {c['num_heads']}; set head_dim")
+    c["head_dim"] = c["width"] // c["num_heads"]
+  if c["positions"] == "rope" and c["head_dim"] % 2:
+    raise ValueError(f"RoPE needs an even head_dim, got {c['head_dim']}")
+  return c
+
