@@ -48,7 +48,8 @@ def vljax_logits(converted, hf_ids: np.ndarray) -> np.ndarray:
   """Logits over the checkpoint's vocabulary (vljax's columns id_offset.. id_offset + vocab)."""
   off = converted.data["id_offset"]
   model = get_model(converted.model_cfg)
-  logits = model.apply({"params": converted.params}, None, jnp.asarray(hf_ids + off), method="caption_logits")
+  logits = jax.jit(lambda p, ids: model.apply({"params": p}, None, ids, method="caption_logits"))(
+      converted.params, jnp.asarray(hf_ids + off))
   return np.asarray(logits)
 
 
@@ -79,8 +80,10 @@ def test_greedy_generation_with_kv_cache_matches_generate(imported, family):
   reference = ref.hf_lm_greedy(model, [row[:n] for row, n in zip(hf_ids, lengths)], NEW_TOKENS)
   ids = np.where(np.arange(9) < lengths[:, None], hf_ids + off, 0)
   lm = get_model(converted.model_cfg)
-  out = decoder.continue_prompts(lm, converted.params, None, jnp.asarray(ids), jnp.asarray(lengths),
-                                 decode_lib.DecodeOptions(max_len=NEW_TOKENS), cache_len=20, eos_id=-1, pad_id=0)
+  greedy = jax.jit(lambda params, ids, lengths: decoder.continue_prompts(
+      lm, params, None, ids, lengths, decode_lib.DecodeOptions(max_len=NEW_TOKENS), cache_len=20, eos_id=-1,
+      pad_id=0))
+  out = greedy(converted.params, jnp.asarray(ids), jnp.asarray(lengths))
   np.testing.assert_array_equal(np.asarray(out.tokens) - off, reference)
 
 
