@@ -2,6 +2,8 @@
 
 A mismatch found here fails the run before the workdir is touched, not at its first evaluation.
 What a model can do is what its class declares (`capabilities`, vljax/models/capabilities.py).
+An evaluator declares what it needs by `needs`, and what some of its settings need when set (not 0
+or absent) by `option_needs` (setting -> capability: retrieval's and zero-shot's itm_k, an ITM head).
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from vljax.evals import itm_rerank
 from vljax.models.capabilities import (DESCRIPTIONS, EMBEDDINGS, GENERATION, IMAGE_FEATURES,  # noqa: F401
-                                       LIKELIHOOD, MULTI_IMAGE, PROMPTED, SCORING_NEEDS, describe)
+                                       LIKELIHOOD, MATCHING, MULTI_IMAGE, PROMPTED, SCORING_NEEDS, describe)
 from vljax.models.capabilities import of as model_capabilities
 
 SCORES = "scores"  # an evaluator's `needs`: EMBEDDINGS or LIKELIHOOD, as its `scoring` setting picks
@@ -44,6 +47,7 @@ def check_evaluators(evaluator_classes: Mapping[str, type], evals_cfg: Mapping[s
   caps = model_capabilities(model)
   for name, cls in evaluator_classes.items():
     settings = evals_cfg[name]
+    _check_option_needs(name, cls, settings, caps, model_name, models)
     options, why = evaluator_needs(cls, settings)
     if caps & set(options):
       continue
@@ -60,8 +64,21 @@ def check_evaluators(evaluator_classes: Mapping[str, type], evals_cfg: Mapping[s
         f"Valid: {' or '.join(hint)}, or drop evals.{name}.")
 
 
+def _check_option_needs(name: str, cls: type, settings: Mapping[str, Any], caps: frozenset, model_name: str,
+                        models: Mapping[str, type]) -> None:
+  for key, capability in getattr(cls, "option_needs", {}).items():
+    value = settings.get(key, None)
+    if not value or capability in caps:
+      continue
+    fits = [m for m, c in sorted(models.items()) if capability in model_capabilities(c)]
+    raise ValueError(f"evals.{name}.{key}={value!r} needs a model with {DESCRIPTIONS[capability]}; model "
+                     f"{model_name!r} has {describe(caps)}. Valid: evals.{name}.{key}=0 (off), or a model with it "
+                     f"({', '.join(fits) or 'none registered'})")
+
+
 def check_settings(name: str, cls: type, settings: Mapping[str, Any]) -> None:
-  """The settings every evaluator shares, before it renders anything: known keys, `every`, `scoring`."""
+  """The settings every evaluator shares, before it renders anything: known keys, `every`, `scoring`,
+  `itm_k`."""
   unknown = sorted(set(settings.keys()) - set(cls.settings_keys))
   if unknown:
     raise ValueError(f"evals.{name}: unknown key(s) {unknown}; valid: {sorted(cls.settings_keys)}")
@@ -70,3 +87,5 @@ def check_settings(name: str, cls: type, settings: Mapping[str, Any]) -> None:
     raise ValueError(f"evals.{name}.every={every!r} is invalid; valid: an int >= 0 (0: at the end only)")
   if cls.needs == SCORES and settings.get("scoring", "auto") not in SCORING_NEEDS:
     raise ValueError(f"evals.{name}.scoring={settings.get('scoring')!r} is unknown; valid: {list(SCORING_NEEDS)}")
+  if itm_rerank.KEY in cls.settings_keys:
+    itm_rerank.check_itm_k(settings, f"evals.{name}")

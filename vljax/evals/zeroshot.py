@@ -1,5 +1,6 @@
 """Zero-shot classification with a prompt-template ensemble: on the shapes world (color x shape
-classes), or on a classification set on disk (tfds / JSONL, e.g. ImageNet)."""
+classes), or on a classification set on disk (tfds / JSONL, e.g. ImageNet); with itm_k, also after
+BLIP's ITM re-ranking of each image's top classes (vljax/evals/itm_rerank.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from vljax.data import shapes
-from vljax.evals import datasets, ranking, templates as templates_lib, world as world_lib
+from vljax.evals import datasets, itm_rerank, ranking, templates as templates_lib, world as world_lib
 from vljax.evals.arrays import eval_images, normalize
 from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
+from vljax.models.capabilities import MATCHING
 
 PROMPTS_PER_CALL = 8192  # text embeddings are averaged per class as they come: memory is one call's
 
@@ -76,16 +78,24 @@ class ZeroShotEvaluator:
 
   Settings: every, num_examples, scoring ("auto", "embedding", "likelihood"), templates (a set name
   from vljax.evals.templates, "clip80" / "short" / "shapes", or a list of strings with "{}"; also
-  accepted inside `dataset`), dataset.
+  accepted inside `dataset`), dataset, itm_k.
+
+  itm_k > 0 (a model with an ITM head): besides top1.. (the first-stage scores, what they mean
+  without it), itm_top1, itm_color_acc, itm_shape_acc (shapes) or itm_top1, itm_top5 (a set on
+  disk): each image's top itm_k classes re-scored by the class's ITM match logit, the mean over its
+  prompts, + its first-stage score; the other classes below them in their first-stage order
+  (vljax/evals/itm_rerank.py). It costs itm_k x templates fusion passes an image. 0 or absent: off.
   """
 
   needs = "scores"  # vljax.evals.requirements: embeddings or likelihood, as `scoring` picks
-  settings_keys = ("every", "num_examples", "scoring", "templates", "dataset")
+  option_needs = {itm_rerank.KEY: MATCHING}  # vljax.evals.requirements: set (> 0), itm_k needs an ITM head
+  settings_keys = ("every", "num_examples", "scoring", "templates", "dataset", itm_rerank.KEY)
 
   def __init__(self, settings, *, tokenizer, max_len: int, data: Mapping[str, Any]):
     datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
     spec = datasets.as_dict(settings.get("dataset", None))
     self.scoring = settings.get("scoring", "auto")
+    self.itm_k = itm_rerank.check_itm_k(settings, f"evals.{self.name}")
     spec_templates = spec.pop("templates", None) if spec else None
     given_templates = spec_templates or settings.get("templates", None)
     num_examples = settings.get("num_examples", None)
@@ -116,10 +126,28 @@ class ZeroShotEvaluator:
   def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
     scores, kept = self.scores(runner, params)
     labels = self.labels[kept]
-    if self.shapes:
-      return shapes_accuracy(scores, labels, len(shapes.SHAPES))
-    out = {f"top{k}": v for k, v in topk_accuracy(scores, labels).items()}
+    out = self.accuracy(scores, labels)
+    if self.itm_k:
+      out.update(itm_rerank.prefixed(self.accuracy(self.reranked(runner, params, scores, kept, labels), labels)))
     if self.images.skipped:
       out["skipped"] = float(self.images.skipped)
     return out
 
+  def accuracy(self, scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    if self.shapes:
+      return shapes_accuracy(scores, labels, len(shapes.SHAPES))
+    return {f"top{k}": v for k, v in topk_accuracy(scores, labels).items()}
+
+  def reranked(self, runner: ModelRunner, params, scores: np.ndarray, kept: np.ndarray, labels: np.ndarray
+               ) -> np.ndarray:
+    """scores [N_kept, N_classes] with each image's top itm_k classes re-scored: a class's match logit
+    is the mean of its prompts'."""
+    per_class = len(self.templates)
+    prompts = itm_rerank.image_match(runner, params, self.images, kept, self.prompt_tokens)
+
+    def match(rows: np.ndarray, classes: np.ndarray) -> np.ndarray:
+      prompt = classes[:, None] * per_class + np.arange(per_class)[None, :]
+      return prompts(np.repeat(rows, per_class), prompt.reshape(-1)).reshape(-1, per_class).mean(axis=1)
+
+    right = np.arange(scores.shape[1])[None, :] == labels[:, None]  # breaks ties at the k-th place only
+    return itm_rerank.rerank(scores, right, self.itm_k, match)

@@ -195,6 +195,23 @@ class ModelRunner:
     """float32 [N]: match probability of each (images[i], tokens[i]) pair."""
     return self.match_probs(params, self.fusion_memory(params, images), tokens)
 
+  @functools.cached_property
+  def _itm_logits(self):
+    return jax.jit(lambda params, memory, ids: self._apply(params, memory, ids, method="itm_logits"))
+
+  def pair_itm_logits(self, params, memory: np.ndarray, tokens: np.ndarray, memory_index: np.ndarray,
+                      token_index: np.ndarray) -> np.ndarray:
+    """float32 [P, 2]: the ITM head's (no match, match) logits of each pair (memory[memory_index[p]],
+    tokens[token_index[p]]); a chunk's rows are gathered as it runs, never every pair's at once."""
+    self._require_capability("image-text matching", model_decl.MATCHING)
+    memory_index, token_index = np.asarray(memory_index), np.asarray(token_index)
+    out = np.empty((len(memory_index), 2), np.float32)
+    for start in range(0, len(memory_index), self.chunk):
+      sl = slice(start, start + self.chunk)
+      out[sl] = self._chunked(lambda m, t: self._itm_logits(params, m, t), memory[memory_index[sl]],
+                              tokens[token_index[sl]])
+    return out
+
   def resolve_scoring(self, scoring: str) -> str:
     """"auto" -> embeddings when the model has them, else likelihood."""
     if scoring not in SCORINGS:
