@@ -123,6 +123,38 @@ def test_parameters_carry_logical_axis_names(imported):
   assert boxed["lm"]["block_0"]["attn"]["key"]["kernel"].names == ("embed", "heads", "kv")
 
 
+# The imported LM frozen, its new token rows not: what LLaVA / Flamingo runs freeze.
+FROZEN_LM = ["txt/(embedding|posemb)/.*", "lm/.*", "logits/kernel"]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied and tied heads
+def test_new_token_rows_train_under_a_frozen_lm(imported, family):
+  from flax import traverse_util
+  from vljax.train import optim
+  _, _, converted = imported(family)
+  tok = tokenizers.get_tokenizer(converted.data["tokenizer"])
+  new_ids = converted.model_cfg["new_token_ids"]
+  assert {tok.image_id, tok.eoc_id} <= set(new_ids)
+  params = converted.params
+  trainable, _ = optim.split_frozen(params, [p for p in FROZEN_LM if family == "llama" or p != "logits/kernel"])
+  assert sorted(traverse_util.flatten_dict(trainable, sep="/")) == sorted(
+      ["txt/new_tokens"] + (["logits/new_tokens"] if family == "llama" else []))
+  model = get_model(converted.model_cfg)
+  ids = jnp.asarray([[tok.bos_id, 5, tok.eoc_id, 7, 9, tok.eoc_id]])
+
+  def eoc_logp(p):  # log p(<eoc>) where the text has it, after an <eoc> in the input
+    logp = jax.nn.log_softmax(model.apply({"params": p}, None, ids, method="caption_logits"))
+    return logp[0, 4, tok.eoc_id] + logp[0, 1, tok.eoc_id]
+
+  grads = traverse_util.flatten_dict(jax.grad(eoc_logp)(params), sep="/")
+  row = new_ids.index(tok.eoc_id)
+  assert float(jnp.abs(grads["txt/new_tokens"][row]).sum()) > 0
+  if family == "llama":
+    assert float(jnp.abs(grads["logits/new_tokens"][row]).sum()) > 0
+    assert float(jnp.abs(grads["logits/kernel"][:, tok.eoc_id]).sum()) == 0  # the table's row is not read
+  assert float(jnp.abs(grads["txt/embedding/embedding"][tok.eoc_id]).sum()) == 0
+
+
 # ---- bad input -------------------------------------------------------------------------------------------
 
 def rewrite_config(folder, **changes):

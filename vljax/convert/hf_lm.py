@@ -11,7 +11,9 @@ Token ids: vljax id = checkpoint id + the tokenizer's id_offset (1 when the voca
 padding, as in GPT-2 and Llama: vljax keeps 0 for padding). Rows no checkpoint token fills (padding,
 appended BOS/EOS, "<image>", "<eoc>", the table's rounding to 128) start at the mean of the checkpoint's
 rows, in the token table and in an untied head, as transformers' resize_token_embeddings does: such a
-token's logit is the mean logit, never the greedy pick of the untrained model.
+token's logit is the mean logit, never the greedy pick of the untrained model. The tokens the tokenizer
+adds (BOS/EOS it lacks, "<image>", "<eoc>") are causal_lm's new_token_ids: their rows are params of their
+own (txt/new_tokens, logits/new_tokens), so a run can freeze the imported LM and still train them.
 
 Positions: max_len is the checkpoint's (max_position_embeddings); Mistral's sliding window, when set and
 shorter, caps it, so that every sequence the model takes attends exactly as the window would.
@@ -300,12 +302,17 @@ def import_lm(folder: str, tokenizer: str | None = None) -> Converted:
       raise ValueError(f"tokenizer {spec!r} has {known} tokens but the checkpoint's embedding has {rows} rows "
                        "(vocab_size in config.json): a tokenizer of another model?")
     vocab_size = padded_vocab_size(max(tok.vocab_size, id_offset + rows))
+    new_ids = list(range(id_offset + known, tok.vocab_size))  # appended BOS/EOS, "<image>", "<eoc>"
   else:
     logging.warning("%s: no tokenizer.json; the converted ids are the checkpoint's", folder)
-    id_offset, known = 0, rows
+    id_offset, known, new_ids = 0, rows, []
     vocab_size = padded_vocab_size(rows + len(tokenizers.SPECIAL_TOKENS))
   s, params = to_vljax(t, config, id_offset, known, vocab_size)
-  s["vocab_size"] = vocab_size
+  s.update(vocab_size=vocab_size, new_token_ids=new_ids)
+  if new_ids:  # their own rows (trainable under a frozen LM), starting as the table's: the mean row
+    params["txt"]["new_tokens"] = params["txt"]["embedding"]["embedding"][new_ids]
+    if "logits" in params:
+      params["logits"]["new_tokens"] = params["logits"]["kernel"].T[new_ids]
   check_params(params, s)
   model_cfg = dict(name="causal_lm", **s, source=os.path.abspath(folder))
   data = dict(tokenizer=spec, max_len=s["max_len"], id_offset=id_offset, format=f"hf_lm:{config['model_type']}",

@@ -39,6 +39,8 @@ CAUSAL_LM_DEFAULTS: dict[str, Any] = dict(
     head_dim=None,  # None: width // num_heads
     norm="layernorm", norm_eps=1e-5, positions="learned", rope_theta=10_000.0, mlp="gelu",
     qkv_bias=False, out_bias=False, mlp_bias=False, tie_embeddings=False,
+    new_token_ids=(),  # ids whose input and output rows are the separate params txt/new_tokens (and
+    # logits/new_tokens): tokens a pretrained LM lacks ("<image>", "<eoc>"), trainable while `frozen` holds the rest
     source=None)  # where the weights came from (an import's folder): a note, no effect on the model
 
 
@@ -166,12 +168,30 @@ class DecoderStack(nn.Module):
     return norm(self.s["norm"], self.s["norm_eps"], "encoder_norm", self.dtype, self.param_dtype)(x)
 
 
+def new_rows(module: nn.Module, new_ids: tuple[int, ...], width: int, param_dtype: Dtype) -> jax.Array | None:
+  """The module's "new_tokens" param [len(new_ids), width], or None without new ids."""
+  if not new_ids:
+    return None
+  return module.param("new_tokens", partitioned(nn.initializers.normal(0.02), (None, "embed")),
+                      (len(new_ids), width), param_dtype)
+
+
+def with_new_logits(logits: jax.Array, x: jax.Array, new_ids: tuple[int, ...], rows: jax.Array | None) -> jax.Array:
+  """logits [..., V] with the columns of new_ids computed from their own rows [n, D] instead."""
+  if rows is None:
+    return logits
+  new = jnp.einsum("...d,nd->...n", x, rows.astype(x.dtype)).astype(logits.dtype)
+  return logits.at[..., jnp.asarray(new_ids)].set(new)
+
+
 class Embedding(nn.Module):
-  """Token table "embedding" [+ learned position table "posemb"]; `attend` is the tied vocabulary head."""
+  """Token table "embedding" [+ learned position table "posemb"] [+ "new_tokens", the rows of new_ids];
+  `attend` is the tied vocabulary head."""
   vocab_size: int
   width: int
   max_len: int
   learned_positions: bool
+  new_ids: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -180,16 +200,38 @@ class Embedding(nn.Module):
                               embedding_init=partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
     if self.learned_positions:
       self.posemb = layers.LearnedPosEmb(self.max_len, self.param_dtype)
+    self.new_tokens = new_rows(self, self.new_ids, self.width, self.param_dtype)
 
   def tokens(self, ids: jax.Array) -> jax.Array:
-    return self.embedding(ids)
+    x = self.embedding(ids)
+    if self.new_tokens is None:
+      return x
+    match = ids[..., None] == jnp.asarray(self.new_ids)  # [B, L, n]: at most one true
+    new = jnp.einsum("bln,nd->bld", match.astype(x.dtype), self.new_tokens.astype(x.dtype))
+    return jnp.where(match.any(-1)[..., None], new, x)
 
   def add_positions(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
     """Learned rows offset..offset+L-1 added to x [B, L, D]; RoPE models rotate inside attention instead."""
     return self.posemb(x, offset) if self.learned_positions else x
 
   def attend(self, x: jax.Array) -> jax.Array:
-    return self.embedding.attend(x)
+    return with_new_logits(self.embedding.attend(x), x, self.new_ids, self.new_tokens)
+
+
+class Head(nn.Module):
+  """Untied vocabulary head: kernel [D, V] (no bias) [+ "new_tokens", the rows of new_ids]."""
+  vocab_size: int
+  new_ids: tuple[int, ...] = ()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", partitioned(layers.default_kernel_init, ("embed", "vocab")),
+                        (x.shape[-1], self.vocab_size), self.param_dtype)
+    x = x.astype(self.dtype)
+    logits = jnp.einsum("...d,dv->...v", x, kernel.astype(self.dtype))
+    return with_new_logits(logits, x, self.new_ids, new_rows(self, self.new_ids, x.shape[-1], self.param_dtype))
 
 
 @register_model("causal_lm")
@@ -205,10 +247,11 @@ class CausalLM(nn.Module):
   def setup(self):
     s, kw = self.text, dict(self.module_kw or {})
     dtypes = model_config.dtypes(kw)
-    self.txt = Embedding(s["vocab_size"], s["width"], s["max_len"], s["positions"] == "learned", **dtypes)
+    new_ids = tuple(s["new_token_ids"])
+    self.txt = Embedding(s["vocab_size"], s["width"], s["max_len"], s["positions"] == "learned", new_ids, **dtypes)
     self.lm = DecoderStack(s, **kw)
     if not s["tie_embeddings"]:
-      self.logits = layers.dense(s["vocab_size"], ("embed", "vocab"), name="logits", use_bias=False, **dtypes)
+      self.logits = Head(s["vocab_size"], new_ids, **dtypes)
 
   def run(self, x: jax.Array, decode_index: jax.Array | None = None) -> jax.Array:
     """Embedded tokens [B, L, D] (no positions yet) -> float32 logits [B, L, vocab]; decode_index (scalar or
@@ -279,6 +322,11 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if c["width"] % c["num_heads"]:
       raise ValueError(f"causal_lm width {c['width']} is not divisible by num_heads {c['num_heads']}; set head_dim")
     c["head_dim"] = c["width"] // c["num_heads"]
+  c["new_token_ids"] = tuple(int(i) for i in c["new_token_ids"] or ())
+  bad = [i for i in c["new_token_ids"] if not 0 <= i < c["vocab_size"]]
+  if bad or len(set(c["new_token_ids"])) != len(c["new_token_ids"]):
+    raise ValueError(f"causal_lm new_token_ids {list(c['new_token_ids'])} must be distinct ids in "
+                     f"[0, vocab_size={c['vocab_size']})")
   if c["positions"] == "rope" and c["head_dim"] % 2:
     raise ValueError(f"RoPE needs an even head_dim, got {c['head_dim']}")
   return c
