@@ -58,7 +58,8 @@ def test_recipe_arms_build(arm):
   cfg = config_lib.load_config(os.path.join(ROOT, "configs", "blip_shapes.py"), f"arm={arm}")
   cfg.evals = {}
   parts = setup.build(cfg)
-  assert set(cfg.objectives) >= {"softmax_contrastive"} and parts.model.fusion
+  itc = "momentum_contrastive" if arm == "blip" else "softmax_contrastive"  # BLIP's ITC distils from its EMA
+  assert itc in cfg.objectives and parts.model.fusion and (cfg.ema.decay > 0) == (arm == "blip")
   with pytest.raises(ValueError, match=r"arm='coca'; valid: \['blip', 'itc_itm', 'itc_mlm'\]"):
     config_lib.load_config(os.path.join(ROOT, "configs", "blip_shapes.py"), "arm=coca")
 
