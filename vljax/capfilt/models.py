@@ -27,10 +27,10 @@ from vljax.capfilt import job as job_lib
 from vljax.data import images as images_lib
 from vljax.data import tokenizers
 from vljax.inference.runner import ModelRunner
-from vljax.models import capabilities as model_decl, decoder, get_model
+from vljax.models import capabilities as model_decl, get_model
 from vljax.models.resolve import resolve_model_config
 from vljax.parallel.mesh import make_mesh
-from vljax.parallel.sharding import LOGICAL_RULES, replicated
+from vljax.parallel.sharding import replicated
 
 ROLES = ("captioner", "filter")
 
@@ -141,34 +141,9 @@ def _fold_keys(seed, indices, per_image):
   return jax.vmap(one)(indices)
 
 
-@functools.lru_cache(maxsize=4)
-def _sampler(run: Run, options: decode_lib.DecodeOptions):
-  """jit(params, images [B, ...], keys [B, 2]) -> tokens [B, max_len]: each row sampled with its own key.
-
-  The decoding of one row is vmapped over the batch (decode draws one key for its whole batch, so a
-  row's tokens would depend on its place in the batch)."""
-  model, tok = run.model, run.tokenizer
-
-  def sample(params, images, keys):
-    with nn.logical_axis_rules(LOGICAL_RULES):
-      memory = model.apply({"params": params}, images, method="encode_image")["memory"]
-      step_fn = decoder.make_step_fn(model, params)
-
-      def one(row_memory, key):
-        cache = decoder.init_cache(model, params, row_memory[None], options.max_len)
-        return decode_lib.decode(step_fn, cache, 1, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                                 options=options, rng=key).tokens[0]
-      return jax.vmap(one)(memory, keys)
-  return jax.jit(sample)
-
-
 def sample_captions(run: Run, pixels: np.ndarray, keys: np.ndarray, options: decode_lib.DecodeOptions) -> list[str]:
-  """One caption per row of pixels [B, H, W, 3] (preprocessed) and keys [B, 2], in chunks of the
-  runner's size."""
-  fn = _sampler(run, options)
-  # The runner's chunking (padding, batch sharding); a public ModelRunner method is proposed for this.
-  tokens = run.runner._chunked(lambda x, k: fn(run.params, x, k), pixels, keys)
-  return run.tokenizer.decode(tokens)
+  """One caption per row of pixels [B, H, W, 3] (preprocessed) and keys [B, 2], each row's from its key alone."""
+  return run.runner.sample_captions(run.params, pixels, keys, options)
 
 
 def match_probs(run: Run, pixels: np.ndarray, image_of: np.ndarray, texts: Sequence[str]) -> np.ndarray:

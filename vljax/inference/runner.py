@@ -254,6 +254,32 @@ class ModelRunner:
     result = self._chunked(lambda i, x: fn(params, x, rng, i), images, indexed=True)
     return self.tokenizer.decode(result.tokens), result.scores
 
+  @functools.lru_cache(maxsize=8)
+  def _row_sampler(self, options: decode_lib.DecodeOptions):
+    tok = self.tokenizer
+
+    def sample(params, images, keys):
+      with nn.logical_axis_rules(LOGICAL_RULES):
+        memory = self.model.apply({"params": params}, images, method="encode_image")["memory"]
+        step_fn = decoder.make_step_fn(self.model, params)
+
+        def one(row_memory, key):  # decode draws one key per batch: a batch of one row per key
+          cache = decoder.init_cache(self.model, params, row_memory[None], options.max_len)
+          return decode_lib.decode(step_fn, cache, 1, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                   options=options, rng=key).tokens[0]
+        return jax.vmap(one)(memory, keys)
+    return jax.jit(sample)
+
+  def sample_captions(self, params, images: np.ndarray, keys: np.ndarray, options: decode_lib.DecodeOptions
+                      ) -> list[str]:
+    """One caption per row of images [N, H, W, 3] (preprocessed), row i decoded with keys[i] (uint32
+    [N, 2]) alone: the same caption whatever batch or chunk the row lands in (CapFilt's resumable
+    sampling)."""
+    self._require("captioning", self.generative, "a caption decoder")
+    options.validate()
+    fn = self._row_sampler(options)
+    return self.tokenizer.decode(self._chunked(lambda x, k: fn(params, x, k), images, keys))
+
 
   @functools.lru_cache(maxsize=8)
   def _generate_fn(self, options: decode_lib.DecodeOptions, prompt_len: int):
