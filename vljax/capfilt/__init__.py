@@ -52,4 +52,10 @@ time but are correct (one of the world's wordings of the scene) 3% of the time (
 the filter cannot rank them, AUC 0.50); with them, the kept pairs are right 47% of the time. So at
 this budget filtering helps and captioning does not: the synthetic half needs a run that has learned
 shapes.
+
+With the whole recipe (arm=blip with momentum distillation, 750 steps, 34 minutes on the shared CPU:
+zero-shot 0.61, shape_acc 0.61, CIDEr 2.39, train/itm_acc 0.75) as captioner and filter, the same
+data and command (32 s): web AUC 0.84 (alt text 0.99, another scene's 0.97, colour swapped 0.51,
+shape swapped 0.65), precision 0.46 / recall 0.82 at 0.5, kept web captions 88.7% right (956 kept);
+synthetic captions 10.0% wholly right, 97% with the right colours, 1649 kept at 10.6% right (AUC 0.58).
 """
