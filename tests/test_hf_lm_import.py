@@ -1,6 +1,7 @@
-"""Hugging Face decoder-only LMs imported into vljax's causal_lm (vljax/convert/hf_lm.py): logits and greedy
-generation against transformers for GPT-2, OPT, Llama (untied, sharded safetensors), Mistral (grouped-query
-attention, head_dim != width / heads) and Qwen2 (qkv bias, tied, one KV head); the workdir; bad folders."""
+"""Hugging Face decoder-only LMs imported into vljax's `lm` model (vljax/convert/hf_lm.py, models/causal_lm.py):
+logits and greedy generation against transformers for GPT-2, OPT, Llama (untied, sharded safetensors), Mistral
+(grouped-query attention, head_dim != width / heads) and Qwen2 (qkv bias, tied, one KV head); the workdir; new
+token rows under a frozen LM; LLaVA with lm="hf:DIR"; bad folders."""
 
 import json
 import shutil
@@ -95,7 +96,7 @@ def test_tokenizer_from_the_folder(imported):
   # Llama's vocabulary: <unk> at 0, so every id moves up one and 0 is vljax's padding.
   assert tok.id_offset == converted.data["id_offset"] == 1
   np.testing.assert_array_equal(tok.encode(["w5 w7"], 6)[0], [1 + 1, 5 + 1, 7 + 1, 2 + 1, 0, 0])
-  assert tok.image_id < converted.model_cfg["vocab_size"]
+  assert tok.image_id < converted.model_cfg["lm"]["vocab_size"]
 
 
 @pytest.mark.cross_path
@@ -104,11 +105,12 @@ def test_cli_workdir_opens_with_vljax_load(imported, tmp_path):
   out = tmp_path / "qwen2"
   assert convert_main(["--checkpoint", str(folder), "--workdir", str(out), "--max_len", "16"]) == 0
   cfg = json.loads((out / "config.json").read_text())
-  assert cfg["model"]["name"] == "causal_lm" and cfg["data"]["max_len"] == 16
+  assert cfg["model"]["name"] == "lm" and cfg["model"]["lm"]["positions"] == "rope" and cfg["data"]["max_len"] == 16
   assert cfg["data"]["tokenizer"] == converted.data["tokenizer"]
   loaded = vljax.load(str(out))
   hf_ids = ref.lm_prompt_ids(1, 7)
-  logits = loaded.model.apply({"params": loaded.params}, None, jnp.asarray(hf_ids + 1), method="caption_logits")
+  logits = jax.jit(lambda p, ids: loaded.model.apply({"params": p}, None, ids, method="caption_logits"))(
+      loaded.params, jnp.asarray(hf_ids + 1))
   np.testing.assert_allclose(np.asarray(logits), vljax_logits(converted, hf_ids), atol=1e-5)
   # Tied embeddings: no separate head.
   assert "logits" not in loaded.params
@@ -133,7 +135,7 @@ def test_new_token_rows_train_under_a_frozen_lm(imported, family):
   from vljax.train import optim
   _, _, converted = imported(family)
   tok = tokenizers.get_tokenizer(converted.data["tokenizer"])
-  new_ids = converted.model_cfg["new_token_ids"]
+  new_ids = converted.model_cfg["lm"]["new_token_ids"]
   assert {tok.image_id, tok.eoc_id} <= set(new_ids)
   params = converted.params
   trainable, _ = optim.split_frozen(params, [p for p in FROZEN_LM if family == "llama" or p != "logits/kernel"])
@@ -146,7 +148,7 @@ def test_new_token_rows_train_under_a_frozen_lm(imported, family):
     logp = jax.nn.log_softmax(model.apply({"params": p}, None, ids, method="caption_logits"))
     return logp[0, 4, tok.eoc_id] + logp[0, 1, tok.eoc_id]
 
-  grads = traverse_util.flatten_dict(jax.grad(eoc_logp)(params), sep="/")
+  grads = traverse_util.flatten_dict(jax.jit(jax.grad(eoc_logp))(params), sep="/")
   row = new_ids.index(tok.eoc_id)
   assert float(jnp.abs(grads["txt/new_tokens"][row]).sum()) > 0
   if family == "llama":
@@ -230,3 +232,124 @@ def test_sequence_longer_than_the_positions(imported):
   _, _, converted = imported("qwen2")
   with pytest.raises(ValueError, match=f"exceeds the language model's max_len={ref.LM_LEN}"):
     vljax_logits(converted, ref.lm_prompt_ids(1, ref.LM_LEN + 1))
+
+
+@pytest.mark.cross_path
+def test_lm_config_reads_the_folder(imported):
+  """name="lm", lm="hf:DIR" builds the imported architecture from config.json and tokenizer.json alone."""
+  _, folder, converted = imported("opt")
+  model = get_model(dict(name="lm", lm=f"hf:{folder}"))
+  assert model.text == get_model(converted.model_cfg).text
+  ids = ref.lm_prompt_ids(1, 6) + converted.data["id_offset"]
+  np.testing.assert_allclose(jax.jit(lambda p: model.apply({"params": p}, None, ids, method="caption_logits"))(
+                                 converted.params),
+                             vljax_logits(converted, ids - converted.data["id_offset"]), atol=1e-5)
+  with pytest.raises(ValueError, match="give one of them"):
+    get_model(dict(name="lm", lm=f"hf:{folder}", text=dict(variant="mu")))
+  with pytest.raises(ValueError, match=r"Unknown lm settings \['heads'\]"):
+    get_model(dict(name="lm", lm=dict(converted.model_cfg["lm"], heads=3)))
+
+
+# ---- LLaVA with an imported language model (lm="hf:DIR") --------------------------------------------------
+
+def llava_with_imported_lm(imported, family):
+  from flax import linen as nn
+  _, folder, converted = imported(family)
+  tok = tokenizers.get_tokenizer(converted.data["tokenizer"])
+  model = get_model(dict(name="llava", image=dict(variant="mu/8", posemb="sincos2d"), image_token_id=tok.image_id,
+                         lm=f"hf:{folder}"))
+  image = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1, 16, 16, 3)), jnp.float32)
+  ids = jnp.asarray(tok.encode(["w5 w7 w9 <image>", "w11 <image> w12"], 8))
+  fresh = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), image=image, text=ids)["params"])
+  return tok, model, image, ids, fresh, converted
+
+
+@pytest.mark.cross_path
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # RoPE, untied / learned positions, tied
+def test_llava_language_half_is_the_imported_lm(imported, family):
+  tok, model, image, ids, fresh, converted = llava_with_imported_lm(imported, family)
+  shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)
+  lm_keys = [k for k in ("txt", "lm", "logits") if k in converted.params]
+  assert shapes({k: fresh[k] for k in lm_keys}) == shapes(converted.params)  # init_from txt,lm,logits fits
+  params = dict(fresh, **converted.params)
+  logits = np.asarray(jax.jit(model.apply)({"params": params}, image, ids)["caption_logits"])
+  # Text before "<image>" sees no image: there LLaVA's logits are the imported LM's own.
+  lm_logits = vljax_logits(converted, np.asarray(ids[:1, :4]) - converted.data["id_offset"])
+  np.testing.assert_allclose(logits[0, :4], lm_logits[0], atol=TOLERANCE)
+  assert not np.allclose(logits[1, 2:4], lm_logits[0, 2:4], atol=1e-3)  # after its image, row 1 differs
+
+
+@pytest.mark.slow
+@pytest.mark.cross_path
+def test_llava_with_imported_lm_generates_as_greedy_recompute(imported):
+  from conftest import greedy_by_recompute
+  from vljax.inference.runner import ModelRunner
+  from vljax.parallel.mesh import make_mesh
+  tok, model, image, ids, fresh, converted = llava_with_imported_lm(imported, "qwen2")
+  params = dict(fresh, **converted.params)
+  prompts = jnp.asarray(tok.encode(["<image> w5 w6", "w9 <image> w4"], 5))
+  lengths = np.asarray((prompts != 0).sum(1) - 1)  # without EOS: generation continues the prompt
+  mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    runner = ModelRunner(model, mesh, chunk=2, tokenizer=tok)
+    got = runner.generate(params, np.asarray(image), np.asarray(prompts), lengths,
+                          decode_lib.DecodeOptions(max_len=4, min_len=4))
+  assert got == greedy_by_recompute(model, params, image, np.asarray(prompts), lengths, 4, tok)
+
+
+def test_llava_lm_and_text_are_exclusive(imported):
+  _, folder, _ = imported("qwen2")
+  with pytest.raises(ValueError, match="give one of them"):
+    get_model(dict(name="llava", image=dict(variant="mu/8"), image_token_id=3, lm=f"hf:{folder}",
+                   text=dict(variant="mu")))
+  with pytest.raises(ValueError, match="valid forms are 'hf:/path/to/hf_model_folder'"):
+    get_model(dict(name="llava", image=dict(variant="mu/8"), image_token_id=3, lm=str(folder)))
+
+
+# ---- Flamingo with an imported language model ------------------------------------------------------------
+
+def flamingo_with_imported_lm(imported):
+  """Mistral: RoPE positions through Flamingo's layer-by-layer LM, grouped-query attention."""
+  from flax import linen as nn
+  _, folder, converted = imported("mistral")
+  tok = tokenizers.get_tokenizer(converted.data["tokenizer"])
+  model = get_model(dict(name="flamingo", image=dict(variant="mu/8", posemb="sincos2d"), num_latents=4,
+                         resampler_depth=1, image_token_id=tok.image_id, lm=f"hf:{folder}"))
+  image = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1, 16, 16, 3)), jnp.float32)
+  ids = jnp.asarray(tok.encode(["<image> w5 w7 w9", "w11 <image> w12 w4"], 8))
+  params = dict(nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), image=image, text=ids)["params"]),
+                **converted.params)
+  return tok, model, image, ids, params, converted
+
+
+def open_gates(params):
+  return jax.tree_util.tree_map_with_path(lambda path, p: p + 0.5 if "gate" in jax.tree_util.keystr(path) else p,
+                                          params)
+
+
+@pytest.mark.cross_path
+def test_flamingo_with_imported_lm_starts_as_the_lm(imported):
+  """Its gates start at 0: the untrained Flamingo's logits are the imported LM's everywhere."""
+  tok, model, image, ids, params, converted = flamingo_with_imported_lm(imported)
+  forward = jax.jit(lambda p: model.apply({"params": p}, image, ids)["caption_logits"])
+  lm_logits = vljax_logits(converted, np.asarray(ids) - converted.data["id_offset"])
+  np.testing.assert_allclose(np.asarray(forward(params)), lm_logits, atol=TOLERANCE)
+  opened = np.asarray(forward(open_gates(params)))  # the gated layers now count
+  assert np.abs(opened - lm_logits).max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.cross_path
+def test_flamingo_with_imported_lm_generates_as_greedy_recompute(imported):
+  from conftest import greedy_by_recompute
+  from vljax.inference.runner import ModelRunner
+  from vljax.parallel.mesh import make_mesh
+  tok, model, image, _, params, _ = flamingo_with_imported_lm(imported)
+  params = open_gates(params)
+  prompts = np.asarray(tok.encode(["<image> w5 w6", "w9 <image> w4"], 5))
+  lengths = (prompts != 0).sum(1) - 1  # without EOS: generation continues the prompt
+  mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    got = ModelRunner(model, mesh, chunk=2, tokenizer=tok).generate(
+        params, np.asarray(image), prompts, lengths, decode_lib.DecodeOptions(max_len=4, min_len=4))
+  assert got == greedy_by_recompute(model, params, image, prompts, lengths, 4, tok)

@@ -28,10 +28,10 @@ MODEL_CONFIGS = {
                   text=dict(TOWERS["text"], max_len=320)),
     "flamingo": dict(name="flamingo", image_token_id=TOK.image_id, num_latents=64, **TOWERS),
     # Imported language models (vljax/convert/hf_lm.py): Llama-like (GQA, untied) and GPT-2-like (tied).
-    "causal_lm": dict(name="causal_lm", vocab_size=32000, width=384, depth=12, num_heads=6, num_kv_heads=2,
-                      mlp_dim=1024, max_len=64, norm="rmsnorm", positions="rope", mlp="swiglu"),
-    "causal_lm_gpt2": dict(name="causal_lm", vocab_size=32000, width=384, depth=12, num_heads=6, mlp_dim=1536,
-                           max_len=64, qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True),
+    "lm_llama": dict(name="lm", lm=dict(vocab_size=32000, width=384, depth=12, num_heads=6, num_kv_heads=2,
+                                        mlp_dim=1024, max_len=64, norm="rmsnorm", positions="rope", mlp="swiglu")),
+    "lm_gpt2": dict(name="lm", lm=dict(vocab_size=32000, width=384, depth=12, num_heads=6, mlp_dim=1536, max_len=64,
+                                       qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True)),
     "composable": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384, image_pool="map"),
                        decoder=dict(TOWERS["text"], mode="parallel", memory_queries=64)),
     # BLIP: the fusion head on the decoder's blocks (share="blip") and one of its own (share="none").

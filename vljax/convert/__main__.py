@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
 
 def convert_lm(args: argparse.Namespace) -> int:
-  """A decoder-only LM folder -> a causal_lm workdir (the image options do not apply)."""
+  """A decoder-only LM folder -> an `lm` workdir (the image options do not apply)."""
   from vljax.convert import hf_lm
 
   ignored = [f"--{k}" for k in ("image_size", "activation", "input_normalization", "config") if getattr(args, k)]
@@ -72,9 +72,10 @@ def convert_lm(args: argparse.Namespace) -> int:
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  m, data = converted.model_cfg, converted.data
-  print(f"wrote {path} and a step-0 checkpoint: {data['format']} -> causal_lm {m['depth']} layers, width "
-        f"{m['width']}, vocab {m['vocab_size']}, max_len {m['max_len']}, tokenizer {data['tokenizer']!r}")
+  data = converted.data
+  s = converted.model_cfg["lm"]
+  print(f"wrote {path} and a step-0 checkpoint: {data['format']} -> lm of {s['depth']} layers, width "
+        f"{s['width']}, vocab {s['vocab_size']}, max_len {s['max_len']}, tokenizer {data['tokenizer']!r}")
   return 0
 
 

@@ -1,4 +1,5 @@
-"""Hugging Face decoder-only language models (a local folder) -> vljax's causal_lm model and a workdir.
+"""Hugging Face decoder-only language models (a local folder) -> vljax's `lm` model with a pretrained
+architecture (vljax/models/causal_lm.py), and a workdir.
 
   converted = vljax.convert.hf_lm.import_lm("Qwen2-0.5B/")   # config.json + safetensors (+ index)
   vljax.convert.hf_lm.write_workdir(converted, "runs/qwen2")  # vljax.load / init_from source
@@ -46,7 +47,7 @@ IGNORED = (r".*\.attn\.bias", r".*\.attn\.masked_bias", r".*rotary_emb\.inv_freq
 
 
 class Converted(NamedTuple):
-  model_cfg: dict  # a causal_lm config (the "model" of a training config)
+  model_cfg: dict  # the `lm` model with `lm` settings (the "model" of a training config)
   params: dict  # float32 numpy arrays in that model's layout
   data: dict  # tokenizer (spec or None), max_len, id_offset, format, source
 
@@ -273,7 +274,7 @@ def check_params(params: dict, s: dict[str, Any]) -> None:
   from flax import linen as nn
   from vljax.models import get_model
 
-  model = get_model(dict(name="causal_lm", **s))
+  model = get_model(dict(name="lm", lm=s))
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), text=np.zeros((1, 1), np.int32)))
   name = lambda path: "/".join(k.key for k in path)
   expected = {name(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(nn.unbox(abstract["params"]))}
@@ -285,40 +286,61 @@ def check_params(params: dict, s: dict[str, Any]) -> None:
 
 # ---- the import ----------------------------------------------------------------------------------------
 
+class Vocabulary(NamedTuple):
+  """How the checkpoint's token rows sit in vljax's table."""
+  tokenizer: str | None  # the vljax tokenizer spec
+  id_offset: int  # vljax id - checkpoint id
+  known: int  # checkpoint rows the tokenizer reaches (the first `known`)
+  vocab_size: int  # rows of vljax's table
+  new_ids: list[int]  # ids the tokenizer adds (BOS/EOS it lacks, "<image>", "<eoc>"): causal_lm's new_token_ids
+
+
+def vocabulary(folder: str, config: dict[str, Any], tokenizer: str | None = None) -> Vocabulary:
+  """The vocabulary layout of a folder's LM with `tokenizer` (default: the folder's tokenizer.json)."""
+  rows = config["vocab_size"]
+  spec = tokenizer or folder_tokenizer(folder)
+  if not spec:
+    logging.warning("%s: no tokenizer.json; the converted ids are the checkpoint's", folder)
+    return Vocabulary(None, 0, rows, padded_vocab_size(rows + len(tokenizers.SPECIAL_TOKENS)), [])
+  tok = tokenizers.get_tokenizer(spec)
+  known = backend_size(tok, spec)
+  if known > rows:
+    raise ValueError(f"tokenizer {spec!r} has {known} tokens but the checkpoint's embedding has {rows} rows "
+                     "(vocab_size in config.json): a tokenizer of another model?")
+  return Vocabulary(spec, tok.id_offset, known, padded_vocab_size(max(tok.vocab_size, tok.id_offset + rows)),
+                    list(range(tok.id_offset + known, tok.vocab_size)))
+
+
+def lm_settings(folder: str, tokenizer: str | None = None) -> dict[str, Any]:
+  """The `lm` settings (vljax/models/causal_lm.py) that import_lm(folder, tokenizer) gives, from config.json and
+  the tokenizer alone (no weights read): what a model given `lm="hf:DIR"` builds its language model from."""
+  config = read_config(folder)
+  v = vocabulary(folder, config, tokenizer)
+  s = settings(config)
+  return dict(s, vocab_size=v.vocab_size, new_token_ids=v.new_ids, source=os.path.abspath(folder))
+
+
 def import_lm(folder: str, tokenizer: str | None = None) -> Converted:
   """Read a Hugging Face decoder-only LM folder and convert it to a causal_lm config and params.
 
   tokenizer: a vljax tokenizer spec (default: the folder's tokenizer.json through the "hf:" backend; without
-  one, ids are the checkpoint's own, with "<image>" and "<eoc>" after them).
+  one, ids are the checkpoint's own and no rows are added for "<image>" and "<eoc>").
   """
   config = read_config(folder)
   t = read_weights(folder)
-  rows = config["vocab_size"]
-  spec = tokenizer or folder_tokenizer(folder)
-  if spec:
-    tok = tokenizers.get_tokenizer(spec)
-    id_offset, known = tok.id_offset, backend_size(tok, spec)
-    if known > rows:
-      raise ValueError(f"tokenizer {spec!r} has {known} tokens but the checkpoint's embedding has {rows} rows "
-                       "(vocab_size in config.json): a tokenizer of another model?")
-    vocab_size = padded_vocab_size(max(tok.vocab_size, id_offset + rows))
-    new_ids = list(range(id_offset + known, tok.vocab_size))  # appended BOS/EOS, "<image>", "<eoc>"
-  else:
-    logging.warning("%s: no tokenizer.json; the converted ids are the checkpoint's", folder)
-    id_offset, known, new_ids = 0, rows, []
-    vocab_size = padded_vocab_size(rows + len(tokenizers.SPECIAL_TOKENS))
-  s, params = to_vljax(t, config, id_offset, known, vocab_size)
-  s.update(vocab_size=vocab_size, new_token_ids=new_ids)
-  if new_ids:  # their own rows (trainable under a frozen LM), starting as the table's: the mean row
-    params["txt"]["new_tokens"] = params["txt"]["embedding"]["embedding"][new_ids]
+  v = vocabulary(folder, config, tokenizer)
+  s, params = to_vljax(t, config, v.id_offset, v.known, v.vocab_size)
+  s.update(vocab_size=v.vocab_size, new_token_ids=v.new_ids)
+  if v.new_ids:  # their own rows (trainable under a frozen LM), starting as the table's: the mean row
+    params["txt"]["new_tokens"] = params["txt"]["embedding"]["embedding"][v.new_ids]
     if "logits" in params:
-      params["logits"]["new_tokens"] = params["logits"]["kernel"].T[new_ids]
+      params["logits"]["new_tokens"] = params["logits"]["kernel"].T[v.new_ids]
   check_params(params, s)
-  model_cfg = dict(name="causal_lm", **s, source=os.path.abspath(folder))
-  data = dict(tokenizer=spec, max_len=s["max_len"], id_offset=id_offset, format=f"hf_lm:{config['model_type']}",
-              source=os.path.abspath(folder))
+  model_cfg = dict(name="lm", lm=dict(s, source=os.path.abspath(folder)))
+  data = dict(tokenizer=v.tokenizer, max_len=s["max_len"], id_offset=v.id_offset,
+              format=f"hf_lm:{config['model_type']}", source=os.path.abspath(folder))
   logging.info("converted %s (%s): %d layers, width %d, vocab %d", folder, config["model_type"], s["depth"],
-               s["width"], vocab_size)
+               s["width"], v.vocab_size)
   return Converted(model_cfg, params, data)
 
 
@@ -350,7 +372,7 @@ def write_workdir(converted: Converted, workdir: str, max_len: int | None = None
   if data["tokenizer"]:
     cfg.data.tokenizer = data["tokenizer"]
   path = metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
-  meta = {"model_name": "causal_lm", "param_shapes": checkpoint_io.param_shapes(params),
+  meta = {"model_name": "lm", "param_shapes": checkpoint_io.param_shapes(params),
           "converted_from": data["source"], "format": data["format"]}
   checkpointer = ckpt_lib.Checkpointer(workdir, every=0, keep=1, async_save=False)
   checkpointer.save(0, {"params": params}, {}, meta, force=True)

@@ -3,11 +3,12 @@
   ids -> token embedding [+ learned positions] -> depth x pre-norm block -> final norm -> vocab logits
   block: x + out(attention(rope?(q), rope?(k), v)) over norm(x); x + mlp(norm(x))
 
-Settings (CAUSAL_LM_DEFAULTS): norm layernorm|rmsnorm with its epsilon, positions learned|rope (theta),
-grouped-query attention (num_kv_heads < num_heads; equal is multi-head), q/k/v and output biases, MLP
-gelu|gelu_tanh|relu|swiglu, tied or untied vocabulary head. vljax/convert/hf_lm.py imports Hugging Face
-checkpoints into it. A separate model from `lm` because `lm` shares text_settings and layers.Transformer
-with every text tower, where these options would add branches that no tower uses.
+Settings (SETTINGS): norm layernorm|rmsnorm with its epsilon, positions learned|rope (theta), grouped-query
+attention (num_kv_heads < num_heads; equal is multi-head), q/k/v and output biases, MLP gelu|gelu_tanh|relu|
+swiglu, tied or untied vocabulary head, new_token_ids. The `lm` model builds it for a config
+`lm=dict(...)` or `lm="hf:DIR"` (vljax/models/lm.py), and LLaVA for its own `lm` key; vljax/convert/hf_lm.py
+imports Hugging Face checkpoints into it. Its own file, not options of layers.Transformer: that is every text
+tower's and ViT's stack, where these branches would serve no tower.
 
 Parameter names follow LanguageModel's (txt, lm/block_i, lm/encoder_norm, logits) so that image-conditioned
 models can hold either. Keys get no bias where positions are learned: q.b_k is the same for every key of a
@@ -26,14 +27,13 @@ from jax.ad_checkpoint import checkpoint_name
 
 from vljax.models import flops, layers, model_config
 from vljax.models.layers import ACT, Dtype, EinsumDense, check_choice, partitioned
-from vljax.models.registry import register_model
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 MLPS = {"gelu": layers.ACTIVATIONS["gelu"], "gelu_tanh": layers.ACTIVATIONS["gelu_tanh"], "relu": nn.relu,
         "swiglu": nn.silu}  # swiglu: silu(gate(x)) * fc1(x)
 REQUIRED = ("vocab_size", "width", "depth", "num_heads", "mlp_dim", "max_len")
-CAUSAL_LM_DEFAULTS: dict[str, Any] = dict(
+SETTINGS: dict[str, Any] = dict(  # the `lm` setting's keys and defaults
     **{k: None for k in REQUIRED},
     num_kv_heads=None,  # None: num_heads (multi-head attention)
     head_dim=None,  # None: width // num_heads
@@ -125,7 +125,7 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   """Pre-norm decoder block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-  s: dict[str, Any]  # resolved settings (resolve_config)
+  s: dict[str, Any]  # checked settings (language_settings)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
@@ -184,6 +184,30 @@ def with_new_logits(logits: jax.Array, x: jax.Array, new_ids: tuple[int, ...], r
   return logits.at[..., jnp.asarray(new_ids)].set(new)
 
 
+class LayerByLayer(nn.Module):
+  """DecoderStack's blocks one at a time, for models that put layers of their own between them (Flamingo's
+  gated cross-attention); the same param names as DecoderStack(scan=False)."""
+  s: dict[str, Any]
+  remat: str = "none"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+  def setup(self):
+    block_cls = Block
+    if self.remat != "none":
+      block_cls = nn.remat(Block, policy=layers.REMAT_POLICIES[self.remat])
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.block = [block_cls(self.s, attention_impl=self.attention_impl, **kw) for _ in range(self.s["depth"])]
+    self.encoder_norm = norm(self.s["norm"], self.s["norm_eps"], "encoder_norm", **kw)
+
+  def layer(self, i: int, x: jax.Array, positions: jax.Array, decode_index: jax.Array | None) -> jax.Array:
+    return self.block[i](x, positions, decode_index)[0]
+
+  def final_norm(self, x: jax.Array) -> jax.Array:
+    return self.encoder_norm(x)
+
+
 class Embedding(nn.Module):
   """Token table "embedding" [+ learned position table "posemb"] [+ "new_tokens", the rows of new_ids];
   `attend` is the tied vocabulary head."""
@@ -234,10 +258,10 @@ class Head(nn.Module):
     return with_new_logits(logits, x, self.new_ids, new_rows(self, self.new_ids, x.shape[-1], self.param_dtype))
 
 
-@register_model("causal_lm")
 class CausalLM(nn.Module):
-  """Params: txt (embedding [, posemb]), lm (blocks + encoder_norm), logits (absent when tied)."""
-  text: dict[str, Any]  # the architecture settings (resolve_config() without the module options), as lm's `text`
+  """Params: txt (embedding [, posemb] [, new_tokens]), lm (blocks + encoder_norm), logits (absent when tied).
+  The `lm` model's module for a config with `lm` settings (vljax/models/lm.py)."""
+  text: dict[str, Any]  # language_settings(): the architecture, in the place of lm's text tower settings
   module_kw: dict[str, Any] | None = None
   capabilities = frozenset()  # text only: nothing an image evaluator can use
   inputs = ("text",)
@@ -245,26 +269,14 @@ class CausalLM(nn.Module):
   rng_streams = ("dropout",)
 
   def setup(self):
-    s, kw = self.text, dict(self.module_kw or {})
-    dtypes = model_config.dtypes(kw)
-    new_ids = tuple(s["new_token_ids"])
-    self.txt = Embedding(s["vocab_size"], s["width"], s["max_len"], s["positions"] == "learned", new_ids, **dtypes)
-    self.lm = DecoderStack(s, **kw)
-    if not s["tie_embeddings"]:
-      self.logits = Head(s["vocab_size"], new_ids, **dtypes)
+    self.txt, self.lm, head = language_modules(self.text, self.module_kw)
+    if head is not None:
+      self.logits = head
 
   def run(self, x: jax.Array, decode_index: jax.Array | None = None) -> jax.Array:
     """Embedded tokens [B, L, D] (no positions yet) -> float32 logits [B, L, vocab]; decode_index (scalar or
     [B]): the positions of x's first token, with the KV cache."""
-    length = x.shape[1]
-    if length > self.text["max_len"]:
-      raise ValueError(f"sequence of {length} positions exceeds the language model's max_len="
-                       f"{self.text['max_len']}")
-    offset = 0 if decode_index is None else decode_index
-    positions = jnp.reshape(offset, (-1, 1)) + jnp.arange(length)[None]  # [B or 1, L]
-    h = self.lm(self.txt.add_positions(x, offset), positions, decode_index)
-    logits = self.txt.attend(h) if self.text["tie_embeddings"] else self.logits(h)
-    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    return head_logits(self, hidden_states(self, x, decode_index))
 
   def caption_logits(self, memory: jax.Array | None, ids: jax.Array) -> jax.Array:
     del memory  # no image: the captioning models' signature
@@ -280,54 +292,98 @@ class CausalLM(nn.Module):
     del image, train
     return {} if text is None else {"caption_logits": self.caption_logits(None, text)}
 
-  @classmethod
-  def from_config(cls, cfg: dict[str, Any]) -> "CausalLM":
-    c = resolve_config(cfg)
-    arch = {k: c[k] for k in CAUSAL_LM_DEFAULTS}
-    return cls(text=arch, module_kw=model_config.module_kwargs(c))
 
-  @classmethod
-  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
-    """Forward FLOPs by part over the data's text length: the projections at their GQA widths."""
-    s = resolve_config(cfg)
-    n, d, h = inputs.text_len, s["width"], s["head_dim"]
-    qkvo = 2 * n * d * h * (2 * s["num_heads"] + 2 * s["num_kv_heads"])
-    mlp = 2 * n * d * s["mlp_dim"] * (3 if s["mlp"] == "swiglu" else 2)
-    attention = 4 * n * n * s["num_heads"] * h
-    parts, last = [flops.Part("txt", ("txt",), reads={"text": 0.0})], "txt"
-    names = ["lm/layers"] if s["scan"] else [f"lm/block_{i}" for i in range(s["depth"])]
-    k = s["depth"] / len(names)
-    for name in names:
-      parts.append(flops.Part(name, (name,), float(k * (qkvo + mlp)), float(k * attention), {last: 0.0}))
-      last = name
-    parts.append(flops.Part("lm/encoder_norm", ("lm/encoder_norm",), reads={last: 0.0}))
-    head = "txt" if s["tie_embeddings"] else "logits"
-    vocab = float(2 * n * d * s["vocab_size"])
-    return parts + [flops.Part("logits", (head,), vocab, reads={"lm/encoder_norm": vocab})]
+# ---- the language half of image-conditioned models (LLaVA, Flamingo: their `lm` setting) -------------------
+# A parent module sets self.txt, self.lm and (untied) self.logits from language_modules() in its setup, so
+# the params keep CausalLM's names and an imported LM's workdir loads into them with init_from.
+
+def language_modules(s: dict[str, Any], module_kw: dict[str, Any] | None) -> tuple[nn.Module, ...]:
+  """(txt, lm, logits or None) of causal_lm settings `s`, unnamed: the caller's setup names them."""
+  kw = dict(module_kw or {})
+  dtypes = model_config.dtypes(kw)
+  new_ids = tuple(s["new_token_ids"])
+  txt = Embedding(s["vocab_size"], s["width"], s["max_len"], s["positions"] == "learned", new_ids, **dtypes)
+  head = None if s["tie_embeddings"] else Head(s["vocab_size"], new_ids, **dtypes)
+  return txt, DecoderStack(s, **kw), head
 
 
-def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
-  """Defaults filled, every setting checked; num_kv_heads and head_dim made explicit."""
-  c = model_config.resolve("causal_lm", cfg, CAUSAL_LM_DEFAULTS, {})
+def positions_of(length: int, decode_index: jax.Array | None, max_len: int) -> jax.Array:
+  """Positions [B or 1, length] of a sequence whose first token sits at decode_index (0 without the cache)."""
+  if length > max_len:
+    raise ValueError(f"sequence of {length} positions exceeds the language model's max_len={max_len}")
+  offset = 0 if decode_index is None else decode_index
+  return jnp.reshape(offset, (-1, 1)) + jnp.arange(length)[None]
+
+
+def hidden_states(parent: nn.Module, x: jax.Array, decode_index: jax.Array | None = None) -> jax.Array:
+  """parent.lm over embedded tokens x [B, L, D] whose first sits at decode_index (0 without the cache)."""
+  positions = positions_of(x.shape[1], decode_index, parent.text["max_len"])
+  return parent.lm(parent.txt.add_positions(x, 0 if decode_index is None else decode_index), positions,
+                   decode_index)
+
+
+def head_logits(parent: nn.Module, h: jax.Array) -> jax.Array:
+  """Hidden states -> float32 logits [B, L, vocab] through parent's tied table or its head."""
+  logits = parent.txt.attend(h) if parent.text["tie_embeddings"] else parent.logits(h)
+  return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def language_settings(value: Any) -> dict[str, Any]:
+  """A model's `lm` setting -> every SETTINGS key, checked: "hf:DIR" (a Hugging Face folder, read by
+  vljax.convert.hf_lm.lm_settings) or a dict of SETTINGS keys."""
+  if isinstance(value, str):
+    kind, sep, folder = value.partition(":")
+    if kind != "hf" or not sep or not folder:
+      raise ValueError(f"lm={value!r}: valid forms are 'hf:/path/to/hf_model_folder' or a dict of {sorted(SETTINGS)}")
+    from vljax.convert import hf_lm  # lazy: the converter imports the models package
+    value = hf_lm.lm_settings(folder)
+  c = dict(value)
+  unknown = sorted(set(c) - set(SETTINGS))
+  if unknown:
+    raise ValueError(f"Unknown lm settings {unknown}; valid: {sorted(SETTINGS)}")
+  c = dict(SETTINGS, **c)
   missing = [k for k in REQUIRED if c[k] is None]
   if missing:
-    raise ValueError(f"causal_lm config needs {missing} (e.g. from vljax.convert's import of a Hugging Face LM)")
-  check_choice("causal_lm norm", c["norm"], NORMS)
-  check_choice("causal_lm positions", c["positions"], POSITIONS)
-  check_choice("causal_lm mlp", c["mlp"], MLPS)
+    raise ValueError(f"lm settings need {missing} (e.g. lm='hf:DIR', or a workdir python -m vljax.convert wrote)")
+  check_choice("lm norm", c["norm"], NORMS)
+  check_choice("lm positions", c["positions"], POSITIONS)
+  check_choice("lm mlp", c["mlp"], MLPS)
   c["num_kv_heads"] = c["num_kv_heads"] or c["num_heads"]
   if c["num_heads"] % c["num_kv_heads"]:
-    raise ValueError(f"causal_lm num_heads={c['num_heads']} is not a multiple of num_kv_heads={c['num_kv_heads']}")
+    raise ValueError(f"lm num_heads={c['num_heads']} is not a multiple of num_kv_heads={c['num_kv_heads']}")
   if c["head_dim"] is None:
     if c["width"] % c["num_heads"]:
-      raise ValueError(f"causal_lm width {c['width']} is not divisible by num_heads {c['num_heads']}; set head_dim")
+      raise ValueError(f"lm width {c['width']} is not divisible by num_heads {c['num_heads']}; set head_dim")
     c["head_dim"] = c["width"] // c["num_heads"]
   c["new_token_ids"] = tuple(int(i) for i in c["new_token_ids"] or ())
   bad = [i for i in c["new_token_ids"] if not 0 <= i < c["vocab_size"]]
   if bad or len(set(c["new_token_ids"])) != len(c["new_token_ids"]):
-    raise ValueError(f"causal_lm new_token_ids {list(c['new_token_ids'])} must be distinct ids in "
+    raise ValueError(f"lm new_token_ids {list(c['new_token_ids'])} must be distinct ids in "
                      f"[0, vocab_size={c['vocab_size']})")
   if c["positions"] == "rope" and c["head_dim"] % 2:
     raise ValueError(f"RoPE needs an even head_dim, got {c['head_dim']}")
   return c
 
+
+def decoder_parts(s: dict[str, Any], length: int, reads: str, scan: bool = False,
+                  head_length: int | None = None) -> list[flops.Part]:
+  """Forward FLOPs of the blocks over `length` positions of part `reads` (projections at their GQA widths)
+  and of the vocabulary head over head_length positions (default all)."""
+  parts, last = [], reads
+  names = ["lm/layers"] if scan else [f"lm/block_{i}" for i in range(s["depth"])]
+  for name in names:
+    parts.append(block_part(s, name, length, last, s["depth"] / len(names)))
+    last = name
+  parts.append(flops.Part("lm/encoder_norm", ("lm/encoder_norm",), reads={last: 0.0}))
+  head = "txt" if s["tie_embeddings"] else "logits"
+  vocab = float(2 * (length if head_length is None else head_length) * s["width"] * s["vocab_size"])
+  return parts + [flops.Part("logits", (head,), vocab, reads={"lm/encoder_norm": vocab})]
+
+
+def block_part(s: dict[str, Any], name: str, length: int, reads: str, times: float = 1.0) -> flops.Part:
+  """One Block over `length` positions of part `reads` (`times` of them: a scanned stack)."""
+  n, d, h = length, s["width"], s["head_dim"]
+  qkvo = 2 * n * d * h * (2 * s["num_heads"] + 2 * s["num_kv_heads"])
+  mlp = 2 * n * d * s["mlp_dim"] * (3 if s["mlp"] == "swiglu" else 2)
+  return flops.Part(name, (name,), float(times * (qkvo + mlp)), float(times * 4 * n * n * s["num_heads"] * h),
+                    {reads: 0.0})

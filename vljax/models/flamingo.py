@@ -13,6 +13,12 @@ only_attend_immediate_media=False, every such image); text before the first imag
 The gates a, b start at 0, so the untrained model is exactly its language model. The language
 model keeps LanguageModel's names (txt, lm/block_i, lm/encoder_norm, logits) and the vision tower
 the ViT's (img/...), so both load from earlier runs with init_from and are frozen by default.
+
+lm="hf:DIR" (or a dict of causal_lm SETTINGS) makes the language model a pretrained LM's architecture
+(vljax/models/causal_lm.py: GPT-2, OPT, Llama, Mistral, Qwen2) instead of `text`'s, with the same names; its
+weights come from the workdir `python -m vljax.convert --checkpoint DIR` writes (init_from sources
+"WORKDIR:txt,lm,logits"), data.tokenizer is the folder's, and its new token rows (txt/new_tokens:
+"<image>", "<eoc>") stay trainable when frozen names txt/embedding, lm and logits/kernel.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import flops, layers, model_config
+from vljax.models import causal_lm, flops, layers, model_config
 from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, MULTI_IMAGE, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import MlpBlock, MultiHeadAttention, REMAT_POLICIES, layer_norm, partitioned
@@ -34,7 +40,8 @@ from vljax.models.vit import ViT, vit_settings
 
 FLAMINGO_DEFAULTS: dict[str, Any] = dict(
     image=None, text=None, num_latents=64, resampler_depth=2, cross_attn_every_n_layers=1,
-    only_attend_immediate_media=True, image_token_id=None)
+    only_attend_immediate_media=True, image_token_id=None,
+    lm=None)  # "hf:DIR" or a dict of causal_lm SETTINGS: a pretrained LM's architecture instead of `text`
 
 
 class PerceiverResampler(nn.Module):
@@ -142,6 +149,7 @@ class Flamingo(nn.Module):
   only_attend_immediate_media: bool = True
   image_token_id: int = -1
   module_kw: dict[str, Any] | None = None
+  pretrained_lm: bool = False  # text holds causal_lm settings (config lm=...), not a text tower's
   image_prompted = True  # captions and answers continue a text prompt after the images
   capabilities = frozenset({GENERATION, PROMPTED, MULTI_IMAGE, IMAGE_FEATURES})
   inputs = ("image", "text")
@@ -155,12 +163,19 @@ class Flamingo(nn.Module):
     t, img = self.text, self.img
     self.resampler = PerceiverResampler(self.num_latents, self.resampler_depth, img.num_heads, img.mlp_dim,
                                         **dtypes)
-    self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
-    self.lm = LanguageBlocks(t["depth"], t["mlp_dim"], t["num_heads"], remat=kw.get("remat", "none"),
-                             attention_impl=kw.get("attention_impl"), **dtypes)
+    if self.pretrained_lm:
+      self.txt, _, head = causal_lm.language_modules(t, kw)
+      self.lm = causal_lm.LayerByLayer(t, remat=kw.get("remat", "none"), attention_impl=kw.get("attention_impl"),
+                                       **dtypes)
+    else:
+      self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
+      self.lm = LanguageBlocks(t["depth"], t["mlp_dim"], t["num_heads"], remat=kw.get("remat", "none"),
+                               attention_impl=kw.get("attention_impl"), **dtypes)
+      head = layers.dense(t["vocab_size"], ("embed", "vocab"), name="logits", **dtypes)
     self.xattn = [GatedCrossAttention(t["num_heads"], t["mlp_dim"], attention_impl=kw.get("attention_impl"),
                                       **dtypes) for _ in range(0, t["depth"], self.cross_attn_every_n_layers)]
-    self.logits = layers.dense(t["vocab_size"], ("embed", "vocab"), name="logits", **dtypes)
+    if head is not None:  # a pretrained LM's tied table has none
+      self.logits = head
     self.media_count = MediaCount()
 
   def encode_image(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -176,11 +191,20 @@ class Flamingo(nn.Module):
     num_images = media.shape[1] if media is not None else self._cached_images()
     mask, sees_media = media_attention(counts, num_images, self.num_latents, self.only_attend_immediate_media)
     flat = None if media is None else media.reshape(media.shape[0], -1, media.shape[-1])
+    if self.pretrained_lm:  # its blocks take positions (RoPE) and mask causally themselves
+      self_mask = causal_lm.positions_of(x.shape[1], decode_index, self.text["max_len"])
     for i in range(self.text["depth"]):
       if i % self.cross_attn_every_n_layers == 0:
         x = self.xattn[i // self.cross_attn_every_n_layers](x, flat, mask, sees_media, decode_index)
       x = self.lm.layer(i, x, self_mask, decode_index)
+    if self.pretrained_lm:
+      return causal_lm.head_logits(self, self.lm.final_norm(x))
     return vocab_logits(self.logits, self.lm.norm(x))
+
+  def _embed(self, ids: jax.Array, decode_index: jax.Array | int = 0) -> jax.Array:
+    if self.pretrained_lm:
+      return self.txt.add_positions(self.txt.tokens(ids), decode_index)
+    return self.txt(ids, decode_index)
 
   def _cached_images(self) -> int:
     """Images in the cross-attention cache (decoding steps pass no media)."""
@@ -189,7 +213,7 @@ class Flamingo(nn.Module):
 
   def caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
     counts = jnp.cumsum(ids == self.image_token_id, axis=1)
-    return self._run(self.txt(ids), memory, causal_mask(ids.shape[1]), counts, None)
+    return self._run(self._embed(ids), memory, causal_mask(ids.shape[1]), counts, None)
 
   def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
     """KV-cached logits; the call given the memory (the prompt's prefill) also records how many
@@ -199,7 +223,7 @@ class Flamingo(nn.Module):
       self.media_count(counts[:, -1])
     else:
       counts = jnp.broadcast_to(self.media_count()[:, None], ids.shape)
-    return self._run(self.txt(ids, decode_index), memory, None, counts, decode_index)
+    return self._run(self._embed(ids, decode_index), memory, None, counts, decode_index)
 
   def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
                train: bool = False) -> dict[str, jax.Array]:
@@ -213,7 +237,7 @@ class Flamingo(nn.Module):
     return cls(img=ViT(**c["image"], **kw), text=c["text"], num_latents=c["num_latents"],
                resampler_depth=c["resampler_depth"], cross_attn_every_n_layers=c["cross_attn_every_n_layers"],
                only_attend_immediate_media=c["only_attend_immediate_media"], image_token_id=c["image_token_id"],
-               module_kw=kw)
+               module_kw=kw, pretrained_lm=c["lm"] is not None)
 
   @classmethod
   def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
@@ -239,14 +263,25 @@ class Flamingo(nn.Module):
         parts.append(flops.Part(name, (name,), float(q + kv + 2 * length * d * d + 4 * length * d * t["mlp_dim"]),
                                 float(4 * length * s * d), {last: 0.0, "resampler": float(kv)}))
         last = name
-      parts.append(flops.block(f"lm/block_{i}", length, d, t["mlp_dim"], last))
+      if c["lm"] is not None:
+        parts.append(causal_lm.block_part(t, f"lm/block_{i}", length, last))
+      else:
+        parts.append(flops.block(f"lm/block_{i}", length, d, t["mlp_dim"], last))
       last = parts[-1].name
     return parts + flops.decoder_lm(dict(t, depth=0), length, last)
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
-  c = model_config.resolve("flamingo", cfg, FLAMINGO_DEFAULTS, {"image": vit_settings, "text": text_settings})
-  c["text"]["causal"] = True
+  """With lm set, `text` becomes the pretrained LM's causal_lm settings (and must not be given)."""
+  if cfg.get("lm") is not None:
+    if cfg.get("text"):
+      raise ValueError(f"flamingo: lm={cfg['lm']!r} is the language model; text={cfg['text']!r} would be a second "
+                       "one; give one of them")
+    c = model_config.resolve("flamingo", cfg, FLAMINGO_DEFAULTS, {"image": vit_settings})
+    c["text"] = causal_lm.language_settings(c["lm"])
+  else:
+    c = model_config.resolve("flamingo", cfg, FLAMINGO_DEFAULTS, {"image": vit_settings, "text": text_settings})
+    c["text"]["causal"] = True
   model_config.check_image_tokens_only("flamingo", c["image"])
   if c["scan"]:
     raise ValueError("flamingo interleaves cross-attention between the LM's layers: scan=True is not "

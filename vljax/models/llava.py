@@ -9,6 +9,12 @@ the ViT's (img/...), so both load from earlier runs with init_from. Stage 1 trai
 projector; stage 2 the projector and the language model (configs/llava_shapes_stage*.py).
 Logits come back at the text positions, so the captioning objective and its loss mask apply as
 for any captioning model. One image per sequence, its "<image>" anywhere in the text.
+
+lm="hf:DIR" (or a causal_lm config dict) makes the language half a pretrained LM's architecture (GPT-2, OPT,
+Llama, Mistral, Qwen2: vljax/models/causal_lm.py) instead of `text`'s; its weights come from the workdir
+`python -m vljax.convert --checkpoint DIR` writes (init_from.sources=("WORKDIR:txt,lm,logits",)), data.tokenizer
+must be the folder's ("hf:DIR/tokenizer.json"), and frozen=("txt/(embedding|posemb)/.*", "lm/.*", "logits/kernel")
+freezes it all but the rows of the tokens it lacks (txt/new_tokens, logits/new_tokens).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import flops, layers, model_config
+from vljax.models import causal_lm, flops, layers, model_config
 from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import check_choice
@@ -29,7 +35,8 @@ from vljax.models.text import text_settings
 from vljax.models.vit import ViT, vit_settings
 
 PROJECTORS = ("linear", "mlp2x_gelu")
-LLAVA_DEFAULTS: dict[str, Any] = dict(image=None, text=None, projector="mlp2x_gelu", image_token_id=None)
+LLAVA_DEFAULTS: dict[str, Any] = dict(image=None, text=None, projector="mlp2x_gelu", image_token_id=None,
+                                      lm=None)  # "hf:DIR" or a causal_lm dict: a pretrained LM's architecture
 
 
 class Projector(nn.Module):
@@ -77,6 +84,7 @@ class LLaVA(nn.Module):
   projector_kind: str = "mlp2x_gelu"
   image_token_id: int = -1
   module_kw: dict[str, Any] | None = None
+  pretrained_lm: bool = False  # text holds causal_lm settings (config lm=...), not a text tower's
   splices_image_tokens = True  # prompts grow by (image tokens - 1): see ModelRunner.generate
   image_prompted = True  # captions and answers continue a text prompt after the image
   # One image per sequence, read only through its <image> token: no plain caption scoring, no few-shot.
@@ -91,6 +99,11 @@ class LLaVA(nn.Module):
     dtypes = model_config.dtypes(kw)
     t = self.text
     self.projector = Projector(self.projector_kind, t["width"], **dtypes)
+    if self.pretrained_lm:
+      self.txt, self.lm, head = causal_lm.language_modules(t, kw)
+      if head is not None:
+        self.logits = head
+      return
     self.txt = TokenEmbedding(t["vocab_size"], t["width"], t["max_len"], **dtypes)
     self.lm = layers.Transformer(t["depth"], t["mlp_dim"], t["num_heads"], **kw)
     self.logits = layers.dense(t["vocab_size"], ("embed", "vocab"), name="logits", **dtypes)
@@ -110,13 +123,21 @@ class LLaVA(nn.Module):
                        f"raise model.text.max_len (and the LM run's) or shorten data.max_len")
 
   def _head(self, x: jax.Array) -> jax.Array:
-    return vocab_logits(self.logits, x)
+    return causal_lm.head_logits(self, x) if self.pretrained_lm else vocab_logits(self.logits, x)
+
+  def _language(self, x: jax.Array, decode_index: jax.Array | None = None) -> jax.Array:
+    """Hidden states of the language model over embedded tokens x [B, L, D] (positions added here)."""
+    if self.pretrained_lm:
+      return causal_lm.hidden_states(self, x, decode_index)
+    if decode_index is None:
+      return self.lm(self.txt.add_positions(x), causal_mask(x.shape[1]))
+    return self.lm(self.txt.add_positions(x, decode_index), decode_index=decode_index)
 
   def caption_logits(self, memory: jax.Array, ids: jax.Array) -> jax.Array:
     """Teacher-forced logits [B, L, vocab] at the text positions of ids (one "<image>" each)."""
     x, text_pos = splice(ids, self.txt.tokens(ids), memory[:, 0], self.image_token_id)
     self._check_fits(x.shape[1], ids.shape[1])
-    x = self.lm(self.txt.add_positions(x), causal_mask(x.shape[1]))
+    x = self._language(x)
     return self._head(jnp.take_along_axis(x, text_pos[..., None], axis=1))
 
   def decode_step(self, ids: jax.Array, memory: jax.Array | None, decode_index: jax.Array) -> jax.Array:
@@ -124,9 +145,8 @@ class LLaVA(nn.Module):
     x = self.txt.tokens(ids)
     if memory is not None:
       x, text_pos = splice(ids, x, memory[:, 0], self.image_token_id)
-      x = self.lm(self.txt.add_positions(x, decode_index), decode_index=decode_index)
-      return self._head(jnp.take_along_axis(x, text_pos[..., None], axis=1))
-    return self._head(self.lm(self.txt.add_positions(x, decode_index), decode_index=decode_index))
+      return self._head(jnp.take_along_axis(self._language(x, decode_index), text_pos[..., None], axis=1))
+    return self._head(self._language(x, decode_index))
 
   def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
                train: bool = False) -> dict[str, jax.Array]:
@@ -138,7 +158,7 @@ class LLaVA(nn.Module):
     c = resolve_config(cfg)
     kw = model_config.module_kwargs(c)
     return cls(img=ViT(**c["image"], **kw), text=c["text"], projector_kind=c["projector"],
-               image_token_id=c["image_token_id"], module_kw=kw)
+               image_token_id=c["image_token_id"], module_kw=kw, pretrained_lm=c["lm"] is not None)
 
   @classmethod
   def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
@@ -152,12 +172,22 @@ class LLaVA(nn.Module):
     parts.append(flops.Part("projector", ("projector",), float(2 * n * dv * d + fc2), reads={tokens: 2.0 * n * dv * d}))
     parts.append(flops.Part("txt", ("txt",), reads={"text": 0.0}))
     parts.append(flops.Part("splice", reads={"projector": 0.0, "txt": 0.0}))
+    if c["lm"] is not None:
+      return parts + causal_lm.decoder_parts(t, length + n - 1, "splice", c["scan"], head_length=length)
     return parts + flops.decoder_lm(t, length + n - 1, "splice", scan=c["scan"], head_length=length)
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
-  c = model_config.resolve("llava", cfg, LLAVA_DEFAULTS, {"image": vit_settings, "text": text_settings})
-  c["text"]["causal"] = True
+  """With lm set, `text` becomes the pretrained LM's causal_lm settings (and must not be given)."""
+  if cfg.get("lm") is not None:
+    if cfg.get("text"):
+      raise ValueError(f"llava: lm={cfg['lm']!r} is the language model; text={cfg['text']!r} would be a second "
+                       "one; give one of them")
+    c = model_config.resolve("llava", cfg, LLAVA_DEFAULTS, {"image": vit_settings})
+    c["text"] = causal_lm.language_settings(c["lm"])
+  else:
+    c = model_config.resolve("llava", cfg, LLAVA_DEFAULTS, {"image": vit_settings, "text": text_settings})
+    c["text"]["causal"] = True
   model_config.check_image_tokens_only("llava", c["image"])
   check_choice("LLaVA projector", c["projector"], PROJECTORS)
   if c["image_token_id"] is None:

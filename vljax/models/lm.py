@@ -3,6 +3,11 @@
 Trained alone (configs/lm_shapes.py) on captions and question-answer text, it is the language
 half that image-conditioned models (LLaVA, Flamingo) start from via `init_from`: they keep its
 parameter names (txt, lm, logits) so its checkpoint loads into them unchanged.
+
+A pretrained LM's architecture instead of the text tower's: `lm="hf:DIR"` (a Hugging Face GPT-2, OPT, Llama,
+Mistral or Qwen2 folder) or `lm=dict(...)` of vljax/models/causal_lm.py's SETTINGS, as the workdirs of
+`python -m vljax.convert --checkpoint DIR` hold; the model is then causal_lm.CausalLM, with the same
+parameter names and methods.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from vljax.models import flops, layers, model_config
+from vljax.models import causal_lm, flops, layers, model_config
 from vljax.models.decoder import TokenEmbedding, causal_mask, vocab_logits
 from vljax.models.registry import register_model
 from vljax.models.text import text_settings
 
-LM_DEFAULTS: dict[str, Any] = dict(text=None)
+LM_DEFAULTS: dict[str, Any] = dict(text=None, lm=None)  # lm: a pretrained LM's architecture (see above)
 
 
 @register_model("lm")
@@ -57,19 +62,31 @@ class LanguageModel(nn.Module):
     return {} if text is None else {"caption_logits": self.caption_logits(None, text)}
 
   @classmethod
-  def from_config(cls, cfg: dict[str, Any]) -> "LanguageModel":
+  def from_config(cls, cfg: dict[str, Any]) -> "LanguageModel | causal_lm.CausalLM":
     c = resolve_config(cfg)
-    return cls(text=c["text"], module_kw=model_config.module_kwargs(c))
+    model_cls = causal_lm.CausalLM if c["lm"] is not None else cls
+    return model_cls(text=c["text"], module_kw=model_config.module_kwargs(c))
 
   @classmethod
   def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
     """Forward FLOPs by part (vljax/models/flops.py) over the data's text length."""
     c = resolve_config(cfg)
+    if c["lm"] is not None:
+      return [flops.Part("txt", ("txt",), reads={"text": 0.0})] + causal_lm.decoder_parts(
+          c["text"], inputs.text_len, "txt", c["scan"])
     return [flops.Part("txt", ("txt",), reads={"text": 0.0})] + flops.decoder_lm(c["text"], inputs.text_len, "txt",
                                                                                scan=c["scan"])
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
-  c = model_config.resolve("lm", cfg, LM_DEFAULTS, {"text": text_settings})
-  c["text"]["causal"] = True
+  """With lm set, `text` becomes its causal_lm settings (and must not be given)."""
+  if cfg.get("lm") is None:
+    c = model_config.resolve("lm", cfg, LM_DEFAULTS, {"text": text_settings})
+    c["text"]["causal"] = True
+    return c
+  if cfg.get("text"):
+    raise ValueError(f"lm config: lm={cfg['lm']!r} is the architecture; text={cfg['text']!r} would be a second "
+                     "one; give one of them")
+  c = model_config.resolve("lm", cfg, LM_DEFAULTS, {})
+  c["text"] = causal_lm.language_settings(c["lm"])
   return c
