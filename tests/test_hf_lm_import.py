@@ -353,3 +353,30 @@ def test_flamingo_with_imported_lm_generates_as_greedy_recompute(imported):
     got = ModelRunner(model, mesh, chunk=2, tokenizer=tok).generate(
         params, np.asarray(image), prompts, lengths, decode_lib.DecodeOptions(max_len=4, min_len=4))
   assert got == greedy_by_recompute(model, params, image, prompts, lengths, 4, tok)
+
+
+@pytest.mark.slow
+def test_llava_trains_on_an_imported_frozen_lm(imported, tmp_path):
+  """The recipe's chain: python -m vljax.convert, then LLaVA with lm=hf:DIR, init_from the converted workdir and
+  the LM frozen: its weights stay the imported ones, the projector and the new token rows train."""
+  import conftest
+  from flax import traverse_util
+  from vljax import checkpoint_io
+  from vljax.train import trainer
+  _, folder, converted = imported("llama")
+  lm_dir = tmp_path / "lm"
+  assert convert_main(["--checkpoint", str(folder), "--workdir", str(lm_dir)]) == 0
+  cfg = conftest.tiny_config(evals={}, total_steps=2, batch_size=8)
+  cfg.model = dict(name="llava", image=dict(variant="mu/8", depth=1, posemb="sincos2d"), lm=f"hf:{folder}")
+  cfg.objectives = {"captioning": 1.0}
+  cfg.data.update(format="vlm", max_len=24, image_size=16, tokenizer=converted.data["tokenizer"])
+  cfg.init_from = dict(workdir="", subtree="", step=-1, sources=(f"{lm_dir}:txt,lm,logits",))
+  cfg.frozen = tuple(FROZEN_LM)
+  cfg.checkpoint = dict(every=2, keep=1, async_save=False)
+  trainer.train_and_evaluate(cfg, str(tmp_path / "llava"))
+  trained = traverse_util.flatten_dict(checkpoint_io.load_params(str(tmp_path / "llava"), None)[0], sep="/")
+  imported_params = traverse_util.flatten_dict(converted.params, sep="/")
+  for name in ("txt/embedding/embedding", "lm/block_1/attn/key/kernel", "logits/kernel"):
+    np.testing.assert_array_equal(trained[name], imported_params[name])
+  for name in ("txt/new_tokens", "logits/new_tokens"):
+    assert np.abs(trained[name] - imported_params[name]).max() > 0, name
