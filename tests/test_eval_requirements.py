@@ -14,6 +14,7 @@ from vljax import evals, models
 from vljax.data import tokenizers
 from vljax.evals import requirements
 from vljax.evals.requirements import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD, MULTI_IMAGE, PROMPTED
+from vljax.models.capabilities import MATCHING
 from vljax.train import setup
 from vljax.train.trainer import train_and_evaluate
 
@@ -39,7 +40,7 @@ def test_every_model_declares_what_it_can_do():
   tower = IMAGE_FEATURES  # every model with an image tower
   assert caps == {"lm": set(), "llava": {GENERATION, PROMPTED, tower},
                   "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE, tower},
-                  "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, tower}}
+                  "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, MATCHING, tower}}
   # A composable config has the capabilities of the heads it builds.
   built = {name: requirements.model_capabilities(models.get_model(dict(cfg, text=dict(cfg["text"], vocab_size=128))
                                                                   if "text" in cfg else cfg))

@@ -73,7 +73,9 @@ def detect_format(path: str) -> str:
     if model_type in by_type:
       return by_type[model_type]
     if os.path.isdir(path):
-      raise ValueError(f"{config}: model_type {model_type!r} is not supported; valid: {sorted(by_type)}")
+      from vljax.convert import hf_lm  # lazy: only this message needs the language models' list
+      raise ValueError(f"{config}: model_type {model_type!r} is not supported; valid: {sorted(by_type)} (image-text "
+                       f"models), {list(hf_lm.MODEL_TYPES)} (language models)")
   if os.path.isdir(path):
     raise FileNotFoundError(f"{path!r} is a folder without config.json; give the checkpoint file")
   if path.endswith(".npz"):
