@@ -194,7 +194,7 @@ def activation_bytes(model, cfg, state, batch) -> int | None:
 
   def loss(params):
     with nn.logical_axis_rules(LOGICAL_RULES):
-      return loss_fn(params, jax.lax.stop_gradient(frozen), micro, state.rng)[0]
+      return loss_fn(params, jax.lax.stop_gradient(frozen), micro, state.rng, state.ema_params)[0]
 
   residuals = saved_residuals(loss, trainable)
   return sum(int(np.prod(aval.shape)) * aval.dtype.itemsize for aval, source in residuals
