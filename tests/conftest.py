@@ -6,6 +6,7 @@ compilation cache per test run; how the run compiles (`VLJAX_TEST_COMPILE`); the
 import gc
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -202,3 +203,18 @@ def train_on_one_device(cfg, parts, local_batch: dict, steps: int) -> list[dict]
       state, metrics = train_step(state, _global_batch(local_batch, mesh))
       history.append(metrics)
   return history
+
+
+def sigterm_after_logging(monkeypatch, step: int) -> None:
+  """The trainer gets SIGTERM once it has logged step `step`'s train metrics (a preemption there: it
+  saves and stops at the next step); monkeypatch.undo() ends it."""
+  from vljax import metrics as metrics_lib
+
+  write = metrics_lib.MetricWriter.write
+
+  def write_then_preempt(self, at, row):
+    write(self, at, row)
+    if at == step and "train/loss" in row:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write_then_preempt)

@@ -2,8 +2,6 @@
 (vljax/objectives/momentum.py): the average's arithmetic through the trainer, exact resume,
 evaluation of the EMA, loading it, the distilled loss against a hand computation, bad settings."""
 
-import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +10,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from conftest import tiny_config
+from conftest import sigterm_after_logging, tiny_config
 from vljax import checkpoint_io, config as config_lib
-from vljax import metrics as metrics_lib
 from vljax.metrics import read_metrics
 from vljax.objectives import momentum, softmax_contrastive_loss
 from vljax.train import ema as ema_lib
@@ -90,20 +87,14 @@ def test_resume_restores_the_ema_exactly(ema_run, tmp_path, monkeypatch):
   """Preempted after step 2, resumed to 4: the same EMA bit for bit as the straight run."""
   workdir, _ = ema_run
   part = str(tmp_path / "part")
-  write = metrics_lib.MetricWriter.write
-
-  def write_then_preempt(self, step, row):
-    write(self, step, row)
-    if step == 2 and "train/loss" in row:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write_then_preempt)
+  sigterm_after_logging(monkeypatch, 2)
   train_and_evaluate(_ema_config(), part)
   monkeypatch.undo()
   assert sorted(read_metrics(part)["train/loss"]) == [1, 2, 3]
   train_and_evaluate(_ema_config(), part)
+  resumed = _state_at(part, 4)[1]
   for key, value in _state_at(workdir, 4)[1].items():
-    np.testing.assert_array_equal(_state_at(part, 4)[1][key], value, err_msg=key)
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
 
 
 def test_resuming_with_the_ema_switched_on_or_off_names_it(ema_run, tmp_path):

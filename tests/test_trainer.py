@@ -2,16 +2,14 @@
 
 import json
 import os
-import signal
 
 import jax
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import tiny_config, workdir_listing
+from conftest import sigterm_after_logging, tiny_config, workdir_listing
 from vljax import checkpoint_io
-from vljax import metrics as metrics_lib
 from vljax.metrics import read_metrics
 from vljax.train import checkpoint as ckpt_lib
 from vljax.train.trainer import train_and_evaluate
@@ -59,14 +57,7 @@ def test_resume_continues_bitwise(finished_run, tmp_path, monkeypatch):
   the rerun of the same command continues to 6: same losses, same evals."""
   workdir, final = finished_run
   part = str(tmp_path / "part")
-  write = metrics_lib.MetricWriter.write
-
-  def write_then_preempt(self, step, row):
-    write(self, step, row)
-    if step == 3 and "train/loss" in row:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write_then_preempt)
+  sigterm_after_logging(monkeypatch, 3)
   train_and_evaluate(tiny_config(), part)
   monkeypatch.undo()
   assert ckpt_lib.Checkpointer(part, every=3, keep=2).latest_step() == 4

@@ -151,4 +151,4 @@ def match_probs(run: Run, pixels: np.ndarray, image_of: np.ndarray, texts: Seque
   (each image encoded once)."""
   memory = run.runner.fusion_memory(run.params, pixels)
   tokens = run.tokenizer.encode(list(texts), run.max_len)
-  return run.runner.match_probs(run.params, memory[image_of], tokens)
+  return run.runner.match_probs(run.params, memory, tokens, image_of)

@@ -146,9 +146,7 @@ def write_workdir(converted: Converted, workdir: str, config: ml_collections.Con
   workdir (`init_from`): this one has no optimizer state. Returns the config.json path."""
   model_cfg, params, data = converted
   config = fit.as_config(config) if config is not None else None
-  checkpoints = epath.Path(checkpoint_io.checkpoint_dir(workdir))
-  if checkpoints.is_dir() and any(checkpoints.iterdir()):
-    raise ValueError(f"{workdir!r} already holds checkpoints; write converted weights to a new workdir")
+  check_new_workdir(workdir)
   cfg = ml_collections.ConfigDict(config.to_dict()) if config is not None else config_lib.base_config()
   if config is None:
     cfg.model = model_cfg
@@ -161,8 +159,21 @@ def write_workdir(converted: Converted, workdir: str, config: ml_collections.Con
   else:
     logging.warning("no tokenizer given for %s: config.json keeps data.tokenizer=%r; set the model's own "
                     "(e.g. --tokenizer bpe:/path/bpe_simple_vocab_16e6.txt.gz)", data["source"], cfg.data.tokenizer)
+  return save_converted(workdir, cfg, params, "composable", data)
+
+
+def check_new_workdir(workdir: str) -> None:
+  """Converted weights go to a workdir without checkpoints: nothing already written is replaced."""
+  checkpoints = epath.Path(checkpoint_io.checkpoint_dir(workdir))
+  if checkpoints.is_dir() and any(checkpoints.iterdir()):
+    raise ValueError(f"{workdir!r} already holds checkpoints; write converted weights to a new workdir")
+
+
+def save_converted(workdir: str, cfg: ml_collections.ConfigDict, params: dict, model_name: str, data: dict) -> str:
+  """config.json and a step-0 Orbax checkpoint of `params` (no optimizer state), its metadata naming the
+  source; returns config.json's path."""
   path = metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
-  meta = {"model_name": "composable", "param_shapes": checkpoint_io.param_shapes(params),
+  meta = {"model_name": model_name, "param_shapes": checkpoint_io.param_shapes(params),
           "converted_from": data["source"], "format": data["format"]}
   checkpointer = ckpt_lib.Checkpointer(workdir, every=0, keep=1, async_save=False)
   checkpointer.save(0, {"params": params}, {}, meta, force=True)

@@ -28,16 +28,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
-from etils import epath
 
-from vljax import checkpoint_io
 from vljax import config as config_lib
-from vljax import metrics as metrics_lib
-from vljax.convert import files
+from vljax.convert import check_new_workdir, files, save_converted
 from vljax.convert.towers import Tensors
 from vljax.data import tokenizers
 from vljax.models.resolve import padded_vocab_size
-from vljax.train import checkpoint as ckpt_lib
 
 MODEL_TYPES = ("gpt2", "llama", "mistral", "opt", "qwen2")
 INDEX = "model.safetensors.index.json"
@@ -362,19 +358,11 @@ def write_workdir(converted: Converted, workdir: str, max_len: int | None = None
   Orbax checkpoint, which vljax.load(workdir) opens and init_from.workdir reads. Returns config.json's path.
   max_len: the run's data.max_len (default min(512, the model's))."""
   model_cfg, params, data = converted
-  checkpoints = epath.Path(checkpoint_io.checkpoint_dir(workdir))
-  if checkpoints.is_dir() and any(checkpoints.iterdir()):
-    raise ValueError(f"{workdir!r} already holds checkpoints; write converted weights to a new workdir")
+  check_new_workdir(workdir)
   cfg = config_lib.base_config()
   cfg.model = model_cfg
   cfg.objectives = {"captioning": 1.0}
   cfg.data.max_len = min(max_len or 512, data["max_len"])
   if data["tokenizer"]:
     cfg.data.tokenizer = data["tokenizer"]
-  path = metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
-  meta = {"model_name": "lm", "param_shapes": checkpoint_io.param_shapes(params),
-          "converted_from": data["source"], "format": data["format"]}
-  checkpointer = ckpt_lib.Checkpointer(workdir, every=0, keep=1, async_save=False)
-  checkpointer.save(0, {"params": params}, {}, meta, force=True)
-  checkpointer.close()
-  return path
+  return save_converted(workdir, cfg, params, "lm", data)

@@ -12,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 from flax import linen as nn
 from jax.experimental import multihost_utils
 
@@ -174,26 +175,16 @@ class ModelRunner:
   def _fusion_memory(self):
     return jax.jit(lambda params, image: self._apply(params, image=image, train=False)["fusion_memory"])
 
-  @functools.cached_property
-  def _match_prob(self):
-    def match(params, memory, ids):
-      return jax.nn.softmax(self._apply(params, memory, ids, method="itm_logits"), axis=-1)[:, 1]
-    return jax.jit(match)
-
   def fusion_memory(self, params, images: np.ndarray) -> np.ndarray:
     """What the image-grounded text encoder cross-attends to, per image [N, T, D]."""
     self._require_capability("image-text matching", model_decl.MATCHING)
     return self._chunked(lambda x: self._fusion_memory(params, x), images)
 
-  def match_probs(self, params, memory: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """float32 [N]: the ITM head's probability that tokens[i] describes the image of memory[i]
-    (memory from fusion_memory; an image's row may repeat, one per caption it is paired with)."""
-    self._require_capability("image-text matching", model_decl.MATCHING)
-    return self._chunked(lambda m, t: self._match_prob(params, m, t), memory, tokens)
-
-  def itm_scores(self, params, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """float32 [N]: match probability of each (images[i], tokens[i]) pair."""
-    return self.match_probs(params, self.fusion_memory(params, images), tokens)
+  def match_probs(self, params, memory: np.ndarray, tokens: np.ndarray, memory_index: np.ndarray) -> np.ndarray:
+    """float32 [N]: the ITM head's probability that tokens[i] describes the image of
+    memory[memory_index[i]] (memory from fusion_memory), pairs gathered a chunk at a time."""
+    logits = self.pair_itm_logits(params, memory, tokens, memory_index, np.arange(len(tokens)))
+    return scipy.special.softmax(logits, axis=-1)[:, 1].astype(np.float32)
 
   @functools.cached_property
   def _itm_logits(self):

@@ -21,7 +21,7 @@ MULTI_IMAGE = "multi_image_prompts"
 # probes read (vljax.inference.runner.ModelRunner.image_features).
 IMAGE_FEATURES = "image_features"
 # An image-grounded text encoder with a match head (BLIP's ITM): `fusion_memory` from an image,
-# `itm_logits(memory, ids)` per pair (vljax.inference.runner.ModelRunner.itm_scores).
+# `itm_logits(memory, ids)` per pair (vljax.inference.runner.ModelRunner.pair_itm_logits).
 MATCHING = "matching"
 
 DESCRIPTIONS = {

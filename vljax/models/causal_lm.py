@@ -328,6 +328,24 @@ def head_logits(parent: nn.Module, h: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
+def resolve_image_lm(name: str, cfg: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+  """model_config.resolve of an image-conditioned LM (llava, flamingo): with `lm` set, `text` becomes
+  the pretrained LM's settings (and must not be given); else `text` is a vljax text tower's, causal."""
+  from vljax.models.text import text_settings  # lazy: the towers' settings, only for this
+  from vljax.models.vit import vit_settings
+
+  if cfg.get("lm") is not None:
+    if cfg.get("text"):
+      raise ValueError(f"{name}: lm={cfg['lm']!r} is the language model; text={cfg['text']!r} would be a second "
+                       "one; give one of them")
+    c = model_config.resolve(name, cfg, defaults, {"image": vit_settings})
+    c["text"] = language_settings(c["lm"])
+  else:
+    c = model_config.resolve(name, cfg, defaults, {"image": vit_settings, "text": text_settings})
+    c["text"]["causal"] = True
+  return c
+
+
 def language_settings(value: Any) -> dict[str, Any]:
   """A model's `lm` setting -> every SETTINGS key, checked: "hf:DIR" (a Hugging Face folder, read by
   vljax.convert.hf_lm.lm_settings) or a dict of SETTINGS keys."""

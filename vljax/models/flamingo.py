@@ -35,8 +35,7 @@ from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, MULTI_IMAGE, P
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import MlpBlock, MultiHeadAttention, REMAT_POLICIES, layer_norm, partitioned
 from vljax.models.registry import register_model
-from vljax.models.text import text_settings
-from vljax.models.vit import ViT, vit_settings
+from vljax.models.vit import ViT
 
 FLAMINGO_DEFAULTS: dict[str, Any] = dict(
     image=None, text=None, num_latents=64, resampler_depth=2, cross_attn_every_n_layers=1,
@@ -273,15 +272,7 @@ class Flamingo(nn.Module):
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   """With lm set, `text` becomes the pretrained LM's causal_lm settings (and must not be given)."""
-  if cfg.get("lm") is not None:
-    if cfg.get("text"):
-      raise ValueError(f"flamingo: lm={cfg['lm']!r} is the language model; text={cfg['text']!r} would be a second "
-                       "one; give one of them")
-    c = model_config.resolve("flamingo", cfg, FLAMINGO_DEFAULTS, {"image": vit_settings})
-    c["text"] = causal_lm.language_settings(c["lm"])
-  else:
-    c = model_config.resolve("flamingo", cfg, FLAMINGO_DEFAULTS, {"image": vit_settings, "text": text_settings})
-    c["text"]["causal"] = True
+  c = causal_lm.resolve_image_lm("flamingo", cfg, FLAMINGO_DEFAULTS)
   model_config.check_image_tokens_only("flamingo", c["image"])
   if c["scan"]:
     raise ValueError("flamingo interleaves cross-attention between the LM's layers: scan=True is not "

@@ -31,8 +31,7 @@ from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import check_choice
 from vljax.models.registry import register_model
-from vljax.models.text import text_settings
-from vljax.models.vit import ViT, vit_settings
+from vljax.models.vit import ViT
 
 PROJECTORS = ("linear", "mlp2x_gelu")
 LLAVA_DEFAULTS: dict[str, Any] = dict(image=None, text=None, projector="mlp2x_gelu", image_token_id=None,
@@ -179,15 +178,7 @@ class LLaVA(nn.Module):
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   """With lm set, `text` becomes the pretrained LM's causal_lm settings (and must not be given)."""
-  if cfg.get("lm") is not None:
-    if cfg.get("text"):
-      raise ValueError(f"llava: lm={cfg['lm']!r} is the language model; text={cfg['text']!r} would be a second "
-                       "one; give one of them")
-    c = model_config.resolve("llava", cfg, LLAVA_DEFAULTS, {"image": vit_settings})
-    c["text"] = causal_lm.language_settings(c["lm"])
-  else:
-    c = model_config.resolve("llava", cfg, LLAVA_DEFAULTS, {"image": vit_settings, "text": text_settings})
-    c["text"]["causal"] = True
+  c = causal_lm.resolve_image_lm("llava", cfg, LLAVA_DEFAULTS)
   model_config.check_image_tokens_only("llava", c["image"])
   check_choice("LLaVA projector", c["projector"], PROJECTORS)
   if c["image_token_id"] is None:
