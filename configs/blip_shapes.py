@@ -3,6 +3,11 @@
   python -m vljax.train --config configs/blip_shapes.py --workdir runs/blip
   python -m vljax.train --config configs/blip_shapes.py:arm=itc_itm --workdir runs/blip_itc_itm
   python -m vljax.train --config configs/blip_shapes.py:arm=itc_mlm --workdir runs/blip_itc_mlm
+  python -m vljax.train --config configs/blip_shapes.py:scenes=folder:runs/noisy --workdir runs/blip_noisy
+
+scenes=KIND:PATH trains on shapes scenes on disk instead of the world's stream (common.shapes_scenes_data:
+a folder written by python -m vljax.capfilt.noisy_shapes, or CapFilt's array_record output), with the
+same evaluations: the first step of configs/compare/capfilt_shapes.py's chain.
 
 The image tower, text tower, batch and steps of clip_shapes.py. arm=blip (the default): the
 multimodal mixture of encoder-decoder, a 2-layer image-grounded decoder whose blocks also serve as
@@ -41,7 +46,8 @@ ITM_K = {"retrieval": 16, "zeroshot": 8}
 
 
 def get_config(arg=None):
-  arm = common.parse_arg(arg, arm="blip")["arm"]
+  args = common.parse_arg(arg, arm="blip", scenes="")
+  arm = args["arm"]
   if arm not in ARMS:
     raise ValueError(f"blip_shapes arm={arm!r}; valid: {sorted(ARMS)}")
   c = common.base_config(arg)
@@ -55,6 +61,8 @@ def get_config(arg=None):
   if arm == "blip":  # the momentum model: an EMA of the weights (BLIP: 0.995), fresh early on (warmup)
     c.ema = dict(decay=0.995, warmup=True, evaluate="raw")
   c = common.shapes_training(c)
+  if args["scenes"]:
+    c.data.update(common.shapes_scenes_data(args["scenes"]))
   # The arms that train the ITM head also report retrieval and zero-shot after its re-ranking.
   rerank = {name: dict(itm_k=k) for name, k in ITM_K.items()} if "itm" in ARMS[arm] else {}
   c.evals = common.shapes_evals(every=250, captioning=arm == "blip", **rerank)

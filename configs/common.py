@@ -86,6 +86,15 @@ def train_source(value: str) -> tuple[str, str]:
   return kind, path
 
 
+def shapes_scenes_data(value: str) -> dict:
+  """The data settings of `scenes=KIND:PATH`: shapes-world scenes on disk, e.g. a folder of
+  `python -m vljax.capfilt.noisy_shapes` or CapFilt's array_record output of it. The shapes evaluators
+  still measure the run (data.shapes_scenes), and the crop keeps the whole scene, as the world's own
+  training images are not cropped."""
+  kind, path = train_source(value)
+  return dict(name=kind, path=path, shapes_scenes=True, crop_scale=(1.0, 1.0))
+
+
 def real_eval_sets(args: dict[str, str]) -> dict[str, dict]:
   """The zero-shot and retrieval settings (no `every`) of REAL_DATA_ARGS' eval keys."""
   evals = {}

@@ -149,6 +149,17 @@ def test_decisions_follow_the_threshold(job, median):
   assert summary["records"] == np.sum(scores >= threshold) and 0 < summary["records"] < len(rows)
 
 
+def test_zero_captions_per_image_filters_the_web_captions_alone(job, data):
+  output = str(data["root"] / "filter_only")
+  summary = pipeline.run(settings(data, captions_per_image=0), output, batch_size=4, progress=False)
+  rows = read_jsonl(output)
+  web = [r for r in read_jsonl(job[0]) if r["provenance"] == "web"]
+  assert {r["provenance"] for r in rows} == {"web"} and summary["counts"]["synthetic"] == {"kept": 0, "removed": 0}
+  # The web captions' scores and decisions are those of the job that also captions.
+  assert [(r["caption"], r["decision"]) for r in rows] == [(r["caption"], r["decision"]) for r in web]
+  np.testing.assert_allclose([r["itm_score"] for r in rows], [r["itm_score"] for r in web], atol=1e-6)
+
+
 def test_records_hold_the_kept_pairs_with_their_original_image_bytes(median, data):
   output = median[0]
   kept = [r for r in read_jsonl(output) if r["decision"] == "kept"]
@@ -272,7 +283,7 @@ def test_bad_input_is_refused_before_anything_is_written(data, tmp_path, capsys)
       (dict(captioner=str(tmp_path / "nowhere")), FileNotFoundError, "is it a vljax workdir"),
       (dict(captioner=itc_itm), ValueError, "lacks an image-grounded caption decoder"),
       (dict(filter=clip), ValueError, "lacks an image-text matching"),
-      (dict(captions_per_image=0), ValueError, "--captions_per_image=0 is invalid; valid: >= 1"),
+      (dict(captions_per_image=-1), ValueError, "--captions_per_image=-1 is invalid; valid: >= 1, or 0 to filter"),
       (dict(top_p=0.0), ValueError, r"--top_p=0.0 is invalid; valid: in \(0, 1\]"),
       (dict(top_p=1.5), ValueError, r"--top_p=1.5 is invalid"),
       (dict(input=str(tmp_path / "none.jsonl")), FileNotFoundError, "does not exist"),

@@ -116,3 +116,13 @@ def test_the_evaluators_of_one_data_config_share_one_world(count_worlds):
 def test_dataset_backed_evaluators_on_a_shapes_run_build_no_world(real_data, count_worlds):
   parts = setup.build(tiny_config(evals=_on_disk(real_data)))
   assert sorted(parts.evaluators) == ["retrieval_cap", "zeroshot"] and not count_worlds
+
+
+def test_a_source_of_the_worlds_scenes_is_measured_by_the_shapes_evaluators(real_data, count_worlds):
+  # noisy_shapes and CapFilt's output of it are folder / array_record data holding the world's scenes.
+  cfg = _real_config(real_data, dict(binding=dict(every=2, num_examples=8)))
+  cfg.data.shapes_scenes = True
+  parts = setup.build(cfg)
+  assert sorted(parts.evaluators) == ["binding"] and len(count_worlds) == 1
+  with pytest.raises(ValueError, match=r"data.shapes_scenes='yes' is invalid; valid: True"):
+    world_lib.shapes_scenes(dict(name="folder", shapes_scenes="yes"))

@@ -38,6 +38,9 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # "device": the host ships crops as uint8 canvases of canvas_size (0: about 2.25 x image_size) and
                 # the train step resizes them (vljax/data/device_resize.py); evaluation stays on the host.
                 resize="host", canvas_size=0,
+                # True: the real source holds scenes of the shapes world above (vljax.capfilt.noisy_shapes
+                # and CapFilt's output of it), so the shapes evaluators measure the run.
+                shapes_scenes=False,
                 jpeg_decoder="pil")          # or "simplejpeg" (vljax.data.images.JPEG_DECODERS)
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1

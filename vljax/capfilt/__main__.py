@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "index, or ArrayRecord files: what python -m vljax.data.convert reads, and its output")
   parser.add_argument("--output", required=True, help="directory for the new dataset (new, empty, or this job's)")
   parser.add_argument("--captions_per_image", type=int, default=DEFAULTS.captions_per_image,
-                      help="synthetic captions sampled per image (%(default)s)")
+                      help="synthetic captions sampled per image (%(default)s; 0: filter the web captions alone)")
   parser.add_argument("--top_p", type=float, default=DEFAULTS.top_p, help="nucleus mass (%(default)s)")
   parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="(%(default)s)")
   parser.add_argument("--max_len", type=int, default=DEFAULTS.max_len,

@@ -46,7 +46,7 @@ class Settings:
   def validate(self) -> None:
     """ValueError naming the first bad setting, its value and what is valid."""
     checks = (
-        (self.captions_per_image >= 1, "captions_per_image", ">= 1"),
+        (self.captions_per_image >= 0, "captions_per_image", ">= 1, or 0 to filter the web captions alone"),
         (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
         (self.temperature > 0, "temperature", "> 0"),
         (self.max_len >= 0, "max_len", ">= 1, or 0 for the captioner's text max_len - 1"),

@@ -104,7 +104,7 @@ class CapFilt:
     n = self.settings.captions_per_image
     keys = models.caption_keys(self.settings.seed, [im.index for im in batch], n)
     synthetic = models.sample_captions(self.captioner, np.repeat(self._pixels(batch, "captioner"), n, axis=0), keys,
-                                       self.options)
+                                       self.options) if n else []
     rows = []  # (image, caption, provenance, its number among the image's captions of that provenance)
     for b, im in enumerate(batch):
       rows += [(b, text, "web", j) for j, text in enumerate(im.web)]

@@ -4,7 +4,9 @@ It is built from the run's data config (data.world_seed, image_size, caption_noi
 image: pipeline.make_world), so runs that differ only in seed are evaluated on the same examples.
 An evaluator builds it only when it reads it, and the evaluators of one data config share one
 world. A run that trains on other data builds none: an evaluator that would read it there fails
-at start (check_world_readers), as shapes examples would not measure a model trained on other data.
+at start (check_world_readers), as shapes examples would not measure a model trained on other data,
+unless the run says its source holds scenes of this world (data.shapes_scenes: python -m
+vljax.capfilt.noisy_shapes writes such a dataset, and CapFilt's output of it is one too).
 """
 
 from __future__ import annotations
@@ -31,14 +33,24 @@ def reads_world(settings: Mapping[str, Any]) -> bool:
   return not datasets.as_dict(settings.get("dataset", None))
 
 
+def shapes_scenes(data: Mapping[str, Any]) -> bool:
+  """data.shapes_scenes: the run's real source holds scenes rendered from this world (checked)."""
+  value = data.get("shapes_scenes", False)
+  if not isinstance(value, bool):
+    raise ValueError(f"data.shapes_scenes={value!r} is invalid; valid: True (the source holds scenes of the shapes "
+                     "world of data.world_seed and data.image_size, so its evaluators apply) or False")
+  return value
+
+
 def check_world_reader(name: str, cls: type, data: Mapping[str, Any]) -> None:
   """`evals.<name>` (an evaluator of class `cls` that reads the shapes world) may do so on this run:
   the run trains on the shapes world; else an error naming the setting that would give it a set."""
   source = pipeline.check_name(data)
-  if source == "shapes":
+  if source == "shapes" or shapes_scenes(data):
     return
   why = (f"evals.{name} reads the shapes world, but this run trains on data.name={source!r}: shapes "
-         "examples do not measure a model trained on other data")
+         "examples do not measure a model trained on other data (data.shapes_scenes=True says the source holds "
+         "this world's scenes)")
   if registry.reads_sets_on_disk(cls):
     raise ValueError(f"{why}. Valid: set evals.{name}.dataset (a set on disk, e.g. dict(source='tfds', "
                      f"path=BUILDER_DIR): vljax/evals/datasets.py), or drop evals.{name}")
