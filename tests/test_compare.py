@@ -237,6 +237,30 @@ def test_blip_arms_train_fewer_steps_for_their_fusion_passes(tmp_path, capsys):
       load_config(suite, arg)
 
 
+def test_capfilt_suite_trains_each_dataset_at_the_noisy_ones_budget(tmp_path, capsys):
+  """configs/compare/capfilt_shapes.py: one recipe on the noisy, filtered, bootstrapped and clean scenes
+  on disk, the same steps each, evaluated on the shapes world."""
+  suite = os.path.join(ROOT, "configs", "compare", "capfilt_shapes.py")
+  arg = "model=clip,seeds=2,noisy=/d/noisy,filtered=/d/filtered,bootstrapped=/d/boot,clean=/d/clean"
+  cfg = load_config(suite, arg)
+  assert sorted(cfg.arms) == ["bootstrapped", "clean", "filtered", "noisy"] and cfg.seeds == (0, 1)
+  data = {name: dict(arm.overrides) for name, arm in cfg.arms.items()}
+  assert data["noisy"] == {"data.name": "folder", "data.path": "/d/noisy", "data.shapes_scenes": True,
+                           "data.crop_scale": (1.0, 1.0)}
+  assert data["bootstrapped"]["data.name"] == "array_record" and data["bootstrapped"]["data.path"] == "/d/boot"
+  from vljax.capfilt import noisy_shapes
+  for name, noise in (("noisy", 0.5), ("clean", 0.0)):
+    noisy_shapes.write(str(tmp_path / name), num_images=2, noise=noise, progress=False)
+  assert compare.main(["--suite", f"{suite}:noisy={tmp_path}/noisy,clean={tmp_path}/clean", "--workdir",
+                       str(tmp_path / "d"), "--dry_run"]) == 0
+  rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("noisy ", "clean "))]
+  assert [r[:3] for r in rows] == [["noisy", "0,1,2", "750"], ["clean", "0,1,2", "750"]]
+  for bad, message in (("model=clip", r"needs noisy=DIR"), ("noisy=/d,model=coca", r"model='coca'; valid: \['blip', 'clip'\]"),
+                       ("noisy=/d,seeds=0", r"seeds='0'; valid: an integer >= 1")):
+    with pytest.raises(ValueError, match=message):
+      load_config(suite, bad)
+
+
 def test_tpu_pod_plan_is_one_slice_per_run(monkeypatch, capsys):
   monkeypatch.setattr(record, "check", lambda workdir, rec: False)  # no GCS here: a new directory
   assert compare.main(["--suite", TINY, "--workdir", "gs://b/cmp", "--plan", "tpu_pod", "--dry_run",
