@@ -176,20 +176,20 @@ def qa_jsonl(tmp_path_factory):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(format="vlm", caption_key="", question_key="", answer_key=""),
-     r"data.format='vlm' needs caption or question-answer chunks.*data.caption_key=''"),
+    (dict(format="vlm", caption_key="", question_key="", answer_key="", conversation_key=""),
+     r"data.format='vlm' needs caption, question-answer or conversation chunks.*data.caption_key=''"),
     (dict(format="caption", chunks=2), r"data.chunks=2.*chunked data.format.*\['lm', 'vlm'\].*data.format='caption'"),
     (dict(format="vlm", chunks=0), r"data.chunks=0 must be an int >= 1"),
     (dict(format="caption", chunks_key="chunks"), r"data.chunks_key='chunks'.*\['lm', 'vlm'\].*'caption'"),
     (dict(format="vlm", answer_key=""), r"data.question_key='question' and data.answer_key=''"),
     (dict(format="vlm", question_key="q", answer_key="a"),
-     r"neither data.caption_key='caption' nor data.question_key='q'.*columns: \['answer', 'image', 'question'\]"),
+     r"none of data.caption_key='caption', data.question_key='q'.*columns: \['answer', 'image', 'question'\]"),
     (dict(format="caption"), r"data.caption_key='caption' is not in its records"),
     (dict(format="vlm", chunks_key="chunks"), r"data.chunks_key='chunks' is not in its records"),
     (dict(format="vlm", name="webdataset", chunks_key="chunks"), r"'webdataset' source has no documents"),
     (dict(format="vlm", name="webdataset", caption_key="", question_key="", answer_key=""),
-     r"'webdataset' source is set to read neither.*data.question_key/answer_key$"),
-    (dict(format="vlm", name="tfds", caption_key=""), r"'tfds' source is set to read neither.*come from \['folder', "
+     r"'webdataset' source is set to read none.*data.question_key/answer_key$"),
+    (dict(format="vlm", name="tfds", caption_key=""), r"'tfds' source is set to read none.*come from \['folder', "
                                                       r"'array_record', 'webdataset'\]"),
 ])
 def test_formats_a_source_cannot_feed_fail_at_start(qa_jsonl, change, message):
@@ -207,8 +207,8 @@ def test_a_run_with_a_format_the_source_cannot_feed_leaves_no_workdir(qa_jsonl, 
   from vljax.train.trainer import train_and_evaluate
 
   cfg = _llava_config(qa_jsonl)
-  cfg.data.update(caption_key="", question_key="", answer_key="")
-  with pytest.raises(ValueError, match="data.format='vlm' needs caption or question-answer chunks"):
+  cfg.data.update(caption_key="", question_key="", answer_key="", conversation_key="")
+  with pytest.raises(ValueError, match="data.format='vlm' needs caption, question-answer or conversation chunks"):
     train_and_evaluate(cfg, str(tmp_path / "w"))
   assert workdir_listing(tmp_path / "w") is None
 

@@ -264,7 +264,7 @@ def test_folder_rows_with_missing_files_or_bad_json_are_skipped(tmp_path, pairs)
     (dict(normalization="openai"), ValueError, "'openai'.*clip"),
     (dict(crop_scale=(0.5, 2.0)), ValueError, "crop_scale"),
     (dict(format="vlm", caption_key="", question_key="", answer_key=""), ValueError,
-     "data.format='vlm' needs caption or question-answer chunks"),
+     "data.format='vlm' needs caption, question-answer or conversation chunks"),
     (dict(name="folder", path="{root}/jsonl/captions.jsonl", caption_key="text"), ValueError,
      "caption_key='text'.*columns.*caption"),
     (dict(name="array_record", path="{root}/ar", image_key="jpg"), ValueError, "image_key='jpg'"),

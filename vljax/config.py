@@ -25,7 +25,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name="composable")
   c.objectives = {"softmax_contrastive": 1.0}
   c.loss_impl = "gather"               # "gather" (XLA collectives) or "shard_map" (all-gather / ring)
-  c.data = dict(name="shapes", format="caption", vqa_fraction=0.5, chunks=1, image_size=64, max_len=24,
+  c.data = dict(name="shapes", format="caption", vqa_fraction=0.5, conversation_fraction=0.0, chunks=1, image_size=64, max_len=24,
                 caption_noise=0.0, tokenizer="shapes",
                 world_seed=0,                # the shapes world and its eval sets: fixed across run seeds
                 min_objects=1, max_objects=3, num_threads=2, prefetch=4, workers=0,
@@ -34,7 +34,7 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # documented in vljax/data/sources/__init__.py.
                 path="", split="train", tfds_name="", image_key="image", caption_key="caption",
                 label_template="a photo of a {}.", crop_scale=CROP_SCALE, cycle_length=4, sources=(),
-                question_key="question", answer_key="answer", chunks_key="",
+                question_key="question", answer_key="answer", chunks_key="", conversation_key="conversations",
                 # "device": the host ships crops as uint8 canvases of canvas_size (0: about 2.25 x image_size) and
                 # the train step resizes them (vljax/data/device_resize.py); evaluation stays on the host.
                 resize="host", canvas_size=0,

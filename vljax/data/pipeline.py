@@ -176,7 +176,8 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
 
   data_cfg keys: name ("shapes", or a real source: see vljax/data/sources), format (a batch format:
   vljax/data/formats), vqa_fraction (0.5: the share of question-answer chunks in chunked formats,
-  "lm" / "vlm"), chunks (1: chunks per sequence of a chunked format), image_size (64), max_len (24),
+  "lm" / "vlm"), conversation_fraction (0.0: that of multi-turn conversations there,
+  vljax/data/conversations.py), chunks (1: chunks per sequence of a chunked format), image_size (64), max_len (24),
   normalization ("siglip": pixels in [-1, 1]), caption_noise (0.0), min_objects/max_objects (1/3),
   num_threads (2), prefetch (4 batches), workers (0 = threads only; > 0 renders in that many
   processes). Real sources add the "_skipped" field (SKIPPED_KEY) to every batch; their chunked
@@ -192,11 +193,12 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   fmt = check_format(data_cfg.get("format", "caption"))
   normalization = data_cfg.get("normalization", "siglip")
   images.check_normalization(normalization)
-  # Question-answer chunks only in chunked sequences: a caption format trains on captions.
+  # Question-answer and conversation chunks only in chunked sequences: a caption format trains on captions.
   vqa_fraction = data_cfg.get("vqa_fraction", 0.5) if fmt.chunked else 0.0
+  conversation_fraction = data_cfg.get("conversation_fraction", 0.0) if fmt.chunked else 0.0
   # Examples carry sketches; their batch is painted at once (_PaintThenCollate), a fraction of the cost.
   source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render="sketch" if fmt.renders else False,
-                               start=seed * TRAIN_SEED_STRIDE)
+                               start=seed * TRAIN_SEED_STRIDE, conversation_fraction=conversation_fraction)
   sources.check_chunks(data_cfg)
   if fmt.chunked:
     source = _Sequences(source, int(data_cfg.get("chunks", 1)))

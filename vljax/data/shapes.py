@@ -44,6 +44,11 @@ POSITIONS = (
 )
 SPLITS = {"train": 0, "eval": 1}
 _ZEROSHOT_STREAM, _BINDING_STREAM, _VQA_STREAM, _CAPTION_STREAM, _VQA_TRAIN_STREAM = 2, 3, 4, 5, 6
+_KIND_STREAM, _CONVERSATION_TRAIN_STREAM, _CONVERSATION_STREAM = 7, 8, 9  # 7: ShapesSource's choice of kind
+# A conversation's first request: the scene described (its answer, a caption of the world's).
+DESCRIBE_REQUESTS = ("what is in the image?", "caption the image.", "what is in this picture?")
+# Its follow-up questions: those of QUESTION_TYPES that any scene can answer.
+CONVERSATION_QUESTION_TYPES = ("color", "count", "exists")
 
 PROMPT_TEMPLATES = (
     "a {}.",
@@ -457,37 +462,60 @@ class ShapesWorld:
     else:
       objects = self._scene(rng, int(rng.integers(1, 4)), distinct=True)
     image = self._image(objects, rng, render)
-    paraphrase = int(rng.integers(2))
-    target = objects[rng.integers(len(objects))]
-    if qtype == "color":
-      question = _QUESTIONS[paraphrase].format(target["shape"])
-      answer = target["color"]
-    elif qtype == "count":
-      question, answer = _QUESTIONS[2 + paraphrase], NUMBERS[len(objects) - 1]
-    elif qtype == "exists":
-      present = {o["shape"] for o in objects}
-      yes = (index // len(QUESTION_TYPES)) % 2 == 0
-      pool = sorted(present) if yes else [s for s in SHAPES if s not in present]
-      question, answer = _QUESTIONS[4].format(pool[rng.integers(len(pool))]), ("yes" if yes else "no")
-    else:
-      left, right = objects
-      question = _QUESTIONS[5].format(f"{right['color']} {right['shape']}")
-      answer = f"{left['color']} {left['shape']}"
+    question, answer = _ask(qtype, objects, rng, yes=(index // len(QUESTION_TYPES)) % 2 == 0)
     return dict(image=image, question=question, answer=answer, question_type=qtype, objects=objects)
+
+  def conversation_example(self, index: int, split: str = "train", render: bool | str = True) -> dict:
+    """dict(image, conversation=[(role, text), ...], objects): a user asks for the scene's description
+    (answered by one of its captions), then 1 or 2 questions of CONVERSATION_QUESTION_TYPES about the
+    same scene, each answered: visual instruction data as LLaVA's stage 2 trains on, in the world's words."""
+    if split not in SPLITS:
+      raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
+    rng = self._rng(_CONVERSATION_STREAM if split == "eval" else _CONVERSATION_TRAIN_STREAM, index)
+    objects = self._scene(rng, int(rng.integers(self.min_objects, self.max_objects + 1)), distinct=True)
+    image = self._image(objects, rng, render)
+    turns = [("user", DESCRIBE_REQUESTS[int(rng.integers(len(DESCRIBE_REQUESTS)))]),
+             ("assistant", self._caption(objects, rng))]
+    for qtype in rng.choice(CONVERSATION_QUESTION_TYPES, int(rng.integers(1, 3)), replace=False):
+      question, answer = _ask(str(qtype), objects, rng, yes=bool(rng.integers(2)))
+      turns += [("user", question), ("assistant", answer)]
+    return dict(image=image, conversation=turns, objects=objects)
+
+
+def _ask(qtype: str, objects: list[dict], rng: np.random.Generator, yes: bool) -> tuple[str, str]:
+  """(question, answer) of type `qtype` about the scene; "exists" asks about a present shape when `yes`."""
+  paraphrase = int(rng.integers(2))
+  target = objects[rng.integers(len(objects))]
+  if qtype == "color":
+    return _QUESTIONS[paraphrase].format(target["shape"]), target["color"]
+  if qtype == "count":
+    return _QUESTIONS[2 + paraphrase], NUMBERS[len(objects) - 1]
+  if qtype == "exists":
+    present = {o["shape"] for o in objects}
+    pool = sorted(present) if yes else [s for s in SHAPES if s not in present]
+    return _QUESTIONS[4].format(pool[rng.integers(len(pool))]), ("yes" if yes else "no")
+  left, right = objects
+  return _QUESTIONS[5].format(f"{right['color']} {right['shape']}"), f"{left['color']} {left['shape']}"
 
 
 class ShapesSource:
   """grain random-access source over one split of a world: {"image": uint8, "caption": str}."""
 
   def __init__(self, world: ShapesWorld, split: str = "train", length: int = 2**31 - 1,
-               vqa_fraction: float = 0.0, render: bool | str = True, start: int = 0):
+               vqa_fraction: float = 0.0, render: bool | str = True, start: int = 0,
+               conversation_fraction: float = 0.0):
     """`start`: the split's index that this source's index 0 reads (runs of another seed read
     another stretch of the same infinite split: other training data, the same world)."""
     if split not in SPLITS:
       raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
-    if not 0.0 <= vqa_fraction <= 1.0:
-      raise ValueError(f"vqa_fraction={vqa_fraction} must be a fraction in [0, 1].")
+    for name, value in (("vqa_fraction", vqa_fraction), ("conversation_fraction", conversation_fraction)):
+      if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value} must be a fraction in [0, 1].")
+    if vqa_fraction + conversation_fraction > 1.0:
+      raise ValueError(f"vqa_fraction={vqa_fraction} + conversation_fraction={conversation_fraction} exceeds 1: "
+                       "they are shares of one stream (the rest are captions)")
     self.world, self.split, self._length, self.vqa_fraction = world, split, length, vqa_fraction
+    self.conversation_fraction = conversation_fraction
     self.render, self.start = render, int(start)
     if self.start < 0:
       raise ValueError(f"start={start} must be >= 0.")
@@ -496,15 +524,22 @@ class ShapesSource:
     return self._length
 
   def __getitem__(self, index: int) -> dict:
-    """{"image", "caption"}, or with probability vqa_fraction {"image", "question", "answer"}."""
+    """{"image", "caption"}, or with probability vqa_fraction {"image", "question", "answer"}, or with
+    probability conversation_fraction {"image", "conversation"}."""
     index = self.start + int(index)
     # The choice is a pure function of the index too, so resumed runs see the same stream.
-    if self.vqa_fraction and np.random.default_rng([self.world.seed, 7, index]).random() < self.vqa_fraction:
-      ex = self.world.vqa_example(index, self.split, render=self.render)
-      return {"image": ex["image"], "question": ex["question"], "answer": ex["answer"]}
+    if self.vqa_fraction or self.conversation_fraction:
+      draw = np.random.default_rng([self.world.seed, _KIND_STREAM, index]).random()
+      if draw < self.vqa_fraction:
+        ex = self.world.vqa_example(index, self.split, render=self.render)
+        return {"image": ex["image"], "question": ex["question"], "answer": ex["answer"]}
+      if draw < self.vqa_fraction + self.conversation_fraction:
+        ex = self.world.conversation_example(index, self.split, render=self.render)
+        return {"image": ex["image"], "conversation": ex["conversation"]}
     ex = self.world.example(index, self.split, render=self.render)
     return {"image": ex["image"], "caption": ex["caption"]}
 
   def __repr__(self) -> str:
     return (f"ShapesSource(seed={self.world.seed}, split={self.split!r}, image_size={self.world.image_size}, "
-            f"vqa_fraction={self.vqa_fraction}, render={self.render}, start={self.start})")
+            f"vqa_fraction={self.vqa_fraction}, conversation_fraction={self.conversation_fraction}, "
+            f"render={self.render}, start={self.start})")

@@ -110,11 +110,17 @@ class Tokenizer(abc.ABC):
   add_bos: bool = True  # option bos=add|none
   pad_with_eos: bool = False  # option pad=zero|eos
   clean: str = "none"  # option clean=none|clip|canonicalize
+  chat_template: str | None = None  # a Hugging Face folder's (vljax/data/conversations.py)
 
   def _set_options(self, bos: str, pad: str, clean: str) -> None:
     for key, value in (("bos", bos), ("pad", pad), ("clean", clean)):
       _check_option(key, value)
     self.add_bos, self.pad_with_eos, self.clean = bos == "add", pad == "eos", clean
+
+  def _read_chat_template(self, path: str) -> None:
+    """The chat template of the folder holding the tokenizer file, if it has one."""
+    from vljax.data import conversations  # it imports this module
+    self.chat_template = conversations.read_chat_template(os.path.dirname(os.path.abspath(path)))
 
   def _add_special_tokens(self, first_id: int) -> None:
     """Give SPECIAL_TOKENS the ids first_id, first_id + 1, ... and count them in vocab_size."""
@@ -255,6 +261,7 @@ class SentencePieceTokenizer(Tokenizer):
                               special(self.sp.bos_id()), special(self.sp.eos_id()))
     self.bos_id, self.eos_id, self.id_offset = self._map.bos_id, self._map.eos_id, self._map.shift
     self._add_special_tokens(self._map.vocab_size)
+    self._read_chat_template(path)
 
   def _content_ids(self, text: str) -> list[int]:
     return [i + self._map.shift for i in self.sp.encode(text)]
@@ -293,6 +300,7 @@ class HuggingFaceTokenizer(Tokenizer):
                               special(_HF_BOS), special(_HF_EOS))
     self.bos_id, self.eos_id, self.id_offset = self._map.bos_id, self._map.eos_id, self._map.shift
     self._add_special_tokens(self._map.vocab_size)
+    self._read_chat_template(path)
 
   def _content_ids(self, text: str) -> list[int]:
     # Our layout adds BOS/EOS; the file's own post-processor must not add more.

@@ -25,6 +25,8 @@ pipeline from them):
   answer_key      the answer field ("answer"): a text, or several (training picks one per example)
   chunks_key      the field holding an interleaved document's list of chunks ("": no documents);
                   records, documents and the formats they feed: fields.py
+  conversation_key  the field of a multi-turn conversation's turns ("conversations", LLaVA's; folder
+                  and array_record): vljax/data/conversations.py
   format          the batch format (vljax/data/formats): caption formats read caption records;
                   chunked ones ("vlm", "lm") caption and question-answer records grouped
                   data.chunks to a sequence, or documents cut into sequences of data.chunks chunks
@@ -34,7 +36,7 @@ pipeline from them):
   cycle_length    webdataset shards each worker reads at once (4)
   sources         mixture: a tuple of dicts, each with name, path, weight and optionally split,
                   tfds_name, image_key, caption_key, label_template, question_key, answer_key,
-                  chunks_key (unset ones come from data)
+                  chunks_key, conversation_key (unset ones come from data)
   image_size, max_len, tokenizer, workers, num_threads, prefetch: as for shapes.
 
 Every name, path, key and preset is checked by `check` before any compute; errors name the bad
@@ -54,7 +56,7 @@ from vljax.data.sources import fields, folder, records, tfds_source, webdataset
 SOURCE_NAMES = ("tfds", "array_record", "webdataset", "folder", "mixture")
 MAP_SOURCES = ("tfds", "array_record", "folder")  # random access; webdataset streams
 SPEC_KEYS = ("name", "path", "split", "tfds_name", "image_key", "caption_key", "label_template", "question_key",
-             "answer_key", "chunks_key")
+             "answer_key", "chunks_key", "conversation_key")
 MIXTURE_ENTRY_KEYS = SPEC_KEYS + ("weight",)
 
 
@@ -72,6 +74,7 @@ class SourceSpec:
   question_key: str = "question"
   answer_key: str = "answer"
   chunks_key: str = ""
+  conversation_key: str = "conversations"
   weight: float = 1.0
 
   @property

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from vljax.data import images, prompts
+from vljax.data import conversations, images, prompts
 from vljax.data.sources import skips
 
 
@@ -106,9 +106,14 @@ class Preprocess:
     return reason or window
 
   def _example(self, record: dict, rng: np.random.Generator) -> dict | str:
-    """A caption or question-answer example, or its skip reason."""
+    """A caption, question-answer or conversation example, or its skip reason."""
     pick_rng = rng if self.train else None
-    if "question" in record:
+    if "conversation" in record:
+      turns = conversations.parse(record["conversation"])
+      if turns is None:
+        return "bad_conversation"
+      out = {"conversation": turns}
+    elif "question" in record:
       qa = question_answer(record, pick_rng)
       if qa is None:
         return "empty_answer"

@@ -1,6 +1,7 @@
 """A folder of images listed in a JSONL or CSV file (random access).
 
-data.path is the index file (`*.jsonl` / `*.csv`), or a directory holding exactly one. Each JSONL
+data.path is the index file (`*.jsonl` / `*.csv`, or `*.json`: one array of the objects a JSONL file
+has a line each, as LLaVA's instruction files are), or a directory holding exactly one. Each JSONL
 line is an object and each CSV row (with a header) has columns; data.image_key names the image's
 path (relative to the index file's directory, or absolute) and data.caption_key its caption
 (a JSONL value may be a list of captions). For the chunked formats ("vlm", "lm") a row may instead
@@ -11,6 +12,8 @@ set each JSONL line is an interleaved document (fields.py has the schema):
   {"image": "images/1.png", "question": "what color is the star?", "answer": "blue"}
   {"chunks": [{"image": "images/2.png", "caption": "..."}, {"image": "images/3.png", "question": "...",
               "answer": "..."}]}
+  {"image": "images/4.png", "conversations": [{"from": "human", "value": "<image> what is this?"},
+                                              {"from": "gpt", "value": "a red circle"}, ...]}
 
 Rows are read once, at start; image files when used. A line that is not valid JSON, or a row (chunk)
 without an image path, is counted as `bad_record`; a missing image file as `missing_image`.
@@ -25,7 +28,7 @@ import os
 
 from vljax.data.sources import fields, skips
 
-INDEX_SUFFIXES = (".jsonl", ".csv")
+INDEX_SUFFIXES = (".jsonl", ".csv", ".json")  # .json: one JSON array of rows (LLaVA's instruction files)
 
 
 def index_file(path: str) -> str:
@@ -35,13 +38,13 @@ def index_file(path: str) -> str:
   if os.path.isdir(path):
     found = sorted(p for s in INDEX_SUFFIXES for p in glob.glob(os.path.join(path, f"*{s}")))
     if len(found) != 1:
-      raise FileNotFoundError(f"folder source: the directory {path!r} must hold exactly one .jsonl or .csv "
-                              f"file, found {[os.path.basename(p) for p in found]}")
+      raise FileNotFoundError(f"folder source: the directory {path!r} must hold exactly one index file "
+                              f"({', '.join(INDEX_SUFFIXES)}), found {[os.path.basename(p) for p in found]}")
     return found[0]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"folder source: {path!r} does not exist")
   if not path.endswith(INDEX_SUFFIXES):
-    raise ValueError(f"folder source: {path!r} is neither .jsonl nor .csv")
+    raise ValueError(f"folder source: {path!r} is none of {', '.join(INDEX_SUFFIXES)}")
   return path
 
 
@@ -51,14 +54,24 @@ def read_rows(path: str) -> tuple[list, list[str]]:
     if path.endswith(".csv"):
       reader = csv.DictReader(f)
       return list(reader), list(reader.fieldnames or [])
-    rows, columns = [], {}
-    for line in f:
-      if not line.strip():
-        continue
+    if path.endswith(".json"):
       try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        row = None
+        parsed = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"folder source: {path!r} is not valid JSON ({e}); valid: one array of row objects, "
+                         "or a .jsonl file with one object per line") from e
+      if not isinstance(parsed, list):
+        raise ValueError(f"folder source: {path!r} holds a JSON {type(parsed).__name__}; valid: an array of rows")
+    else:
+      parsed = []
+      for line in f:
+        if line.strip():
+          try:
+            parsed.append(json.loads(line))
+          except json.JSONDecodeError:
+            parsed.append(None)
+    rows, columns = [], {}
+    for row in parsed:
       rows.append(row if isinstance(row, dict) else None)
       if isinstance(row, dict):
         columns.update(dict.fromkeys(row))
@@ -69,13 +82,13 @@ class FolderSource:
   """Random access over the listed images -> raw records (fields.read_record) with image bytes."""
 
   def __init__(self, path: str, image_key: str = "image", caption_key: str = "caption", question_key: str = "",
-               answer_key: str = "", chunks_key: str = ""):
+               answer_key: str = "", chunks_key: str = "", conversation_key: str = ""):
     self.index = index_file(path)
     self.root = os.path.dirname(os.path.abspath(self.index))
     rows, self.columns = read_rows(self.index)
     if not rows:
       raise ValueError(f"folder source: {self.index!r} lists no image")
-    self.keys = fields.RecordKeys(image_key, caption_key, question_key, answer_key, chunks_key)
+    self.keys = fields.RecordKeys(image_key, caption_key, question_key, answer_key, chunks_key, conversation_key)
     fields.check_present(self.keys, self.columns, f"folder source {self.index!r}", "columns")
     # Only the fields read: compact to pickle into grain's worker processes.
     used = self.keys.used()

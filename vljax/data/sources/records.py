@@ -19,7 +19,8 @@ or an interleaved document, read with data.chunks_key="chunks":
 Files are written with `group_size:1` (one record per chunk) so any record reads without its
 neighbours. `python -m vljax.data.convert` writes them from tar shards or a JSONL/CSV folder.
 Records from other tools work too when their maps hold the fields under data.image_key,
-data.caption_key, data.question_key / data.answer_key (data.chunks_key).
+data.caption_key, data.question_key / data.answer_key (data.chunks_key), or a conversation's turns
+under data.conversation_key (vljax/data/conversations.py).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class ArrayRecordSource:
   """Random access over ArrayRecord files -> raw records (grain's ArrayRecordDataSource underneath)."""
 
   def __init__(self, pattern: str, image_key: str = "image", caption_key: str = "caption", question_key: str = "",
-               answer_key: str = "", chunks_key: str = ""):
+               answer_key: str = "", chunks_key: str = "", conversation_key: str = ""):
     self.paths = record_files(pattern)
-    self.keys = fields.RecordKeys(image_key, caption_key, question_key, answer_key, chunks_key)
+    self.keys = fields.RecordKeys(image_key, caption_key, question_key, answer_key, chunks_key, conversation_key)
     self._source = grain.sources.ArrayRecordDataSource(self.paths)
     if len(self._source) == 0:
       raise ValueError(f"array_record source: {pattern!r} ({len(self.paths)} file(s)) holds no record")

@@ -30,6 +30,7 @@ SKIP_REASONS = (
     # Chunked formats; once per dropped unit: a record, a document's window, a grouped sequence.
     "too_long",         # more tokens than data.max_len: cutting it would drop an image or an answer
     "special_token_in_text",  # a caption, question or answer holding a literal "<image>" or "<eoc>"
+    "bad_conversation",  # not alternating user / assistant turns of text, or several <image> (conversations.py)
 )
 SKIPPED_KEY = "_skipped"  # the host-side batch field; the trainer pops it before device transfer
 
