@@ -29,6 +29,7 @@ MODEL_CONFIGS = {
     "llava": dict(name="llava", **MU),
     "flamingo": dict(name="flamingo", num_latents=4, **MU),
     "composable": dict(name="composable", **MU, contrastive=dict(embed_dim=16), decoder=dict(variant="mu", max_len=48)),
+    "qformer": dict(name="qformer", **MU, num_queries=4, embed_dim=16),
 }
 DATA = {"lm": dict(format="lm", chunks=1), "llava": dict(format="vlm", chunks=1),
         "flamingo": dict(format="vlm", chunks=2)}
@@ -40,7 +41,8 @@ def test_every_model_declares_what_it_can_do():
   tower = IMAGE_FEATURES  # every model with an image tower
   assert caps == {"lm": set(), "llava": {GENERATION, PROMPTED, tower},
                   "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE, tower},
-                  "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, MATCHING, tower}}
+                  "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, MATCHING, tower},
+                  "qformer": {MATCHING, tower}}  # query-form embeddings: no evaluator scores them yet
   # A composable config has the capabilities of the heads it builds.
   built = {name: requirements.model_capabilities(models.get_model(dict(cfg, text=dict(cfg["text"], vocab_size=128))
                                                                   if "text" in cfg else cfg))

@@ -37,6 +37,9 @@ MODEL_CONFIGS = {
     # BLIP: the fusion head on the decoder's blocks (share="blip") and one of its own (share="none").
     "composable_blip": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384),
                             decoder=TOWERS["text"], fusion=dict(share="blip")),
+    # BLIP-2's Q-Former (stage 1): queries, shared self-attention, per-part MLPs, cross-attention every 2nd block.
+    "qformer": dict(name="qformer", image=TOWERS["image"], text=dict(TOWERS["text"], variant="S"), num_queries=32,
+                    embed_dim=256),
     "composable_fusion": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384),
                               fusion=dict(share="none", variant="S", vocab_size=32000, max_len=64)),
 }

@@ -27,14 +27,27 @@ def _scalar(x: Any, name: str) -> jnp.ndarray:
 
 
 def _check_embeddings(zimg: jnp.ndarray, ztxt: jnp.ndarray) -> None:
-  chex.assert_rank([zimg, ztxt], 2)
-  chex.assert_equal_shape([zimg, ztxt])
+  """[B, E] each; or the image side in query form [B, Q, E] (BLIP-2's Q-Former: one embedding per query)."""
+  chex.assert_rank(ztxt, 2)
+  chex.assert_rank(zimg, {2, 3})
+  chex.assert_equal_shape([zimg[:, 0] if zimg.ndim == 3 else zimg, ztxt])
 
 
 def _logits(zimg: jnp.ndarray, ztxt: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
-  """scale * zimg @ ztxt.T, accumulated and returned in float32 (bf16 logits lose the ranking)."""
-  dots = jnp.einsum("id,jd->ij", zimg, ztxt, preferred_element_type=jnp.float32)
+  """scale * zimg @ ztxt.T, accumulated and returned in float32 (bf16 logits lose the ranking). Either
+  side may be in query form [B, Q, E]: a pair's similarity is then its best query's (BLIP-2's ITC)."""
+  if zimg.ndim == 3:
+    dots = jnp.max(jnp.einsum("iqd,jd->iqj", zimg, ztxt, preferred_element_type=jnp.float32), axis=1)
+  elif ztxt.ndim == 3:
+    dots = jnp.max(jnp.einsum("id,jqd->iqj", zimg, ztxt, preferred_element_type=jnp.float32), axis=1)
+  else:
+    dots = jnp.einsum("id,jd->ij", zimg, ztxt, preferred_element_type=jnp.float32)
   return scale * dots
+
+
+def _rows(z: jnp.ndarray, axes) -> P:
+  """The spec of embeddings sharded by example over `axes` ([B, E], or [B, Q, E] in query form)."""
+  return P(axes, *([None] * (z.ndim - 1)))
 
 
 def _ce_sum(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -116,7 +129,7 @@ def all_gather_softmax_contrastive_loss(zimg: jnp.ndarray, ztxt: jnp.ndarray, lo
     return lax.psum(i2t + t2i, axes) / (2 * global_batch)
 
   row = P(axes, None)
-  return jax.shard_map(local, mesh=mesh, in_specs=(row, row, P()), out_specs=P())(
+  return jax.shard_map(local, mesh=mesh, in_specs=(_rows(zimg, axes), row, P()), out_specs=P())(
       zimg, ztxt, _scalar(logit_scale, "logit_scale"))
 
 
@@ -149,7 +162,7 @@ def ring_sigmoid_contrastive_loss(zimg: jnp.ndarray, ztxt: jnp.ndarray, logit_sc
     return lax.psum(total, axes) / global_batch
 
   row = P(axes, None)
-  return jax.shard_map(local, mesh=mesh, in_specs=(row, row, P(), P()), out_specs=P())(
+  return jax.shard_map(local, mesh=mesh, in_specs=(_rows(zimg, axes), row, P(), P()), out_specs=P())(
       zimg, ztxt, _scalar(logit_scale, "logit_scale"), _scalar(logit_bias, "logit_bias"))
 
 

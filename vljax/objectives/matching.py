@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vljax.models import capabilities
 from vljax.objectives.contrastive import _check_embeddings, _logits, _scalar
 from vljax.objectives.registry import ModelAccess, register_objective
 
@@ -67,10 +68,10 @@ def itm_pairs(memory: jnp.ndarray, text: jnp.ndarray, neg_text: jnp.ndarray, neg
 
 def require_fusion(model: ModelAccess, objective: str) -> None:
   """A clear error when the model has no image-grounded text encoder to run."""
-  if not getattr(model.module, "fusion", None):
+  if capabilities.MATCHING not in capabilities.of(model.module):
     raise ValueError(f"objective {objective!r} runs the image-grounded text encoder, which model "
                      f"{type(model.module).__name__} does not have; valid: a composable model with "
-                     f"model.fusion=dict(share='none', variant=...) or dict(share='blip')")
+                     f"model.fusion=dict(share='none', variant=...) or dict(share='blip'), or model.name='qformer'")
 
 
 @register_objective("itm", reads=("img_emb", "txt_emb", "fusion_memory"), shared=("logit_scale",),

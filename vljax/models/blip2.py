@@ -1,0 +1,117 @@
+"""BLIP-2 stage 1: a Q-Former (vljax/models/qformer.py) learns to read an image encoder (frozen by
+config, e.g. frozen=("img/.*",) with init_from a CLIP run's img) with three objectives in one step,
+each through its attention mask:
+
+  ITC  softmax_contrastive on img_emb [B, Q, E] (one embedding per query, from a pass of the queries
+       alone) and txt_emb [B, E] (the text alone, its first token's output, as BERT's [CLS]); an
+       image-text similarity is the max over the queries (vljax/objectives/contrastive.py)
+  ITG  captioning on caption_logits: queries and text in one pass under the causal mask
+  ITM  itm on hard negatives mined from the ITC similarities (vljax/objectives/matching.py): each
+       pair in one pass under the bidirectional mask, the match logits averaged over the queries
+
+  model = dict(name="qformer", image=dict(variant=...), text=dict(variant=..., <text keys>),
+               num_queries=32, cross_every=2, embed_dim=256, logit_scale_init=1 / 0.07)
+
+Params: img (ViT), qformer (queries, embedding, posemb, encoder), img_proj, txt_proj, itm_head, t.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vljax.models import layers, model_config
+from vljax.models.capabilities import IMAGE_FEATURES, MATCHING
+from vljax.models.composable import l2_normalize, temperature_param
+from vljax.models.qformer import QFormer
+from vljax.models.registry import register_model
+from vljax.models.text import text_settings
+from vljax.models.vit import ViT, vit_settings
+
+QFORMER_DEFAULTS: dict[str, Any] = dict(image=None, text=None, num_queries=32, cross_every=2, embed_dim=256,
+                                        logit_scale_init=1 / 0.07, max_logit_scale=100.0)
+
+
+@register_model("qformer")
+class QFormerModel(nn.Module):
+  """Image tower + Q-Former + the heads of BLIP-2's three stage-1 objectives."""
+  img: ViT
+  text: dict[str, Any]
+  num_queries: int = 32
+  cross_every: int = 2
+  embed_dim: int = 256
+  logit_scale_init: float = 1 / 0.07
+  max_logit_scale: float = 100.0
+  module_kw: dict[str, Any] | None = None
+
+  capabilities = frozenset({IMAGE_FEATURES, MATCHING})
+  inputs = ("image", "text")
+  output_names = frozenset({"img_emb", "txt_emb", "logit_scale", "caption_logits", "fusion_memory"})
+  rng_streams = ("dropout",)
+
+  def setup(self):
+    kw = dict(self.module_kw or {})
+    dtypes = model_config.dtypes(kw)
+    t = self.text
+    self.qformer = QFormer(t["width"], t["depth"], t["mlp_dim"], t["num_heads"], t["vocab_size"], t["max_len"],
+                           self.num_queries, self.cross_every, t["pad_id"], t["activation"], t["norm_eps"],
+                           attention_impl=kw.get("attention_impl"), **dtypes)
+    self.img_proj = layers.dense(self.embed_dim, ("embed", None), name="img_proj", **dtypes)
+    self.txt_proj = layers.dense(self.embed_dim, ("embed", None), name="txt_proj", **dtypes)
+    self.itm_head = layers.dense(2, ("embed", None), name="itm_head", **dtypes)
+    self.t = temperature_param(self, self.logit_scale_init)
+
+  def image_tokens(self, image: jax.Array, train: bool = False) -> jax.Array:
+    """The image tower's tokens [B, N, Dv]: what the queries cross-attend to."""
+    return self.img(image, train=train)[1]
+
+  def itm_logits(self, image_tokens: jax.Array, ids: jax.Array) -> jax.Array:
+    """(no match, match) logits [B, 2] of each pair: queries and text under the bidirectional mask,
+    the head's logits averaged over the query outputs (BLIP-2)."""
+    queries, _ = self.qformer(image_tokens, ids, "bidirectional")
+    return jnp.mean(self.itm_head(queries).astype(jnp.float32), axis=1)
+
+  def caption_logits(self, image_tokens: jax.Array, ids: jax.Array) -> jax.Array:
+    """Teacher-forced next-token logits [B, L, vocab]: the text sees every query and itself causally."""
+    _, text = self.qformer(image_tokens, ids, "causal")
+    return self.qformer.vocab_logits(text)
+
+  def __call__(self, image: jax.Array | None = None, text: jax.Array | None = None,
+               train: bool = False) -> dict[str, jax.Array]:
+    out = {"logit_scale": jnp.exp(self.t)}  # clamped after each update (clamp_log_scale)
+    if image is not None:
+      tokens = self.image_tokens(image, train)
+      queries, _ = self.qformer(tokens, None)
+      out["img_emb"] = l2_normalize(self.img_proj(queries))
+      out["fusion_memory"] = tokens
+    if text is not None:
+      _, text_out = self.qformer(None, text, "text")
+      out["txt_emb"] = l2_normalize(self.txt_proj(text_out[:, 0]))
+    if image is not None and text is not None:
+      out["caption_logits"] = self.caption_logits(out["fusion_memory"], text)
+      if self.is_initializing():  # ITM's passes run from its objective: create the head here
+        self.itm_logits(out["fusion_memory"], text)
+    return out
+
+  @classmethod
+  def from_config(cls, cfg: dict[str, Any]) -> "QFormerModel":
+    c = resolve_config(cfg)
+    kw = model_config.module_kwargs(c)
+    image_kw = {k: v for k, v in kw.items() if k != "scan" or not v}
+    return cls(img=ViT(**c["image"], **image_kw), text=c["text"], num_queries=c["num_queries"],
+               cross_every=c["cross_every"], embed_dim=c["embed_dim"], logit_scale_init=c["logit_scale_init"],
+               max_logit_scale=c["max_logit_scale"], module_kw=kw)
+
+
+def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
+  c = model_config.resolve("qformer", cfg, QFORMER_DEFAULTS, {"image": vit_settings, "text": text_settings})
+  model_config.check_image_tokens_only("qformer", c["image"])
+  for key in ("num_queries", "cross_every", "embed_dim"):
+    if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
+      raise ValueError(f"qformer config {key}={c[key]!r} is invalid; valid: an integer >= 1")
+  if not c["logit_scale_init"] > 0:
+    raise ValueError(f"qformer config logit_scale_init={c['logit_scale_init']!r} is invalid; valid: > 0")
+  return c
