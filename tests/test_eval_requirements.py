@@ -42,7 +42,7 @@ def test_every_model_declares_what_it_can_do():
   assert caps == {"lm": set(), "llava": {GENERATION, PROMPTED, tower},
                   "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE, tower},
                   "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, MATCHING, tower},
-                  "qformer": {MATCHING, tower}}  # query-form embeddings: no evaluator scores them yet
+                  "qformer": {EMBEDDINGS, MATCHING, tower}}  # embeddings in query form
   # A composable config has the capabilities of the heads it builds.
   built = {name: requirements.model_capabilities(models.get_model(dict(cfg, text=dict(cfg["text"], vocab_size=128))
                                                                   if "text" in cfg else cfg))
@@ -73,11 +73,11 @@ MISMATCHES = [
      r"llava\), or drop evals.caption"),
     ("llava", dict(zeroshot=dict(every=3, num_examples=8)),
      r"evals.zeroshot \(scoring='auto'\) needs contrastive embeddings or caption log-likelihood given an image; "
-     r"model 'llava' has .*Valid: a model with it \(composable\)"),
+     r"model 'llava' has .*Valid: a model with it \(composable, qformer\)"),
     ("flamingo", dict(retrieval=dict(every=3, num_examples=8)), r"evals.retrieval .*model 'flamingo'"),
     ("cappa", dict(binding=dict(every=3, num_examples=8, scoring="embedding")),
      r"evals.binding \(scoring='embedding'\) needs contrastive embeddings; model 'composable' has .*"
-     r"Valid: evals.binding.scoring='likelihood' or a model with it \(composable\)"),
+     r"Valid: evals.binding.scoring='likelihood' or a model with it \(composable, qformer\)"),
     ("clip", dict(zeroshot=dict(every=3, num_examples=8, scoring="likelihood")),
      r"evals.zeroshot \(scoring='likelihood'\) .*Valid: evals.zeroshot.scoring='embedding' or a model with it "
      r"\(composable\)"),

@@ -189,7 +189,7 @@ def test_itm_k_on_a_model_without_an_itm_head_fails_at_start():
   clip = tiny_config(evals=dict(retrieval=dict(every=3, itm_k=8)))
   with pytest.raises(ValueError, match=r"evals.retrieval.itm_k=8 needs a model with an image-text matching \(ITM\) "
                                        r"head; model 'composable' has contrastive embeddings.*Valid: "
-                                       r"evals.retrieval.itm_k=0 \(off\), or a model with it \(composable\)"):
+                                       r"evals.retrieval.itm_k=0 \(off\), or a model with it \(composable, qformer\)"):
     setup.build(clip)
   settings = dict(zeroshot=dict(every=3, itm_k=2))
   with pytest.raises(ValueError, match=r"evals.zeroshot.itm_k=2 needs a model with an image-text matching"):

@@ -92,7 +92,10 @@ def test_query_form_contrastive_loss_is_the_best_querys_and_distributed_equals_o
 
 
 def _stage1_config():
-  cfg = tiny_config(evals={}, total_steps=2, batch_size=8)
+  # The evaluators score query-form embeddings by the best query; retrieval re-ranks with the ITM head too.
+  evals = dict(zeroshot=dict(every=2, num_examples=16), retrieval=dict(every=2, num_examples=16, itm_k=4),
+               binding=dict(every=2, num_examples=16))
+  cfg = tiny_config(evals=evals, total_steps=2, batch_size=8)
   cfg.model = dict(name="qformer", image=dict(variant="mu/8", depth=1, pool="gap", posemb="sincos2d"),
                    text=dict(variant="mu", depth=2), num_queries=4, embed_dim=16)
   cfg.objectives = {"softmax_contrastive": 1.0, "itm": 1.0, "captioning": 1.0}
@@ -110,6 +113,20 @@ def test_stage1_trains_itc_itg_and_itm_in_one_step(tmp_path):
     assert np.isfinite(last[f"train/{name}"]), name
   # ITM over 3 pairs an example (1 match, 2 not): cross-entropy near log 2 at the start.
   assert 0.3 < last["train/itm_loss"] < 1.5
+  with open(tmp_path / "w" / "metrics.jsonl") as f:
+    evals = {k: v for line in f for k, v in json.loads(line).items() if k.startswith("eval/")}
+  for name in ("zeroshot/top1", "retrieval/i2t_r1", "retrieval/itm_i2t_r1", "binding/acc"):
+    assert 0 <= evals[f"eval/{name}"] <= 1, name
+
+
+def test_query_form_scores_are_the_best_querys():
+  from vljax.inference import embedding_scores
+  rng = np.random.default_rng(0)
+  zimg, ztxt = rng.normal(size=(300, Q, 8)), rng.normal(size=(7, 8))
+  want = np.array([[max(zimg[i, q] @ ztxt[j] for q in range(Q)) for j in range(7)] for i in range(300)])
+  np.testing.assert_allclose(embedding_scores.score_matrix(zimg, ztxt), want, rtol=1e-10)
+  np.testing.assert_allclose(embedding_scores.pair_scores(zimg[:7], ztxt), np.diag(want[:7]), rtol=1e-10)
+  np.testing.assert_allclose(embedding_scores.score_matrix(zimg[:, 0], ztxt), zimg[:, 0] @ ztxt.T)
 
 
 def test_bad_qformer_configs_name_the_value():

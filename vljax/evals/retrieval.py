@@ -15,6 +15,7 @@ from vljax.evals import datasets, itm_rerank, ranking, world as world_lib
 from vljax.evals.arrays import eval_images
 from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
+from vljax.inference import embedding_scores
 from vljax.models.capabilities import MATCHING
 
 KS = (1, 5, 10)
@@ -102,7 +103,7 @@ class RetrievalEvaluator:
     if runner.resolve_scoring(self.scoring) == "likelihood":
       return self.images.map(lambda x: runner.loglik_matrix(params, x, self.tokens), runner.chunk)
     zimg, kept = self.images.map(lambda x: runner.images(params, x), runner.chunk)
-    return zimg @ runner.texts(params, self.tokens).T, kept
+    return embedding_scores.score_matrix(zimg, runner.texts(params, self.tokens)), kept
 
   def __call__(self, runner: ModelRunner, params) -> dict[str, float]:
     scores, kept = self.scores(runner, params)

@@ -14,6 +14,7 @@ from vljax.evals import datasets, itm_rerank, ranking, templates as templates_li
 from vljax.evals.arrays import eval_images, normalize
 from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
+from vljax.inference import embedding_scores
 from vljax.models.capabilities import MATCHING
 
 PROMPTS_PER_CALL = 8192  # text embeddings are averaged per class as they come: memory is one call's
@@ -46,7 +47,7 @@ def _scores(runner: ModelRunner, params, images, prompt_tokens: np.ndarray, num_
         len(x), num_classes, num_templates).mean(axis=2), runner.chunk)
   zcls = class_embeddings(runner, params, prompt_tokens, num_templates)
   zimg, kept = images.map(lambda x: runner.images(params, x), runner.chunk)
-  return zimg @ zcls.T, kept
+  return embedding_scores.score_matrix(zimg, zcls), kept
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, float]:

@@ -17,6 +17,7 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 
 from vljax import decode as decode_lib
+from vljax.inference import embedding_scores
 from vljax.data import prompts
 from vljax.models import capabilities as model_decl, decoder
 from vljax.parallel.mesh import batch_shards
@@ -156,7 +157,7 @@ class ModelRunner:
   def similarity(self, params, images: np.ndarray, tokens: np.ndarray, scoring: str) -> np.ndarray:
     """Image-text score matrix: embedding cosine or caption log-likelihood."""
     if self.resolve_scoring(scoring) == "embedding":
-      return self.images(params, images) @ self.texts(params, tokens).T
+      return embedding_scores.score_matrix(self.images(params, images), self.texts(params, tokens))
     return self.loglik_matrix(params, images, tokens)
 
   def pair_scores(self, params, images: np.ndarray, tokens: dict[str, np.ndarray], scoring: str
@@ -165,7 +166,7 @@ class ModelRunner:
     are encoded once for all sets."""
     if self.resolve_scoring(scoring) == "embedding":
       zimg = self.images(params, images)
-      return {k: np.sum(zimg * self.texts(params, t), axis=1) for k, t in tokens.items()}
+      return {k: embedding_scores.pair_scores(zimg, self.texts(params, t)) for k, t in tokens.items()}
     memory = self.memory(params, images)
     return {k: self._pair_loglik(params, memory, t) for k, t in tokens.items()}
 

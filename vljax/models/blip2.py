@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import layers, model_config
-from vljax.models.capabilities import IMAGE_FEATURES, MATCHING
+from vljax.models.capabilities import EMBEDDINGS, IMAGE_FEATURES, MATCHING
 from vljax.models.composable import l2_normalize, temperature_param
 from vljax.models.qformer import QFormer
 from vljax.models.registry import register_model
@@ -47,7 +47,9 @@ class QFormerModel(nn.Module):
   max_logit_scale: float = 100.0
   module_kw: dict[str, Any] | None = None
 
-  capabilities = frozenset({IMAGE_FEATURES, MATCHING})
+  # Contrastive embeddings in query form: the evaluators score them by the best query
+  # (vljax/inference/embedding_scores.py).
+  capabilities = frozenset({EMBEDDINGS, IMAGE_FEATURES, MATCHING})
   inputs = ("image", "text")
   output_names = frozenset({"img_emb", "txt_emb", "logit_scale", "caption_logits", "fusion_memory"})
   rng_streams = ("dropout",)
