@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = dict(variant="mu/8", width=96, depth=1, mlp_dim=384, num_heads=2, posemb="sincos2d")
 TEXT = dict(variant="mu", width=96, depth=1, mlp_dim=384, num_heads=2)
 RECIPES = ("clip_shapes", "siglip_shapes", "lit_shapes", "coca_shapes", "cappa_shapes", "lm_shapes",
-           "llava_shapes_stage1", "llava_shapes_stage2", "flamingo_shapes")
+           "llava_shapes_stage1", "llava_shapes_stage2", "flamingo_shapes", "blip2_shapes_stage1")
 
 
 def tiny_recipe(recipe: str, frozen: tuple | None = None) -> ml_collections.ConfigDict:

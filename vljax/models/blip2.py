@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import layers, model_config
+from vljax.models import flops, layers, model_config
 from vljax.models.capabilities import EMBEDDINGS, IMAGE_FEATURES, MATCHING
 from vljax.models.composable import l2_normalize, temperature_param
 from vljax.models.qformer import QFormer
@@ -99,6 +99,37 @@ class QFormerModel(nn.Module):
     return out
 
   @classmethod
+  def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs, passes: dict[str, float] | None = None
+                 ) -> list[flops.Part]:
+    """The image tower; the Q-Former's passes of the queries alone, of the text alone, and of both
+    under the causal mask (ITG) with its vocabulary head; projections; ITM's further passes."""
+    c = resolve_config(cfg)
+    img, t, q, length = c["image"], c["text"], c["num_queries"], inputs.text_len
+    parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=c["scan"])
+    memory = (tokens, flops.image_tokens(img, inputs.image_size), img["width"])
+    d, e = t["width"], c["embed_dim"]
+    parts.append(flops.Part("qformer/inputs", ("qformer/queries", "qformer/embedding", "qformer/posemb"),
+                            reads={"text": 0.0}))
+    # The queries alone (ITC), the text alone (ITC), both under the causal mask (ITG): one chain of
+    # blocks, whose weights every pass uses.
+    blocks = qformer_parts(c, "qformer", [(q, 0), (0, length), (q, length)], memory, "qformer/inputs")
+    vocab = float(2 * length * d * t["vocab_size"])
+    parts += blocks + [flops.Part("qformer/encoder/encoder_norm", ("qformer/encoder/encoder_norm",),
+                                  reads={blocks[-1].name: 0.0}),
+                       flops.linear("img_proj", 2 * q * d * e, "qformer/encoder/encoder_norm"),
+                       flops.linear("txt_proj", 2 * d * e, "qformer/encoder/encoder_norm"),
+                       flops.Part("qformer/vocab", ("qformer/embedding",), vocab,  # tied to the token embedding
+                                  reads={"qformer/encoder/encoder_norm": vocab}),
+                       flops.Part("itm_head", ("itm_head",))]  # run by ITM's passes alone
+    for method, runs in (passes or {}).items():
+      if method != "itm_logits":
+        raise flops.UncountedPass(f"model 'qformer' counts no pass of method {method!r}; it counts 'itm_logits'")
+      itm = qformer_parts(c, "qformer", [(q, length)], memory, "qformer/inputs")
+      itm.append(flops.linear("itm_head", 2 * q * d * 2, itm[-1].name))
+      parts += flops.further_pass(method, itm, runs)
+    return parts
+
+  @classmethod
   def from_config(cls, cfg: dict[str, Any]) -> "QFormerModel":
     c = resolve_config(cfg)
     kw = model_config.module_kwargs(c)
@@ -106,6 +137,28 @@ class QFormerModel(nn.Module):
     return cls(img=ViT(**c["image"], **image_kw), text=c["text"], num_queries=c["num_queries"],
                cross_every=c["cross_every"], embed_dim=c["embed_dim"], logit_scale_init=c["logit_scale_init"],
                max_logit_scale=c["max_logit_scale"], module_kw=kw)
+
+
+def qformer_parts(c: dict[str, Any], name: str, passes: list[tuple[int, int]], memory: tuple[str, int, int],
+                  reads: str) -> list[flops.Part]:
+  """Passes of the Q-Former through its blocks (parts "<name>/block_i", each owning its block's params):
+  `passes` as (queries, ids) per pass; self-attention and MLPs over all positions, cross-attention
+  from the queries alone."""
+  t, d = c["text"], c["text"]["width"]
+  source, s, dm = memory
+  parts, last = [], reads
+  for i in range(t["depth"]):
+    dense = attention = kv = 0.0
+    for queries, ids in passes:
+      n = queries + ids
+      dense, attention = dense + 8 * n * d * d + 4 * n * d * t["mlp_dim"], attention + 4 * n * n * d
+      if queries and i % c["cross_every"] == 0:
+        kv += 4 * s * dm * d
+        dense, attention = dense + 4 * queries * d * d + 4 * s * dm * d, attention + 4 * queries * s * d
+    inputs = {last: 0.0, **({source: kv} if kv else {})}
+    parts.append(flops.Part(f"{name}/block_{i}", (f"qformer/encoder/block_{i}",), dense, attention, inputs))
+    last = parts[-1].name
+  return parts
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
