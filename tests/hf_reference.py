@@ -371,3 +371,85 @@ def hf_lm_greedy(model, ids: np.ndarray, new_tokens: int) -> np.ndarray:
                            do_sample=False, eos_token_id=None, pad_token_id=0)
     rows.append(out[0, len(row):].numpy())
   return np.stack(rows)
+
+
+# ---- BLIP (vljax/convert/hf_blip.py) ------------------------------------------------------------------
+
+# A BERT-like WordPiece vocabulary: BLIP's specials (bert-base-uncased's at other ids, [DEC] and [ENC] last) and
+# "w<i>" words; text and image widths differ, so the cross-attention's memory width is tested.
+BLIP_SPECIALS = {0: "[PAD]", 1: "[UNK]", 2: "[CLS]", 3: "[SEP]", 4: "[MASK]", 98: "[DEC]", 99: "[ENC]"}
+BLIP_VOCAB, BLIP_LEN, BLIP_IMAGE = 100, 16, 32
+BLIP_VISION = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                   image_size=BLIP_IMAGE, patch_size=8)
+BLIP_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 vocab_size=BLIP_VOCAB, max_position_embeddings=BLIP_LEN, bos_token_id=98, pad_token_id=0,
+                 sep_token_id=3, eos_token_id=3)
+
+
+def hf_blip(architecture: str, seed: int = 0):
+  """A transformers BLIP of `architecture` with random weights: N(0, 0.05) everywhere (biases included), LayerNorm
+  scales around 1, so that a mapping error anywhere shows in the outputs; float32, eval mode."""
+  from transformers.initialization import no_init_weights
+  torch.manual_seed(seed)
+  config = transformers.BlipConfig(text_config=BLIP_TEXT, vision_config=BLIP_VISION, image_text_hidden_size=32)
+  with no_init_weights():
+    model = getattr(transformers, architecture)(config)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(0.05 * torch.randn_like(p))
+    for m in model.modules():
+      if isinstance(m, torch.nn.LayerNorm):
+        m.weight.add_(1.0)
+  return model.eval()
+
+
+def write_blip_tokenizer(folder) -> str:
+  """BERT's tokenizer.json layout (WordPiece, [CLS] ... [SEP]) over the BLIP_SPECIALS + "w<i>" vocabulary."""
+  import tokenizers
+  vocab = {BLIP_SPECIALS.get(i, f"w{i}"): i for i in range(BLIP_VOCAB)}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocab, unk_token="[UNK]"))
+  tok.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+  tok.post_processor = tokenizers.processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  tok.decoder = tokenizers.decoders.WordPiece()
+  tok.add_special_tokens(list(BLIP_SPECIALS.values()))
+  path = str(folder / "tokenizer.json")
+  tok.save(path)
+  return path
+
+
+def blip_ids(length: int, lengths=(3, 1, 6, 9), seed: int = 3) -> np.ndarray:
+  """Rows [CLS] w... [SEP] [PAD]... (vljax's and the BLIP processor's layout: the same ids in both)."""
+  rng = np.random.default_rng(seed)
+  ids = np.zeros((len(lengths), length), np.int32)
+  for row, n in enumerate(lengths):
+    ids[row, :n + 2] = [2, *rng.integers(5, 98, n), 3]
+  return ids
+
+
+@torch.no_grad()
+def hf_blip_retrieval_outputs(model, pixels_u8: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+  """ITC embeddings (unit, as BlipForImageTextRetrieval's use_itm_head=False computes them), their cosines, and
+  ITM logits of the pairs (image i, text i)."""
+  pixel_values = torch.from_numpy(images_lib.normalize(pixels_u8, "clip")).permute(0, 3, 1, 2)
+  input_ids, mask = torch.from_numpy(ids).long(), torch.from_numpy(ids != 0).long()
+  image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+  text = model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+  img = torch.nn.functional.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1)
+  txt = torch.nn.functional.normalize(model.text_proj(text[:, 0]), dim=-1)
+  cosines = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, use_itm_head=False).itm_score
+  itm = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, use_itm_head=True).itm_score
+  return dict(img=img.numpy(), txt=txt.numpy(), cosines=cosines.numpy(), itm=itm.numpy())
+
+
+@torch.no_grad()
+def hf_blip_caption_outputs(model, pixels_u8: np.ndarray, ids: np.ndarray, new_tokens: int) -> dict[str, np.ndarray]:
+  """Teacher-forced logits of rows [DEC] w... [SEP] (BLIP's decoder input: vljax's rows with [DEC] for [CLS]) and
+  greedy `generate` tokens after [DEC] (stopping at [SEP], then [PAD])."""
+  pixel_values = torch.from_numpy(images_lib.normalize(pixels_u8, "clip")).permute(0, 3, 1, 2)
+  hf_ids = np.where(np.arange(ids.shape[1]) == 0, BLIP_TEXT["bos_token_id"], ids)
+  logits = model(pixel_values=pixel_values, input_ids=torch.from_numpy(hf_ids).long(),
+                 attention_mask=torch.from_numpy(ids != 0).long()).logits
+  greedy = model.generate(pixel_values=pixel_values, max_new_tokens=new_tokens, do_sample=False, num_beams=1)
+  return dict(logits=logits.numpy(), greedy=greedy[:, 1:].numpy())

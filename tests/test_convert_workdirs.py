@@ -156,7 +156,7 @@ def test_bad_inputs_name_the_value_and_the_choices(small_clip, tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere.pt"):
     convert.import_checkpoint(str(tmp_path / "nowhere.pt"))
   with pytest.raises(ValueError, match=r"Unknown checkpoint format 'onnx'; valid: \['big_vision_siglip', "
-                                       r"'hf_clip', 'hf_siglip', 'openai_clip'\]"):
+                                       r"'hf_blip', 'hf_clip', 'hf_siglip', 'openai_clip'\]"):
     convert.import_checkpoint(folder, format="onnx")
   with pytest.raises(ValueError, match="Unknown activation 'relu'"):
     convert.import_checkpoint(folder, activation="relu")
@@ -170,7 +170,7 @@ def test_bad_inputs_name_the_value_and_the_choices(small_clip, tmp_path):
   bert = tmp_path / "bert"
   bert.mkdir()
   (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
-  with pytest.raises(ValueError, match=r"model_type 'bert' is not supported; valid: \['clip', 'siglip'\]"):
+  with pytest.raises(ValueError, match=r"model_type 'bert' is not supported; valid: \['blip', 'clip', 'siglip'\]"):
     convert.import_checkpoint(str(bert))
 
   import safetensors.numpy

@@ -42,6 +42,15 @@ MODEL_CONFIGS = {
                     embed_dim=256),
     "composable_fusion": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384),
                               fusion=dict(share="none", variant="S", vocab_size=32000, max_len=64)),
+    # Imported BLIP (vljax/convert/hf_blip.py): BERT's post-LN text transformers, [CLS] kept in the image tokens,
+    # the decoder's BERT LM-head transform.
+    "composable_blip_imported": dict(
+        name="composable", image=dict(TOWERS["image"], pool="tok", cls_posemb=True, cls_in_tokens=True),
+        text=dict(TOWERS["text"], pool="first", norm_position="post"), contrastive=dict(embed_dim=384),
+        fusion=dict(share="none", variant="S", vocab_size=32000, max_len=64, norm_position="post")),
+    "composable_blip_captioner": dict(name="composable", image=dict(TOWERS["image"], pool="tok", cls_posemb=True,
+                                                                    cls_in_tokens=True),
+                                      decoder=dict(TOWERS["text"], norm_position="post", head_transform=True)),
 }
 
 

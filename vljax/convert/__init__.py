@@ -1,4 +1,4 @@
-"""Pretrained CLIP / SigLIP weights -> a vljax composable model config (towers + contrastive head) and params.
+"""Pretrained CLIP / SigLIP / BLIP weights -> a vljax composable model config and params.
 
   converted = vljax.convert.import_checkpoint("ViT-B-32.pt")      # format detected: openai_clip
   model_cfg, params, data = converted
@@ -7,8 +7,10 @@
   python -m vljax.convert --checkpoint google-siglip-base --workdir runs/siglip-b16
 
 Formats (FORMATS): "openai_clip" (OpenAI / open_clip state dict, .pt or .safetensors), "hf_clip"
-and "hf_siglip" (a Hugging Face folder with config.json and model.safetensors), "big_vision_siglip"
-(.npz). The model config is read off the tensors' shapes (and config.json where there is one).
+and "hf_siglip" (a Hugging Face folder with config.json and model.safetensors: towers + contrastive
+head), "big_vision_siglip" (.npz), "hf_blip" (a Hugging Face BlipForImageTextRetrieval folder: towers,
+contrastive and fusion/ITM heads; BlipForConditionalGeneration: image tower + caption decoder; see
+hf_blip.py). The model config is read off the tensors' shapes (and config.json where there is one).
 
 Token ids: vljax's tokenizers keep id 0 for padding; a vocabulary whose id 0 is a real token is
 shifted up by one (`Tokenizer.id_offset`), and so is the token table: vljax row offset + i holds
@@ -37,7 +39,7 @@ from etils import epath
 from vljax import checkpoint_io
 from vljax import config as config_lib
 from vljax import metrics as metrics_lib
-from vljax.convert import big_vision_siglip, files, fit, hf_clip, hf_siglip, openai_clip
+from vljax.convert import big_vision_siglip, files, fit, hf_blip, hf_clip, hf_siglip, openai_clip
 from vljax.convert.target import IMAGE_NORMALIZATIONS, Target
 from vljax.data import tokenizers
 from vljax.models.resolve import padded_vocab_size
@@ -46,18 +48,20 @@ from vljax.train import checkpoint as ckpt_lib
 # format -> (reader of the source layout, converter of the Hugging Face layout it yields)
 FORMATS = {"openai_clip": (openai_clip.read, hf_clip.to_vljax), "hf_clip": (hf_clip.read, hf_clip.to_vljax),
            "hf_siglip": (hf_siglip.read, hf_siglip.to_vljax),
-           "big_vision_siglip": (big_vision_siglip.read, hf_siglip.to_vljax)}
-DEFAULT_ID_OFFSET = {"openai_clip": 1, "hf_clip": 1, "hf_siglip": 0, "big_vision_siglip": 0}
+           "big_vision_siglip": (big_vision_siglip.read, hf_siglip.to_vljax),
+           "hf_blip": (hf_blip.read, hf_blip.to_vljax)}
+DEFAULT_ID_OFFSET = {"openai_clip": 1, "hf_clip": 1, "hf_siglip": 0, "big_vision_siglip": 0, "hf_blip": 0}
+# The training objectives a converted workdir's config names (hf_blip: its data["objectives"], by model).
 OBJECTIVES = {"openai_clip": "softmax_contrastive", "hf_clip": "softmax_contrastive",
               "hf_siglip": "sigmoid_contrastive", "big_vision_siglip": "sigmoid_contrastive"}
 # What a Hugging Face folder's own tokenizer file becomes as a vljax tokenizer spec.
 DEFAULT_NORMALIZATION = "siglip"  # [-1, 1]: what vljax's pipeline feeds unless told otherwise
-HF_TOKENIZERS = {"hf_clip": ("tokenizer.json", "hf:{}"),
+HF_TOKENIZERS = {"hf_clip": ("tokenizer.json", "hf:{}"), "hf_blip": ("tokenizer.json", "hf:{}"),
                  "hf_siglip": ("spiece.model", "sentencepiece:{}?bos=none&pad=eos&clean=canonicalize")}
 
 
 class Converted(NamedTuple):
-  model_cfg: dict  # a composable model config with a contrastive head (the "model" of a training config)
+  model_cfg: dict  # a composable model config (the "model" of a training config)
   params: dict  # float32 numpy arrays, laid out as that model's params
   data: dict  # image_size, max_len, tokenizer (a spec, or None), normalization the weights go with; format, source
 
@@ -69,7 +73,7 @@ def detect_format(path: str) -> str:
   config = os.path.join(folder, "config.json")
   if os.path.isfile(config):
     model_type = files.read_json(config).get("model_type")
-    by_type = {"clip": "hf_clip", "siglip": "hf_siglip"}
+    by_type = {"clip": "hf_clip", "siglip": "hf_siglip", "blip": "hf_blip"}
     if model_type in by_type:
       return by_type[model_type]
     if os.path.isdir(path):
@@ -89,7 +93,7 @@ def import_checkpoint(path: str, format: str | None = None, image_size: int | No
                       tokenizer: str | None = None, *, config: ml_collections.ConfigDict | str | None = None,
                       max_len: int | None = None, activation: str | None = None,
                       input_normalization: str | None = None) -> Converted:
-  """Read a CLIP / SigLIP checkpoint and convert it to vljax's composable model.
+  """Read a CLIP / SigLIP / BLIP checkpoint and convert it to vljax's composable model.
 
   image_size: resample the image position embedding to this size (default: the checkpoint's).
   tokenizer: a vljax tokenizer spec; its id_offset and vocab_size shape the token table.
@@ -104,6 +108,10 @@ def import_checkpoint(path: str, format: str | None = None, image_size: int | No
   format = format or detect_format(path)
   if format not in FORMATS:
     raise ValueError(f"Unknown checkpoint format {format!r}; valid: {sorted(FORMATS)}")
+  if config is not None and format == "hf_blip":
+    raise ValueError("config= fits contrastive towers to a recipe; hf_blip imports take none (fine-tune the "
+                     "written workdir with init_from instead); valid formats with a config: "
+                     f"{sorted(set(FORMATS) - {'hf_blip'})}")
   config = fit.as_config(config) if config is not None else None
   sizes = dict(tokenizer=tokenizer, image_size=image_size, max_len=max_len, vocab_size=None,
                normalization=input_normalization)
@@ -117,7 +125,7 @@ def import_checkpoint(path: str, format: str | None = None, image_size: int | No
   target = Target(id_offset=tok.id_offset if tok else DEFAULT_ID_OFFSET[format],
                   vocab_size=sizes["vocab_size"] or (padded_vocab_size(tok.vocab_size) if tok else None),
                   image_size=sizes["image_size"], max_len=sizes["max_len"], activation=activation,
-                  normalization=IMAGE_NORMALIZATIONS[normalization])
+                  normalization=IMAGE_NORMALIZATIONS[normalization], tokenizer=tok)
   read, to_vljax = FORMATS[format]
   tensors, spec = read(path)
   model_cfg, params, data = to_vljax(tensors, spec, target)
@@ -125,9 +133,18 @@ def import_checkpoint(path: str, format: str | None = None, image_size: int | No
   data.update(tokenizer=tokenizer, normalization=normalization, format=format, source=os.path.abspath(path))
   if config is not None:
     model_cfg, params = fit.check_against(config, model_cfg, params)
-  logging.info("converted %s (%s): image %s, text %s", path, format, model_cfg["image"]["variant"],
-               model_cfg["text"]["variant"])
+  logging.info("converted %s (%s): %s", path, format, describe(model_cfg))
   return Converted(model_cfg, params, data)
+
+
+def describe(model_cfg: dict) -> str:
+  """"image B/16, text B, contrastive, fusion, decoder B": the towers and heads of a converted model."""
+  parts = [f"image {model_cfg['image']['variant']}"]
+  if model_cfg.get("text"):
+    parts.append(f"text {model_cfg['text']['variant']}")
+  parts += [head if head != "decoder" else f"decoder {model_cfg[head]['variant']}"
+            for head in ("contrastive", "fusion", "decoder") if model_cfg.get(head)]
+  return ", ".join(parts)
 
 
 def _folder_tokenizer(format: str, path: str) -> str | None:
@@ -150,7 +167,7 @@ def write_workdir(converted: Converted, workdir: str, config: ml_collections.Con
   cfg = ml_collections.ConfigDict(config.to_dict()) if config is not None else config_lib.base_config()
   if config is None:
     cfg.model = model_cfg
-    cfg.objectives = {OBJECTIVES[data["format"]]: 1.0}
+    cfg.objectives = data.get("objectives") or {OBJECTIVES[data["format"]]: 1.0}
   cfg.data.image_size, cfg.data.max_len = data["image_size"], data["max_len"]
   if "normalization" in cfg.data:  # the pixel preset runs normalise with, where the config has one
     cfg.data.normalization = data["normalization"]

@@ -1,8 +1,9 @@
 """`python -m vljax.convert --checkpoint PATH --workdir OUT [--format F] [--image_size N] [--tokenizer SPEC]
 [--config CONFIG.py[:ARG]]`
 
-Converts CLIP / SigLIP weights, or a Hugging Face decoder-only language model folder (GPT-2, OPT, Llama,
-Mistral, Qwen2: vljax.convert.hf_lm), into a vljax workdir that `vljax.load(OUT)` opens and a training
+Converts CLIP / SigLIP / BLIP weights (Hugging Face BlipForImageTextRetrieval, BlipForConditionalGeneration:
+vljax.convert.hf_blip), or a Hugging Face decoder-only language model folder (GPT-2, OPT, Llama, Mistral,
+Qwen2: vljax.convert.hf_lm), into a vljax workdir that `vljax.load(OUT)` opens and a training
 config starts from with `--config.init_from.workdir=OUT`. With --config, the weights are fitted to
 that recipe (its tokenizer, image size, text length, scan) and checked against its model.
 """
@@ -16,17 +17,18 @@ import sys
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m vljax.convert", description=__doc__.split("\n\n")[1])
   parser.add_argument("--checkpoint", required=True,
-                      help="a .pt/.pth/.bin/.safetensors/.npz file or a Hugging Face model folder (CLIP, SigLIP or a "
-                           "decoder-only LM)")
+                      help="a .pt/.pth/.bin/.safetensors/.npz file or a Hugging Face model folder (CLIP, SigLIP, "
+                           "BLIP or a decoder-only LM)")
   parser.add_argument("--workdir", required=True, help="the vljax workdir to write (config.json, checkpoints/)")
   parser.add_argument("--format", default=None,
-                      help="openai_clip, hf_clip, hf_siglip, big_vision_siglip or hf_lm (default: detected)")
+                      help="openai_clip, hf_clip, hf_siglip, big_vision_siglip, hf_blip or hf_lm (default: detected)")
   parser.add_argument("--image_size", type=int, default=None,
                       help="resample the image position embedding to this size (default: the checkpoint's)")
   parser.add_argument("--tokenizer", default=None,
                       help="vljax tokenizer spec, e.g. bpe:/path/bpe_simple_vocab_16e6.txt.gz (default: a Hugging "
                            "Face folder's own, else none and the format's id offset)")
-  parser.add_argument("--max_len", type=int, default=None, help="text positions to keep (default: all)")
+  parser.add_argument("--max_len", type=int, default=None,
+                      help="text positions to keep (default: all; hf_blip: 40 of BERT's 512)")
   parser.add_argument("--activation", default=None,
                       help="MLP activation, overriding the checkpoint's (open_clip models without QuickGELU: gelu)")
   parser.add_argument("--input_normalization", default=None,
@@ -53,9 +55,8 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   model, data = converted.model_cfg, converted.data
-  print(f"wrote {path} and a step-0 checkpoint: {data['format']} -> composable image {model['image']['variant']} "
-        f"text {model['text']['variant']}, image_size {data['image_size']}, max_len {data['max_len']}, "
-        f"tokenizer {data['tokenizer']!r}")
+  print(f"wrote {path} and a step-0 checkpoint: {data['format']} -> composable {convert.describe(model)}, "
+        f"image_size {data['image_size']}, max_len {data['max_len']}, tokenizer {data['tokenizer']!r}")
   return 0
 
 

@@ -17,8 +17,8 @@ from vljax.models.resolve import resolve_model_config
 from vljax.train import state as state_lib
 
 # Tower settings that change what the same weights compute: they must agree, not just the shapes.
-NUMERICS_KEYS = {"image": ("activation", "norm_eps", "pool", "pre_norm", "cls_posemb"),
-                 "text": ("activation", "norm_eps", "causal", "pool", "pad_id")}
+NUMERICS_KEYS = {"image": ("activation", "norm_eps", "pool", "pre_norm", "cls_posemb", "cls_in_tokens"),
+                 "text": ("activation", "norm_eps", "norm_position", "causal", "pool", "pad_id")}
 
 
 def as_config(config: ml_collections.ConfigDict | str) -> ml_collections.ConfigDict:

@@ -26,6 +26,7 @@ class Target:
   max_len: int | None = None  # text positions kept; None: all of the checkpoint's
   activation: str | None = None  # overrides the checkpoint's (state dicts without a config)
   normalization: tuple = IMAGE_NORMALIZATIONS["siglip"]  # (mean, std) the vljax inputs are normalised with
+  tokenizer: Any = None  # the vljax Tokenizer the ids come from, when one is given (its special tokens' ids)
 
 
 def variant(sizes: dict, table: dict, fallback: str) -> str:

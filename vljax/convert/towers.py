@@ -102,10 +102,10 @@ def attention(q_w, q_b, k_w, v_w, v_b, o_w, o_b, heads: int) -> dict:
 
   The key bias is left out: it adds q.b_k to every logit of a query alike, and softmax cancels it.
   """
-  width, d_in = q_w.shape
+  width = q_w.shape[0]
   if width % heads:
     raise ValueError(f"attention width {width} is not divisible by {heads} heads")
-  split = lambda w: w.T.reshape(d_in, heads, width // heads)
+  split = lambda w: w.T.reshape(w.shape[1], heads, width // heads)  # keys/values of cross-attention: the memory's width
   return {"query": {"kernel": split(q_w), "bias": q_b.reshape(heads, -1)},
           "key": {"kernel": split(k_w)},
           "value": {"kernel": split(v_w), "bias": v_b.reshape(heads, -1)},

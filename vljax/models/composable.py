@@ -16,7 +16,7 @@ optional heads, so that objectives are compared on the same towers.
                                 image_proj=True, image_proj_bias=True, text_proj=True, text_proj_bias=True)
                    or None,
                decoder=dict(variant=..., mode="autoregressive" | "parallel", parallel_fraction,
-                            memory_queries=0, input="embed" | "text_tower") or None,
+                            memory_queries=0, input="embed" | "text_tower", head_transform=False) or None,
                fusion=dict(share="none", variant=...) | dict(share="blip") or None)
 
 CLIP/SigLIP/LiT: image + text + contrastive (a logit_bias_init gives the sigmoid loss its
@@ -26,7 +26,9 @@ text=dict(causal=True, pool="cls") (its unimodal decoder: [CLS] after the paddin
 input="text_tower" (the multimodal decoder continues from the unimodal one's token outputs: one shared
 embedding), memory_queries=N, image_pool="map" with image_pool_input="memory" (the contrastive query
 reads the N memory queries' outputs: CoCa's "cascade") or "tokens" (the ViT tokens: its "parallel").
-BLIP: contrastive (ITC) + fusion (ITM, MLM) + decoder (LM), fusion share="blip".
+BLIP: contrastive (ITC) + fusion (ITM, MLM) + decoder (LM), fusion share="blip". Published BLIP weights
+(vljax/convert/hf_blip.py) add BERT's layout: text, fusion and decoder with norm_position="post", the image
+tower's tokens keeping [CLS] (image.cls_in_tokens), the decoder's decoder.head_transform.
 vljax/models/legacy.py maps each legacy model's config and params onto these. The image tower never
 holds a projection (its head is always off): the same tower config gives the same `img` params under
 every combination, so init_from and frozen-encoder evaluations treat them alike.
@@ -58,7 +60,9 @@ DECODER_INPUTS = ("embed", "text_tower")  # its own token embedding; the text to
 CONTRASTIVE_DEFAULTS = dict(embed_dim=128, logit_scale_init=1 / 0.07, logit_bias_init=None, max_logit_scale=100.0,
                             image_pool="tower", image_pool_input="tokens", image_proj=True, image_proj_bias=True,
                             text_proj=True, text_proj_bias=True)
-DECODER_DEFAULTS = dict(mode="autoregressive", parallel_fraction=0.75, memory_queries=0, input="embed")
+# head_transform: BERT's dense + activation + LayerNorm before the vocabulary projection (BLIP's decoder).
+DECODER_DEFAULTS = dict(mode="autoregressive", parallel_fraction=0.75, memory_queries=0, input="embed",
+                        head_transform=False)
 COMPOSABLE_DEFAULTS: dict[str, Any] = dict(image=None, text=None, contrastive=None, decoder=None, fusion=None)
 
 
@@ -148,7 +152,9 @@ class Composable(nn.Module):
       if t["memory_queries"]:
         self.memory_pool = MAPHead(self.img.num_heads, self.img.mlp_dim, num_queries=t["memory_queries"], **pool_kw)
       blip = bool(self.fusion) and self.fusion["share"] == "blip"
-      self.dec = CrossDecoder(t["depth"], t["mlp_dim"], t["num_heads"], t["vocab_size"], encoder_branch=blip, **kw)
+      self.dec = CrossDecoder(t["depth"], t["mlp_dim"], t["num_heads"], t["vocab_size"], activation=t["activation"],
+                              norm_eps=t["norm_eps"], norm_position=t["norm_position"],
+                              head_transform=t["head_transform"], encoder_branch=blip, **kw)
     if self.fusion:
       self._setup_fusion(kw, dtypes)
 
@@ -157,7 +163,8 @@ class Composable(nn.Module):
     if f["share"] == "none":
       self.fusion_embed = TokenEmbedding(f["vocab_size"], f["width"], f["max_len"], **dtypes)
       self.fusion_encoder = layers.Transformer(f["depth"], f["mlp_dim"], f["num_heads"], cross_attention=True,
-                                               activation=f["activation"], norm_eps=f["norm_eps"], **kw)
+                                               activation=f["activation"], norm_eps=f["norm_eps"],
+                                               norm_position=f["norm_position"], **kw)
     # [ENC] and [MASK] are learned rows, not tokenizer ids: every tokenizer serves the head unchanged.
     token_init = partitioned(nn.initializers.normal(0.02), ("embed",))
     self.enc_token = self.param("enc_token", token_init, (f["width"],), dtypes["param_dtype"])
@@ -273,7 +280,7 @@ class Composable(nn.Module):
     run, `passes` (method -> runs per example: itm_logits, mlm_logits)."""
     c = resolve_config(cfg)
     img, scan, length, d = c["image"], c["scan"], inputs.text_len, c["decoder"]
-    n, dv = flops.image_tokens(img, inputs.image_size), img["width"]
+    n, dv = flops.image_tokens(img, inputs.image_size) + img["cls_in_tokens"], img["width"]
     parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=scan)
     pooled, memory = parts[-1].name, (tokens, n, dv)
     if d and d["memory_queries"]:
@@ -287,7 +294,9 @@ class Composable(nn.Module):
         parts.append(flops.Part("dec_embed", ("dec_embed", "mask_embedding"), reads={"text": 0.0}))
         reads = "dec_embed"
       parts += flops.encoder("dec/decoder", d["depth"], length, d["width"], d["mlp_dim"], reads, scan, memory)
-      parts.append(flops.linear("dec/logits", 2 * length * d["width"] * d["vocab_size"], "dec/decoder/encoder_norm"))
+      if d["head_transform"]:
+        parts.append(flops.linear("dec/head_transform", 2 * length * d["width"] ** 2, parts[-1].name))
+      parts.append(flops.linear("dec/logits", 2 * length * d["width"] * d["vocab_size"], parts[-1].name))
     for method, runs in (passes or {}).items():
       parts += flops.further_pass(method, _fusion_pass_parts(c, method, length, memory=(tokens, n, dv)), runs)
     return parts

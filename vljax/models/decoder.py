@@ -68,7 +68,9 @@ class CrossDecoder(nn.Module):
   """Embedded tokens [B, L, D] + memory [B, S, D] -> float32 logits [B, L, vocab].
 
   Causal self-attention (the mask comes from the caller, or from the KV cache when decoding),
-  cross-attention to the memory in every block, final LayerNorm, linear vocabulary head.
+  cross-attention to the memory in every block, final LayerNorm, linear vocabulary head (with bias).
+  norm_position="post": BERT's LayerNorms (layers.Transformer). head_transform: BERT's LM head, a
+  dense + activation + LayerNorm `head_transform` before the vocabulary projection (BLIP's decoder).
   encoder_branch: the blocks also hold a bidirectional self-attention; a call with encode=True runs
   it and returns the hidden states [B, L, D] (BLIP's image-grounded encoder, sharing the rest).
   """
@@ -76,6 +78,10 @@ class CrossDecoder(nn.Module):
   mlp_dim: int
   num_heads: int
   vocab_size: int
+  activation: str = layers.DEFAULT_ACTIVATION
+  norm_eps: float = layers.DEFAULT_NORM_EPS
+  norm_position: str = "pre"
+  head_transform: bool = False
   encoder_branch: bool = False
   scan: bool = False
   remat: str = "none"
@@ -89,11 +95,29 @@ class CrossDecoder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, cross_attention=True,
                            encoder_branch=self.encoder_branch, scan=self.scan, remat=self.remat,
+                           activation=self.activation, norm_eps=self.norm_eps, norm_position=self.norm_position,
                            attention_impl=self.attention_impl, name="decoder", **kw)(
                                x, mask, memory, decode_index, encode)
     if encode:
       return x
+    if self.head_transform:
+      x = HeadTransform(self.activation, self.norm_eps, name="head_transform", **kw)(x)
     return vocab_logits(layers.dense(self.vocab_size, ("embed", "vocab"), name="logits", **kw), x)
+
+
+class HeadTransform(nn.Module):
+  """BERT's prediction-head transform, hidden [..., D] -> LayerNorm(activation(dense(hidden)))."""
+  activation: str = layers.DEFAULT_ACTIVATION
+  norm_eps: float = layers.DEFAULT_NORM_EPS
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = layers.dense(x.shape[-1], ("embed", "mlp"), name="dense", **kw)(x)
+    x = layers.ACTIVATIONS[self.activation](x)
+    return layers.layer_norm(name="norm", axis_name="mlp", epsilon=self.norm_eps, **kw)(x)
 
 
 def vocab_logits(head: nn.Module, x: jax.Array) -> jax.Array:

@@ -36,6 +36,10 @@ ACTIVATIONS = {
 }
 DEFAULT_ACTIVATION = "gelu_tanh"
 DEFAULT_NORM_EPS = 1e-6  # flax's and big_vision's; CLIP's torch LayerNorms use 1e-5
+# Where a Transformer's LayerNorms sit: "pre" (ViT, GPT-2: each branch reads LN(x), one final LayerNorm);
+# "post" (BERT, BLIP's text transformers: LN(x + branch(x)) after each residual, the input normalised
+# (BERT's embedding LayerNorm), no final one).
+NORM_POSITIONS = ("pre", "post")
 
 default_kernel_init = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros
@@ -275,9 +279,10 @@ def xla_attention(q, k, v, mask, is_causal: bool) -> jax.Array:
 
 
 class TransformerBlock(nn.Module):
-  """Pre-LN block: x + MHA(LN(x)) [+ cross-MHA(LN(x), memory)], then x + MLP(LN(x)). encoder_branch: it also
-  owns `enc_attn`, the bidirectional self-attention a call with bidirectional=True uses instead of `attn`, all
-  else shared (BLIP's decoder and image-grounded encoder differ only in self-attention)."""
+  """Pre-LN block: x + MHA(LN(x)) [+ cross-MHA(LN(x), memory)], then x + MLP(LN(x)); norm_position="post"
+  (BERT): LN(x + MHA(x)) [, LN(x + cross-MHA(x, memory))], then LN(x + MLP(x)), the same params. encoder_branch:
+  it also owns `enc_attn`, the bidirectional self-attention a call with bidirectional=True uses instead of `attn`,
+  all else shared (BLIP's decoder and image-grounded encoder differ only in self-attention)."""
   mlp_dim: int
   num_heads: int
   causal: bool = False
@@ -285,6 +290,7 @@ class TransformerBlock(nn.Module):
   encoder_branch: bool = False
   activation: str = DEFAULT_ACTIVATION
   norm_eps: float = DEFAULT_NORM_EPS
+  norm_position: str = "pre"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
@@ -298,22 +304,28 @@ class TransformerBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm_kw = dict(dtypes, epsilon=self.norm_eps)
+    check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+    post = self.norm_position == "post"
+
+    def residual(x, norm_name, branch):  # pre: x + f(LN(x)); post: LN(x + f(x))
+      norm = layer_norm(name=norm_name, **norm_kw)
+      return norm(x + branch(x)) if post else x + branch(norm(x))
+
     x = nn.with_logical_constraint(x, ACT)
-    y = layer_norm(name="ln1", **norm_kw)(x)
-    y = MultiHeadAttention(self.num_heads, name="enc_attn" if bidirectional else "attn", **kw)(
-        y, mask=mask, is_causal=self.causal and not bidirectional, decode_index=decode_index)
-    x = x + y
+    attn = MultiHeadAttention(self.num_heads, name="enc_attn" if bidirectional else "attn", **kw)
+    x = residual(x, "ln1", lambda y: attn(y, mask=mask, is_causal=self.causal and not bidirectional,
+                                          decode_index=decode_index))
     if self.cross_attention:
-      y = layer_norm(name="ln_cross", **norm_kw)(x)
-      x = x + MultiHeadAttention(self.num_heads, cross=True, name="cross_attn", **kw)(
-          y, memory, decode_index=decode_index)
-    y = layer_norm(name="ln2", **norm_kw)(x)
-    x = x + MlpBlock(self.mlp_dim, self.activation, name="mlp", **dtypes)(y)
+      cross = MultiHeadAttention(self.num_heads, cross=True, name="cross_attn", **kw)
+      x = residual(x, "ln_cross", lambda y: cross(y, memory, decode_index=decode_index))
+    x = residual(x, "ln2", MlpBlock(self.mlp_dim, self.activation, name="mlp", **dtypes))
     return nn.with_logical_constraint(x, ACT), None
 
 
 class Transformer(nn.Module):
-  """`depth` TransformerBlocks (looped or nn.scan'ed, optionally remat'ed) + final LayerNorm.
+  """`depth` TransformerBlocks (looped or nn.scan'ed, optionally remat'ed) + final LayerNorm; with
+  norm_position="post" the LayerNorm `encoder_norm` normalises the input instead (BERT's embedding
+  LayerNorm) and the blocks end in their own.
 
   Encoder (ViT, text towers) or decoder (causal, cross-attention to `memory`, KV cache when
   `decode_index` is given) from the same blocks.
@@ -328,6 +340,7 @@ class Transformer(nn.Module):
   remat: str = "none"
   activation: str = DEFAULT_ACTIVATION
   norm_eps: float = DEFAULT_NORM_EPS
+  norm_position: str = "pre"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
@@ -345,8 +358,12 @@ class Transformer(nn.Module):
                            static_argnums=(5,))
     kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, causal=self.causal,
               cross_attention=self.cross_attention, encoder_branch=self.encoder_branch,
-              activation=self.activation, norm_eps=self.norm_eps,
+              activation=self.activation, norm_eps=self.norm_eps, norm_position=self.norm_position,
               dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+    check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+    norm = layer_norm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype, epsilon=self.norm_eps)
+    if self.norm_position == "post":
+      x = norm(x)
     if self.scan:
       # The cache stacks its layers on axis 1, so that every cache leaf keeps batch on axis 0.
       stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
@@ -356,8 +373,7 @@ class Transformer(nn.Module):
     else:
       for i in range(self.depth):
         x, _ = block_cls(name=f"block_{i}", **kw)(x, mask, memory, decode_index, bidirectional)
-    return layer_norm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype,
-                      epsilon=self.norm_eps)(x)
+    return x if self.norm_position == "post" else norm(x)
 
 
 def unstack_layers(params: dict, depth: int) -> dict:

@@ -119,7 +119,9 @@ def coca_config(cfg: Any) -> dict[str, Any]:
 def cappa_config(cfg: Any) -> dict[str, Any]:
   """CapPa: the composable decoder in parallel mode."""
   raw, c = _legacy(cfg, "cappa", resolve_cappa)
-  decoder = dict(_tower(raw["text"]), mode="parallel", parallel_fraction=c["parallel_fraction"])
+  # CapPa's decoder blocks took the default activation and norm epsilon whatever text.* says.
+  decoder = dict(_tower(raw["text"]), activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS, mode="parallel",
+                 parallel_fraction=c["parallel_fraction"])
   return _composable(raw, image=_tower(raw["image"]), decoder=decoder)
 
 

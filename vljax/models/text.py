@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vljax.models import layers
-from vljax.models.layers import ACTIVATIONS, DEFAULT_ACTIVATION, DEFAULT_NORM_EPS, Dtype, check_choice, partitioned
+from vljax.models.layers import (ACTIVATIONS, DEFAULT_ACTIVATION, DEFAULT_NORM_EPS, NORM_POSITIONS, Dtype, check_choice,
+                                 partitioned)
 from vljax.models.pooling import MAPHead, gather_last, masked_mean
 
 TEXT_VARIANTS: dict[str, dict[str, int]] = {
@@ -29,10 +30,11 @@ TEXT_VARIANTS: dict[str, dict[str, int]] = {
 }
 POOLS = ("last", "first", "mean", "map", "cls")
 ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "vocab_size", "max_len", "causal", "pool", "pad_id",
-             "head", "head_bias", "activation", "norm_eps")
+             "head", "head_bias", "activation", "norm_eps", "norm_position")
 SHARED_DEFAULTS = dict(vocab_size=32_000, max_len=64, causal=False, pool="last", pad_id=0,
                        head=True,  # linear head to the two-tower embedding; False: width is the embedding
-                       head_bias=True, activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS)
+                       head_bias=True, activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS,
+                       norm_position="pre")  # "post": BERT's LayerNorms (layers.NORM_POSITIONS)
 
 
 def text_settings(variant: str, **overrides: Any) -> dict[str, Any]:
@@ -45,6 +47,7 @@ def text_settings(variant: str, **overrides: Any) -> dict[str, Any]:
       cfg[key] = value
   check_choice("text pool", cfg["pool"], POOLS)
   check_choice("text activation", cfg["activation"], ACTIVATIONS)
+  check_choice("text norm_position", cfg["norm_position"], NORM_POSITIONS)
   if cfg["pool"] == "cls" and not cfg["causal"]:
     raise ValueError("text pool='cls' appends [CLS] after the padding for a causal tower (CoCa's unimodal "
                      "decoder), but causal=False; set causal=True or another pool")
@@ -66,6 +69,7 @@ class TextTransformer(nn.Module):
   head_bias: bool = True
   activation: str = DEFAULT_ACTIVATION
   norm_eps: float = DEFAULT_NORM_EPS
+  norm_position: str = "pre"
   out_dim: int | None = None  # linear head after pooling (two-tower projection), when `head`
   scan: bool = False
   remat: str = "none"
@@ -103,8 +107,8 @@ class TextTransformer(nn.Module):
       x, mask = self._append_cls(x, valid)
     block_kw = dict(activation=self.activation, norm_eps=self.norm_eps)
     x = layers.Transformer(self.depth, self.mlp_dim, self.num_heads, causal=self.causal, scan=self.scan,
-                           remat=self.remat, attention_impl=self.attention_impl, name="encoder", **block_kw,
-                           **kw)(x, mask, decode_index=decode_index)
+                           remat=self.remat, attention_impl=self.attention_impl, norm_position=self.norm_position,
+                           name="encoder", **block_kw, **kw)(x, mask, decode_index=decode_index)
     if tokens_only:
       return None, x
 

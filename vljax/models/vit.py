@@ -32,11 +32,12 @@ STEMS = ("patch", "conv")
 POSEMBS = ("learned", "sincos2d")
 POOLS = ("tok", "gap", "max", "map")
 ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "patch", "stem", "stem_channels", "posemb", "pool",
-             "pre_norm", "cls_posemb", "head", "head_bias", "activation", "norm_eps")
-# Defaults of the keys every variant shares; the last six express CLIP's and SigLIP's published towers.
+             "pre_norm", "cls_posemb", "cls_in_tokens", "head", "head_bias", "activation", "norm_eps")
+# Defaults of the keys every variant shares; the last seven express CLIP's, SigLIP's and BLIP's published towers.
 SHARED_DEFAULTS = dict(stem_channels=(32, 64), posemb="learned", pool="gap",
                        pre_norm=False,  # LayerNorm before the encoder (CLIP's ln_pre)
                        cls_posemb=False,  # the [CLS] token gets a position embedding row (CLIP), not none
+                       cls_in_tokens=False,  # the output tokens (a decoder's memory) keep [CLS] first (BLIP)
                        head=True,  # linear head to the two-tower embedding; False: width is the embedding
                        head_bias=True, activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS)
 
@@ -65,9 +66,16 @@ def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
   if cfg["cls_posemb"] and (cfg["pool"], cfg["posemb"]) != ("tok", "learned"):
     raise ValueError(f"ViT cls_posemb=True gives the [CLS] token a learned position row: it needs pool='tok' "
                      f"and posemb='learned', got pool={cfg['pool']!r}, posemb={cfg['posemb']!r}")
+  _check_cls_in_tokens(cfg["cls_in_tokens"], cfg["pool"])
   if cfg["stem"] == "conv":
     conv_stem_last_kernel(cfg["patch"], cfg["stem_channels"])
   return cfg
+
+
+def _check_cls_in_tokens(cls_in_tokens: bool, pool: str) -> None:
+  if cls_in_tokens and pool != "tok":
+    raise ValueError(f"ViT cls_in_tokens=True keeps the [CLS] token in the output tokens: it needs pool='tok', "
+                     f"got pool={pool!r}")
 
 
 def conv_stem_last_kernel(patch: int, channels: tuple[int, ...]) -> int:
@@ -150,7 +158,7 @@ def max_over_tokens(x: jax.Array) -> jax.Array:
 
 
 class ViT(nn.Module):
-  """Image [B, H, W, 3] -> (pooled [B, out_dim or width], tokens [B, N, width])."""
+  """Image [B, H, W, 3] -> (pooled [B, out_dim or width], tokens [B, N (+ 1 with cls_in_tokens), width])."""
   width: int
   depth: int
   mlp_dim: int
@@ -162,6 +170,7 @@ class ViT(nn.Module):
   pool: str = "gap"
   pre_norm: bool = False
   cls_posemb: bool = False
+  cls_in_tokens: bool = False  # tokens [B, 1 + N, width] with [CLS] first (BLIP's image embeddings), not [B, N]
   head: bool = True
   head_bias: bool = True
   activation: str = DEFAULT_ACTIVATION
@@ -222,8 +231,9 @@ class ViT(nn.Module):
                            attention_impl=self.attention_impl, name="encoder", **block_kw, **kw)(x)
 
     # 4. Pool.
+    _check_cls_in_tokens(self.cls_in_tokens, self.pool)
     if self.pool == "tok":
-      pooled, x = x[:, 0], x[:, 1:]
+      pooled, x = x[:, 0], (x if self.cls_in_tokens else x[:, 1:])
     elif self.pool == "gap":
       pooled = jnp.mean(x, axis=1)
     elif self.pool == "max":  # small objects on a large background: max keeps them, a mean dilutes them
@@ -231,7 +241,7 @@ class ViT(nn.Module):
     else:
       pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **block_kw,
                        **kw)(x)[:, 0]
-    chex.assert_shape(x, (batch, h * w, self.width))
+    chex.assert_shape(x, (batch, h * w + self.cls_in_tokens, self.width))
 
     # 5. Optional linear head.
     if self.out_dim is not None:
