@@ -41,7 +41,7 @@ def _batch(cfg, parts):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(COMBINATIONS))
+@pytest.mark.parametrize("name", ["blip", "itc_itm_mlm"])  # itc_itm: a part of each
 def test_each_combination_trains(name):
   """Six steps on one batch: every objective's loss is finite and lower at the end."""
   cfg = _config(name)
