@@ -60,7 +60,9 @@ DEFAULT_MAX_LEN = 40
 BLIP_TEMPERATURE = 0.07  # BLIP's initial ITC temperature
 # bert-base-uncased's [CLS] and [MASK] ids (BLIP's tokenizer), where no tokenizer says otherwise
 BERT_CLS, BERT_MASK = 101, 103
-IGNORED = (r".*position_ids",)
+# position_ids: buffers of older transformers versions; a text_encoder pooler: BLIP exports that kept BERT's,
+# which transformers' BlipForImageTextRetrieval does not build either.
+IGNORED = (r".*position_ids", r"text_encoder\.pooler\..*")
 OBJECTIVES = {RETRIEVAL: {"softmax_contrastive": 1.0, "itm": 1.0}, CAPTIONING: {"captioning": 1.0}}
 
 
