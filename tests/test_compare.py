@@ -255,8 +255,10 @@ def test_capfilt_suite_trains_each_dataset_at_the_noisy_ones_budget(tmp_path, ca
                        str(tmp_path / "d"), "--dry_run"]) == 0
   rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("noisy ", "clean "))]
   assert [r[:3] for r in rows] == [["noisy", "0,1,2", "750"], ["clean", "0,1,2", "750"]]
+  assert load_config(suite, "noisy=/d,steps=375").budget.to_dict() == {"match": "steps", "value": 375}
   for bad, message in (("model=clip", r"needs noisy=DIR"), ("noisy=/d,model=coca", r"model='coca'; valid: \['blip', 'clip'\]"),
-                       ("noisy=/d,seeds=0", r"seeds='0'; valid: an integer >= 1")):
+                       ("noisy=/d,seeds=0", r"seeds='0'; valid: an integer >= 1"),
+                       ("noisy=/d,steps=x", r"steps='x'; valid: an integer >= 1")):
     with pytest.raises(ValueError, match=message):
       load_config(suite, bad)
 

@@ -26,6 +26,7 @@ The argument (comma-separated KEY=VALUE):
   filtered, bootstrapped   CapFilt output directories (ArrayRecord shards): arms when given
   clean         the same scenes' noisy_shapes folder at --noise 0: the ceiling, when given
   seeds         runs per arm (default 3)
+  steps         every run's steps (default: the recipe's 750), all arms the same FLOPs either way
 
 Every arm is the same recipe (towers, batch 256, schedule) on other data, so the budget (the steps
 of the recipe's 750 on the noisy data) gives each the same steps and FLOPs. Scenes on disk are read
@@ -43,7 +44,7 @@ DATASETS = {"noisy": "folder", "filtered": "array_record", "bootstrapped": "arra
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, model="blip", seeds="3", **{name: "" for name in DATASETS})
+  args = common.parse_arg(arg, model="blip", seeds="3", steps="", **{name: "" for name in DATASETS})
   if args["model"] not in RECIPES:
     raise ValueError(f"capfilt_shapes model={args['model']!r}; valid: {sorted(RECIPES)}")
   if not args["noisy"]:
@@ -51,9 +52,12 @@ def get_config(arg=None):
                      "baseline every other arm is compared with")
   if not args["seeds"].isdigit() or int(args["seeds"]) < 1:
     raise ValueError(f"capfilt_shapes seeds={args['seeds']!r}; valid: an integer >= 1")
+  if args["steps"] and (not args["steps"].isdigit() or int(args["steps"]) < 1):
+    raise ValueError(f"capfilt_shapes steps={args['steps']!r}; valid: an integer >= 1")
   c = ml_collections.ConfigDict()
   c.seeds = tuple(range(int(args["seeds"])))
-  c.budget = dict(match="flops", like="noisy")
+  # The arms differ in data alone: the same steps are the same FLOPs.
+  c.budget = dict(match="steps", value=int(args["steps"])) if args["steps"] else dict(match="flops", like="noisy")
   c.arms = {}
   for name, kind in DATASETS.items():
     if args[name]:
@@ -66,7 +70,7 @@ def get_config(arg=None):
       retrieval=dict(num_examples=256),
       binding=dict(num_examples=512),
   )
-  c.eval_points = 3
+  c.eval_points = 2
   c.rank_by = ("eval/zeroshot/top1", "eval/retrieval/i2t_r1", "eval/retrieval/t2i_r1", "eval/fewshot/shape_10shot",
                "eval/fewshot/color_10shot", "eval/binding/acc")
   return c
