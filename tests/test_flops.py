@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # analytic count leaves out: 3-7% here and on the shapes recipes), one layer each to compile fast.
 IMAGE = dict(variant="mu/8", width=96, depth=1, mlp_dim=384, num_heads=2, posemb="sincos2d")
 TEXT = dict(variant="mu", width=96, depth=1, mlp_dim=384, num_heads=2)
-RECIPES = ("clip_shapes", "siglip_shapes", "lit_shapes", "coca_shapes", "cappa_shapes", "lm_shapes",
+RECIPES = ("clip_shapes", "siglip_shapes", "lit_shapes", "coca_shapes", "cappa_shapes", "lm_shapes", "blip2_shapes_stage2",
            "llava_shapes_stage1", "llava_shapes_stage2", "flamingo_shapes", "blip2_shapes_stage1")
 
 

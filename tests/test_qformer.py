@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from vljax.models import get_model
+from vljax.models import get_model, llava
 from vljax.models.qformer import QFormer, attention_mask
 from vljax.objectives import all_gather_softmax_contrastive_loss, softmax_contrastive_loss
 from vljax.parallel.mesh import make_mesh
 
 Q, L, W, VOCAB = 4, 6, 32, 50
+QFORMER_TEXT_HALF = llava.QFORMER_TEXT_HALF  # unused by stage 2, frozen there
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,38 @@ def test_bad_qformer_configs_name_the_value():
                           (dict(image=dict(variant="mu/8", pool="map")), r"qformer reads the image tower's tokens")):
     with pytest.raises(ValueError, match=message):
       get_model(dict(base, **change, text=dict(base["text"], vocab_size=64, max_len=12)))
+
+
+def test_stage2_soft_prompts_a_frozen_lm_from_the_stage1_qformer(tmp_path):
+  """LLaVA with projector="qformer" (BLIP-2 stage 2): the stage-1 Q-Former's params load whole, its query
+  outputs become the soft prompt of a frozen LM, and captions decode with the KV cache."""
+  import vljax
+  from flax import traverse_util
+  from vljax.checkpoint_io import load_params
+  from vljax.train.trainer import train_and_evaluate
+  stage1 = _stage1_config()
+  stage1.evals = {}
+  train_and_evaluate(stage1, str(tmp_path / "stage1"))
+  cfg = tiny_config(evals=dict(caption=dict(every=2, num_examples=8, num_references=2,
+                                            decode=dict(method="greedy", max_len=8))), total_steps=2, batch_size=8)
+  cfg.model = dict(name="llava", image=stage1.model.image.to_dict(), text=dict(variant="mu", max_len=48),
+                   projector="qformer", qformer=dict(stage1.model.text.to_dict(), num_queries=4,
+                                                     max_len=stage1.data.max_len))
+  cfg.objectives = {"captioning": 1.0}
+  cfg.data.update(format="vlm", chunks=1, max_len=24)
+  cfg.init_from = dict(workdir="", subtree="", step=-1, sources=(f"{tmp_path}/stage1:img,qformer",))
+  cfg.frozen = ("img/.*", "txt/.*", "lm/.*", "logits/.*") + QFORMER_TEXT_HALF
+  cfg.checkpoint = dict(every=2, keep=1, async_save=False)
+  train_and_evaluate(cfg, str(tmp_path / "stage2"))
+  before = traverse_util.flatten_dict(load_params(str(tmp_path / "stage1"))[0], sep="/")
+  after = traverse_util.flatten_dict(load_params(str(tmp_path / "stage2"))[0], sep="/")
+  qformer = [k for k in before if k.startswith("qformer/")]
+  assert qformer and all(k in after and after[k].shape == before[k].shape for k in qformer)
+  assert np.array_equal(after["qformer/encoder/block_0/mlp/fc1/kernel"], before["qformer/encoder/block_0/mlp/fc1/kernel"])
+  assert cfg.model.qformer and QFORMER_TEXT_HALF == llava.QFORMER_TEXT_HALF
+  assert not np.array_equal(after["qformer/queries"], before["qformer/queries"])  # the bridge trains
+  with open(tmp_path / "stage2" / "metrics.jsonl") as f:
+    assert any("eval/caption/cider" in json.loads(line) for line in f)
+  model = vljax.load(str(tmp_path / "stage2"))
+  images = list(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+  assert len(model.caption(images)) == 2

@@ -26,7 +26,7 @@ from flax import linen as nn
 from vljax.models import flops, layers, model_config
 from vljax.models.capabilities import EMBEDDINGS, IMAGE_FEATURES, MATCHING
 from vljax.models.composable import l2_normalize, temperature_param
-from vljax.models.qformer import QFormer
+from vljax.models.qformer import make_qformer, qformer_parts
 from vljax.models.registry import register_model
 from vljax.models.text import text_settings
 from vljax.models.vit import ViT, vit_settings
@@ -58,9 +58,7 @@ class QFormerModel(nn.Module):
     kw = dict(self.module_kw or {})
     dtypes = model_config.dtypes(kw)
     t = self.text
-    self.qformer = QFormer(t["width"], t["depth"], t["mlp_dim"], t["num_heads"], t["vocab_size"], t["max_len"],
-                           self.num_queries, self.cross_every, t["pad_id"], t["activation"], t["norm_eps"],
-                           attention_impl=kw.get("attention_impl"), **dtypes)
+    self.qformer = make_qformer(dict(t, num_queries=self.num_queries, cross_every=self.cross_every), kw)
     self.img_proj = layers.dense(self.embed_dim, ("embed", None), name="img_proj", **dtypes)
     self.txt_proj = layers.dense(self.embed_dim, ("embed", None), name="txt_proj", **dtypes)
     self.itm_head = layers.dense(2, ("embed", None), name="itm_head", **dtypes)
@@ -112,7 +110,8 @@ class QFormerModel(nn.Module):
                             reads={"text": 0.0}))
     # The queries alone (ITC), the text alone (ITC), both under the causal mask (ITG): one chain of
     # blocks, whose weights every pass uses.
-    blocks = qformer_parts(c, "qformer", [(q, 0), (0, length), (q, length)], memory, "qformer/inputs")
+    settings = dict(t, cross_every=c["cross_every"])
+    blocks = qformer_parts(settings, "qformer", [(q, 0), (0, length), (q, length)], memory, "qformer/inputs")
     vocab = float(2 * length * d * t["vocab_size"])
     parts += blocks + [flops.Part("qformer/encoder/encoder_norm", ("qformer/encoder/encoder_norm",),
                                   reads={blocks[-1].name: 0.0}),
@@ -124,7 +123,7 @@ class QFormerModel(nn.Module):
     for method, runs in (passes or {}).items():
       if method != "itm_logits":
         raise flops.UncountedPass(f"model 'qformer' counts no pass of method {method!r}; it counts 'itm_logits'")
-      itm = qformer_parts(c, "qformer", [(q, length)], memory, "qformer/inputs")
+      itm = qformer_parts(settings, "qformer", [(q, length)], memory, "qformer/inputs")
       itm.append(flops.linear("itm_head", 2 * q * d * 2, itm[-1].name))
       parts += flops.further_pass(method, itm, runs)
     return parts
@@ -137,28 +136,6 @@ class QFormerModel(nn.Module):
     return cls(img=ViT(**c["image"], **image_kw), text=c["text"], num_queries=c["num_queries"],
                cross_every=c["cross_every"], embed_dim=c["embed_dim"], logit_scale_init=c["logit_scale_init"],
                max_logit_scale=c["max_logit_scale"], module_kw=kw)
-
-
-def qformer_parts(c: dict[str, Any], name: str, passes: list[tuple[int, int]], memory: tuple[str, int, int],
-                  reads: str) -> list[flops.Part]:
-  """Passes of the Q-Former through its blocks (parts "<name>/block_i", each owning its block's params):
-  `passes` as (queries, ids) per pass; self-attention and MLPs over all positions, cross-attention
-  from the queries alone."""
-  t, d = c["text"], c["text"]["width"]
-  source, s, dm = memory
-  parts, last = [], reads
-  for i in range(t["depth"]):
-    dense = attention = kv = 0.0
-    for queries, ids in passes:
-      n = queries + ids
-      dense, attention = dense + 8 * n * d * d + 4 * n * d * t["mlp_dim"], attention + 4 * n * n * d
-      if queries and i % c["cross_every"] == 0:
-        kv += 4 * s * dm * d
-        dense, attention = dense + 4 * queries * d * d + 4 * s * dm * d, attention + 4 * queries * s * d
-    inputs = {last: 0.0, **({source: kv} if kv else {})}
-    parts.append(flops.Part(f"{name}/block_{i}", (f"qformer/encoder/block_{i}",), dense, attention, inputs))
-    last = parts[-1].name
-  return parts
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,13 @@ projector; stage 2 the projector and the language model (configs/llava_shapes_st
 Logits come back at the text positions, so the captioning objective and its loss mask apply as
 for any captioning model. One image per sequence, its "<image>" anywhere in the text.
 
+projector="qformer" is BLIP-2's stage 2: a Q-Former (vljax/models/qformer.py; settings in `qformer`,
+e.g. dict(variant="shapes-64", depth=2, num_queries=8)) reads the image tokens and its query outputs,
+through one linear layer (`projector`), are the soft prompt at "<image>" in front of the text. Its
+params (qformer/...) load from a stage-1 run (model "qformer", vljax/models/blip2.py) with
+init_from.sources=("STAGE1:img,qformer",); its text half is kept, unused, so the trees match: freeze
+it (QFORMER_TEXT_HALF in `frozen`), or weight decay alone moves it.
+
 lm="hf:DIR" (or a causal_lm config dict) makes the language half a pretrained LM's architecture (GPT-2, OPT,
 Llama, Mistral, Qwen2: vljax/models/causal_lm.py) instead of `text`'s; its weights come from the workdir
 `python -m vljax.convert --checkpoint DIR` writes (init_from.sources=("WORKDIR:txt,lm,logits",)), data.tokenizer
@@ -31,11 +38,14 @@ from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, PROMPTED
 from vljax.models.decoder import TokenEmbedding, causal_mask, encode_and_caption, vocab_logits
 from vljax.models.layers import check_choice
 from vljax.models.registry import register_model
+from vljax.models.qformer import make_qformer, qformer_parts, qformer_settings, text_half
 from vljax.models.vit import ViT
 
-PROJECTORS = ("linear", "mlp2x_gelu")
+PROJECTORS = ("linear", "mlp2x_gelu", "qformer")
+# The params of a stage-1 Q-Former's text half, which stage 2 (projector="qformer") never runs.
+QFORMER_TEXT_HALF = ("qformer/(embedding|posemb)/.*", r"qformer/encoder/block_\d+/(ln2|mlp)/.*")
 LLAVA_DEFAULTS: dict[str, Any] = dict(image=None, text=None, projector="mlp2x_gelu", image_token_id=None,
-                                      lm=None)  # "hf:DIR" or a causal_lm dict: a pretrained LM's architecture
+                                      lm=None, qformer=None)  # projector="qformer": the Q-Former's settings  # "hf:DIR" or a causal_lm dict: a pretrained LM's architecture
 
 
 class Projector(nn.Module):
@@ -84,6 +94,7 @@ class LLaVA(nn.Module):
   image_token_id: int = -1
   module_kw: dict[str, Any] | None = None
   pretrained_lm: bool = False  # text holds causal_lm settings (config lm=...), not a text tower's
+  qformer: dict[str, Any] | None = None  # projector="qformer": its text settings + num_queries, cross_every
   splices_image_tokens = True  # prompts grow by (image tokens - 1): see ModelRunner.generate
   image_prompted = True  # captions and answers continue a text prompt after the image
   # One image per sequence, read only through its <image> token: no plain caption scoring, no few-shot.
@@ -97,7 +108,10 @@ class LLaVA(nn.Module):
     kw = dict(self.module_kw or {})
     dtypes = model_config.dtypes(kw)
     t = self.text
-    self.projector = Projector(self.projector_kind, t["width"], **dtypes)
+    if self.projector_kind == "qformer":
+      self.bridge = make_qformer(self.qformer, kw)
+    self.projector = Projector("linear" if self.projector_kind == "qformer" else self.projector_kind, t["width"],
+                               **dtypes)
     if self.pretrained_lm:
       self.txt, self.lm, head = causal_lm.language_modules(t, kw)
       if head is not None:
@@ -113,6 +127,10 @@ class LLaVA(nn.Module):
     if images.shape[1] != 1:
       raise ValueError(f"LLaVA takes one image per sequence, got {images.shape[1]} (images {images.shape})")
     tokens = self.img(images[:, 0], train=train)[1]
+    if self.projector_kind == "qformer":
+      if self.is_initializing():  # the text half of a stage-1 Q-Former: created, so its params load
+        self.bridge(None, jnp.zeros((1, 1), jnp.int32), "text")
+      tokens = self.bridge(tokens, None)[0]
     return {"memory": self.projector(tokens)[:, None]}
 
   def _check_fits(self, positions: int, text_len: int) -> None:
@@ -157,7 +175,8 @@ class LLaVA(nn.Module):
     c = resolve_config(cfg)
     kw = model_config.module_kwargs(c)
     return cls(img=ViT(**c["image"], **kw), text=c["text"], projector_kind=c["projector"],
-               image_token_id=c["image_token_id"], module_kw=kw, pretrained_lm=c["lm"] is not None)
+               image_token_id=c["image_token_id"], module_kw=kw, pretrained_lm=c["lm"] is not None,
+               qformer=c["qformer"])
 
   @classmethod
   def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs) -> list[flops.Part]:
@@ -167,8 +186,18 @@ class LLaVA(nn.Module):
     img, t, length = c["image"], c["text"], inputs.text_len
     parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=c["scan"])
     n, dv, d = flops.image_tokens(img, inputs.image_size), img["width"], t["width"]
-    fc2 = 2 * n * d * d if c["projector"] == "mlp2x_gelu" else 0
-    parts.append(flops.Part("projector", ("projector",), float(2 * n * dv * d + fc2), reads={tokens: 2.0 * n * dv * d}))
+    if c["projector"] == "qformer":  # the queries read the image tokens; the projector reads the queries
+      q = c["qformer"]
+      parts.append(flops.Part("qformer/queries", ("qformer/queries",)))
+      bridge = qformer_parts(q, "qformer", [(q["num_queries"], 0)], (tokens, n, dv), "qformer/queries")
+      parts += bridge + [flops.Part("qformer/encoder/encoder_norm", ("qformer/encoder/encoder_norm",),
+                                    reads={bridge[-1].name: 0.0}), text_half(q),
+                         flops.linear("projector", 2 * q["num_queries"] * q["width"] * d, "qformer/encoder/encoder_norm")]
+      n = q["num_queries"]  # the soft prompt's tokens
+    else:
+      fc2 = 2 * n * d * d if c["projector"] == "mlp2x_gelu" else 0
+      parts.append(flops.Part("projector", ("projector",), float(2 * n * dv * d + fc2),
+                              reads={tokens: 2.0 * n * dv * d}))
     parts.append(flops.Part("txt", ("txt",), reads={"text": 0.0}))
     parts.append(flops.Part("splice", reads={"projector": 0.0, "txt": 0.0}))
     if c["lm"] is not None:
@@ -181,6 +210,11 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   c = causal_lm.resolve_image_lm("llava", cfg, LLAVA_DEFAULTS)
   model_config.check_image_tokens_only("llava", c["image"])
   check_choice("LLaVA projector", c["projector"], PROJECTORS)
+  if (c["projector"] == "qformer") != (c["qformer"] is not None):
+    raise ValueError(f"llava projector={c['projector']!r} with qformer={c['qformer']!r}: projector='qformer' "
+                     "takes qformer=dict(variant=..., num_queries=..., ...) (the Q-Former's settings), and only it does")
+  if c["qformer"] is not None:
+    c["qformer"] = qformer_settings(c["qformer"])
   if c["image_token_id"] is None:
     raise ValueError("llava config needs image_token_id (the tokenizer's <image> id; the trainer fills it)")
   return c

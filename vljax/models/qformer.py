@@ -25,10 +25,33 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import layers
+from vljax.models import flops, layers
 from vljax.models.layers import DEFAULT_ACTIVATION, DEFAULT_NORM_EPS, Dtype, check_choice, partitioned
+from vljax.models.text import text_settings
 
 MASKS = ("unimodal", "causal", "bidirectional")
+QUERY_DEFAULTS = dict(num_queries=32, cross_every=2)
+
+
+def qformer_settings(given: dict) -> dict:
+  """A Q-Former's config (a text variant and text keys, num_queries, cross_every) -> every setting, checked."""
+  given = dict(given)
+  query = {k: given.pop(k, v) for k, v in QUERY_DEFAULTS.items()}
+  for key, value in query.items():
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"Q-Former {key}={value!r} is invalid; valid: an integer >= 1")
+  if "variant" not in given:
+    raise ValueError(f"a Q-Former's settings need variant=... (a text variant: its width, depth, heads), got {given}")
+  return dict(text_settings(**given), **query)
+
+
+def make_qformer(settings: dict, module_kw: dict, name: str = "qformer") -> "QFormer":
+  """The QFormer of qformer_settings() with a model's module options (dtypes, attention_impl)."""
+  s, kw = settings, module_kw
+  return QFormer(s["width"], s["depth"], s["mlp_dim"], s["num_heads"], s["vocab_size"], s["max_len"],
+                 s["num_queries"], s["cross_every"], s["pad_id"], s["activation"], s["norm_eps"],
+                 dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32),
+                 attention_impl=kw.get("attention_impl"), name=name)
 
 
 def attention_mask(mode: str, num_queries: int, valid: jax.Array) -> jax.Array:
@@ -155,3 +178,35 @@ class QFormer(nn.Module):
     """Next-token logits [B, L, vocab] of text outputs: the token embedding, transposed (tied)."""
     return nn.with_logical_constraint(self.embedding.attend(text_outputs).astype(jnp.float32),
                                       ("batch", "length", "vocab"))
+
+
+def text_half(settings: dict) -> flops.Part:
+  """The params of a Q-Former's text half as one part of no FLOPs: a model that runs the queries alone."""
+  blocks = tuple(f"qformer/encoder/block_{i}/{m}" for i in range(settings["depth"]) for m in ("mlp", "ln2"))
+  return flops.Part("qformer/text_half", ("qformer/embedding", "qformer/posemb") + blocks)
+
+
+def qformer_parts(settings: dict, name: str, passes: list[tuple[int, int]], memory: tuple[str, int, int],
+                  reads: str) -> list[flops.Part]:
+  """Passes of the Q-Former through its blocks (parts "<name>/block_i", each owning the params of its
+  block that the passes use): `passes` as (queries, ids) per pass; self-attention and MLPs over all
+  positions, cross-attention from the queries alone."""
+  t, d = settings, settings["width"]
+  source, s, dm = memory
+  parts, last = [], reads
+  used = ["attn", "ln1"] + (["mlp_query", "ln2_query"] if any(q for q, _ in passes) else []) + (
+      ["mlp", "ln2"] if any(n for _, n in passes) else [])
+  for i in range(t["depth"]):
+    cross = ["cross_attn", "ln_cross"] if i % t["cross_every"] == 0 and any(q for q, _ in passes) else []
+    dense = attention = kv = 0.0
+    for queries, ids in passes:
+      n = queries + ids
+      dense, attention = dense + 8 * n * d * d + 4 * n * d * t["mlp_dim"], attention + 4 * n * n * d
+      if queries and i % t["cross_every"] == 0:
+        kv += 4 * s * dm * d
+        dense, attention = dense + 4 * queries * d * d + 4 * s * dm * d, attention + 4 * queries * s * d
+    inputs = {last: 0.0, **({source: kv} if kv else {})}
+    params = tuple(f"qformer/encoder/block_{i}/{m}" for m in used + cross)
+    parts.append(flops.Part(f"{name}/block_{i}", params, dense, attention, inputs))
+    last = parts[-1].name
+  return parts

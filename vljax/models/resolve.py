@@ -21,7 +21,7 @@ def padded_vocab_size(n: int) -> int:
 def resolve_model_config(cfg: ml_collections.ConfigDict, tokenizer) -> dict:
   """The model config with what the data and precision decide filled in."""
   m = registry.canonical_config(cfg.model)  # a legacy name: its composable config
-  for key in ("text", "decoder"):  # text towers and decoders read the tokenizer's ids
+  for key in ("text", "decoder", "qformer"):  # text towers, decoders and a Q-Former read the tokenizer's ids
     if m.get(key):
       m[key] = dict(m[key])
       m[key].setdefault("vocab_size", padded_vocab_size(tokenizer.vocab_size))
