@@ -263,6 +263,22 @@ def test_capfilt_suite_trains_each_dataset_at_the_noisy_ones_budget(tmp_path, ca
       load_config(suite, bad)
 
 
+def test_bridge_suite_matches_the_three_bridges_flops(tmp_path, capsys):
+  """configs/compare/shapes_bridges.py: LLaVA's projector, Flamingo and the Q-Former on one frozen
+  encoder and LM, one image a sequence, at LLaVA's FLOPs (the Q-Former's 8-token prompt is cheapest)."""
+  suite = os.path.join(ROOT, "configs", "compare", "shapes_bridges.py")
+  assert compare.main(["--suite", f"{suite}:clip=/r/demo,lm=/r/lm,stage1=/r/s1", "--workdir", str(tmp_path / "d"),
+                       "--dry_run"]) == 0
+  rows = {r[0]: r for r in (line.split() for line in capsys.readouterr().out.splitlines())
+          if r and r[0] in ("llava", "flamingo", "qformer")}
+  assert sorted(rows) == ["flamingo", "llava", "qformer"] and rows["llava"][2] == "300"
+  assert int(rows["qformer"][2]) > int(rows["llava"][2])
+  totals = [float(r[5]) for r in rows.values()]
+  assert max(totals) < 1.01 * min(totals)  # the same total FLOPs, up to whole steps
+  cfg = load_config(suite, "clip=/r/demo,lm=/r/lm,stage1=/r/s1")
+  assert cfg.arms.qformer.recipe == "blip2_shapes_stage2.py:stage1=/r/s1,lm=/r/lm"
+
+
 def test_tpu_pod_plan_is_one_slice_per_run(monkeypatch, capsys):
   monkeypatch.setattr(record, "check", lambda workdir, rec: False)  # no GCS here: a new directory
   assert compare.main(["--suite", TINY, "--workdir", "gs://b/cmp", "--plan", "tpu_pod", "--dry_run",
