@@ -86,6 +86,36 @@ def train_source(value: str) -> tuple[str, str]:
   return kind, path
 
 
+def run_config(workdir: str, arg: str) -> ml_collections.ConfigDict:
+  """The config.json of a vljax workdir a recipe argument `arg` names (a run or a converted checkpoint),
+  read when the recipe is: the towers another run trained decide the shapes this one loads."""
+  import json
+  import os
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config argument {arg}={workdir!r}: {path!r} does not exist; give a vljax workdir "
+                            "(a trained run, or one python -m vljax.convert wrote)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def pretrained_lm(c: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """An image-conditioned LM recipe's language half from a converted LM workdir (python -m vljax.convert
+  --checkpoint HF_DIR): its architecture, tokenizer and weights, frozen but for the rows of the tokens
+  the checkpoint lacks (<image>, <eoc>: txt/new_tokens, logits/new_tokens)."""
+  lm = run_config(workdir, "lm")
+  if lm.model.get("name") != "lm" or not lm.model.get("lm"):
+    raise ValueError(f"config argument lm={workdir!r} holds model {lm.model.get('name')!r} without `lm` settings; "
+                     "give the workdir python -m vljax.convert --checkpoint HF_LM_DIR wrote")
+  settings = lm.model.lm.to_dict() if hasattr(lm.model.lm, "to_dict") else lm.model.lm
+  tied = isinstance(settings, dict) and bool(settings.get("tie_embeddings", False))  # no logits/ of its own
+  c.model = dict({k: v for k, v in c.model.to_dict().items() if k != "text"}, lm=settings)
+  c.data.tokenizer = lm.data.tokenizer
+  c.init_from.sources = tuple(c.init_from.sources) + (f"{workdir}:txt,lm" + ("" if tied else ",logits"),)
+  c.frozen = tuple(c.frozen) + ("txt/(embedding|posemb)/.*", "lm/.*") + (() if tied else ("logits/kernel",))
+  return c
+
+
 def shapes_scenes_data(value: str) -> dict:
   """The data settings of `scenes=KIND:PATH`: shapes-world scenes on disk, e.g. a folder of
   `python -m vljax.capfilt.noisy_shapes` or CapFilt's array_record output of it. The shapes evaluators

@@ -97,3 +97,45 @@ def test_recipes_import_their_presets_from_any_working_directory(tmp_path):
   proc = subprocess.run([sys.executable, "-c", LOAD_FROM_ELSEWHERE, *args], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_llava_b16_reads_its_image_tower_and_llm_from_their_workdirs(tmp_path):
+  """configs/llava_vit_b16.py: clip= and lm= name workdirs; their config.json decides the towers."""
+  import json
+  image = dict(variant="B/16", pool="tok", posemb="learned", pre_norm=True, cls_posemb=True)
+  lm = dict(vocab_size=512, width=64, depth=2, num_heads=2, mlp_dim=128, max_len=320, tie_embeddings=True)
+  for name, cfg in (("clip", dict(model=dict(name="composable", image=image), data=dict(tokenizer="shapes"))),
+                    ("lm", dict(model=dict(name="lm", lm=lm), data=dict(tokenizer="hf:/ckpt/qwen/tokenizer.json")))):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+  recipe = os.path.join(ROOT, "configs", "llava_vit_b16.py")
+  args = f"clip={tmp_path}/clip,lm={tmp_path}/lm"
+  one = load_recipe(recipe, args)
+  assert one.model.image.to_dict() == image and one.model.lm.to_dict() == lm and "text" not in one.model
+  assert one.data.tokenizer == "hf:/ckpt/qwen/tokenizer.json"
+  assert one.init_from.sources == (f"{tmp_path}/clip:img", f"{tmp_path}/lm:txt,lm")  # tied: no logits/
+  assert one.frozen == ("img/.*", "txt/(embedding|posemb)/.*", "lm/.*")
+  two = load_recipe(recipe, f"{args},stage=2,stage1=/r/llava1,train=folder:/data/llava_instruct_150k.json")
+  assert two.frozen == ("img/.*",) and two.init_from.sources[-1] == "/r/llava1:projector"
+  assert two.data.name == "folder" and two.data.conversation_fraction == 0.5
+  for bad, message in (("stage=3", r"stage='3'; valid: \['1', '2'\]"), ("stage=2", r"stage=2 starts from stage1="),
+                       (f"clip={tmp_path}/none", r"clip=.*config.json' does not exist; give a vljax workdir"),
+                       (f"lm={tmp_path}/clip", r"lm=.* holds model 'composable' without `lm` settings")):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+      load_recipe(recipe, bad)
+
+
+def test_blip2_b16_stage2_takes_the_qformer_of_its_stage1_run(tmp_path):
+  import json
+  stage1 = load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"))
+  stage1.data.tokenizer = "shapes"
+  (tmp_path / "s1").mkdir()
+  (tmp_path / "s1" / "config.json").write_text(stage1.to_json())
+  two = load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"), f"stage=2,stage1={tmp_path}/s1")
+  q = two.model.qformer
+  assert two.model.projector == "qformer" and (q.num_queries, q.depth, q.max_len) == (32, 12, stage1.data.max_len)
+  assert q.vocab_size == 128 and two.init_from.sources == (f"{tmp_path}/s1:img,qformer",)  # shapes' padded vocab
+  assert sorted(two.evals) == ["caption", "vqa"]
+  assert setup.build(two).model.projector_kind == "qformer"
+  with pytest.raises(ValueError, match=r"stage=2 starts from stage1=WORKDIR"):
+    load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"), "stage1=/x")
