@@ -238,6 +238,11 @@ def test_decode_benchmark_paths_agree():
   cfg.data.update(image_size=IMG, max_len=LEN)
   result = bench.run(cfg, batch=2, tokens=4, repeats=1)
   assert result["same_tokens"] and result["cached_s"] > 0 and result["recompute_s"] > 0
+  # A text-only LM (an imported one is model "lm" with `lm` settings) decodes from BOS, no image.
+  cfg.model = dict(name="lm", lm=dict(vocab_size=128, width=32, depth=1, num_heads=2, num_kv_heads=1, mlp_dim=64,
+                                      max_len=LEN, norm="rmsnorm", positions="rope", mlp="swiglu"))
+  result = bench.run(cfg, batch=2, tokens=4, repeats=1)
+  assert result["same_tokens"] and result["cached_s"] > 0 and result["recompute_s"] > 0
 
 
 @pytest.mark.cross_path

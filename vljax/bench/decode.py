@@ -1,6 +1,9 @@
 """KV-cached decoding against recomputing the whole prefix every step, same model, same tokens.
 
-  python -m vljax.bench.decode [--config configs/coca_shapes.py] [--batch 16] [--tokens 32]
+  python -m vljax.bench.decode [--config configs/coca_shapes.py | --workdir RUN] [--batch 16] [--tokens 32]
+
+--workdir benches the model of a run's config.json, e.g. a language model `python -m vljax.convert
+--checkpoint HF_DIR` imported (text-only models decode from BOS, with no image).
 
 Random weights (speed does not depend on them); EOS is masked so every sequence runs `--tokens`
 steps. Prints a table of the median wall time of each path and the ratio.
@@ -9,6 +12,7 @@ steps. Prints a table of the median wall time of each path and the ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -54,22 +58,23 @@ def run(config: str | ml_collections.ConfigDict, batch: int, tokens: int, repeat
   if not hasattr(model, "decode_step"):
     raise ValueError(f"{name}: model {cfg.model.name!r} has no caption decoder to benchmark")
   size = cfg.data.image_size
-  images = jax.random.normal(jax.random.PRNGKey(1), (batch, size, size, 3))
+  images = jax.random.normal(jax.random.PRNGKey(1), (batch, size, size, 3)) if "image" in model.inputs else None
   with nn.logical_axis_rules(LOGICAL_RULES):
     params = jax.jit(lambda r: nn.unbox(model.init(r, image=images, text=jnp.zeros((batch, tokens), jnp.int32))
                                         ["params"]))(jax.random.PRNGKey(0))
-    memory = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_image")["memory"])(params, images)
+    memory = None if images is None else jax.jit(
+        lambda p, x: model.apply({"params": p}, x, method="encode_image")["memory"])(params, images)
   options = decode_lib.DecodeOptions(method="greedy", max_len=tokens, min_len=tokens)
   special = dict(bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, options=options)
 
   @jax.jit
   def cached(params, memory):
-    cache = decoder.init_cache(model, params, memory, tokens)
+    cache = decoder.init_cache(model, params, memory, tokens, batch)
     return decode_lib.decode(decoder.make_step_fn(model, params), cache, batch, **special).tokens
 
   @jax.jit
   def recomputed(params, memory):
-    step_fn, state = decoder.make_recompute_step_fn(model, params, memory, tokens)
+    step_fn, state = decoder.make_recompute_step_fn(model, params, memory, tokens, batch)
     return decode_lib.decode(step_fn, state, batch, **special).tokens
 
   same = bool(np.array_equal(cached(params, memory), recomputed(params, memory)))
@@ -80,13 +85,21 @@ def run(config: str | ml_collections.ConfigDict, batch: int, tokens: int, repeat
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", default="configs/coca_shapes.py")
+  parser.add_argument("--workdir", default="", help="bench the model of this run's config.json instead")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--tokens", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  r = run(args.config, args.batch, args.tokens, args.repeats)
+  config = args.config
+  if args.workdir:
+    path = os.path.join(args.workdir, "config.json")
+    if not os.path.isfile(path):
+      raise SystemExit(f"error: --workdir {args.workdir!r}: {path!r} does not exist")
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  r = run(config, args.batch, args.tokens, args.repeats)
   print(f"machine: {machine_name()}")
-  print(f"model: {args.config}; batch {args.batch}, {args.tokens} tokens, greedy; identical tokens: "
+  print(f"model: {args.workdir or args.config}; batch {args.batch}, {args.tokens} tokens, greedy; identical tokens: "
         f"{r['same_tokens']}")
   print("| path | ms per batch | tokens/s |\n|---|---|---|")
   for name, key in (("KV cache", "cached_s"), ("recompute prefix", "recompute_s")):

@@ -198,14 +198,16 @@ def continue_prompts(model: nn.Module, params: Any, memory: jax.Array | None, id
                            bos_id=first, eos_id=eos_id, pad_id=pad_id, options=options, rng=rng)
 
 
-def make_recompute_step_fn(model: nn.Module, params: Any, memory: jax.Array, cache_len: int
-                           ) -> tuple[Callable, Any]:
+def make_recompute_step_fn(model: nn.Module, params: Any, memory: jax.Array | None, cache_len: int,
+                           batch_size: int | None = None) -> tuple[Callable, Any]:
   """The no-cache baseline: every step reruns the decoder on the whole prefix so far.
 
   Returns (step_fn, state); the state (token buffer and memory) stands in for the cache, with the
-  batch on axis 0 so beam search can reorder it the same way.
+  batch on axis 0 so beam search can reorder it the same way (a text-only model has no memory:
+  give batch_size).
   """
-  state = {"ids": jnp.zeros((memory.shape[0], cache_len), jnp.int32), "memory": memory}
+  batch = memory.shape[0] if memory is not None else batch_size
+  state = {"ids": jnp.zeros((batch, cache_len), jnp.int32), "memory": memory}
 
   def step_fn(tokens, state, index):
     ids = jax.lax.dynamic_update_slice(state["ids"], tokens[:, None], (0, index))
