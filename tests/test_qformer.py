@@ -104,17 +104,25 @@ def _stage1_config():
   return cfg
 
 
-def test_stage1_trains_itc_itg_and_itm_in_one_step(tmp_path):
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+  """A stage-1 run, trained once: (its workdir, its config)."""
   from vljax.train.trainer import train_and_evaluate
-  train_and_evaluate(_stage1_config(), str(tmp_path / "w"))
-  with open(tmp_path / "w" / "metrics.jsonl") as f:
+  workdir, cfg = tmp_path_factory.mktemp("qformer") / "stage1", _stage1_config()
+  train_and_evaluate(cfg, str(workdir))
+  return workdir, cfg
+
+
+def test_stage1_trains_itc_itg_and_itm_in_one_step(stage1):
+  workdir, _ = stage1
+  with open(workdir / "metrics.jsonl") as f:
     last = [json.loads(line) for line in f if '"train/loss"' in line][-1]
   assert last["step"] == 2
   for name in ("softmax_contrastive_loss", "itm_loss", "captioning_loss", "itm_acc"):
     assert np.isfinite(last[f"train/{name}"]), name
   # ITM over 3 pairs an example (1 match, 2 not): cross-entropy near log 2 at the start.
   assert 0.3 < last["train/itm_loss"] < 1.5
-  with open(tmp_path / "w" / "metrics.jsonl") as f:
+  with open(workdir / "metrics.jsonl") as f:
     evals = {k: v for line in f for k, v in json.loads(line).items() if k.startswith("eval/")}
   for name in ("zeroshot/top1", "retrieval/i2t_r1", "retrieval/itm_i2t_r1", "binding/acc"):
     assert 0 <= evals[f"eval/{name}"] <= 1, name
@@ -140,16 +148,14 @@ def test_bad_qformer_configs_name_the_value():
       get_model(dict(base, **change, text=dict(base["text"], vocab_size=64, max_len=12)))
 
 
-def test_stage2_soft_prompts_a_frozen_lm_from_the_stage1_qformer(tmp_path):
+def test_stage2_soft_prompts_a_frozen_lm_from_the_stage1_qformer(stage1, tmp_path):
   """LLaVA with projector="qformer" (BLIP-2 stage 2): the stage-1 Q-Former's params load whole, its query
   outputs become the soft prompt of a frozen LM, and captions decode with the KV cache."""
   import vljax
   from flax import traverse_util
   from vljax.checkpoint_io import load_params
   from vljax.train.trainer import train_and_evaluate
-  stage1 = _stage1_config()
-  stage1.evals = {}
-  train_and_evaluate(stage1, str(tmp_path / "stage1"))
+  stage1_dir, stage1 = stage1
   cfg = tiny_config(evals=dict(caption=dict(every=2, num_examples=8, num_references=2,
                                             decode=dict(method="greedy", max_len=8))), total_steps=2, batch_size=8)
   cfg.model = dict(name="llava", image=stage1.model.image.to_dict(), text=dict(variant="mu", max_len=48),
@@ -157,11 +163,11 @@ def test_stage2_soft_prompts_a_frozen_lm_from_the_stage1_qformer(tmp_path):
                                                      max_len=stage1.data.max_len))
   cfg.objectives = {"captioning": 1.0}
   cfg.data.update(format="vlm", chunks=1, max_len=24)
-  cfg.init_from = dict(workdir="", subtree="", step=-1, sources=(f"{tmp_path}/stage1:img,qformer",))
+  cfg.init_from = dict(workdir="", subtree="", step=-1, sources=(f"{stage1_dir}:img,qformer",))
   cfg.frozen = ("img/.*", "txt/.*", "lm/.*", "logits/.*") + QFORMER_TEXT_HALF
   cfg.checkpoint = dict(every=2, keep=1, async_save=False)
   train_and_evaluate(cfg, str(tmp_path / "stage2"))
-  before = traverse_util.flatten_dict(load_params(str(tmp_path / "stage1"))[0], sep="/")
+  before = traverse_util.flatten_dict(load_params(str(stage1_dir))[0], sep="/")
   after = traverse_util.flatten_dict(load_params(str(tmp_path / "stage2"))[0], sep="/")
   qformer = [k for k in before if k.startswith("qformer/")]
   assert qformer and all(k in after and after[k].shape == before[k].shape for k in qformer)
