@@ -142,7 +142,7 @@ def test_random_streams_are_separate_by_name_and_capp_masks_from_its_own():
               for k in keys.values()}) == 3
   cappa = get_model(dict(name="cappa", image=dict(variant="mu/8"), text=dict(variant="mu", vocab_size=40, max_len=8),
                          parallel_fraction=0.5))
-  assert set(objectives.model_rngs(cappa, key)) == {"dropout", "mask"}
+  assert set(objectives.model_rngs(cappa, key)) == {"dropout", "mask", "patch_dropout"}
   image, text = jnp.ones((8, 16, 16, 3)), jnp.ones((8, 8), jnp.int32)
   params = cappa.init(key, image=image, text=text)["params"]
 

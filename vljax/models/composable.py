@@ -51,7 +51,7 @@ from vljax.models.layers import check_choice, partitioned
 from vljax.models.pooling import MAPHead
 from vljax.models.registry import register_model
 from vljax.models.text import TextTransformer, text_settings
-from vljax.models.vit import ViT, vit_settings
+from vljax.models.vit import PATCH_DROPOUT_STREAM, ViT, vit_settings
 
 IMAGE_POOLS = ("tower", "map")  # the pooled ViT output; a MAP head
 IMAGE_POOL_INPUTS = ("tokens", "memory")  # what the MAP head reads: the ViT tokens, the memory pooler's outputs
@@ -107,7 +107,8 @@ class Composable(nn.Module):
                      "img_emb": "model.contrastive=dict(...) and model.text", "txt_emb": "model.contrastive=dict(...)",
                      "logit_scale": "model.contrastive=dict(...)", "caption_logits": "model.decoder=dict(variant=...)",
                      "fusion_memory": "model.fusion=dict(share='none', variant=...) or dict(share='blip')"}
-  rng_streams = ("dropout", "mask")  # "mask": which examples get parallel prediction
+  # "mask": which examples get parallel prediction; "patch_dropout": the patches the ViT keeps (FLIP).
+  rng_streams = ("dropout", "mask", PATCH_DROPOUT_STREAM)
 
   def active_capabilities(self) -> frozenset[str]:
     return frozenset({IMAGE_FEATURES} | ({EMBEDDINGS} if self.contrastive else set()) |
@@ -280,7 +281,7 @@ class Composable(nn.Module):
     run, `passes` (method -> runs per example: itm_logits, mlm_logits)."""
     c = resolve_config(cfg)
     img, scan, length, d = c["image"], c["scan"], inputs.text_len, c["decoder"]
-    n, dv = flops.image_tokens(img, inputs.image_size) + img["cls_in_tokens"], img["width"]
+    n, dv = flops.encoder_tokens(img, inputs.image_size) + img["cls_in_tokens"], img["width"]
     parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=scan)
     pooled, memory = parts[-1].name, (tokens, n, dv)
     if d and d["memory_queries"]:

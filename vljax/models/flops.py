@@ -175,6 +175,12 @@ def attention_pool(name: str, queries: int, length: int, width: int, mlp_dim: in
   return Part(name, (name,), float(dense), float(4 * queries * length * d), {reads: float(kv)})
 
 
+def encoder_tokens(settings: dict[str, Any], image_size: int) -> int:
+  """Patch tokens a training pass's encoder sees (no [CLS]): image_tokens less those patch dropout drops."""
+  from vljax.models.vit import kept_patches  # lazy: the model files import this one
+  return kept_patches(image_tokens(settings, image_size), settings.get("patch_dropout", 0.0))
+
+
 def image_tokens(settings: dict[str, Any], image_size: int) -> int:
   """Patch tokens of one image (no [CLS])."""
   if image_size % settings["patch"]:
@@ -202,11 +208,12 @@ def vit_parts(settings: dict[str, Any], image_size: int, prefix: str = "img", ou
   extras = [f"{prefix}/{k}" for k, on in (("posemb", s["posemb"] == "learned"), ("cls", s["pool"] == "tok"),
                                           ("pre_norm", s["pre_norm"])) if on]
   parts = [stem, Part(f"{prefix}/tokens", tuple(extras), reads={stem.name: 0.0})]
-  length = n + 1 if s["pool"] == "tok" else n
+  kept = encoder_tokens(s, image_size)  # patch dropout: the encoder sees fewer
+  length = kept + 1 if s["pool"] == "tok" else kept
   parts += encoder(f"{prefix}/encoder", s["depth"], length, d, s["mlp_dim"], parts[-1].name, scan)
   tokens = parts[-1].name
   if s["pool"] == "map":
-    parts.append(attention_pool(f"{prefix}/map", 1, n, d, s["mlp_dim"], tokens))
+    parts.append(attention_pool(f"{prefix}/map", 1, kept, d, s["mlp_dim"], tokens))
   if out_dim is not None and s["head"]:
     parts.append(linear(f"{prefix}/head", 2 * d * out_dim, parts[-1].name))
   return parts, tokens

@@ -32,14 +32,17 @@ STEMS = ("patch", "conv")
 POSEMBS = ("learned", "sincos2d")
 POOLS = ("tok", "gap", "max", "map")
 ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "patch", "stem", "stem_channels", "posemb", "pool",
-             "pre_norm", "cls_posemb", "cls_in_tokens", "head", "head_bias", "activation", "norm_eps")
+             "pre_norm", "cls_posemb", "cls_in_tokens", "head", "head_bias", "activation", "norm_eps",
+             "patch_dropout")
+PATCH_DROPOUT_STREAM = "patch_dropout"  # the named random stream of the kept patches (a model's rng_streams)
 # Defaults of the keys every variant shares; the last seven express CLIP's, SigLIP's and BLIP's published towers.
 SHARED_DEFAULTS = dict(stem_channels=(32, 64), posemb="learned", pool="gap",
                        pre_norm=False,  # LayerNorm before the encoder (CLIP's ln_pre)
                        cls_posemb=False,  # the [CLS] token gets a position embedding row (CLIP), not none
                        cls_in_tokens=False,  # the output tokens (a decoder's memory) keep [CLS] first (BLIP)
                        head=True,  # linear head to the two-tower embedding; False: width is the embedding
-                       head_bias=True, activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS)
+                       head_bias=True, activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS,
+                       patch_dropout=0.0)  # FLIP: the fraction of patches a training pass drops, per image
 
 
 def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
@@ -67,9 +70,17 @@ def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
     raise ValueError(f"ViT cls_posemb=True gives the [CLS] token a learned position row: it needs pool='tok' "
                      f"and posemb='learned', got pool={cfg['pool']!r}, posemb={cfg['posemb']!r}")
   _check_cls_in_tokens(cfg["cls_in_tokens"], cfg["pool"])
+  if not (isinstance(cfg["patch_dropout"], (int, float)) and 0 <= cfg["patch_dropout"] < 1):
+    raise ValueError(f"ViT patch_dropout={cfg['patch_dropout']!r} is invalid; valid: a fraction in [0, 1) of the "
+                     "patches a training pass drops (FLIP: 0.5 or 0.75; 0: none)")
   if cfg["stem"] == "conv":
     conv_stem_last_kernel(cfg["patch"], cfg["stem_channels"])
   return cfg
+
+
+def kept_patches(num_patches: int, patch_dropout: float) -> int:
+  """Patches a training pass keeps of an image's `num_patches` at this dropout (at least one)."""
+  return max(1, int(round(num_patches * (1.0 - patch_dropout))))
 
 
 def _check_cls_in_tokens(cls_in_tokens: bool, pool: str) -> None:
@@ -181,6 +192,7 @@ class ViT(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  patch_dropout: float = 0.0
 
   @nn.compact
   def __call__(self, image: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -222,6 +234,10 @@ class ViT(nn.Module):
       x = x + layers.posemb_sincos_2d(h, w, c).astype(x.dtype)[None]
     if self.pool == "tok" and not self.cls_posemb:
       x = with_cls(x)
+    patches = h * w
+    if train and self.patch_dropout > 0:  # FLIP: each image keeps a random subset of its patches
+      x = self._drop_patches(x, has_cls=self.pool == "tok")
+      patches = kept_patches(h * w, self.patch_dropout)
 
     # 3. Encoder, after CLIP's extra LayerNorm when pre_norm.
     block_kw = dict(activation=self.activation, norm_eps=self.norm_eps)
@@ -241,13 +257,26 @@ class ViT(nn.Module):
     else:
       pooled = MAPHead(self.num_heads, self.mlp_dim, attention_impl=self.attention_impl, name="map", **block_kw,
                        **kw)(x)[:, 0]
-    chex.assert_shape(x, (batch, h * w + self.cls_in_tokens, self.width))
+    chex.assert_shape(x, (batch, patches + self.cls_in_tokens, self.width))
 
     # 5. Optional linear head.
     if self.out_dim is not None:
       pooled = layers.tower_head(pooled, self.out_dim, head=self.head, use_bias=self.head_bias, what="ViT", **kw)
     chex.assert_shape(pooled, (batch, self.out_dim or self.width))
     return pooled, x
+
+  def _drop_patches(self, x: jax.Array, has_cls: bool) -> jax.Array:
+    """x [B, ([CLS] +) N, D] -> [B, ([CLS] +) kept, D]: a uniformly random subset of each image's patches,
+    in their order, with their position embeddings; [CLS] always stays."""
+    if not self.has_rng(PATCH_DROPOUT_STREAM):
+      raise ValueError(f"ViT patch_dropout={self.patch_dropout} draws from the random stream "
+                       f"{PATCH_DROPOUT_STREAM!r}, which this model does not declare; valid: image.patch_dropout=0, "
+                       "or the composable model")
+    cls, patches = (x[:, :1], x[:, 1:]) if has_cls else (x[:, :0], x)
+    keep = kept_patches(patches.shape[1], self.patch_dropout)
+    scores = jax.random.uniform(self.make_rng(PATCH_DROPOUT_STREAM), patches.shape[:2])
+    kept = jnp.sort(jax.lax.top_k(scores, keep)[1], axis=1)
+    return jnp.concatenate([cls, jnp.take_along_axis(patches, kept[..., None], axis=1)], axis=1)
 
 
 def make_vit(variant: str, **kwargs: Any) -> ViT:
