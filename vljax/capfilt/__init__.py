@@ -29,7 +29,9 @@ processes (--coordinator_address etc., or as training detects them) process p of
 p + P, ...; each uses its own devices. Corrupt or missing images are skipped and counted; a DIR of
 another job or with other files is refused.
 
-The shapes demonstration (seed 0, one run, a 2-core CPU shared with other work; the recipe as of
+The whole chain (BLIP trained on noisy scenes, CapFilt, BLIP pretrained again on each dataset at
+equal compute, 3 seeds) is configs/compare/capfilt_shapes.py, with its commands and figures. The
+first shapes demonstration (seed 0, one run, a 2-core CPU shared with other work; the recipe as of
 commit 8858988, whose arm=blip trained plain ITC, before momentum distillation):
 
   python -m vljax.train --config configs/blip_shapes.py --workdir runs/capfilt_demo/blip \\
