@@ -12,7 +12,7 @@ import re
 
 import ml_collections
 
-from vljax.config import base_config, load_config  # noqa: F401  (what every recipe starts from)
+from vljax.config import base_config, load_config, workdir_config  # noqa: F401  (what every recipe starts from)
 from vljax.data.formats import DEVICE_RESIZE_FORMATS
 
 # The CPU image tower: a 3-conv stem to 8x8 tokens of width 64, no transformer layers.
@@ -89,14 +89,7 @@ def train_source(value: str) -> tuple[str, str]:
 def run_config(workdir: str, arg: str) -> ml_collections.ConfigDict:
   """The config.json of a vljax workdir a recipe argument `arg` names (a run or a converted checkpoint),
   read when the recipe is: the towers another run trained decide the shapes this one loads."""
-  import json
-  import os
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config argument {arg}={workdir!r}: {path!r} does not exist; give a vljax workdir "
-                            "(a trained run, or one python -m vljax.convert wrote)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return workdir_config(workdir, f"config argument {arg}={workdir!r}")
 
 
 def pretrained_lm(c: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:

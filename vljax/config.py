@@ -64,6 +64,18 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+def workdir_config(workdir: str, where: str) -> ml_collections.ConfigDict:
+  """The config.json of a vljax workdir (a trained run, or one python -m vljax.convert wrote); `where`
+  names the argument that gave it, for the error when there is none."""
+  import json
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{where}: {path!r} does not exist; give a vljax workdir (a trained run, or one "
+                            "python -m vljax.convert wrote)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of the recipe file at `path` (outside the absl command line)."""
   if not os.path.isfile(path):

@@ -12,7 +12,6 @@ steps. Prints a table of the median wall time of each path and the ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -92,11 +91,10 @@ def main() -> None:
   args = parser.parse_args()
   config = args.config
   if args.workdir:
-    path = os.path.join(args.workdir, "config.json")
-    if not os.path.isfile(path):
-      raise SystemExit(f"error: --workdir {args.workdir!r}: {path!r} does not exist")
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    try:
+      config = config_lib.workdir_config(args.workdir, f"--workdir {args.workdir!r}")
+    except FileNotFoundError as e:
+      raise SystemExit(f"error: {e}") from None
   r = run(config, args.batch, args.tokens, args.repeats)
   print(f"machine: {machine_name()}")
   print(f"model: {args.workdir or args.config}; batch {args.batch}, {args.tokens} tokens, greedy; identical tokens: "

@@ -26,9 +26,8 @@ from flax import linen as nn
 from vljax.models import flops, layers, model_config
 from vljax.models.capabilities import EMBEDDINGS, IMAGE_FEATURES, MATCHING
 from vljax.models.composable import l2_normalize, temperature_param
-from vljax.models.qformer import make_qformer, qformer_parts
+from vljax.models.qformer import make_qformer, qformer_parts, qformer_settings
 from vljax.models.registry import register_model
-from vljax.models.text import text_settings
 from vljax.models.vit import ViT, vit_settings
 
 QFORMER_DEFAULTS: dict[str, Any] = dict(image=None, text=None, num_queries=32, cross_every=2, embed_dim=256,
@@ -39,9 +38,7 @@ QFORMER_DEFAULTS: dict[str, Any] = dict(image=None, text=None, num_queries=32, c
 class QFormerModel(nn.Module):
   """Image tower + Q-Former + the heads of BLIP-2's three stage-1 objectives."""
   img: ViT
-  text: dict[str, Any]
-  num_queries: int = 32
-  cross_every: int = 2
+  text: dict[str, Any]  # the Q-Former's settings (qformer_settings: its text keys, num_queries, cross_every)
   embed_dim: int = 256
   logit_scale_init: float = 1 / 0.07
   max_logit_scale: float = 100.0
@@ -57,8 +54,7 @@ class QFormerModel(nn.Module):
   def setup(self):
     kw = dict(self.module_kw or {})
     dtypes = model_config.dtypes(kw)
-    t = self.text
-    self.qformer = make_qformer(dict(t, num_queries=self.num_queries, cross_every=self.cross_every), kw)
+    self.qformer = make_qformer(self.text, kw)
     self.img_proj = layers.dense(self.embed_dim, ("embed", None), name="img_proj", **dtypes)
     self.txt_proj = layers.dense(self.embed_dim, ("embed", None), name="txt_proj", **dtypes)
     self.itm_head = layers.dense(2, ("embed", None), name="itm_head", **dtypes)
@@ -102,7 +98,8 @@ class QFormerModel(nn.Module):
     """The image tower; the Q-Former's passes of the queries alone, of the text alone, and of both
     under the causal mask (ITG) with its vocabulary head; projections; ITM's further passes."""
     c = resolve_config(cfg)
-    img, t, q, length = c["image"], c["text"], c["num_queries"], inputs.text_len
+    img, t, length = c["image"], c["text"], inputs.text_len
+    q = t["num_queries"]
     parts, tokens = flops.vit_parts(img, inputs.image_size, "img", scan=c["scan"])
     memory = (tokens, flops.image_tokens(img, inputs.image_size), img["width"])
     d, e = t["width"], c["embed_dim"]
@@ -110,8 +107,7 @@ class QFormerModel(nn.Module):
                             reads={"text": 0.0}))
     # The queries alone (ITC), the text alone (ITC), both under the causal mask (ITG): one chain of
     # blocks, whose weights every pass uses.
-    settings = dict(t, cross_every=c["cross_every"])
-    blocks = qformer_parts(settings, "qformer", [(q, 0), (0, length), (q, length)], memory, "qformer/inputs")
+    blocks = qformer_parts(t, "qformer", [(q, 0), (0, length), (q, length)], memory, "qformer/inputs")
     vocab = float(2 * length * d * t["vocab_size"])
     parts += blocks + [flops.Part("qformer/encoder/encoder_norm", ("qformer/encoder/encoder_norm",),
                                   reads={blocks[-1].name: 0.0}),
@@ -123,7 +119,7 @@ class QFormerModel(nn.Module):
     for method, runs in (passes or {}).items():
       if method != "itm_logits":
         raise flops.UncountedPass(f"model 'qformer' counts no pass of method {method!r}; it counts 'itm_logits'")
-      itm = qformer_parts(settings, "qformer", [(q, length)], memory, "qformer/inputs")
+      itm = qformer_parts(t, "qformer", [(q, length)], memory, "qformer/inputs")
       itm.append(flops.linear("itm_head", 2 * q * d * 2, itm[-1].name))
       parts += flops.further_pass(method, itm, runs)
     return parts
@@ -132,18 +128,17 @@ class QFormerModel(nn.Module):
   def from_config(cls, cfg: dict[str, Any]) -> "QFormerModel":
     c = resolve_config(cfg)
     kw = model_config.module_kwargs(c)
-    image_kw = {k: v for k, v in kw.items() if k != "scan" or not v}
-    return cls(img=ViT(**c["image"], **image_kw), text=c["text"], num_queries=c["num_queries"],
-               cross_every=c["cross_every"], embed_dim=c["embed_dim"], logit_scale_init=c["logit_scale_init"],
-               max_logit_scale=c["max_logit_scale"], module_kw=kw)
+    return cls(img=ViT(**c["image"], **kw), text=c["text"], embed_dim=c["embed_dim"],
+               logit_scale_init=c["logit_scale_init"], max_logit_scale=c["max_logit_scale"], module_kw=kw)
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
-  c = model_config.resolve("qformer", cfg, QFORMER_DEFAULTS, {"image": vit_settings, "text": text_settings})
+  """The settings; `text` becomes the Q-Former's (qformer_settings), num_queries and cross_every in it."""
+  c = model_config.resolve("qformer", cfg, QFORMER_DEFAULTS, {"image": vit_settings})
   model_config.check_image_tokens_only("qformer", c["image"])
-  for key in ("num_queries", "cross_every", "embed_dim"):
-    if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
-      raise ValueError(f"qformer config {key}={c[key]!r} is invalid; valid: an integer >= 1")
+  c["text"] = qformer_settings(dict(c["text"] or {}, num_queries=c["num_queries"], cross_every=c["cross_every"]))
+  if not isinstance(c["embed_dim"], int) or isinstance(c["embed_dim"], bool) or c["embed_dim"] < 1:
+    raise ValueError(f"qformer config embed_dim={c['embed_dim']!r} is invalid; valid: an integer >= 1")
   if not c["logit_scale_init"] > 0:
     raise ValueError(f"qformer config logit_scale_init={c['logit_scale_init']!r} is invalid; valid: > 0")
   return c
