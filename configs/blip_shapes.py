@@ -4,6 +4,11 @@
   python -m vljax.train --config configs/blip_shapes.py:arm=itc_itm --workdir runs/blip_itc_itm
   python -m vljax.train --config configs/blip_shapes.py:arm=itc_mlm --workdir runs/blip_itc_mlm
   python -m vljax.train --config configs/blip_shapes.py:scenes=folder:runs/noisy --workdir runs/blip_noisy
+  python -m vljax.train --config configs/blip_shapes.py:queue=4096 --workdir runs/blip_queue
+
+queue=Q (arm=blip) gives ITC ALBEF's feature queue: the momentum embeddings of the last Q examples
+join the batch's as negatives (objectives.momentum_contrastive.queue_size; 0, the default, keeps
+none; BLIP: 57,600-65,536 against a batch of 2,880).
 
 scenes=KIND:PATH trains on shapes scenes on disk instead of the world's stream (common.shapes_scenes_data:
 a folder written by python -m vljax.capfilt.noisy_shapes, or CapFilt's array_record output), with the
@@ -46,10 +51,13 @@ ITM_K = {"retrieval": 16, "zeroshot": 8}
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, arm="blip", scenes="")
+  args = common.parse_arg(arg, arm="blip", scenes="", queue="0")
   arm = args["arm"]
   if arm not in ARMS:
     raise ValueError(f"blip_shapes arm={arm!r}; valid: {sorted(ARMS)}")
+  if not args["queue"].isdigit() or (int(args["queue"]) and arm != "blip"):
+    raise ValueError(f"blip_shapes queue={args['queue']!r}; valid: a whole number of examples (0: no queue), "
+                     "with arm=blip (the queue holds the momentum model's embeddings)")
   c = common.base_config(arg)
   model = common.shapes_contrastive()
   if arm == "blip":
@@ -58,6 +66,9 @@ def get_config(arg=None):
     model.update(fusion=dict(share="none", variant="shapes-64", depth=2))
   c.model = model
   c.objectives = ARMS[arm]
+  if int(args["queue"]):
+    c.objectives = dict(c.objectives, momentum_contrastive=dict(ARMS[arm]["momentum_contrastive"],
+                                                                queue_size=int(args["queue"])))
   if arm == "blip":  # the momentum model: an EMA of the weights (BLIP: 0.995), fresh early on (warmup)
     c.ema = dict(decay=0.995, warmup=True, evaluate="raw")
   c = common.shapes_training(c)

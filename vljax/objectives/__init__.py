@@ -1,9 +1,9 @@
 """Training objectives: pure losses and the name -> objective registry."""
 
 from vljax.plugins import import_submodules
-from vljax.objectives.registry import (OBJECTIVES, RUN_ARGS, ModelAccess, ObjectiveInfo, call_objective,
-                                       combined_loss, get_objective, model_rngs, parse_objectives,
-                                       register_objective, stream_rng)
+from vljax.objectives.registry import (NEW_STATE, OBJECTIVES, RUN_ARGS, ModelAccess, ObjectiveInfo,
+                                       call_objective, combined_loss, get_objective, init_state, keeps_state,
+                                       model_rngs, parse_objectives, register_objective, stream_rng)
 from vljax.objectives.contrastive import (IMPLS, all_gather_softmax_contrastive_loss,
                                           ring_sigmoid_contrastive_loss,
                                           sigmoid_contrastive_loss, softmax_contrastive_loss)
@@ -14,8 +14,8 @@ from vljax.objectives.captioning import captioning_loss
 import_submodules(__name__, __path__)
 
 __all__ = [
-    "IMPLS", "OBJECTIVES", "RUN_ARGS", "ModelAccess", "ObjectiveInfo", "all_gather_softmax_contrastive_loss",
-    "call_objective", "captioning_loss", "combined_loss", "get_objective", "model_rngs", "parse_objectives",
-    "register_objective", "ring_sigmoid_contrastive_loss", "sigmoid_contrastive_loss", "softmax_contrastive_loss",
-    "stream_rng",
+    "IMPLS", "NEW_STATE", "OBJECTIVES", "RUN_ARGS", "ModelAccess", "ObjectiveInfo",
+    "all_gather_softmax_contrastive_loss", "call_objective", "captioning_loss", "combined_loss", "get_objective",
+    "init_state", "keeps_state", "model_rngs", "parse_objectives", "register_objective",
+    "ring_sigmoid_contrastive_loss", "sigmoid_contrastive_loss", "softmax_contrastive_loss", "stream_rng",
 ]

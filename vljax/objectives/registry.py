@@ -2,11 +2,13 @@
 
 An objective is fn(outputs, batch, *, <run args it names>, **options) -> (loss, metrics). Options
 come from the config; the run's own arguments (RUN_ARGS) from the train step, to the objectives
-whose signature names them: the loss implementation, the tokenizer's pad id, and `model`, a
+whose signature names them: the loss implementation, the tokenizer's pad id, `model`, a
 ModelAccess that runs further passes of the model on the step's parameters and hands out named
-random streams. What the objective declares at registration (which model outputs it reads,
-whether it couples the examples of a batch, how it normalises over the batch) is what the
-start-up checks and GradCache read: no name tables elsewhere.
+random streams, and `state`, the objective's own arrays carried from step to step (a feature
+queue). An objective that names `state` returns (loss, metrics, new state). What the objective
+declares at registration (which model outputs it reads, whether it couples the examples of a
+batch, how it normalises over the batch) is what the start-up checks and GradCache read: no name
+tables elsewhere.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ Count = Callable[[dict, int], jnp.ndarray]
 
 # Keyword arguments the run supplies, never the config: the loss implementation ("gather" or
 # "shard_map"), the tokenizer's pad id, and access to the model (ModelAccess).
-RUN_ARGS = ("impl", "pad_id", "model")
+RUN_ARGS = ("impl", "pad_id", "model", "state")
+# Where combined_loss returns the stateful objectives' new state, {name: state}, among its metrics:
+# the train step takes it out into TrainState.objective_state; it is never logged.
+NEW_STATE = "objective_state"
+# (model outputs as ShapeDtypeStructs, rows of the global micro-batch, the objective's options) -> its
+# initial state (a pytree of arrays, saved in every checkpoint), or None when these options keep none.
+StateInit = Callable[[dict, int, dict], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +53,7 @@ class ObjectiveInfo:
   passes: the further passes it runs through ModelAccess.apply, as (model method, runs per example of
     the batch) pairs, e.g. ITM's ("itm_logits", 3); the train step's FLOP count adds them
     (vljax/train/step_flops.py). An objective that drives the model and declares none goes uncounted.
+  state: for objectives that carry arrays from step to step, their initial value (StateInit).
   """
   name: str
   fn: Objective
@@ -54,6 +63,7 @@ class ObjectiveInfo:
   count: Count | None = None
   impls: tuple[str, ...] = ("gather", "shard_map")  # the loss_impl values it has a form for
   passes: tuple[tuple[str, float], ...] = ()
+  state: StateInit | None = None
 
   @property
   def needs(self) -> tuple[str, ...]:
@@ -72,9 +82,11 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {}
 def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, ...] = (),
                        couples_examples: bool, count: Count | None = None,
                        impls: tuple[str, ...] = ("gather", "shard_map"),
-                       passes: Mapping[str, float] | None = None) -> Callable[[Objective], Objective]:
+                       passes: Mapping[str, float] | None = None, state: StateInit | None = None
+                       ) -> Callable[[Objective], Objective]:
   """Decorator adding an objective to OBJECTIVES under `name`, with its declarations (ObjectiveInfo);
-  passes: model method -> runs per example (ObjectiveInfo.passes)."""
+  passes: model method -> runs per example (ObjectiveInfo.passes); state: its initial state, for an
+  objective whose signature names `state`."""
   if not couples_examples and count is None:
     raise ValueError(f"objective {name!r}: an objective that does not couple examples declares its count")
   runs = tuple((str(m), float(k)) for m, k in (passes or {}).items())
@@ -82,8 +94,11 @@ def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, 
     raise ValueError(f"objective {name!r}: passes={dict(passes)} must give each method runs per example > 0")
 
   def wrap(fn: Objective) -> Objective:
+    if (state is None) == ("state" in inspect.signature(fn).parameters):
+      raise ValueError(f"objective {name!r}: an objective takes `state` exactly when it registers its initial state")
     add_unique(OBJECTIVES, "objective", name,
-               ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count, tuple(impls), runs),
+               ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count, tuple(impls), runs,
+                             state),
                owner=lambda info: info.fn)
     return fn
   return wrap
@@ -194,16 +209,44 @@ def call_objective(name: str, outputs: dict, batch: dict, options: Mapping[str, 
 
 
 def combined_loss(spec: Mapping[str, Any], outputs: dict, batch: dict, *, impl: str = "gather",
-                  pad_id: int = tokenizers.PAD_ID, model: ModelAccess | None = None
-                  ) -> tuple[jnp.ndarray, dict]:
+                  pad_id: int = tokenizers.PAD_ID, model: ModelAccess | None = None,
+                  state: Mapping[str, Any] | None = None) -> tuple[jnp.ndarray, dict]:
   """Weighted sum of objectives; metrics hold each '<name>_loss' unweighted plus their extras.
-  pad_id: the run's tokenizer's (the trainer passes it); model: for objectives that drive it."""
+  pad_id: the run's tokenizer's (the trainer passes it); model: for objectives that drive it;
+  state: the stateful objectives' states by name (init_state), whose new values come back as
+  metrics[NEW_STATE]; without it they run as if at their first step and return none."""
   total = jnp.zeros((), jnp.float32)
   metrics: dict = {}
+  new_state = {}
   for name, (weight, options) in parse_objectives(spec).items():
-    loss, extra = call_objective(name, outputs, batch, options, impl=impl, pad_id=pad_id, model=model)
+    run = dict(impl=impl, pad_id=pad_id, model=model)
+    if get_objective(name).state is not None:
+      loss, extra, after = call_objective(name, outputs, batch, options, state=(state or {}).get(name), **run)
+      if state is not None and name in state:
+        new_state[name] = after
+    else:
+      loss, extra = call_objective(name, outputs, batch, options, **run)
     total = total + weight * loss
     metrics.update(extra)
     metrics[f"{name}_loss"] = loss
   metrics["loss"] = total
+  if new_state:
+    metrics[NEW_STATE] = new_state
   return total, metrics
+
+
+def init_state(spec: Mapping[str, Any], outputs: dict, batch_rows: int) -> dict | None:
+  """{name: initial state} of the stateful objectives in `spec` (None when none keeps any): outputs,
+  the model's outputs as ShapeDtypeStructs; batch_rows, the rows of the global micro-batch."""
+  states = {}
+  for name, (_, options) in parse_objectives(spec).items():
+    init = get_objective(name).state
+    value = None if init is None else init(outputs, batch_rows, options)
+    if value is not None:
+      states[name] = value
+  return states or None
+
+
+def keeps_state(spec: Mapping[str, Any]) -> bool:
+  """Whether some objective in `spec` registers a state (it may still keep none with its options)."""
+  return any(get_objective(name).state is not None for name in parse_objectives(spec))

@@ -31,8 +31,11 @@ def state_layout(state, frozen, optimizer: dict) -> dict:
   for path, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
     cut = next((i for i, k in enumerate(path) if isinstance(k, jax.tree_util.DictKey)), len(path))
     heads.add(jax.tree_util.keystr(tuple(path[:cut])))
+  objective_state = {jax.tree_util.keystr(path): list(leaf.shape)
+                     for path, leaf in jax.tree_util.tree_flatten_with_path(state.objective_state)[0]}
   return {"frozen": list(frozen), "trainable_params": sorted(k for k in params if not is_frozen(k)),
-          "optimizer": dict(optimizer), "opt_state_layout": sorted(heads), "ema": state.ema_params is not None}
+          "optimizer": dict(optimizer), "opt_state_layout": sorted(heads), "ema": state.ema_params is not None,
+          "objective_state": objective_state}
 
 
 def layout_changes(saved: dict, now: dict, limit: int = 4) -> list[str]:
@@ -55,6 +58,9 @@ def layout_changes(saved: dict, now: dict, limit: int = 4) -> list[str]:
   if saved.get("ema", False) != now.get("ema", False):  # checkpoints from before the EMA existed keep none
     problems.append("the checkpoint " + ("keeps" if saved.get("ema") else "has no") + " EMA of the weights and "
                     "this config " + ("has none (ema.decay=0)" if saved.get("ema") else "keeps one (ema.decay > 0)"))
+  if saved.get("objective_state", {}) != now.get("objective_state", {}):  # none before objectives kept state
+    problems.append(f"the objectives' state (a feature queue: objectives.<name>.queue_size) has another layout: "
+                    f"{saved.get('objective_state', {})} in the checkpoint, {now['objective_state']} now")
   return problems
 
 

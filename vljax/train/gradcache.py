@@ -50,7 +50,8 @@ def check_objectives(spec: Mapping[str, Any]) -> dict[str, tuple[float, dict]]:
   """parse_objectives(spec), failing on an objective that gradcache cannot split exactly: one that
   couples examples and runs passes of the model of its own (their inputs span the whole batch)."""
   parsed = objectives.parse_objectives(spec)
-  unsupported = sorted(n for n in parsed if _info(n).couples_examples and _info(n).drives_model)
+  unsupported = sorted(n for n in parsed if _info(n).couples_examples and _info(n).drives_model
+                       or _info(n).state is not None)
   if unsupported:
     splits = sorted(n for n, info in objectives.OBJECTIVES.items()
                     if not (info.couples_examples and info.drives_model))

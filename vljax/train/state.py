@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from vljax import objectives
 from vljax.data import pipeline
 from vljax.parallel.sharding import LOGICAL_RULES, replicated
 from vljax.train import ema as ema_lib
@@ -24,6 +25,7 @@ class TrainState:
   opt_state: Any         # optimizer state of the trainable params only
   rng: jax.Array         # uint32[2]; folded with the step for per-step randomness
   ema_params: Any = None  # EMA of the trainable params (vljax/train/ema.py); None when cfg.ema.decay is 0
+  objective_state: Any = None  # {objective: its arrays carried across steps} (a feature queue); None when none keeps any
 
 
 def dummy_inputs(cfg, batch: int) -> dict:
@@ -72,9 +74,19 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, cfg, inputs: di
     # The EMA starts as the initial weights, in buffers of its own (the step donates the state).
     ema = jax.tree.map(jnp.copy, trainable) if ema_lib.enabled(cfg) else None
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), rng=state_rng,
-                       ema_params=ema)
+                       ema_params=ema, objective_state=_init_objective_state(model, cfg, params, inputs))
     return (boxed, state) if with_boxed else state
   return init
+
+
+def _init_objective_state(model: nn.Module, cfg, params: Any, inputs: dict) -> Any:
+  """The stateful objectives' initial states (objectives.init_state), from the model's output shapes."""
+  if not objectives.keeps_state(cfg.objectives):
+    return None
+  outputs = jax.eval_shape(lambda p: model.apply({"params": p}, **{k: inputs[k] for k in model.inputs}, train=False),
+                           params)
+  micro_batch = cfg.batch_size // int(cfg.get("grad_accum_steps", 1))
+  return objectives.init_state(cfg.objectives, outputs, micro_batch)
 
 
 def plan_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, mesh, inputs: dict):
@@ -88,7 +100,9 @@ def plan_train_state(model: nn.Module, tx: optax.GradientTransformation, cfg, me
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable_sh,
                                  transform_non_params=lambda _: replicated(mesh))
   shardings = TrainState(step=replicated(mesh), params=p_sh, opt_state=opt_sh, rng=replicated(mesh),
-                         ema_params=trainable_sh if ema_lib.enabled(cfg) else None)
+                         ema_params=trainable_sh if ema_lib.enabled(cfg) else None,
+                         # Replicated: a queue is read whole by every device's rows.
+                         objective_state=jax.tree.map(lambda _: replicated(mesh), abstract.objective_state))
   return abstract_state(shardings, abstract), shardings
 
 

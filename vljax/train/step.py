@@ -34,23 +34,25 @@ def _model_fns(model: nn.Module, cfg) -> tuple[Callable, Callable, Callable]:
     # Only the inputs the model declares: a text-only model never sees the batch's placeholder image.
     return access(trainable, frozen_params, rng).apply(**{k: micro[k] for k in model.inputs})
 
-  def loss_fn(trainable, frozen_params, micro, rng, ema=None):
+  def loss_fn(trainable, frozen_params, micro, rng, ema=None, objective_state=None):
     out = apply_fn(trainable, frozen_params, micro, rng)
     return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id,
-                                    model=access(trainable, frozen_params, rng, ema))
+                                    model=access(trainable, frozen_params, rng, ema), state=objective_state)
 
   return access, apply_fn, loss_fn
 
 
 def make_loss_fn(model: nn.Module, cfg) -> Callable:
-  """(trainable, frozen, batch, rng[, ema]) -> (loss, metrics) of cfg's objectives on one batch, no
-  accumulation (call under the logical axis rules)."""
+  """(trainable, frozen, batch, rng[, ema, objective_state]) -> (loss, metrics) of cfg's objectives on
+  one batch, no accumulation (call under the logical axis rules); metrics[objectives.NEW_STATE] holds
+  the stateful objectives' new state."""
   return _model_fns(model, cfg)[2]
 
 
 def make_grads_fn(model: nn.Module, cfg) -> Callable:
-  """(trainable, frozen, batch, rng[, ema]) -> (loss, metrics, grads) of cfg's objectives, accumulated over
-  grad_accum_steps micro-batches as grad_accum_mode says (call under the logical axis rules).
+  """(trainable, frozen, batch, rng[, ema, objective_state]) -> (loss, metrics, grads) of cfg's objectives,
+  accumulated over grad_accum_steps micro-batches as grad_accum_mode says (call under the logical axis
+  rules); metrics[objectives.NEW_STATE] holds the stateful objectives' state after the last micro-batch.
 
   "mean": the mean of k micro-batch gradients, each micro-batch its own negatives (k x less
   activation memory, a k x smaller contrastive batch). "gradcache": the full-batch loss and
@@ -69,25 +71,33 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
   access, apply_fn, loss_fn = _model_fns(model, cfg)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def grads_fn(trainable, frozen_params, batch, rng, ema=None):
+  def grads_fn(trainable, frozen_params, batch, rng, ema=None, objective_state=None):
     if accum == 1:
-      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng, ema)
+      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng, ema, objective_state)
       return loss, metrics, grads
     if mode == "gradcache":
       return gradcache.gradcache_value_and_grad(apply_fn, weights, trainable, frozen_params, batch, rng,
                                                 k=accum, impl=impl, pad_id=pad_id,
                                                 access=lambda p, f, r: access(p, f, r, ema))
 
-    def one(i):
+    def one(i, obj_state):
       # Micro-batch i = examples i, k+i, 2k+i...: every device keeps its own rows.
       micro = gradcache.take_micro(batch, accum, i)
-      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i), ema)
-      return l, m, g
+      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i), ema, obj_state)
+      obj_state = m.pop(objectives.NEW_STATE, obj_state)  # carried to the next micro-batch, not averaged
+      return (l, m, g), obj_state
 
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(one, 0))
-    (loss, metrics, grads), _ = jax.lax.scan(lambda acc, i: (jax.tree.map(jnp.add, acc, one(i)), None), zeros,
-                                             jnp.arange(accum))
-    return jax.tree.map(lambda x: x / accum, (loss, metrics, grads))
+    def accumulate(carry, i):
+      acc, obj_state = carry
+      out, obj_state = one(i, obj_state)
+      return (jax.tree.map(jnp.add, acc, out), obj_state), None
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(one, 0, objective_state)[0])
+    (sums, obj_state), _ = jax.lax.scan(accumulate, (zeros, objective_state), jnp.arange(accum))
+    loss, metrics, grads = jax.tree.map(lambda x: x / accum, sums)
+    if obj_state is not None:
+      metrics[objectives.NEW_STATE] = obj_state
+    return loss, metrics, grads
 
   return grads_fn
 
@@ -106,7 +116,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
     frozen_params = jax.lax.stop_gradient(frozen_params)
     rng = jax.random.fold_in(state.rng, state.step)
     with nn.logical_axis_rules(LOGICAL_RULES):
-      loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng, state.ema_params)
+      loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng, state.ema_params, state.objective_state)
+    objective_state = metrics.pop(objectives.NEW_STATE, state.objective_state)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     if max_logit_scale:
@@ -115,7 +126,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
     if ema is not None:
       ema = ema_lib.update(ema, trainable, ema_lib.decay_at(cfg.ema.decay, state.step, cfg.ema.warmup))
     new_state = state.replace(step=state.step + 1, params=merge_params(trainable, frozen_params),
-                              opt_state=opt_state, ema_params=ema)
+                              opt_state=opt_state, ema_params=ema, objective_state=objective_state)
     metrics = {"loss": loss, **metrics, "lr": schedule(state.step),
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(trainable)}
     return new_state, metrics
