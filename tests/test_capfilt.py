@@ -10,20 +10,15 @@ import json
 import os
 import tarfile
 
-import jax
 import numpy as np
 import pytest
-from flax import linen as nn
 from PIL import Image
 
 from conftest import tiny_config
-from vljax import checkpoint_io, metrics as metrics_lib
+from random_workdirs import write_random_workdir
 from vljax.capfilt import __main__ as cli, inputs, job as job_lib, noisy_shapes, pipeline, scenes, score
 from vljax.data import pipeline as data_pipeline, shapes, tokenizers
 from vljax.data.sources import records
-from vljax.models import get_model
-from vljax.models.resolve import resolve_model_config
-from vljax.train import checkpoint as ckpt_lib, state as state_lib
 
 BLIP = (dict(decoder=dict(variant="mu", depth=1), fusion=dict(share="blip")),
         {"softmax_contrastive": 1.0, "itm": 1.0, "captioning": 1.0})
@@ -32,32 +27,13 @@ CLIP = ({}, {"softmax_contrastive": 1.0})
 PER_IMAGE = 2
 
 
-def random_params(shapes_, rng):
-  """Random weights without compiling the model's init (which costs more than the whole job here)."""
-  def fill(path, leaf):
-    name = path[-1].key
-    if name in ("scale", "bias"):
-      return np.full(leaf.shape, 1.0 if name == "scale" else 0.0, np.float32)
-    return rng.normal(0, 0.3 if name == "embedding" else 0.1, leaf.shape).astype(np.float32)
-  return jax.tree_util.tree_map_with_path(fill, shapes_)
-
-
 def write_workdir(path, kind, seed=0, checkpoint=True):
   """A run of a tiny model with random weights: config.json and a step-0 checkpoint of its params."""
   keys, objectives = kind
   cfg = tiny_config(evals={})
   cfg.model.update(keys)
   cfg.objectives = objectives
-  metrics_lib.write_text(path, "config.json", cfg.to_json_best_effort(indent=2))
-  if checkpoint:
-    model = get_model(resolve_model_config(cfg, tokenizers.get_tokenizer(cfg.data.tokenizer)))
-    shapes_ = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), **state_lib.dummy_inputs(cfg, 1))["params"])
-    params = random_params(shapes_, np.random.default_rng(seed))
-    saver = ckpt_lib.Checkpointer(path, every=0, keep=1, async_save=False)
-    saver.save(0, {"params": params}, {}, {"model_name": "composable", "param_shapes": checkpoint_io.param_shapes(
-        params)}, force=True)
-    saver.close()
-  return path
+  return write_random_workdir(path, cfg, seed, checkpoint)
 
 
 def write_folder(path):
