@@ -213,11 +213,33 @@ def test_dry_run_prints_the_matched_runs_and_writes_nothing(tmp_path, capsys):
   assert not os.path.exists(fresh)
   assert "2 arms x 2 seeds = 4 runs; budget flops = " in out
   header = next(line for line in out.splitlines() if line.startswith("arm "))
-  assert header.split() == ["arm", "seeds", "steps", "examples", "FLOPs/step", "total", "FLOPs", "workdir", "status"]
+  assert header.split() == ["arm", "seeds", "steps", "examples", "FLOPs/step", "total", "FLOPs", "trainable", "params",
+                            "workdir", "status"]
   clip, noisy = (line.split() for line in out.splitlines() if line.startswith(("clip ", "clip_noisy ")))
   assert clip[:4] == ["clip", "0,1", "4", "64"] and noisy[:4] == ["clip_noisy", "0,1", "8", "64"]
   assert float(clip[4]) == pytest.approx(2 * float(noisy[4]), rel=1e-2) and clip[5] == noisy[5]
-  assert clip[6] == f"{fresh}/clip/seed{{0,1}}" and clip[7] == "new"
+  trained, _, total = clip[6:9]
+  assert trained == total and trained.endswith("k")  # nothing frozen: every param trains
+  assert clip[9] == f"{fresh}/clip/seed{{0,1}}" and clip[10] == "new"
+
+
+def test_the_bridge_suite_counts_each_bridges_trainable_params(tmp_path, capsys):
+  """Every bridge arm trains its bridge alone between the same frozen towers; the dry run says how many
+  params that is, beside all of the model's."""
+  suite = os.path.join(ROOT, "configs", "compare", "shapes_bridges.py")
+  assert compare.main(["--suite", suite, "--workdir", str(tmp_path / "d"), "--dry_run"]) == 0
+  rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+          if line.split() and line.split()[0] in ("llava", "flamingo", "qformer")}
+  counts = {arm: (markdown_counts(row[6]), markdown_counts(row[8])) for arm, row in rows.items()}
+  assert all(trained < total for trained, total in counts.values())
+  # LLaVA's projector is one linear map; Flamingo's resampler and cross-attention layers are more.
+  assert counts["llava"][0] < counts["qformer"][0] and counts["llava"][0] < counts["flamingo"][0]
+
+
+def markdown_counts(text):
+  """'8.32k' -> 8320.0."""
+  scale = {"k": 1e3, "M": 1e6, "B": 1e9}
+  return float(text[:-1]) * scale[text[-1]] if text[-1] in scale else float(text)
 
 
 def test_blip_arms_train_fewer_steps_for_their_fusion_passes(tmp_path, capsys):

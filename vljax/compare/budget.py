@@ -7,6 +7,7 @@ the ones MFU divides by: forward and the backward that `frozen` leaves, over the
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ class StepCost:
   # Objectives that run passes of the model of their own (hard negatives' caption twins): those
   # passes are in no model's count.
   uncounted_objectives: tuple[str, ...] = ()
+  params: int = 0            # every parameter of the model
+  trainable_params: int = 0  # those `frozen` leaves to train (a bridge between frozen towers: the bridge)
 
   def per_step(self, match: str, arm: str) -> float:
     """The budget's unit spent by one step."""
@@ -43,6 +46,7 @@ def step_cost(cfg: ml_collections.ConfigDict, parts: Any) -> StepCost:
 
   from vljax import checkpoint_io, objectives
   from vljax.train import state as state_lib, step_flops
+  from vljax.train.optim import frozen_predicate
 
   # Abstract inputs and PRNG key: a dry run runs no program, so it compiles none.
   inputs = jax.eval_shape(lambda: state_lib.dummy_inputs(cfg, 1))
@@ -53,7 +57,10 @@ def step_cost(cfg: ml_collections.ConfigDict, parts: Any) -> StepCost:
   # Passes an objective runs of its own count where it declares them (register_objective's passes).
   uncounted = tuple(n for n in cfg.objectives
                     if objectives.get_objective(n).drives_model and not objectives.get_objective(n).passes)
-  return StepCost(int(cfg.batch_size), flops, why, int(cfg.total_steps), uncounted)
+  sizes = {path: math.prod(shape) for path, shape in shapes.items()}
+  is_frozen = frozen_predicate(cfg.frozen)
+  return StepCost(int(cfg.batch_size), flops, why, int(cfg.total_steps), uncounted, params=sum(sizes.values()),
+                  trainable_params=sum(n for path, n in sizes.items() if not is_frozen(path)))
 
 
 def budget_amount(budget: Mapping[str, Any], costs: Mapping[str, StepCost]) -> float:

@@ -10,7 +10,7 @@ import shlex
 from typing import Any
 
 from vljax.compare import suite as suite_lib
-from vljax.compare.markdown import budget_text, number
+from vljax.compare.markdown import budget_text, number, params_text
 from vljax.compare.report import budget_summary
 from vljax.compare.resolve import ResolvedSuite
 
@@ -27,12 +27,14 @@ def _columns(rows: list[list[str]]) -> str:
 def dry_run_table(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[str, int], str]) -> str:
   """One row per arm: seeds, matched steps, examples, FLOPs per step and in all, workdirs, status."""
   d = resolved.definition
-  rows = [["arm", "seeds", "steps", "examples", "FLOPs/step", "total FLOPs", "workdir", "status"]]
+  rows = [["arm", "seeds", "steps", "examples", "FLOPs/step", "total FLOPs", "trainable params", "workdir",
+           "status"]]
   for name, arm in resolved.arms.items():
     seeds = ",".join(map(str, resolved.seeds))
     status = sorted({statuses[(name, s)] for s in resolved.seeds})
     rows.append([name, seeds, str(arm.total_steps), str(arm.examples), number(arm.cost.flops_per_step),
-                 number(arm.total_flops), os.path.join(workdir, name, "seed{" + seeds + "}"),
+                 number(arm.total_flops), f"{params_text(arm.cost.trainable_params)} of "
+                 f"{params_text(arm.cost.params)}", os.path.join(workdir, name, "seed{" + seeds + "}"),
                  status[0] if len(status) == 1 else "; ".join(f"seed{s} {statuses[(name, s)]}" for s in resolved.seeds)])
   lines = [f"suite {resolved.path}: {len(resolved.arms)} arms x {len(resolved.seeds)} seeds = "
            f"{len(resolved.arms) * len(resolved.seeds)} runs; budget {budget_text(budget_summary(resolved))}",

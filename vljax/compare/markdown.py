@@ -15,6 +15,16 @@ def number(value: float | None, digits: int = 3) -> str:
   return f"{value:.{digits - 1}e}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
 
 
+def params_text(count: int | None) -> str:
+  """A parameter count as 1.23M / 45.6k (reports written before the counts existed: n/a)."""
+  if not count:
+    return "n/a"
+  for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    if count >= size:
+      return f"{count / size:.3g}{unit}"
+  return str(count)
+
+
 def estimate(s: dict | None) -> str:
   """'mean [lo, hi]' (95% interval), 'mean (n=1)' with one seed, '-' without results."""
   if not s:
@@ -41,10 +51,11 @@ def ranking_section(report: dict[str, Any]) -> list[str]:
 
 def runs_section(report: dict[str, Any]) -> list[str]:
   rows = [[arm, f"`{a['recipe']}`", ", ".join(map(str, a["seeds_with_results"])) or "none", str(a["total_steps"]),
-           str(a["batch_size"]), number(a["examples"]), number(a["flops_per_step"]), number(a["total_flops"])]
+           str(a["batch_size"]), number(a["examples"]), number(a["flops_per_step"]), number(a["total_flops"]),
+           params_text(a.get("trainable_params")), params_text(a.get("params"))]
           for arm, a in report["arms"].items()]
   out = ["## Runs", "", *table(["arm", "recipe", "seeds with results", "steps", "batch", "examples",
-                                "FLOPs/step", "total FLOPs"], rows)]
+                                "FLOPs/step", "total FLOPs", "trainable params", "params"], rows)]
   notes = [f"- {arm}: objective(s) {a['uncounted_objectives']} run model passes of their own "
            "that no model's FLOP count includes" for arm, a in report["arms"].items() if a["uncounted_objectives"]]
   return out + ([""] + notes if notes else [])
