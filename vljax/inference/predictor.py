@@ -14,12 +14,12 @@ from etils import epath
 from vljax import checkpoint_io
 from vljax import decode as decode_lib
 from vljax.data import images as images_lib
-from vljax.data import shapes, tokenizers
+from vljax.data import prompts as prompts_lib, shapes, tokenizers
 from vljax.evals import templates as templates_lib
 from vljax.evals.zeroshot import class_scores
 from vljax.inference.images import ImageInput, load_images
 from vljax.inference.runner import ModelRunner
-from vljax.models import get_model
+from vljax.models import capabilities, get_model
 from vljax.models.resolve import resolve_model_config
 from vljax.parallel.mesh import make_mesh
 from vljax.parallel.sharding import replicated
@@ -87,6 +87,65 @@ class Predictor:
     with jax.set_mesh(self.mesh):
       captions, _ = self.runner.caption(self.params, self._images(images), options, jax.random.PRNGKey(seed))
     return captions
+
+  def generate(self, images: ImageInput | Sequence[ImageInput] | None, prompts: str | Sequence[str],
+               method: str = "greedy", max_new_tokens: int = 16, seed: int = 0, **decode_options: Any
+               ) -> list[str]:
+    """Each prompt continued up to <eoc> (or max_new_tokens), as text without the prompt.
+
+    For image-conditioned LMs (LLaVA, BLIP-2's stage 2, Flamingo): a prompt's "<image>" marks where
+    each of its images goes, in order; `images` gives one image per prompt (paths or arrays), or a
+    list of images per prompt (Flamingo's interleaved few-shot prompts: every prompt the same count).
+    A prompt without "<image>" and with one image gets it in front. A text-only language model takes
+    images=None. Options as vljax.decode.DecodeOptions (beam_size, top_p, temperature, ...)."""
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+      raise ValueError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}")
+    caps = self.runner.capabilities
+    if capabilities.PROMPTED not in caps and "image" in self.model.inputs:
+      raise ValueError(f"{type(self.model).__name__} does not continue text prompts after an image; its "
+                       "captions come from caption(images); generate takes image-conditioned LMs (LLaVA, "
+                       "BLIP-2, Flamingo) and text-only LMs")
+    per_prompt = None
+    if images is not None:
+      if "image" not in self.model.inputs:
+        raise ValueError(f"{type(self.model).__name__} is a text-only language model: pass images=None")
+      per_prompt = self._prompt_images(images, len(texts))
+      texts = [t if prompts_lib.IMAGE in t or per_prompt.shape[1] != 1 else f"{prompts_lib.IMAGE} {t}"
+               for t in texts]
+    elif "image" in self.model.inputs:
+      raise ValueError(f"{type(self.model).__name__} reads images through its prompts' {prompts_lib.IMAGE}: "
+                       "generate needs images, one per prompt (or a list per prompt)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid; valid: a whole number >= 1")
+    if "max_len" in decode_options:
+      raise ValueError("generate: the continuation's length is max_new_tokens, not max_len")
+    options = decode_lib.DecodeOptions.from_kwargs(method=method, max_len=max_new_tokens, **decode_options)
+    ids, lengths = prompts_lib.prompt_ids(self.tokenizer, [[(t, "")] for t in texts], self.max_len)
+    ids = ids[:, :int(lengths.max())]
+    with jax.set_mesh(self.mesh):
+      out = self.runner.generate(self.params, per_prompt, ids, lengths, options, jax.random.PRNGKey(seed))
+    return [text.split(prompts_lib.EOC)[0] for text in out]
+
+  def _prompt_images(self, images: Any, count: int) -> np.ndarray:
+    """[N, M, H, W, 3] preprocessed: one image per prompt, or a list of M images per prompt."""
+    nested = not isinstance(images, (str, np.ndarray)) and len(images) and all(
+        isinstance(item, (list, tuple)) for item in images)
+    groups = [list(g) for g in images] if nested else [[item] for item in self._as_list(images)]
+    if len(groups) != count:
+      raise ValueError(f"{len(groups)} image entries for {count} prompts; give one image (or one list of "
+                       "images) per prompt")
+    sizes = sorted({len(g) for g in groups})
+    if len(sizes) != 1 or not sizes[0]:
+      raise ValueError(f"every prompt needs the same number (>= 1) of images; got counts {sizes}")
+    flat = self._images([item for g in groups for item in g])
+    return flat.reshape(count, sizes[0], *flat.shape[1:])
+
+  @staticmethod
+  def _as_list(images: Any) -> list:
+    if isinstance(images, (str, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
+      return [images]
+    return list(images)
 
 
 def load(workdir: str, step: int | None = None) -> Predictor:

@@ -174,10 +174,12 @@ def prefill(model: nn.Module, params: Any, cache: Any, memory: jax.Array | None,
 
 
 def make_prompted_step_fn(model: nn.Module, params: Any, start: jax.Array) -> Callable:
-  """step_fn continuing prompts: step i of sequence b sits at position start[b] + i."""
+  """step_fn continuing prompts: step i of sequence b sits at position start[b] + i (beam search's
+  rows are sequence-major, K beams of each: each gets its sequence's start)."""
   def step_fn(tokens, cache, index):
+    rows = jnp.repeat(start, tokens.shape[0] // start.shape[0])
     logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], None,
-                                    decode_index=start + index, method="decode_step", mutable=["cache"])
+                                    decode_index=rows + index, method="decode_step", mutable=["cache"])
     return logits[:, 0], variables["cache"]
   return step_fn
 
