@@ -32,6 +32,8 @@ MODEL_CONFIGS = {
                                         mlp_dim=1024, max_len=64, norm="rmsnorm", positions="rope", mlp="swiglu")),
     "lm_gpt2": dict(name="lm", lm=dict(vocab_size=32000, width=384, depth=12, num_heads=6, mlp_dim=1536, max_len=64,
                                        qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True)),
+    "seq2seq_lm": dict(name="seq2seq_lm", lm=dict(vocab_size=32000, width=384, depth=6, num_heads=6, head_dim=64,
+                                                  mlp_dim=1024)),  # FlanT5-like (vljax/convert/hf_t5.py)
     "composable": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384, image_pool="map"),
                        decoder=dict(TOWERS["text"], mode="parallel", memory_queries=64)),
     # BLIP: the fusion head on the decoder's blocks (share="blip") and one of its own (share="none").
