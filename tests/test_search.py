@@ -279,3 +279,13 @@ def test_cli(folder_index, data, capsys):
   assert "error: -k=0 is invalid; valid: >= 1" in capsys.readouterr().err
   assert cli.main(["index", "--workdir", data["clip"], "--images", "/no/such/dir", "--index", out]) == 2
   assert "error: --images '/no/such/dir' does not exist" in capsys.readouterr().err
+
+
+def test_bench_times_queries_and_finds_the_interactive_limit(folder_index):
+  from vljax.search import bench
+  result = bench.measure(folder_index[0], repeats=2, k=3, scan_sizes=[50, 400])
+  assert result["count"] == FOLDER_IMAGES and set(result["scan"]) == {50, 400}
+  assert all(v > 0 for v in (result["embed_ms"], result["search_ms"], result["query_ms"], *result["scan"].values()))
+  lines = bench.table(result, budget_ms=200).splitlines()
+  assert lines[2].startswith("| 20 |") and lines[4].startswith("| 400 (random rows) |")
+  assert "a query passes 200 ms at about" in lines[-1]
