@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from vljax.data import images as images_lib
 from vljax.data import prompts as prompts_lib, shapes, tokenizers
 from vljax.evals import templates as templates_lib
 from vljax.evals.zeroshot import class_scores
+from vljax.inference import attention_maps as attention_maps_lib
 from vljax.inference.images import ImageInput, load_images
 from vljax.inference.runner import ModelRunner
 from vljax.models import capabilities, get_model
@@ -126,6 +128,49 @@ class Predictor:
     with jax.set_mesh(self.mesh):
       out = self.runner.generate(self.params, per_prompt, ids, lengths, options, jax.random.PRNGKey(seed))
     return [text.split(prompts_lib.EOC)[0] for text in out]
+
+  def attention_maps(self, images: ImageInput, captions: str | Sequence[str] | None = None, kind: str = "auto",
+                     layer: int | str = "mean") -> dict[str, Any]:
+    """Where the model looks, as maps over the image patch grid [h, w] (vljax/inference/attention_maps.py);
+    draw one with attention_maps.overlay(result["images"][i], map).
+
+    kind "caption" (models with a caption decoder; "auto" picks it for them): each image's caption
+    (`captions`, one per image, or the model's greedy caption when None) gets one map per token,
+    [tokens, h, w]: the decoder's cross-attention, head mean, of the position that produced the token,
+    at decoder layer `layer` (an index) or the "mean" of all layers. kind "pooled" (two-tower models):
+    one map [h, w] per image, of the contrastive image embedding (its attention probe, or attention
+    rollout over the ViT). Returns {"kind", "method", "images": uint8 [N, S, S, 3] as the model sees
+    them, "maps"} and, for captions, "captions" and "tokens" (each map's token as text)."""
+    kind = attention_maps_lib.resolve_kind(self.model, kind)
+    pixels = load_images(images, self.image_size)
+    chunk = min(self.cfg.eval_batch_size, PREDICT_CHUNK)
+    if kind == "pooled":
+      if captions is not None or not (isinstance(layer, str) and layer == "mean"):
+        raise ValueError(f"kind='pooled' maps the image embedding over all its layers: it takes no captions and "
+                         f"layer='mean', got captions={captions!r}, layer={layer!r}")
+      maps = attention_maps_lib.in_chunks(self._attention_fn("pooled"), self._images(pixels), chunk=chunk)
+      return dict(kind=kind, method=attention_maps_lib.pooled_method(self.model), images=pixels, maps=maps)
+    attention_maps_lib.check_layer(layer, self.model.text["depth"])
+    captions = self.caption(pixels, method="greedy") if captions is None else captions
+    captions = [captions] if isinstance(captions, str) else captions
+    ids, contents = attention_maps_lib.caption_ids(self.tokenizer, captions, self.max_len)
+    if len(captions) != len(pixels):
+      raise ValueError(f"{len(captions)} captions for {len(pixels)} images; give one caption per image")
+    maps = attention_maps_lib.in_chunks(self._attention_fn("caption"), self._images(pixels), ids, chunk=chunk)
+    maps = attention_maps_lib.select_layer(maps, layer)
+    tokens = [self.tokenizer.decode(np.asarray(c, np.int32)[:, None]) if c else [] for c in contents]
+    return dict(kind=kind, method="cross_attention", images=pixels, maps=[maps[i, :len(c)] for i, c in
+                                                                         enumerate(contents)],
+                captions=list(captions), tokens=tokens)
+
+  @functools.cached_property
+  def _attention_fns(self) -> dict[str, Any]:
+    """The attention map computations, jitted once per Predictor (params an argument, not a constant)."""
+    return {"caption": jax.jit(functools.partial(attention_maps_lib.caption_maps, self.model)),
+            "pooled": jax.jit(functools.partial(attention_maps_lib.pooled_map, self.model))}
+
+  def _attention_fn(self, kind: str):
+    return functools.partial(self._attention_fns[kind], self.params)
 
   def _prompt_images(self, images: Any, count: int) -> np.ndarray:
     """[N, M, H, W, 3] preprocessed: one image per prompt, or a list of M images per prompt."""

@@ -28,6 +28,8 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
 }
 ATTENTION_IMPLS = (None, "xla", "cudnn")
+# The collection MultiHeadAttention sows its attention probabilities into when an apply makes it mutable.
+ATTENTION_MAPS = "attention_maps"
 # MLP nonlinearities by config name.
 ACTIVATIONS = {
     "gelu_tanh": functools.partial(nn.gelu, approximate=True),  # big_vision, SigLIP ("gelu_pytorch_tanh")
@@ -140,6 +142,11 @@ class MultiHeadAttention(nn.Module):
   (`cross=True`) projects the memory once, when it is passed, and reuses the cached projection
   on the steps that pass `x_kv=None`. The cache variables are created by a first call on
   full-length inputs (see decoder.init_cache), which fixes their shapes.
+
+  An apply call that makes the ATTENTION_MAPS collection mutable also sows each call's softmax
+  probabilities as "probs" (float32 [B, heads, T, S], xla_attention's formula and mask, computed beside
+  the output, which stays as it was): vljax/inference/attention_maps.py reads them. Otherwise nothing is
+  computed and the program is the normal one.
   """
   num_heads: int
   cross: bool = False
@@ -175,6 +182,8 @@ class MultiHeadAttention(nn.Module):
       if decode_index is not None:
         k, v, mask = self._cached_self_kv(k, v, mask, decode_index)
         is_causal = False  # the cache mask above is the causal mask
+    if self.is_mutable_collection(ATTENTION_MAPS) and not self.is_initializing():  # init makes all mutable
+      self.sow(ATTENTION_MAPS, "probs", attention_probs(q, k, mask, is_causal))
     out = attention(q, k, v, mask, is_causal, self.attention_impl)
     out = EinsumDense("blhk,hkd->bld", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
                       fan_axes=((0, 1), (2,)), name="out", **kw)(out)
@@ -264,9 +273,17 @@ def xla_attention(q, k, v, mask, is_causal: bool) -> jax.Array:
   XLA's CPU dot kernels take batch axes leading; jax.nn's [B,T,N,H] products made XLA transpose
   inside each one: a ViT-medium attention block's forward and backward ran 1.3x slower (README,
   "Attention layout and matmul kernels").
+  """
+  probs = attention_probs(q, k, mask, is_causal).astype(v.dtype)
+  return jnp.swapaxes(jnp.einsum("bnts,bnsk->bntk", probs, jnp.swapaxes(v, 1, 2)), 1, 2)
+
+
+def attention_probs(q, k, mask, is_causal: bool) -> jax.Array:
+  """float32 attention probabilities [B, N, T, S] of q [B,T,N,H], k [B,S,N,H]: xla_attention's weights.
+
   As jax.nn: QK^T accumulated in float32 even for bf16, scaled, masked, softmaxed in float32.
   """
-  q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, N, L, H]
+  q, k = (jnp.swapaxes(t, 1, 2) for t in (q, k))  # [B, N, L, H]
   logits = jnp.einsum("bntk,bnsk->bnts", q, k, preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
   logits = logits * jnp.asarray(q.shape[-1] ** -0.5, logits.dtype)
   if is_causal:
@@ -274,8 +291,7 @@ def xla_attention(q, k, v, mask, is_causal: bool) -> jax.Array:
     mask = causal if mask is None else mask & causal
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.asarray(-0.7 * jnp.finfo(jnp.float32).max, logits.dtype))
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.swapaxes(jnp.einsum("bnts,bnsk->bntk", probs, v), 1, 2)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
 class TransformerBlock(nn.Module):
@@ -365,8 +381,10 @@ class Transformer(nn.Module):
     if self.norm_position == "post":
       x = norm(x)
     if self.scan:
-      # The cache stacks its layers on axis 1, so that every cache leaf keeps batch on axis 0.
-      stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
+      # The cache stacks its layers on axis 1, so that every cache leaf keeps batch on axis 0; recorded
+      # attention maps stack theirs on axis 0 (scan drops a collection it is not given).
+      stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 1, ATTENTION_MAPS: 0},
+                      split_rngs={"params": True},
                       in_axes=nn.broadcast, length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(name="layers", **kw)(x, mask, memory, decode_index, bidirectional)
