@@ -30,6 +30,8 @@ MODEL_CONFIGS = {
     "flamingo": dict(name="flamingo", num_latents=4, **MU),
     "composable": dict(name="composable", **MU, contrastive=dict(embed_dim=16), decoder=dict(variant="mu", max_len=48)),
     "qformer": dict(name="qformer", **MU, num_queries=4, embed_dim=16),
+    "seq2seq_lm": dict(name="seq2seq_lm", lm=dict(vocab_size=128, width=32, depth=1, num_heads=2, head_dim=16,
+                                                  mlp_dim=64)),
 }
 DATA = {"lm": dict(format="lm", chunks=1), "llava": dict(format="vlm", chunks=1),
         "flamingo": dict(format="vlm", chunks=2)}
@@ -42,7 +44,8 @@ def test_every_model_declares_what_it_can_do():
   assert caps == {"lm": set(), "llava": {GENERATION, PROMPTED, tower},
                   "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE, tower},
                   "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, MATCHING, tower},
-                  "qformer": {EMBEDDINGS, MATCHING, tower}}  # embeddings in query form
+                  "qformer": {EMBEDDINGS, MATCHING, tower},  # embeddings in query form
+                  "seq2seq_lm": set()}
   # A composable config has the capabilities of the heads it builds.
   built = {name: requirements.model_capabilities(models.get_model(dict(cfg, text=dict(cfg["text"], vocab_size=128))
                                                                   if "text" in cfg else cfg))
