@@ -147,6 +147,7 @@ def test_worker_processes_give_the_same_examples(records):
     np.testing.assert_array_equal(seen[0][key][1], seen[2][key][1])
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path
 def test_a_train_step_on_device_resized_batches_gives_the_host_paths_loss(records):
   """The same examples and crops (one random stream draws both paths' boxes), one step each: the

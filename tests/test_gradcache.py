@@ -111,6 +111,7 @@ def test_mean_mode_sees_fewer_negatives():
   assert max_diff(mean, full) > 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path
 def test_gradcache_train_step_on_mesh_and_peak_memory():
   """The real step on a data x fsdp x tensor = 2x2x2 mesh: new params equal the k=1 step's, and the

@@ -67,6 +67,7 @@ def legacy_workdir(tmp_path_factory) -> str:
   return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path  # the legacy class's steps against composable's: two programs
 def test_a_legacy_workdir_resumes_on_the_same_trajectory(legacy_workdir, tmp_path):
   """A copy of the legacy workdir cut back to step 2 resumes on composable (from the same legacy

@@ -95,6 +95,7 @@ def _loss_and_grads(cfg):
   return parts.model, jax.device_get(state.params), jax.device_get(local), loss, metrics, jax.device_get(grads)
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path
 def test_an_objective_that_runs_the_model_trains_and_gradcache_splits_it(flip_objective):
   """The step's gradient is that of the written-out loss (contrastive + the mirror pass), and
