@@ -114,10 +114,10 @@ def test_a_legacy_workdir_loads_and_serves_init_from(legacy_workdir, tmp_path):
     np.testing.assert_array_equal(lit[path], want[path], err_msg=path)
 
 
-def test_a_legacy_checkpoint_of_another_model_names_the_mismatch(tmp_path, monkeypatch):
+def test_a_legacy_checkpoint_of_another_model_names_the_mismatch(legacy_workdir, tmp_path):
   workdir = str(tmp_path / "legacy")
-  _train_with_legacy_class(_legacy_lit_config(total_steps=2), workdir, monkeypatch)
-  cfg = _legacy_lit_config()
+  shutil.copytree(legacy_workdir, workdir)
+  cfg = _legacy_lit_config(total_steps=6)
   cfg.model = dict(LEGACY_CLIP, embed_dim=32)
   with pytest.raises(ValueError, match=r"(?s)written by a different model \(model='two_tower'\).*img/head/kernel"):
     train_and_evaluate(cfg, workdir)
