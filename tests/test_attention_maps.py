@@ -109,12 +109,16 @@ def test_recorded_probabilities_equal_a_hand_softmax(causal):
   keep = np.ones((2, 5), bool)
   keep[1, 3:] = False  # the second row's last two tokens are padding
   mask = jnp.asarray(keep)[:, None, None, :]
-  variables = attn.init(jax.random.PRNGKey(0), x, mask=mask, is_causal=causal)
-  out, state = attn.apply(variables, x, mask=mask, is_causal=causal, mutable=[layers.ATTENTION_MAPS])
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(attn.apply(variables, x, mask=mask, is_causal=causal)))
+  variables = {"params": random_params(nn.unbox(jax.eval_shape(attn.init, jax.random.PRNGKey(0), x)["params"]),
+                                       np.random.default_rng(0))}
+  run = jax.jit(lambda v, x, m, record: attn.apply(v, x, mask=m, is_causal=causal,
+                                                   mutable=[layers.ATTENTION_MAPS] if record else False),
+                static_argnums=3)
+  out, state = run(variables, x, mask, True)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(run(variables, x, mask, False)))
   probs = np.asarray(state[layers.ATTENTION_MAPS]["probs"][0])
 
-  p = jax.tree.map(np.asarray, nn.unbox(variables["params"]))
+  p = variables["params"]
   q = np.einsum("bld,dhk->bhlk", x, p["query"]["kernel"]) + p["query"]["bias"][None, :, None]
   k = np.einsum("bld,dhk->bhlk", x, p["key"]["kernel"])  # the key has no bias
   logits = np.einsum("bhtk,bhsk->bhts", q, k) / np.sqrt(4.0)
@@ -130,29 +134,33 @@ def test_recorded_probabilities_equal_a_hand_softmax(causal):
 def test_a_scanned_transformer_records_every_layer():
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, 8)), jnp.float32)
   scanned = layers.Transformer(3, 16, 2, scan=True)
-  params = scanned.init(jax.random.PRNGKey(0), x)["params"]
+  params = random_params(nn.unbox(jax.eval_shape(scanned.init, jax.random.PRNGKey(0), x)["params"]),
+                         np.random.default_rng(0))
   looped = layers.Transformer(3, 16, 2)
-  recordings = [m.apply({"params": p}, x, mutable=[layers.ATTENTION_MAPS])[1][layers.ATTENTION_MAPS]
+  record = lambda m: jax.jit(lambda p, x: m.apply({"params": p}, x, mutable=[layers.ATTENTION_MAPS])[1])
+  recordings = [record(m)(p, x)[layers.ATTENTION_MAPS]
                 for m, p in ((scanned, params), (looped, layers.unstack_layers(params, 3)))]
   stacked = [np.asarray(am.layer_probs(r, "attn")) for r in recordings]
   assert stacked[0].shape == (3, 2, 2, 4, 4)
   np.testing.assert_allclose(stacked[0], stacked[1], rtol=1e-6)
 
 
-def test_rollout_of_identity_and_uniform_attention():
+def test_rollout_of_identity_and_random_attention():
+  rollout = jax.jit(am.attention_rollout)
   eye = jnp.broadcast_to(jnp.eye(5), (3, 2, 4, 5, 5))  # [layers, B, heads, T, T]
-  np.testing.assert_allclose(am.attention_rollout(eye), np.broadcast_to(np.eye(5), (2, 5, 5)), atol=1e-7)
+  np.testing.assert_allclose(rollout(eye), np.broadcast_to(np.eye(5), (2, 5, 5)), atol=1e-7)
   rng = np.random.default_rng(3)
   probs = rng.random((2, 1, 3, 4, 4))
   probs /= probs.sum(-1, keepdims=True)
   a1, a2 = ((p.mean(1)[0] + np.eye(4)) / 2 for p in probs)  # each row sums to 2 before renormalising
-  np.testing.assert_allclose(am.attention_rollout(jnp.asarray(probs, jnp.float32))[0], a2 @ a1, rtol=1e-5)
+  np.testing.assert_allclose(rollout(jnp.asarray(probs, jnp.float32))[0], a2 @ a1, rtol=1e-5)
 
 
-@pytest.mark.parametrize("pool", ["gap"])
+@pytest.mark.parametrize("pool", ["gap", "tok"])
 def test_uniform_self_attention_rolls_out_to_a_uniform_pooled_map(pool):
   """With zero queries every ViT attention is uniform, which leaves the uniform row unchanged: the
-  pooled map (the mean row for gap) is uniform over the patches."""
+  pooled map (the mean row for gap; for tok the [CLS] row, uniform but for [CLS]'s own share, which is
+  dropped) is uniform over the patches."""
   model = _model(tiny_config().model.to_dict() | dict(image=dict(MU, depth=2, pool=pool, posemb="sincos2d")))
   params = _random_params(model, (1, 16, 32, 3))
   for i in range(2):
