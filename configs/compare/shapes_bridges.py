@@ -12,7 +12,9 @@ caption CIDEr. The chain (paths are examples):
       --workdir runs/bridges
 
 The Q-Former arm's stage 1 is compute spent before the budget (as the CLIP and LM runs are for
-every arm); `--dry_run` prints each arm's steps and FLOPs per step. Not run yet.
+every arm); `--dry_run` prints each arm's steps and FLOPs per step and the parameters each bridge
+trains. steps=N sets the budget to LLaVA's N steps (default: its recipe's 300); the other arms get
+the steps of the same FLOPs.
 """
 
 import ml_collections
@@ -21,12 +23,16 @@ import common
 
 
 def get_config(arg=None):
-  runs = common.parse_arg(arg, clip="runs/demo", lm="runs/lm", stage1="runs/blip2_1")
+  runs = common.parse_arg(arg, clip="runs/demo", lm="runs/lm", stage1="runs/blip2_1", steps="")
+  if runs["steps"] and (not runs["steps"].isdigit() or int(runs["steps"]) < 1):
+    raise ValueError(f"shapes_bridges steps={runs['steps']!r}; valid: an integer >= 1 (LLaVA's steps)")
   c = ml_collections.ConfigDict()
   c.seeds = (0, 1, 2)
   c.budget = dict(match="flops", like="llava")
   # One image a sequence for every arm (Flamingo's recipe interleaves 4), the same text length.
   c.overrides = (("data.chunks", 1), ("data.max_len", 32), ("batch_size", 128))
+  if runs["steps"]:  # every recipe's steps: LLaVA's set the budget, the others are matched to it
+    c.overrides += (("total_steps", int(runs["steps"])),)
   c.arms = dict(
       llava=dict(recipe=f"llava_shapes_stage1.py:clip={runs['clip']},lm={runs['lm']}"),
       flamingo=dict(recipe=f"flamingo_shapes.py:clip={runs['clip']},lm={runs['lm']}"),
