@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from vljax.search import exact, query as query_lib
 from vljax.search import index as index_lib
@@ -50,14 +51,19 @@ def _query(args: argparse.Namespace) -> str:
   return f"{exact.table(hits)}\ncontact sheet: {sheet}"
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = parse_args(argv)
+def print_report(report: Callable[[], str]) -> int:
+  """Prints what `report` returns (exit status 0), or the error of a bad argument or input (2)."""
   try:
-    print(_index(args) if args.command == "index" else _query(args))
+    print(report())
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  return print_report(lambda: _index(args) if args.command == "index" else _query(args))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from vljax.data import shapes
-from vljax.search import exact, query
+from vljax.search import __main__ as cli, exact, query
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -33,7 +33,7 @@ def _median_ms(fn, repeats: int) -> float:
 def _unit_rows(count: int, width: int, dtype: str, rng: np.random.Generator) -> np.ndarray:
   rows = rng.standard_normal((count, width), np.float32)
   rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-  return rows.astype(dtype)
+  return rows.astype(dtype, copy=False)
 
 
 def measure(index: str, repeats: int, k: int, scan_sizes: list[int]) -> dict:
@@ -77,15 +77,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--scan_sizes", default="", help="comma-separated row counts to time the search alone at")
   parser.add_argument("--budget_ms", type=float, default=200.0, help="an interactive query's limit (%(default)s)")
   args = parser.parse_args(argv)
-  try:
+
+  def report() -> str:
     if args.repeats < 1:
       raise ValueError(f"--repeats={args.repeats} is invalid; valid: >= 1")
     sizes = [int(float(s)) for s in args.scan_sizes.split(",") if s]
-    print(table(measure(args.index, args.repeats, args.k, sizes), args.budget_ms))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+    return table(measure(args.index, args.repeats, args.k, sizes), args.budget_ms)
+  return cli.print_report(report)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import math
 import numpy as np
 from tqdm import tqdm
 
+from vljax.capfilt import job as job_lib
 from vljax.data import images as images_lib
 from vljax.search import model as model_lib, sources, store
 
@@ -41,10 +42,10 @@ def plan(settings: Settings) -> tuple[dict, model_lib.Run, sources.FolderImages 
   index keeps the checkpoint step it started with."""
   settings.validate()
   saved = store.read_manifest(settings.index)
-  same_run = saved is not None and saved.get("workdir") == store.absolute(settings.workdir)
+  same_run = saved is not None and saved.get("workdir") == job_lib.absolute(settings.workdir)
   run = model_lib.open_run(settings.workdir, saved["step"] if same_run else None)
   source = sources.open_images(settings.images, run.cfg.data)
-  index = {"version": store.VERSION, "workdir": store.absolute(settings.workdir), "step": run.step,
+  index = {"version": store.VERSION, "workdir": job_lib.absolute(settings.workdir), "step": run.step,
            "source": source.spec, "items": len(source), "dtype": settings.dtype, "shard_size": settings.shard_size}
   return index, run, source
 

@@ -15,9 +15,10 @@ import collections
 import glob
 import json
 import os
-from typing import Any
 
 import numpy as np
+
+from vljax.capfilt.job import write_json  # the same atomic JSON files as CapFilt's jobs
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -27,22 +28,8 @@ INDEX_KEYS = ("version", "workdir", "step", "source", "items", "dtype", "shard_s
 DTYPES = ("float32", "float16")
 
 
-def absolute(path: str) -> str:
-  """Local paths made absolute (an index resumed from another directory is the same index)."""
-  return path if "://" in path else os.path.abspath(path)
-
-
-def write_json(path: str, value: Any) -> None:
-  """Atomically: a reader sees the old file or the whole new one."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 def write_npy(path: str, array: np.ndarray) -> None:
-  """Atomically, as write_json."""
+  """Atomically, as write_json: a reader sees the old file or the whole new one."""
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "wb") as f:
     np.save(f, array)
