@@ -289,3 +289,20 @@ def test_bench_times_queries_and_finds_the_interactive_limit(folder_index):
   lines = bench.table(result, budget_ms=200).splitlines()
   assert lines[2].startswith("| 20 |") and lines[4].startswith("| 400 (random rows) |")
   assert "a query passes 200 ms at about" in lines[-1]
+
+
+def test_a_shard_of_unreadable_files_alone(folder_index, data, tmp_path):
+  """Shards of one file: the corrupt one's shard is empty; the others' rows are the folder index's
+  (each embedded in a batch of its own here: equal up to the last bits)."""
+  s = settings(data, "single_index", shard_size=1)
+  manifest = index_lib.run(s, progress=False)
+  assert manifest["count"] == FOLDER_IMAGES and manifest["skipped"] == {"corrupt_image": 1}
+  _, embeddings, ids = store.open_index(s.index)
+  _, want, want_ids = store.open_index(folder_index[0])
+  assert ids == want_ids
+  np.testing.assert_allclose(embeddings, want, atol=1e-5)
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "x.png").write_bytes(b"garbage")
+  with pytest.raises(ValueError, match=r"none of its 1 images could be read"):
+    index_lib.run(settings(data, "bad_index", images=str(bad)), progress=False)

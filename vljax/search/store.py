@@ -103,7 +103,8 @@ def finish(out: str, manifest: dict, num_shards: int) -> dict:
   joined = np.lib.format.open_memmap(tmp, "w+", np.dtype(manifest["dtype"]), (count, *shape))
   start, ids, skipped = 0, [], collections.Counter()
   for array, meta in shards:
-    joined[start:start + len(meta["ids"])] = array
+    if meta["ids"]:  # a shard of unreadable files alone holds an empty array of no width
+      joined[start:start + len(meta["ids"])] = array
     start += len(meta["ids"])
     ids += meta["ids"]
     skipped.update(meta["skipped"])
