@@ -306,3 +306,24 @@ def test_a_shard_of_unreadable_files_alone(folder_index, data, tmp_path):
   (bad / "x.png").write_bytes(b"garbage")
   with pytest.raises(ValueError, match=r"none of its 1 images could be read"):
     index_lib.run(settings(data, "bad_index", images=str(bad)), progress=False)
+
+
+def test_query_form_index(data):
+  """BLIP-2's Q-Former: one embedding per query token and image, a text scored by the best of them;
+  an image query is refused (no image-image score)."""
+  cfg = tiny_config(evals={})
+  cfg.model = dict(name="qformer", image=dict(variant="mu/8", depth=1, posemb="sincos2d"),
+                   text=dict(variant="mu", depth=1), num_queries=4, embed_dim=16)
+  workdir = write_random_workdir(str(data["root"] / "qformer"), cfg)
+  s = settings(data, "qformer_index", workdir=workdir, images="shapes:10")
+  manifest = index_lib.run(s, progress=False)
+  assert manifest["queries_per_image"] == 4 and manifest["width"] == 16
+  searcher = query.Searcher(s.index)
+  assert searcher.embeddings.shape == (10, 4, 16)
+  q = searcher.embed(text="a red circle")
+  hits = searcher.search(q, k=10)
+  want = np.max(searcher.embeddings @ q, axis=1)
+  np.testing.assert_allclose([h.score for h in hits], np.sort(want)[::-1], atol=1e-6)
+  assert hits[0].id == f"shapes:{int(np.argmax(want))}"
+  with pytest.raises(ValueError, match=r"--image: the index's model gives 4 embeddings per image \(query form"):
+    searcher.embed(image=os.path.join(data["folder"], "a", "000.png"))
