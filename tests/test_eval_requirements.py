@@ -30,10 +30,13 @@ MODEL_CONFIGS = {
     "flamingo": dict(name="flamingo", num_latents=4, **MU),
     "composable": dict(name="composable", **MU, contrastive=dict(embed_dim=16), decoder=dict(variant="mu", max_len=48)),
     "qformer": dict(name="qformer", **MU, num_queries=4, embed_dim=16),
+    "prefix_lm": dict(name="prefix_lm", image=MU["image"], projector="linear",
+                      lm=dict(vocab_size=128, width=32, depth=1, num_heads=2, head_dim=16, mlp_dim=64)),
     "seq2seq_lm": dict(name="seq2seq_lm", lm=dict(vocab_size=128, width=32, depth=1, num_heads=2, head_dim=16,
                                                   mlp_dim=64)),
 }
 DATA = {"lm": dict(format="lm", chunks=1), "llava": dict(format="vlm", chunks=1),
+        "prefix_lm": dict(format="vlm", chunks=1),
         "flamingo": dict(format="vlm", chunks=2)}
 
 
@@ -45,7 +48,7 @@ def test_every_model_declares_what_it_can_do():
                   "flamingo": {GENERATION, PROMPTED, MULTI_IMAGE, tower},
                   "composable": {EMBEDDINGS, LIKELIHOOD, GENERATION, MATCHING, tower},
                   "qformer": {EMBEDDINGS, MATCHING, tower},  # embeddings in query form
-                  "seq2seq_lm": set()}
+                  "prefix_lm": {GENERATION, PROMPTED, tower}, "seq2seq_lm": set()}
   # A composable config has the capabilities of the heads it builds.
   built = {name: requirements.model_capabilities(models.get_model(dict(cfg, text=dict(cfg["text"], vocab_size=128))
                                                                   if "text" in cfg else cfg))
@@ -73,7 +76,7 @@ MISMATCHES = [
     ("clip", dict(caption=dict(every=3, num_examples=8)),
      r"evals.caption \(captioning\) needs caption generation from an image; model 'composable' has "
      r"contrastive embeddings, an image tower's pooled features\. Valid: a model with it \(composable, flamingo, "
-     r"llava\), or drop evals.caption"),
+     r"llava, prefix_lm\), or drop evals.caption"),
     ("llava", dict(zeroshot=dict(every=3, num_examples=8)),
      r"evals.zeroshot \(scoring='auto'\) needs contrastive embeddings or caption log-likelihood given an image; "
      r"model 'llava' has .*Valid: a model with it \(composable, qformer\)"),
@@ -86,7 +89,7 @@ MISMATCHES = [
      r"\(composable\)"),
     ("composable", dict(vqa=dict(every=3, num_examples=8)),
      r"evals.vqa \(shots=\(0,\)\) needs generation continuing an <image> prompt; model 'composable'.*"
-     r"\(flamingo, llava\)"),
+     r"\(flamingo, llava, prefix_lm\)"),
     ("llava", dict(vqa=dict(every=3, num_examples=8, shots=(0, 4))),
      r"evals.vqa \(shots=\(0, 4\)\) needs prompts with several images \(few-shot\); model 'llava' .*"
      r"Valid: evals.vqa.shots=\(0,\) or a model with it \(flamingo\)"),

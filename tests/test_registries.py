@@ -26,7 +26,8 @@ REGISTRIES = {
 
 def test_the_registries_are_the_dicts_the_code_reads():
   assert models.MODELS is model_registry.MODELS and evals.EVALUATORS is eval_registry.EVALUATORS
-  assert sorted(models.MODELS) == ["composable", "flamingo", "llava", "lm", "qformer", "seq2seq_lm"]
+  assert sorted(models.MODELS) == ["composable", "flamingo", "llava", "lm", "prefix_lm", "qformer",
+                                     "seq2seq_lm"]
   assert sorted(model_registry.ALIASES) == ["cappa", "coca", "two_tower"]  # vljax/models/legacy.py
   assert sorted(evals.EVALUATORS) == ["binding", "caption", "compositionality", "decoder_transfer", "fewshot",
                                      "retrieval", "vqa", "zeroshot"]
@@ -109,7 +110,7 @@ def test_a_model_and_an_evaluator_are_one_file_each(plugin_files):
 
 def test_unknown_names_fail_listing_the_valid_ones():
   with pytest.raises(ValueError, match=r"Unknown model name 'two_towers'; valid: \['composable', 'flamingo', 'llava', "
-                                       r"'lm', 'qformer', 'seq2seq_lm'\] \(and \['cappa', 'coca', 'two_tower'\], older names"):
+                                       r"'lm', 'prefix_lm', 'qformer', 'seq2seq_lm'\] \(and \['cappa', 'coca', 'two_tower'\], older names"):
     models.get_model(dict(name="two_towers"))
   with pytest.raises(ValueError, match=r"unknown evaluator 'vqa_v2'; valid: \['binding', 'caption', 'compositionality', "
                                        r"'decoder_transfer', 'fewshot', 'retrieval', 'vqa', 'zeroshot'\], or "

@@ -34,6 +34,10 @@ MODEL_CONFIGS = {
                                        qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True)),
     "seq2seq_lm": dict(name="seq2seq_lm", lm=dict(vocab_size=32000, width=384, depth=6, num_heads=6, head_dim=64,
                                                   mlp_dim=1024)),  # FlanT5-like (vljax/convert/hf_t5.py)
+    # BLIP-2's FlanT5 form: a Q-Former's soft prompt into the T5 encoder (vljax/models/prefix_lm.py).
+    "prefix_lm": dict(name="prefix_lm", image_token_id=TOK.image_id, image=TOWERS["image"],
+                      lm=dict(vocab_size=32000, width=384, depth=6, num_heads=6, head_dim=64, mlp_dim=1024),
+                      qformer=dict(TOWERS["text"], variant="S", num_queries=32, vocab_size=32000, max_len=32)),
     "composable": dict(name="composable", **TOWERS, contrastive=dict(embed_dim=384, image_pool="map"),
                        decoder=dict(TOWERS["text"], mode="parallel", memory_queries=64)),
     # BLIP: the fusion head on the decoder's blocks (share="blip") and one of its own (share="none").
@@ -64,7 +68,7 @@ def test_every_registered_model_is_covered():
 def test_at_least_98_percent_of_parameter_bytes_are_sharded(name):
   model = get_model(MODEL_CONFIGS[name])
   cfg = config_lib.base_config()
-  cfg.data.update(image_size=224, max_len=64, format="vlm" if name in ("llava", "flamingo") else "caption")
+  cfg.data.update(image_size=224, max_len=64, format="vlm" if name in ("llava", "flamingo", "prefix_lm") else "caption")
   abstract = jax.eval_shape(lambda r: model.init(r, **state_lib.dummy_inputs(cfg, 8))["params"],
                             jax.random.PRNGKey(0))
   mesh = make_mesh(dict(data=1, fsdp=4, tensor=2))

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from vljax import decode as decode_lib
 from vljax.inference import embedding_scores
 from vljax.data import prompts
-from vljax.models import capabilities as model_decl, decoder
+from vljax.models import capabilities as model_decl, decoder, seq2seq_lm
 from vljax.parallel.mesh import batch_shards
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding
 
@@ -33,7 +33,8 @@ class ModelRunner:
     self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
     self.capabilities = model_decl.of(model)
     self.generative = self.generative_model(model)
-    self.max_text_len = model.text["max_len"] if self.generative else None
+    # An encoder-decoder's relative positions have no table: it declares how long a decode may run.
+    self.max_text_len = (getattr(model, "max_text_len", None) or model.text["max_len"]) if self.generative else None
     shards = batch_shards(mesh)
     self.chunk = max(shards, chunk - chunk % shards)  # a multiple of the batch shards
     self.has_embeddings = model_decl.EMBEDDINGS in self.capabilities
@@ -283,6 +284,9 @@ class ModelRunner:
         memory = None
         if "image" in self.model.inputs:
           memory = self.model.apply({"params": params}, images, method="encode_image")["memory"]
+        if getattr(self.model, "encoder_decoder", False):  # the prompt is the encoder's; decode from START
+          hidden, mask = self.model.apply({"params": params}, memory, ids, lengths, method="encode_prompt")
+          return seq2seq_lm.generate(self.model, params, hidden, mask, options, eos_id=tok.eoc_id, rng=rng)
         # A model that splices image tokens into the text (LLaVA) holds them in its self-attention
         # cache: the prompt is longer by their count - 1, and there is nothing to cross-attend.
         shift = memory.shape[-2] - 1 if getattr(self.model, "splices_image_tokens", False) else 0

@@ -83,8 +83,8 @@ def _init_objective_state(model: nn.Module, cfg, params: Any, inputs: dict) -> A
   """The stateful objectives' initial states (objectives.init_state), from the model's output shapes."""
   if not objectives.keeps_state(cfg.objectives):
     return None
-  outputs = jax.eval_shape(lambda p: model.apply({"params": p}, **{k: inputs[k] for k in model.inputs}, train=False),
-                           params)
+  given = {k: inputs[k] for k in model.inputs if k in inputs}  # a loss mask, where a model reads one, is optional
+  outputs = jax.eval_shape(lambda p: model.apply({"params": p}, **given, train=False), params)
   micro_batch = cfg.batch_size // int(cfg.get("grad_accum_steps", 1))
   return objectives.init_state(cfg.objectives, outputs, micro_batch)
 
