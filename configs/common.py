@@ -109,6 +109,25 @@ def pretrained_lm(c: ml_collections.ConfigDict, workdir: str) -> ml_collections.
   return c
 
 
+def pretrained_seq2seq(c: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """An image-conditioned LM recipe turned into BLIP-2's encoder-decoder form (model prefix_lm) on a
+  converted T5 / FlanT5 workdir (python -m vljax.convert --checkpoint HF_T5_DIR): its architecture,
+  tokenizer and weights, frozen but for the rows of the tokens the checkpoint lacks (txt/new_tokens,
+  logits/new_tokens)."""
+  t5 = run_config(workdir, "t5")
+  if t5.model.get("name") != "seq2seq_lm":
+    raise ValueError(f"config argument t5={workdir!r} holds model {t5.model.get('name')!r}; give the workdir "
+                     "python -m vljax.convert --checkpoint HF_T5_DIR wrote (model seq2seq_lm)")
+  settings = t5.model.lm.to_dict()
+  tied = bool(settings.get("tie_embeddings", False))
+  keep = ("image", "projector", "qformer", "image_token_id", "dtype", "param_dtype", "attention_impl")
+  c.model = dict({k: v for k, v in c.model.to_dict().items() if k in keep}, name="prefix_lm", lm=settings)
+  c.data.tokenizer = t5.data.tokenizer
+  c.init_from.sources = tuple(c.init_from.sources) + (f"{workdir}:txt,encoder,decoder" + ("" if tied else ",logits"),)
+  c.frozen = tuple(c.frozen) + ("txt/embedding/.*", "encoder/.*", "decoder/.*") + (() if tied else ("logits/kernel",))
+  return c
+
+
 def shapes_scenes_data(value: str) -> dict:
   """The data settings of `scenes=KIND:PATH`: shapes-world scenes on disk, e.g. a folder of
   `python -m vljax.capfilt.noisy_shapes` or CapFilt's array_record output of it. The shapes evaluators

@@ -139,3 +139,18 @@ def test_blip2_b16_stage2_takes_the_qformer_of_its_stage1_run(tmp_path):
   assert setup.build(two).model.projector_kind == "qformer"
   with pytest.raises(ValueError, match=r"stage=2 starts from stage1=WORKDIR"):
     load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"), "stage1=/x")
+  # t5=: BLIP-2's encoder-decoder form on a converted FlanT5 workdir.
+  t5 = dict(vocab_size=128, width=64, depth=2, num_heads=2, head_dim=32, mlp_dim=128, new_token_ids=[100, 101])
+  (tmp_path / "t5").mkdir()
+  (tmp_path / "t5" / "config.json").write_text(json.dumps(dict(model=dict(name="seq2seq_lm", lm=t5),
+                                                               data=dict(tokenizer="shapes"))))
+  flan = load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"), f"stage=2,stage1={tmp_path}/s1,t5={tmp_path}/t5")
+  assert flan.model.name == "prefix_lm" and flan.model.lm.to_dict() == t5 and not flan.model.get("scan")
+  assert flan.init_from.sources == (f"{tmp_path}/s1:img,qformer", f"{tmp_path}/t5:txt,encoder,decoder,logits")
+  assert {"txt/embedding/.*", "encoder/.*", "decoder/.*", "logits/kernel"} <= set(flan.frozen)
+  assert setup.build(flan).model.projector_kind == "qformer"
+  for bad in (f"t5={tmp_path}/t5", f"stage=2,stage1={tmp_path}/s1,t5={tmp_path}/t5,lm={tmp_path}/t5"):
+    with pytest.raises(ValueError, match=r"lm= \(a decoder-only LLM\) or t5= \(an encoder-decoder one\)"):
+      load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"), bad)
+  with pytest.raises(ValueError, match=r"t5=.* holds model 'qformer'"):
+    load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"), f"stage=2,stage1={tmp_path}/s1,t5={tmp_path}/s1")
