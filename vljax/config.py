@@ -49,6 +49,9 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0)
   c.schedule = dict(name="warmup_cosine", warmup_steps=100, end_fraction=0.0)
   c.ema = dict(decay=0.0, warmup=False, evaluate="raw")  # weight averaging: vljax/train/ema.py
+  # A frozen teacher for the distillation objectives: a vljax workdir ("": none), its checkpoint step
+  # (-1: the latest) and its "raw" or "ema" weights (vljax/train/teacher.py).
+  c.teacher = dict(workdir="", step=-1, weights="raw")
   c.frozen = ()                        # regexes over param paths like "img/.*": no update, no gradient
   # Params from other runs: workdir + subtree ("img", or several: "txt,lm"), and more sources as
   # "WORKDIR:SUBTREE[,SUBTREE]" strings, e.g. sources=("runs/lm:txt,lm,logits",).
@@ -123,7 +126,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
   if unknown:
     raise ValueError(f"config: unknown key(s) {unknown}; valid top-level keys: {sorted(TOP_LEVEL_KEYS)}")
-  for section in ("data", "optimizer", "schedule", "init_from", "precision", "checkpoint", "ema"):
+  for section in ("data", "optimizer", "schedule", "init_from", "precision", "checkpoint", "ema", "teacher"):
     extra = sorted(set(cfg[section].keys()) - set(base_config()[section].keys()))
     if extra:
       raise ValueError(f"config.{section}: unknown key(s) {extra}; valid: {sorted(base_config()[section].keys())}")
@@ -140,3 +143,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.grad_accum_mode == "gradcache":
     from vljax.train import gradcache  # lazy: the schema itself needs no jax
     gradcache.check_objectives(cfg.objectives)
+  if "teacher" in cfg:
+    from vljax.train import teacher  # lazy: it reads checkpoints
+    teacher.check(cfg)

@@ -146,9 +146,11 @@ class ModelAccess:
   streams of their own, so adding an objective never changes the randomness of another.
   """
 
-  def __init__(self, module, params, rng: jax.Array, train: bool = True, momentum_params=None):
+  def __init__(self, module, params, rng: jax.Array, train: bool = True, momentum_params=None,
+               teacher: tuple[Any, Any] | None = None):
     self.module, self.params, self._rng, self.train = module, params, rng, train
     self.momentum_params = momentum_params  # the EMA of the weights (vljax/train/ema.py), when the run keeps one
+    self.teacher_model = teacher  # (module, params) of the run's frozen teacher (vljax/train/teacher.py), if any
 
   def rng(self, stream: str) -> jax.Array:
     return stream_rng(self._rng, stream)
@@ -172,6 +174,17 @@ class ModelAccess:
       raise ValueError(f"{needed_by} needs a momentum model, an EMA of the weights: set ema.decay "
                        "(BLIP: 0.995; vljax/train/ema.py)")
     out = self.module.apply({"params": self.momentum_params}, *args, train=False, **kwargs)
+    return jax.lax.stop_gradient(out)
+
+  def teacher(self, *args, needed_by: str, **kwargs):
+    """The frozen teacher's outputs (distillation): its module.apply on its own params, deterministic
+    (train=False), no gradient. `needed_by` names the setting that asked, for the error when the run
+    has no teacher."""
+    if self.teacher_model is None:
+      raise ValueError(f"{needed_by} needs a teacher: set teacher.workdir to a trained or imported vljax "
+                       "workdir (vljax/train/teacher.py)")
+    module, params = self.teacher_model
+    out = module.apply({"params": jax.lax.stop_gradient(params)}, *args, train=False, **kwargs)
     return jax.lax.stop_gradient(out)
 
 

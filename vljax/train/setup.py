@@ -14,7 +14,8 @@ from vljax.evals import requirements, world as eval_world
 from vljax.models import capabilities as model_decl
 from vljax.models import legacy
 from vljax.models.resolve import resolve_model_config
-from vljax.train import optim
+from vljax.train import optim, teacher as teacher_lib
+from vljax.train.state import dummy_inputs
 
 
 @dataclasses.dataclass
@@ -25,6 +26,7 @@ class RunParts:
   schedule: Any
   tx: Any
   evaluators: dict
+  teacher: Any = None  # teacher_lib.Teacher without its params (teacher_lib.place puts them on the mesh), or None
 
 
 def check_tokenizer_layout(cfg: ml_collections.ConfigDict, tokenizer) -> None:
@@ -101,7 +103,9 @@ def build(cfg: ml_collections.ConfigDict) -> RunParts:
   # The data config gives image size, normalisation and, to those that read it, the shapes world.
   evaluators = {name: cls(cfg.evals[name], tokenizer=tokenizer, max_len=cfg.data.max_len, data=cfg.data)
                 for name, cls in evaluator_classes.items()}
-  return RunParts(tokenizer, model_cfg, model, schedule, tx, evaluators)
+  # The teacher's model, checked against the student's (its params are read onto the mesh later).
+  teacher = teacher_lib.build(cfg, model, dummy_inputs(cfg, 1)) if teacher_lib.enabled(cfg) else None
+  return RunParts(tokenizer, model_cfg, model, schedule, tx, evaluators, teacher)
 
 
 def make_data_iterator(cfg, tokenizer, process_index: int, process_count: int):

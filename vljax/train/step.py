@@ -1,5 +1,6 @@
 """The jitted train step: micro-batch gradient accumulation (mean or GradCache), frozen params,
-weighted objectives, the EMA of the weights (vljax/train/ema.py)."""
+weighted objectives, the EMA of the weights (vljax/train/ema.py), a frozen teacher's params as an
+argument of their own (vljax/train/teacher.py)."""
 
 from __future__ import annotations
 
@@ -15,42 +16,45 @@ from vljax.config import GRAD_ACCUM_MODES
 from vljax.data import device_resize, pipeline, tokenizers
 from vljax.models.composable import clamp_log_scale
 from vljax.parallel.sharding import LOGICAL_RULES, batch_sharding, replicated
-from vljax.train import ema as ema_lib, gradcache
+from vljax.train import ema as ema_lib, gradcache, teacher as teacher_lib
 from vljax.train.optim import merge_params, split_frozen
 from vljax.train.state import TrainState
 
 
-def _model_fns(model: nn.Module, cfg) -> tuple[Callable, Callable, Callable]:
-  """(access, apply_fn, loss_fn) of (trainable, frozen, [micro-batch,] rng[, ema]): the model's
-  parameter access for objectives, its forward pass, and cfg's weighted objectives -> (loss, metrics).
-  ema: the EMA of the trainable params (vljax/train/ema.py), the objectives' momentum model."""
+def _model_fns(model: nn.Module, cfg, teacher_module: nn.Module | None = None) -> tuple[Callable, Callable, Callable]:
+  """(access, apply_fn, loss_fn) of (trainable, frozen, [micro-batch,] rng[, ema, ..., teacher]): the
+  model's parameter access for objectives, its forward pass, and cfg's weighted objectives -> (loss,
+  metrics). ema: the EMA of the trainable params (vljax/train/ema.py), the objectives' momentum model;
+  teacher: the params of teacher_module, the run's frozen teacher (vljax/train/teacher.py)."""
   weights, impl, pad_id = cfg.objectives, cfg.get("loss_impl", "gather"), tokenizers.PAD_ID
 
-  def access(trainable, frozen_params, rng, ema=None):
+  def access(trainable, frozen_params, rng, ema=None, teacher=None):
     momentum = None if ema is None else merge_params(ema, frozen_params)
-    return objectives.ModelAccess(model, merge_params(trainable, frozen_params), rng, momentum_params=momentum)
+    run_teacher = None if teacher is None or teacher_module is None else (teacher_module, teacher)
+    return objectives.ModelAccess(model, merge_params(trainable, frozen_params), rng, momentum_params=momentum,
+                                  teacher=run_teacher)
 
   def apply_fn(trainable, frozen_params, micro, rng):
     # Only the inputs the model declares: a text-only model never sees the batch's placeholder image.
     return access(trainable, frozen_params, rng).apply(**{k: micro[k] for k in model.inputs})
 
-  def loss_fn(trainable, frozen_params, micro, rng, ema=None, objective_state=None):
+  def loss_fn(trainable, frozen_params, micro, rng, ema=None, objective_state=None, teacher=None):
     out = apply_fn(trainable, frozen_params, micro, rng)
     return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id,
-                                    model=access(trainable, frozen_params, rng, ema), state=objective_state)
+                                    model=access(trainable, frozen_params, rng, ema, teacher), state=objective_state)
 
   return access, apply_fn, loss_fn
 
 
-def make_loss_fn(model: nn.Module, cfg) -> Callable:
-  """(trainable, frozen, batch, rng[, ema, objective_state]) -> (loss, metrics) of cfg's objectives on
-  one batch, no accumulation (call under the logical axis rules); metrics[objectives.NEW_STATE] holds
-  the stateful objectives' new state."""
-  return _model_fns(model, cfg)[2]
+def make_loss_fn(model: nn.Module, cfg, teacher_module: nn.Module | None = None) -> Callable:
+  """(trainable, frozen, batch, rng[, ema, objective_state, teacher]) -> (loss, metrics) of cfg's
+  objectives on one batch, no accumulation (call under the logical axis rules); metrics[objectives.NEW_STATE]
+  holds the stateful objectives' new state; teacher: teacher_module's params."""
+  return _model_fns(model, cfg, teacher_module)[2]
 
 
-def make_grads_fn(model: nn.Module, cfg) -> Callable:
-  """(trainable, frozen, batch, rng[, ema, objective_state]) -> (loss, metrics, grads) of cfg's objectives,
+def make_grads_fn(model: nn.Module, cfg, teacher_module: nn.Module | None = None) -> Callable:
+  """(trainable, frozen, batch, rng[, ema, objective_state, teacher]) -> (loss, metrics, grads) of cfg's objectives,
   accumulated over grad_accum_steps micro-batches as grad_accum_mode says (call under the logical axis
   rules); metrics[objectives.NEW_STATE] holds the stateful objectives' state after the last micro-batch.
 
@@ -68,22 +72,22 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
   if mode == "gradcache":
     gradcache.check_objectives(weights)
 
-  access, apply_fn, loss_fn = _model_fns(model, cfg)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  access, apply_fn, loss_fn = _model_fns(model, cfg, teacher_module)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)  # the trainable params' gradient only: never the teacher's
 
-  def grads_fn(trainable, frozen_params, batch, rng, ema=None, objective_state=None):
+  def grads_fn(trainable, frozen_params, batch, rng, ema=None, objective_state=None, teacher=None):
     if accum == 1:
-      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng, ema, objective_state)
+      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng, ema, objective_state, teacher)
       return loss, metrics, grads
     if mode == "gradcache":
       return gradcache.gradcache_value_and_grad(apply_fn, weights, trainable, frozen_params, batch, rng,
                                                 k=accum, impl=impl, pad_id=pad_id,
-                                                access=lambda p, f, r: access(p, f, r, ema))
+                                                access=lambda p, f, r: access(p, f, r, ema, teacher))
 
     def one(i, obj_state):
       # Micro-batch i = examples i, k+i, 2k+i...: every device keeps its own rows.
       micro = gradcache.take_micro(batch, accum, i)
-      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i), ema, obj_state)
+      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i), ema, obj_state, teacher)
       obj_state = m.pop(objectives.NEW_STATE, obj_state)  # carried to the next micro-batch, not averaged
       return (l, m, g), obj_state
 
@@ -103,20 +107,24 @@ def make_grads_fn(model: nn.Module, cfg) -> Callable:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, schedule: optax.Schedule,
-                    mesh, state_shardings) -> Callable:
-  """jit(train_step)(state, batch) -> (state, metrics); state donated, shardings pinned."""
+                    mesh, state_shardings, teacher: teacher_lib.Teacher | None = None) -> Callable:
+  """jit(train_step)(state, batch) -> (state, metrics); state donated, shardings pinned. With a teacher
+  (teacher_lib.load; required when cfg names one), its params are the jitted step's third argument,
+  on their own shardings, bound here: the step is still called (state, batch)."""
+  teacher_lib.check_wiring(cfg, teacher)
   frozen = list(cfg.frozen)
-  grads_fn = make_grads_fn(model, cfg)
+  grads_fn = make_grads_fn(model, cfg, None if teacher is None else teacher.module)
   max_logit_scale = getattr(model, "max_logit_scale", None)
 
-  def train_step(state: TrainState, batch: dict):
+  def train_step(state: TrainState, batch: dict, teacher_params=None):
     batch = device_resize.prepare_batch(batch, cfg.data.image_size, cfg.data.normalization)
     trainable, frozen_params = split_frozen(state.params, frozen)
     # Frozen params enter as constants: no gradient is asked for, so XLA computes none.
     frozen_params = jax.lax.stop_gradient(frozen_params)
     rng = jax.random.fold_in(state.rng, state.step)
     with nn.logical_axis_rules(LOGICAL_RULES):
-      loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng, state.ema_params, state.objective_state)
+      loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng, state.ema_params, state.objective_state,
+                                      teacher_params)
     objective_state = metrics.pop(objectives.NEW_STATE, state.objective_state)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
@@ -133,6 +141,27 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
 
   fields = pipeline.batch_ndims(cfg.data.format, pipeline.resizes_on_device(cfg.data))
   batch_sh = {k: batch_sharding(mesh, ndim) for k, ndim in fields.items()}
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
-                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+  if teacher is None:
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+  return _WithTeacher(jax.jit(train_step, in_shardings=(state_shardings, batch_sh, teacher.shardings),
+                              out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0),
+                      teacher.params)
+
+
+class _WithTeacher:
+  """A jitted train_step(state, batch, teacher_params) called, traced and lowered as (state, batch):
+  the teacher's params are passed on every call (never compiled in as constants, never donated)."""
+
+  def __init__(self, jitted, teacher_params):
+    self.jitted, self.teacher_params = jitted, teacher_params
+
+  def __call__(self, state, batch):
+    return self.jitted(state, batch, self.teacher_params)
+
+  def trace(self, state, batch):
+    return self.jitted.trace(state, batch, self.teacher_params)
+
+  def lower(self, state, batch):
+    return self.jitted.lower(state, batch, self.teacher_params)
 

@@ -22,6 +22,7 @@ from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import batch_sharding
 from vljax.train import checkpoint as ckpt_lib
 from vljax.train import ema, hooks, init_from, preemption, setup, state as state_lib, step as step_lib, step_flops
+from vljax.train import teacher as teacher_lib
 
 
 @dataclasses.dataclass
@@ -86,11 +87,13 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, float]:
   process = jax.process_index()
 
   with jax.set_mesh(mesh):
+    # The teacher's params, read again on every start (a resume too): never in the checkpoint.
+    teacher = parts.teacher and teacher_lib.place(parts.teacher, mesh, state_lib.dummy_inputs(cfg, batch_shards(mesh)))
     run = _resume_or_start(cfg, workdir, parts, mesh)
     if process == 0:  # only now: a config that fails above leaves the workdir as it was
       metrics_lib.write_text(workdir, "config.json", cfg.to_json_best_effort(indent=2))
     writer = metrics_lib.MetricWriter(workdir)
-    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, run.shardings)
+    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, run.shardings, teacher)
     runner = ModelRunner(parts.model, mesh, cfg.eval_batch_size, parts.tokenizer)
     flops_per_step = step_flops.flops_per_step(cfg, parts.model_cfg, run.meta["param_shapes"])  # None: no MFU
     start, total = int(run.state.step), cfg.total_steps
