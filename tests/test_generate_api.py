@@ -2,7 +2,6 @@
 `python -m vljax.predict --prompt`, on random-weight LLaVA, Flamingo and LM runs: the same tokens as
 the evaluators' path (ModelRunner.generate on prompt ids), "<image>" placement, bad input."""
 
-import numpy as np
 import pytest
 
 import vljax

@@ -48,21 +48,23 @@ class Converted(NamedTuple):
   data: dict  # tokenizer (spec or None), max_len, id_offset, format, source
 
 
-def is_lm_folder(path: str) -> bool:
-  """Whether `path` is a folder whose config.json names a decoder-only family this module imports."""
+def is_lm_folder(path: str, model_types: tuple[str, ...] = MODEL_TYPES) -> bool:
+  """Whether `path` is a folder whose config.json names one of `model_types` (default: the decoder-only
+  families this module imports)."""
   config = os.path.join(path, "config.json")
-  return os.path.isdir(path) and os.path.isfile(config) and files.read_json(config).get("model_type") in MODEL_TYPES
+  return os.path.isdir(path) and os.path.isfile(config) and files.read_json(config).get("model_type") in model_types
 
 
-def read_config(folder: str) -> dict[str, Any]:
+def read_config(folder: str, model_types: tuple[str, ...] = MODEL_TYPES, what: str = "language model folder"
+                ) -> dict[str, Any]:
   """config.json of a model folder; FileNotFoundError / ValueError naming what is missing or unsupported."""
-  files.check_exists(folder, "language model folder")
+  files.check_exists(folder, what)
   path = os.path.join(folder, "config.json")
   if not os.path.isdir(folder) or not os.path.isfile(path):
     raise FileNotFoundError(f"{folder!r} is not a Hugging Face model folder: no config.json in it")
   config = files.read_json(path)
-  if config.get("model_type") not in MODEL_TYPES:
-    raise ValueError(f"{path}: model_type {config.get('model_type')!r} is not supported; valid: {list(MODEL_TYPES)}")
+  if config.get("model_type") not in model_types:
+    raise ValueError(f"{path}: model_type {config.get('model_type')!r} is not supported; valid: {list(model_types)}")
   return config
 
 

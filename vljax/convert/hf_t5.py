@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from vljax import config as config_lib
-from vljax.convert import check_new_workdir, files, save_converted
+from vljax.convert import check_new_workdir, hf_lm, save_converted
 from vljax.convert.hf_lm import Converted, check_shape, read_weights, vocab_table, vocabulary
 from vljax.convert.towers import Tensors
 
@@ -41,19 +41,13 @@ DEFAULT_MAX_LEN = 512  # T5's relative positions set no limit; the run's text le
 
 def is_t5_folder(path: str) -> bool:
   """Whether `path` is a folder whose config.json says model_type "t5"."""
-  config = os.path.join(path, "config.json")
-  return os.path.isdir(path) and os.path.isfile(config) and files.read_json(config).get("model_type") in MODEL_TYPES
+  return hf_lm.is_lm_folder(path, MODEL_TYPES)
 
 
 def read_config(folder: str) -> dict[str, Any]:
   """config.json of a T5 folder; FileNotFoundError / ValueError naming what is missing or unsupported."""
-  files.check_exists(folder, "T5 model folder")
+  config = hf_lm.read_config(folder, MODEL_TYPES, "T5 model folder")
   path = os.path.join(folder, "config.json")
-  if not os.path.isdir(folder) or not os.path.isfile(path):
-    raise FileNotFoundError(f"{folder!r} is not a Hugging Face model folder: no config.json in it")
-  config = files.read_json(path)
-  if config.get("model_type") not in MODEL_TYPES:
-    raise ValueError(f"{path}: model_type {config.get('model_type')!r} is not supported; valid: {list(MODEL_TYPES)}")
   proj = config.get("feed_forward_proj", "relu")
   if proj not in FEED_FORWARD:
     raise ValueError(f"{path}: feed_forward_proj {proj!r} is not supported; valid: {list(FEED_FORWARD)}")
