@@ -205,6 +205,18 @@ def train_on_one_device(cfg, parts, local_batch: dict, steps: int) -> list[dict]
   return history
 
 
+def checkpointed_state(workdir: str, step: int) -> dict:
+  """The train state a run's checkpoint at `step` holds, as a dict of numpy arrays."""
+  import orbax.checkpoint as ocp
+  from vljax import checkpoint_io
+
+  manager = ocp.CheckpointManager(checkpoint_io.checkpoint_dir(workdir), item_names=("state", "data", "meta"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
+  manager.close()
+  return jax.tree.map(np.asarray, state)
+
+
 def sigterm_after_logging(monkeypatch, step: int) -> None:
   """The trainer gets SIGTERM once it has logged step `step`'s train metrics (a preemption there: it
   saves and stops at the next step); monkeypatch.undo() ends it."""

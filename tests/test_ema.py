@@ -6,11 +6,10 @@ evaluation of the EMA, loading it, the distilled loss against a hand computation
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from conftest import sigterm_after_logging, tiny_config
+from conftest import checkpointed_state, sigterm_after_logging, tiny_config
 from vljax import checkpoint_io, config as config_lib
 from vljax.metrics import read_metrics
 from vljax.objectives import momentum, softmax_contrastive_loss
@@ -30,12 +29,8 @@ def _ema_config(**overrides):
 
 def _state_at(workdir, step):
   """(params, ema_params) of the checkpoint at `step`, flat, as numpy."""
-  manager = ocp.CheckpointManager(checkpoint_io.checkpoint_dir(workdir), item_names=("state", "data", "meta"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
-  manager.close()
-  flat = lambda tree: traverse_util.flatten_dict(jax.tree.map(np.asarray, tree), sep="/")  # noqa: E731
-  return flat(state["params"]), flat(state["ema_params"])
+  state = checkpointed_state(workdir, step)
+  return tuple(traverse_util.flatten_dict(state[k], sep="/") for k in ("params", "ema_params"))
 
 
 @pytest.fixture(scope="module")

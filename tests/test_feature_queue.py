@@ -7,12 +7,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import linen as nn
 
-from conftest import sigterm_after_logging, tiny_config
-from vljax import checkpoint_io, config as config_lib, objectives
+from conftest import checkpointed_state, sigterm_after_logging, tiny_config
+from vljax import config as config_lib, objectives
 from vljax.metrics import read_metrics
 from vljax.objectives import momentum
 from vljax.parallel.mesh import make_mesh
@@ -107,11 +106,7 @@ def _queue_config(queue_size=QUEUE, **overrides):
 
 
 def _queue_at(workdir, step):
-  manager = ocp.CheckpointManager(checkpoint_io.checkpoint_dir(workdir), item_names=("state", "data", "meta"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
-  manager.close()
-  return jax.tree.map(np.asarray, state["objective_state"]["momentum_contrastive"])
+  return checkpointed_state(workdir, step)["objective_state"]["momentum_contrastive"]
 
 
 @pytest.fixture(scope="module")
