@@ -39,7 +39,8 @@ START_ERRORS = {
         lambda c: setattr(c, "objectives", {"sigmoid_contrastive": 1.0}),
         r"objectives.sigmoid_contrastive needs model output\(s\) \['logit_bias'\]; model 'composable' gives "
         r".*Valid: set model.contrastive.logit_bias_init .*; or objectives this model serves: "
-        r"\['momentum_contrastive', 'softmax_contrastive', 'softmax_hard_negatives'\]"),
+        r"\['distill_embeddings', 'distill_logits', 'momentum_contrastive', 'softmax_contrastive', "
+        r"'softmax_hard_negatives'\]"),
     "captioning_without_decoder": (
         lambda c: setattr(c, "objectives", {"captioning": 1.0}),
         r"objectives.captioning needs model output\(s\) \['caption_logits'\].*a model that gives "
