@@ -346,6 +346,28 @@ def resolve_image_lm(name: str, cfg: dict[str, Any], defaults: dict[str, Any]) -
   return c
 
 
+def filled_settings(given: Any, defaults: dict[str, Any], required: tuple[str, ...], what: str, hint: str = ""
+                    ) -> dict[str, Any]:
+  """`given` (a dict of `defaults`' keys) with the defaults filled in; unknown or missing required keys
+  are errors naming them (`what`: the setting's name, e.g. "lm")."""
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ValueError(f"Unknown {what} settings {unknown}; valid: {sorted(defaults)}")
+  c = dict(defaults, **given)
+  missing = [k for k in required if c[k] is None]
+  if missing:
+    raise ValueError(f"{what} settings need {missing}{hint}")
+  return c
+
+
+def checked_new_token_ids(c: dict[str, Any], what: str) -> tuple[int, ...]:
+  """c["new_token_ids"] as distinct ints in [0, vocab_size), or an error naming them."""
+  ids = tuple(int(i) for i in c["new_token_ids"] or ())
+  if any(not 0 <= i < c["vocab_size"] for i in ids) or len(set(ids)) != len(ids):
+    raise ValueError(f"{what} new_token_ids {list(ids)} must be distinct ids in [0, vocab_size={c['vocab_size']})")
+  return ids
+
+
 def language_settings(value: Any) -> dict[str, Any]:
   """A model's `lm` setting -> every SETTINGS key, checked: "hf:DIR" (a Hugging Face folder, read by
   vljax.convert.hf_lm.lm_settings) or a dict of SETTINGS keys."""
@@ -355,14 +377,7 @@ def language_settings(value: Any) -> dict[str, Any]:
       raise ValueError(f"lm={value!r}: valid forms are 'hf:/path/to/hf_model_folder' or a dict of {sorted(SETTINGS)}")
     from vljax.convert import hf_lm  # lazy: the converter imports the models package
     value = hf_lm.lm_settings(folder)
-  c = dict(value)
-  unknown = sorted(set(c) - set(SETTINGS))
-  if unknown:
-    raise ValueError(f"Unknown lm settings {unknown}; valid: {sorted(SETTINGS)}")
-  c = dict(SETTINGS, **c)
-  missing = [k for k in REQUIRED if c[k] is None]
-  if missing:
-    raise ValueError(f"lm settings need {missing} (e.g. lm='hf:DIR', or a workdir python -m vljax.convert wrote)")
+  c = filled_settings(value, SETTINGS, REQUIRED, "lm", " (e.g. lm='hf:DIR', or a workdir python -m vljax.convert wrote)")
   check_choice("lm norm", c["norm"], NORMS)
   check_choice("lm positions", c["positions"], POSITIONS)
   check_choice("lm mlp", c["mlp"], MLPS)
@@ -373,11 +388,7 @@ def language_settings(value: Any) -> dict[str, Any]:
     if c["width"] % c["num_heads"]:
       raise ValueError(f"lm width {c['width']} is not divisible by num_heads {c['num_heads']}; set head_dim")
     c["head_dim"] = c["width"] // c["num_heads"]
-  c["new_token_ids"] = tuple(int(i) for i in c["new_token_ids"] or ())
-  bad = [i for i in c["new_token_ids"] if not 0 <= i < c["vocab_size"]]
-  if bad or len(set(c["new_token_ids"])) != len(c["new_token_ids"]):
-    raise ValueError(f"lm new_token_ids {list(c['new_token_ids'])} must be distinct ids in "
-                     f"[0, vocab_size={c['vocab_size']})")
+  c["new_token_ids"] = checked_new_token_ids(c, "lm")
   if c["positions"] == "rope" and c["head_dim"] % 2:
     raise ValueError(f"RoPE needs an even head_dim, got {c['head_dim']}")
   return c

@@ -326,20 +326,10 @@ def seq2seq_settings(value: Any) -> dict[str, Any]:
   if not isinstance(value, dict):
     raise ValueError(f"seq2seq_lm needs lm=dict(...) of {sorted(SETTINGS)} (a workdir python -m vljax.convert "
                      f"wrote holds one), got {value!r}")
-  unknown = sorted(set(value) - set(SETTINGS))
-  if unknown:
-    raise ValueError(f"Unknown seq2seq_lm settings {unknown}; valid: {sorted(SETTINGS)}")
-  c = dict(SETTINGS, **value)
-  missing = [k for k in REQUIRED if c[k] is None]
-  if missing:
-    raise ValueError(f"seq2seq_lm settings need {missing}")
+  c = causal_lm.filled_settings(value, SETTINGS, REQUIRED, "seq2seq_lm")
   check_choice("seq2seq_lm mlp", c["mlp"], MLPS)
   c["decoder_depth"] = c["decoder_depth"] or c["depth"]
-  c["new_token_ids"] = tuple(int(i) for i in c["new_token_ids"] or ())
-  if any(not 0 <= i < c["vocab_size"] for i in c["new_token_ids"]) or len(set(c["new_token_ids"])) != len(
-      c["new_token_ids"]):
-    raise ValueError(f"seq2seq_lm new_token_ids {list(c['new_token_ids'])} must be distinct ids in "
-                     f"[0, vocab_size={c['vocab_size']})")
+  c["new_token_ids"] = causal_lm.checked_new_token_ids(c, "seq2seq_lm")
   return c
 
 
