@@ -139,7 +139,8 @@ def parse_objectives(spec: Mapping[str, Any]) -> dict[str, tuple[float, dict[str
 
 class ModelAccess:
   """What an objective may do with the model inside the train step: run it again on the step's
-  parameters (a pass on mined negatives, a second view) and draw from named random streams.
+  parameters (a pass on mined negatives, a second view), run the EMA of the weights (`momentum`) or
+  the run's frozen teacher (`teacher`), and draw from named random streams.
 
   Streams are separate by name: "dropout" is the model's dropout, "mask" what a model masks its
   inputs with (CapPa's parallel prediction), and an objective's own names (e.g. "negatives") are
