@@ -7,7 +7,7 @@ from flax import linen as nn
 
 from vljax import checkpoint_io, metrics as metrics_lib
 from vljax.data import tokenizers
-from vljax.models import get_model
+from vljax.models import get_model, registry
 from vljax.models.resolve import resolve_model_config
 from vljax.train import checkpoint as ckpt_lib, state as state_lib
 
@@ -31,7 +31,9 @@ def write_random_workdir(path: str, cfg, seed: int = 0, checkpoint: bool = True)
     shapes_ = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), **state_lib.dummy_inputs(cfg, 1))["params"])
     params = random_params(shapes_, np.random.default_rng(seed))
     saver = ckpt_lib.Checkpointer(path, every=0, keep=1, async_save=False)
-    saver.save(0, {"params": params}, {}, {"model_name": cfg.model.name,
+    # The registered model's name, as the trainer records it (a legacy alias would mean a legacy layout).
+    name = registry.canonical_config(cfg.model.to_dict())["name"]
+    saver.save(0, {"params": params}, {}, {"model_name": name,
                                            "param_shapes": checkpoint_io.param_shapes(params)}, force=True)
     saver.close()
   return path

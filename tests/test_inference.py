@@ -1,4 +1,4 @@
-"""Inference API on a briefly trained CoCa run: vljax.load, its methods, and `python -m vljax.predict`."""
+"""Inference API on a random-weight CoCa run: vljax.load, its methods, and `python -m vljax.predict`."""
 
 import os
 import subprocess
@@ -10,20 +10,20 @@ from PIL import Image
 
 import vljax
 from conftest import tiny_config
+from random_workdirs import write_random_workdir
 from vljax import predict
 from vljax.data import shapes
-from vljax.train import trainer
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+  """A CoCa run with random weights (what is tested is the API, not what training learned)."""
   path = str(tmp_path_factory.mktemp("coca"))
-  cfg = tiny_config(total_steps=2, evals={}, checkpoint=dict(every=2, keep=1, async_save=False))
+  cfg = tiny_config(evals={})
   cfg.model = dict(name="coca", embed_dim=16, image=dict(variant="mu/8", posemb="sincos2d"),
                    text=dict(variant="mu"), num_queries=4)
   cfg.objectives = {"softmax_contrastive": 1.0, "captioning": 2.0}
-  trainer.train_and_evaluate(cfg, path)
-  return path
+  return write_random_workdir(path, cfg, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def images(tmp_path_factory):
 # pixels through the same program), not between two code paths.
 def test_load_and_every_method(workdir, images):
   model = vljax.load(workdir)
-  assert model.step == 2
+  assert model.step == 0
   arrays = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in images])
   z_files, z_arrays = model.encode_image(images), model.encode_image(arrays)
   assert z_files.shape == (2, 16)
