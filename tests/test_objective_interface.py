@@ -44,7 +44,7 @@ START_ERRORS = {
     "captioning_without_decoder": (
         lambda c: setattr(c, "objectives", {"captioning": 1.0}),
         r"objectives.captioning needs model output\(s\) \['caption_logits'\].*a model that gives "
-        r"'caption_logits': \['flamingo', 'llava', 'lm', 'qformer'\]"),
+        r"'caption_logits': \['flamingo', 'llava', 'lm', 'prefix_lm', 'qformer'\]"),
     "images_from_a_text_only_format": (
         _lm_format,
         r"model 'composable' reads \['image', 'text'\], but data.format='lm' holds no 'image'.*"
