@@ -216,3 +216,9 @@ def test_a_teacher_of_another_width_is_refused_without_a_projection(tmp_path):
   with pytest.raises(ValueError, match=r"teacher's embeddings have shape \(8,\) \(width 8\) per example, the "
                                        r"student's \(16,\) \(width 16\)"):
     distillation.embedding_distance(jnp.zeros((2, 16)), jnp.zeros((2, 8)), "cosine")
+
+
+def test_the_bench_times_a_distillation_step_with_its_teacher(teacher_dir):
+  from vljax.bench import train as bench
+  out = bench.run(_config(teacher_dir, batch_size=8), steps=1, warmup=0, devices=jax.devices()[:1])
+  assert out["step_time_median_s"] > 0 and out["examples_per_sec"] > 0

@@ -30,7 +30,7 @@ from vljax.bench.decode import machine_name
 from vljax.data import device_resize, images, pipeline
 from vljax.parallel.mesh import batch_shards, check_batch_divisible, make_mesh
 from vljax.parallel.sharding import LOGICAL_RULES, MESH_AXES, batch_sharding, bytes_per_device
-from vljax.train import setup, state as state_lib, step as step_lib, step_flops
+from vljax.train import setup, state as state_lib, step as step_lib, step_flops, teacher as teacher_lib
 from vljax.train.optim import split_frozen
 
 
@@ -141,9 +141,10 @@ def loop_free_xla_flops(cfg: ml_collections.ConfigDict, mesh, batch: dict) -> fl
   flat.update(model=_unscanned(flat["model"]), grad_accum_steps=1, loss_impl="gather")
   cfg = ml_collections.ConfigDict(flat)
   parts = setup.build(cfg)
-  abstract, shardings = state_lib.plan_train_state(parts.model, parts.tx, cfg, mesh,
-                                                   state_lib.dummy_inputs(cfg, batch_shards(mesh)))
-  step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
+  inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
+  abstract, shardings = state_lib.plan_train_state(parts.model, parts.tx, cfg, mesh, inputs)
+  step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings,
+                                  _teacher(parts, mesh, inputs))
   traced = step.trace(abstract, batch)
   return None if has_matmul_loops(traced.jaxpr.jaxpr) else _cost_flops(traced.lower())
 
@@ -180,7 +181,7 @@ def memory_stats(compiled) -> dict[str, int | None]:
   return out
 
 
-def activation_bytes(model, cfg, state, batch) -> int | None:
+def activation_bytes(model, cfg, state, batch, teacher=None) -> int | None:
   """Bytes of what the forward pass keeps for the backward (autodiff residuals, params excluded) for
   one micro-batch of the whole global batch: the floor under the compiled step's temporary memory,
   per device once divided over the batch shards. None where JAX cannot list residuals."""
@@ -188,13 +189,15 @@ def activation_bytes(model, cfg, state, batch) -> int | None:
     from jax._src.ad_checkpoint import saved_residuals  # not exported; print_saved_residuals prints it
   except ImportError:
     return None
-  loss_fn = step_lib.make_loss_fn(model, cfg)
+  loss_fn = step_lib.make_loss_fn(model, cfg, None if teacher is None else teacher.module)
+  teacher_params = None if teacher is None else teacher.params
   trainable, frozen = split_frozen(state.params, list(cfg.frozen))
   micro = jax.tree.map(lambda x: x[:x.shape[0] // int(cfg.grad_accum_steps)], batch)
 
   def loss(params):
     with nn.logical_axis_rules(LOGICAL_RULES):
-      return loss_fn(params, jax.lax.stop_gradient(frozen), micro, state.rng, state.ema_params)[0]
+      return loss_fn(params, jax.lax.stop_gradient(frozen), micro, state.rng, state.ema_params,
+                     state.objective_state, teacher_params)[0]
 
   residuals = saved_residuals(loss, trainable)
   return sum(int(np.prod(aval.shape)) * aval.dtype.itemsize for aval, source in residuals
@@ -238,12 +241,13 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
     inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
     state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
     params_bytes, opt_bytes = _max_device_bytes(state.params), _max_device_bytes(state.opt_state)
-    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings)
+    teacher = _teacher(parts, mesh, inputs)
+    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings, teacher)
     batch = synthetic_batch(cfg, parts.tokenizer, mesh, cfg.seed)
 
     start = time.perf_counter()
     traced = train_step.trace(state, batch)
-    compiled = traced.lower().compile()
+    compiled = _StepOf(traced.lower().compile(), () if teacher is None else (teacher.params,))
     compile_s = time.perf_counter() - start
     matmul_loops = has_matmul_loops(traced.jaxpr.jaxpr)
 
@@ -260,7 +264,7 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
     profile = None
     if profile_steps:
       profile, state = op_profile.profile_step(compiled, state, batch, profile_steps)
-    activations = activation_bytes(parts.model, cfg, state, batch)
+    activations = activation_bytes(parts.model, cfg, state, batch, teacher)
 
   median, p90 = float(np.median(times)), float(np.percentile(times, 90))
   model_flops, no_count = step_flops.train_step_flops(cfg, parts.model_cfg, checkpoint_io.param_shapes(state.params))
@@ -332,3 +336,22 @@ def format_table(r: dict[str, Any]) -> str:
        _bytes(r["activation_bytes_per_device"]) if r.get("activation_bytes_per_device") is not None else "n/a"),
   ]
   return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+class _StepOf:
+  """A compiled train step called as (state, batch), its further arguments (a teacher's params) bound;
+  cost and memory analyses read from the executable itself."""
+
+  def __init__(self, compiled, extra: tuple):
+    self.compiled, self.extra = compiled, extra
+
+  def __call__(self, state, batch):
+    return self.compiled(state, batch, *self.extra)
+
+  def __getattr__(self, name):
+    return getattr(self.compiled, name)
+
+
+def _teacher(parts, mesh, inputs: dict):
+  """A distillation run's teacher on the mesh (its forward passes are part of the step timed), or None."""
+  return parts.teacher and teacher_lib.place(parts.teacher, mesh, inputs)
