@@ -92,6 +92,11 @@ def test_generation_with_the_cache_equals_greedy_recompute(built, tmp_path):
         break
     want.append(TOK.decode(prompts.cut_at_eoc(TOK, np.asarray([seq[1:]])))[0])
   assert got == want
+  # Beam search of one beam is greedy; sampling draws its own continuations, the same for a seed.
+  assert model.generate(images, questions, method="beam", beam_size=1, max_new_tokens=6) == got
+  sampled = [model.generate(images, questions, method="sample", top_p=0.9, max_new_tokens=6, seed=3) for _ in range(2)]
+  assert sampled[0] == sampled[1] and len(model.generate(images, questions, method="beam", beam_size=3,
+                                                         max_new_tokens=6)) == 2
 
 
 def test_a_qformer_bridge_trains_into_a_frozen_t5(tmp_path):
