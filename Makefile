@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 CONFIG ?= configs/clip_shapes.py
 
-.PHONY: demo test test-isa isa-table install install-test clean
+.PHONY: demo test test-isa isa-table notebooks install install-test clean
 
 # Python caches the bytecode it compiles in __pycache__ unless PYTHONDONTWRITEBYTECODE is set; where
 # an environment sets it, every process would compile jax, flax and the rest again from source (5 s of
@@ -54,6 +54,10 @@ test-isa: install-test
 # Their worst errors against their tolerances under SSE4_2, AVX, AVX2 and this CPU's default.
 isa-table: install-test
 	$(PY) tests/isa_sweep.py
+
+# Every notebook run top to bottom at its own parameters, outputs saved in place (minutes each; README).
+notebooks: install-test
+	$(PY) notebooks/execute.py notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) runs
