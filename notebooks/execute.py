@@ -48,7 +48,7 @@ def execute(path: str, values: dict | None = None, timeout: int = 1800) -> nbfor
   nb = with_parameters(nbformat.from_dict(nb), values or {})
   env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
   os.environ.update({k: v for k, v in env.items() if k not in os.environ})
-  NotebookClient(nb, timeout=timeout, kernel_name="python3",
+  NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                  resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}).execute()
   return nb
 
