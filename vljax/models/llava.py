@@ -85,6 +85,21 @@ def splice(ids: jax.Array, text: jax.Array, image: jax.Array, image_token_id: in
   return jnp.where(from_image[..., None], image_part, text_part), jnp.where(i < at, i, i + patches - 1)
 
 
+def projected_image(module: nn.Module, images: jax.Array, train: bool, name: str) -> jax.Array:
+  """images [B, 1, H, W, 3] -> [B, 1, P, D] for a one-image LM (`module`: img, projector_kind, [bridge],
+  projector): the image tower's tokens, or the Q-Former's query outputs over them, projected to the
+  LM's width."""
+  chex.assert_rank(images, 5)
+  if images.shape[1] != 1:
+    raise ValueError(f"{name} takes one image per sequence, got {images.shape[1]} (images {images.shape})")
+  tokens = module.img(images[:, 0], train=train)[1]
+  if module.projector_kind == "qformer":
+    if module.is_initializing():  # the text half of a stage-1 Q-Former: created, so its params load
+      module.bridge(None, jnp.zeros((1, 1), jnp.int32), "text")
+    tokens = module.bridge(tokens, None)[0]
+  return module.projector(tokens)[:, None]
+
+
 @register_model("llava")
 class LLaVA(nn.Module):
   """Params: img (ViT), projector, txt, lm, logits."""
@@ -123,15 +138,7 @@ class LLaVA(nn.Module):
 
   def encode_image(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """images [B, 1, H, W, 3] -> memory [B, 1, P, D]: projected patch tokens."""
-    chex.assert_rank(images, 5)
-    if images.shape[1] != 1:
-      raise ValueError(f"LLaVA takes one image per sequence, got {images.shape[1]} (images {images.shape})")
-    tokens = self.img(images[:, 0], train=train)[1]
-    if self.projector_kind == "qformer":
-      if self.is_initializing():  # the text half of a stage-1 Q-Former: created, so its params load
-        self.bridge(None, jnp.zeros((1, 1), jnp.int32), "text")
-      tokens = self.bridge(tokens, None)[0]
-    return {"memory": self.projector(tokens)[:, None]}
+    return {"memory": projected_image(self, images, train, "LLaVA")}
 
   def _check_fits(self, positions: int, text_len: int) -> None:
     if positions > self.text["max_len"]:

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 
 from vljax.models import model_config, seq2seq_lm
 from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, PROMPTED
 from vljax.models.layers import check_choice
-from vljax.models.llava import PROJECTORS, Projector, splice
+from vljax.models.llava import PROJECTORS, Projector, projected_image, splice
 from vljax.models.qformer import make_qformer, qformer_settings
 from vljax.models.registry import register_model
 from vljax.models.vit import ViT
@@ -94,15 +93,7 @@ class PrefixLM(seq2seq_lm.Seq2SeqLM):
 
   def encode_image(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """images [B, 1, H, W, 3] -> memory [B, 1, P, D]: the soft prompt."""
-    chex.assert_rank(images, 5)
-    if images.shape[1] != 1:
-      raise ValueError(f"prefix_lm takes one image per sequence, got {images.shape[1]} (images {images.shape})")
-    tokens = self.img(images[:, 0], train=train)[1]
-    if self.projector_kind == "qformer":
-      if self.is_initializing():  # a stage-1 Q-Former's text half: created, so its params load whole
-        self.bridge(None, jnp.zeros((1, 1), jnp.int32), "text")
-      tokens = self.bridge(tokens, None)[0]
-    return {"memory": self.projector(tokens)[:, None]}
+    return {"memory": projected_image(self, images, train, "prefix_lm")}
 
   def encode_prompt(self, memory: jax.Array, ids: jax.Array, split: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(encoder output [B, L + P - 1, D], its mask): ids[:, 1:split] with the soft prompt at <image>."""

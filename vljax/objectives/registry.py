@@ -174,8 +174,7 @@ class ModelAccess:
     if self.momentum_params is None:
       raise ValueError(f"{needed_by} needs a momentum model, an EMA of the weights: set ema.decay "
                        "(BLIP: 0.995; vljax/train/ema.py)")
-    out = self.module.apply({"params": self.momentum_params}, *args, train=False, **kwargs)
-    return jax.lax.stop_gradient(out)
+    return _frozen_apply(self.module, self.momentum_params, args, kwargs)
 
   def teacher(self, *args, needed_by: str, **kwargs):
     """The frozen teacher's outputs (distillation): its module.apply on its own params, deterministic
@@ -184,9 +183,13 @@ class ModelAccess:
     if self.teacher_model is None:
       raise ValueError(f"{needed_by} needs a teacher: set teacher.workdir to a trained or imported vljax "
                        "workdir (vljax/train/teacher.py)")
-    module, params = self.teacher_model
-    out = module.apply({"params": jax.lax.stop_gradient(params)}, *args, train=False, **kwargs)
-    return jax.lax.stop_gradient(out)
+    return _frozen_apply(*self.teacher_model, args, kwargs)
+
+
+def _frozen_apply(module, params, args: tuple, kwargs: dict):
+  """module.apply on weights that do not train (the EMA, a teacher): deterministic, no gradient either way."""
+  out = module.apply({"params": jax.lax.stop_gradient(params)}, *args, train=False, **kwargs)
+  return jax.lax.stop_gradient(out)
 
 
 def stream_rng(rng: jax.Array, stream: str) -> jax.Array:
