@@ -8,7 +8,9 @@ tokens in every other block (vljax/models/qformer.py); one step trains ITC (max 
 ITM on mined hard negatives and ITG (captioning under the multimodal causal mask) with BLIP-2's
 equal weights (vljax/models/blip2.py). The image tower (stem and encoder) comes from the CLIP run
 and stays frozen. Evaluated as the two-tower recipes are, on the query-form embeddings, retrieval also
-after ITM re-ranking. Not measured yet: expect it to train; its numbers belong in the README once run.
+after ITM re-ranking. Measured (seed 0, one run, --config.total_steps=300 instead of 750, on the demo
+run of the 2-core CPU, 10 minutes shared): zero-shot 0.46 (colour 1.00), retrieval R@1 0.56 / 0.54,
+after ITM re-ranking 0.18 / 0.05 (the ITM head, 300 steps old, reorders for the worse), binding 0.49.
 """
 
 import common

@@ -9,7 +9,9 @@ become the soft prompt of the frozen shapes LM (LLaVA's layout with projector="q
 The image tower and the Q-Former come from stage 1 (img, qformer), the language model from the LM run
 (txt, lm, logits); the image tower and the LM stay frozen (and the Q-Former's text half, which stage
 2 never runs), the Q-Former and the projection train, on llava_shapes_stage1.py's captions and
-questions with its evaluations (VQA per question type, captions). Not measured yet.
+questions with its evaluations (VQA per question type, captions). It is the qformer arm of
+configs/compare/shapes_bridges.py: VQA 0.553 ± 0.064 and CIDEr 1.14 ± 0.14 over 3 seeds at 581 steps
+(README, "Bridges from a frozen image encoder to a frozen LM").
 """
 
 import os
