@@ -144,7 +144,8 @@ def test_blip2_b16_stage2_takes_the_qformer_of_its_stage1_run(tmp_path):
   (tmp_path / "t5").mkdir()
   (tmp_path / "t5" / "config.json").write_text(json.dumps(dict(model=dict(name="seq2seq_lm", lm=t5),
                                                                data=dict(tokenizer="shapes"))))
-  flan = load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"), f"stage=2,stage1={tmp_path}/s1,t5={tmp_path}/t5")
+  flan = load_recipe(os.path.join(ROOT, "configs", "blip2_vit_b16.py"),
+                     f"stage=2,stage1={tmp_path}/s1,t5={tmp_path}/t5")
   assert flan.model.name == "prefix_lm" and flan.model.lm.to_dict() == t5 and not flan.model.get("scan")
   assert flan.init_from.sources == (f"{tmp_path}/s1:img,qformer", f"{tmp_path}/t5:txt,encoder,decoder,logits")
   assert {"txt/embedding/.*", "encoder/.*", "decoder/.*", "logits/kernel"} <= set(flan.frozen)

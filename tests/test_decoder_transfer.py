@@ -174,7 +174,7 @@ def test_bad_settings_fail_at_build(settings, match):
 def test_a_model_without_an_image_tower_fails_at_start():
   with pytest.raises(ValueError, match=r"evals.decoder_transfer \(frozen image features\) needs an image tower's "
                                        r"pooled features; model 'lm' has none.*Valid: a model with it \(composable, "
-                                       r"flamingo, llava, qformer\)"):
+                                       r"flamingo, llava, prefix_lm, qformer\)"):
     requirements.check_evaluators({"decoder_transfer": evals.get_evaluator("decoder_transfer")},
                                   {"decoder_transfer": {}}, models.MODELS["lm"], "lm", models.MODELS)
 

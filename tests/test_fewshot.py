@@ -188,12 +188,13 @@ def test_every_model_with_an_image_tower_serves_the_probe_and_lm_does_not():
   from vljax.evals import requirements
   from vljax.models.capabilities import IMAGE_FEATURES
   with_tower = {n for n, cls in models.MODELS.items() if IMAGE_FEATURES in requirements.model_capabilities(cls)}
-  assert with_tower == {"llava", "flamingo", "composable", "qformer"}  # two_tower, coca, cappa: composable configurations
+  # two_tower, coca, cappa: composable configurations
+  assert with_tower == {"llava", "flamingo", "composable", "prefix_lm", "qformer"}
   cfg = tiny_config(evals=dict(fewshot=dict(every=3)))
   cfg.model = dict(name="lm", text=dict(variant="mu", max_len=48))
   cfg.objectives = {"captioning": 1.0}
   cfg.data.update(dict(format="lm", chunks=1, max_len=24))
   with pytest.raises(ValueError, match=r"evals.fewshot \(frozen image features\) needs an image tower's pooled "
                                        r"features; model 'lm' has none.*Valid: a model with it \(composable, flamingo, "
-                                       r"llava, qformer\)"):
+                                       r"llava, prefix_lm, qformer\)"):
     setup.build(cfg)

@@ -27,7 +27,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   nb = execute.execute(path, dict(QUICK[name], WORKDIR=str(tmp_path / "run")), timeout=600)
   text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
   assert "eval/zeroshot/top1" in text
-  images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) >= 2  # the world's examples and the loss curve
 
 
