@@ -14,7 +14,8 @@ import execute  # noqa: E402  (notebooks/execute.py)
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 # What CI runs of each notebook: the same cells, at these parameters.
-QUICK = {"clip_shapes.ipynb": dict(STEPS=3, BATCH_SIZE=32, EVAL_EXAMPLES=64)}
+QUICK = {"clip_shapes.ipynb": dict(STEPS=3, BATCH_SIZE=32, EVAL_EXAMPLES=64),
+         "generative_shapes.ipynb": dict(STEPS=3, BATCH_SIZE=32, EVAL_EXAMPLES=32, DECODE_TOKENS=8)}
 
 
 @pytest.mark.slow
@@ -29,7 +30,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   assert "eval/zeroshot/top1" in text
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
   images = [o for o in outputs if "image/png" in o.get("data", {})]
-  assert len(images) >= 2  # the world's examples and the loss curve
+  assert len(images) >= 2  # e.g. the world's examples and the loss curve; captions and attention maps
 
 
 def test_parameters_are_injected_after_the_parameters_cell_and_checked():
