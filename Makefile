@@ -43,8 +43,8 @@ test: install-test
 
 # The tests that compare floats of two code paths, under another x86 instruction set than this
 # CPU's (XLA emits other code per ISA; tests/numerics.py): what CI runs after `make test`. The slow
-# ones (full-size imports, decoder-model layouts, two processes, whole train steps of composite
-# objectives, legacy trajectories) keep bounds that faster ones
+# ones (weight imports against torch, decoder-model layouts, two processes, whole train steps of
+# composite objectives, legacy trajectories, second variants of one check) keep bounds that faster ones
 # check here too; `make isa-table` runs every one under every instruction set.
 ISA ?= SSE4_2
 ISA_TESTS ?= cross_path and not slow

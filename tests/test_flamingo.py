@@ -39,6 +39,7 @@ def params_with_open_gates(model, images, ids, seed=0):
       lambda path, x: jnp.full_like(x, 0.5) if "gate" in jax.tree_util.keystr(path) else x, params)
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path
 def test_untrained_flamingo_is_exactly_its_language_model():
   images, ids = batch()

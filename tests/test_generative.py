@@ -230,6 +230,7 @@ def test_cappa_config_errors():
     get_model(model_cfg("cappa", parallel_fraction=1.5))  # composable's decoder.parallel_fraction
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path
 def test_decode_benchmark_paths_agree():
   from vljax.bench import decode as bench

@@ -54,6 +54,7 @@ def _max_row_error(ours: np.ndarray, reference: np.ndarray) -> float:
   return relative_error(ours.reshape(-1, ours.shape[-1]), reference.reshape(-1, reference.shape[-1]))
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path
 def test_retrieval_embeddings_and_itm_logits_match_transformers(retrieval):
   loaded, ids = retrieval["loaded"], retrieval["ids"]
@@ -74,6 +75,7 @@ def test_retrieval_embeddings_and_itm_logits_match_transformers(retrieval):
   np.testing.assert_array_equal(np.argmax(itm, -1), np.argmax(ref["itm"], -1))
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path
 def test_caption_logits_and_greedy_captions_match_transformers(captioning):
   loaded, ids = captioning["loaded"], captioning["ids"]
