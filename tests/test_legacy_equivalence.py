@@ -132,6 +132,7 @@ def test_legacy_models_lower_to_one_program(name):
   assert old == new
 
 
+@pytest.mark.slow
 @pytest.mark.cross_path
 @pytest.mark.parametrize("name", GENERATIVE)
 def test_decode_steps_follow_teacher_forcing(name):

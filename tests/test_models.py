@@ -112,7 +112,7 @@ def test_scan_matches_loop_after_unstacking():
 
 
 @pytest.mark.cross_path
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])  # looped: a second variant
 def test_remat_policies_give_same_output_and_grads(scan):
   x, mask = encoder_inputs()
   params = random_params(Transformer(2, 64, 2, scan=scan), x, mask)
