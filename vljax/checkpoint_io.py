@@ -88,6 +88,19 @@ def load_params(workdir: str, step: int | None = None, purpose: str = "init_from
   return (legacy.TRANSLATIONS[old][1](params) if old else params), step
 
 
+def pinned_step(workdir: str, step: int | None, flag: str, pinned_by: str, remedy: str) -> int:
+  """The checkpoint step a resumable job reads: `step` (pinned when the job started; `pinned_by` says
+  so in the error when it is gone, with `remedy`), or the latest when the job is new. `flag`: how the
+  command line names the workdir (e.g. "--workdir")."""
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"{flag} {workdir!r} has no finished checkpoint; train it first")
+  if step is not None and step not in steps:
+    raise ValueError(f"{flag} {workdir!r}: {pinned_by} step {step}, which is gone; valid steps now: {steps} "
+                     f"({remedy})")
+  return steps[-1] if step is None else step
+
+
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps of a run's finished checkpoints, oldest first ([] when there are none)."""
   directory = checkpoint_dir(workdir)

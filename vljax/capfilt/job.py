@@ -96,13 +96,17 @@ def _ours(name: str) -> bool:
   return name in (JOB_FILE, SUMMARY_FILE, TMP_DIR) or name.startswith("shard-")
 
 
-def read_job(output: str) -> dict | None:
-  """The job file of DIR, or None."""
-  path = os.path.join(output, JOB_FILE)
+def read_json(path: str) -> dict | None:
+  """The JSON file at `path` (write_json's), or None when there is none."""
   if not os.path.isfile(path):
     return None
   with open(path, encoding="utf-8") as f:
     return json.load(f)
+
+
+def read_job(output: str) -> dict | None:
+  """The job file of DIR, or None."""
+  return read_json(os.path.join(output, JOB_FILE))
 
 
 def open_output(output: str, job: dict) -> None:

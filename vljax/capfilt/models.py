@@ -91,13 +91,9 @@ def open_run(role: str, workdir: str, step: int | None = None) -> Run:
   tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
   model = get_model(resolve_model_config(cfg, tokenizer))
   _check_role(role, workdir, model)
-  steps = checkpoint_io.checkpoint_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f"--{role} {workdir!r} has no finished checkpoint; train it first")
-  if step is not None and step not in steps:
-    raise ValueError(f"--{role} {workdir!r}: this job read its checkpoint at step {step}, which is gone; "
-                     f"valid steps now: {steps} (start a new job in a new --output)")
-  return Run(role, workdir, cfg, tokenizer, model, steps[-1] if step is None else step)
+  step = checkpoint_io.pinned_step(workdir, step, f"--{role}", "this job read its checkpoint at",
+                                   "start a new job in a new --output")
+  return Run(role, workdir, cfg, tokenizer, model, step)
 
 
 def local_mesh() -> jax.sharding.Mesh:

@@ -166,7 +166,6 @@ class ModelAccess:
     return self.module.apply({"params": self.params}, *args, method=method, rngs=model_rngs(self.module, rng),
                              **kwargs)
 
-
   def momentum(self, *args, needed_by: str, **kwargs):
     """The momentum model's outputs (BLIP/ALBEF): module.apply on the EMA weights, deterministic
     (train=False), no gradient. `needed_by` names the setting that asked, for the error when the run

@@ -42,13 +42,8 @@ def open_run(workdir: str, step: int | None = None) -> Run:
     raise ValueError(f"--workdir {workdir!r}: its model ({type(model).__name__}) has no image and text embeddings "
                      f"to search with (it has: {model_decl.describe(caps)}); valid: a run with "
                      f"{model_decl.DESCRIPTIONS[model_decl.EMBEDDINGS]} (CLIP, SigLIP, CoCa, BLIP, BLIP-2)")
-  steps = checkpoint_io.checkpoint_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f"--workdir {workdir!r} has no finished checkpoint; train it first")
-  if step is not None and step not in steps:
-    raise ValueError(f"--workdir {workdir!r}: the index was made at checkpoint step {step}, which is gone; "
-                     f"valid steps now: {steps} (make a new index)")
-  return Run(workdir, cfg, steps[-1] if step is None else step)
+  step = checkpoint_io.pinned_step(workdir, step, "--workdir", "the index was made at checkpoint", "make a new index")
+  return Run(workdir, cfg, step)
 
 
 class Embedder:

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from vljax.capfilt.job import write_json  # the same atomic JSON files as CapFilt's jobs
+from vljax.capfilt.job import read_json, write_json  # the same atomic JSON files as CapFilt's jobs
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -37,11 +37,7 @@ def write_npy(path: str, array: np.ndarray) -> None:
 
 
 def read_manifest(out: str) -> dict | None:
-  path = os.path.join(out, MANIFEST)
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return read_json(os.path.join(out, MANIFEST))
 
 
 def _ours(name: str) -> bool:
