@@ -214,14 +214,19 @@ class LLaVA(nn.Module):
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   """With lm set, `text` becomes the pretrained LM's causal_lm settings (and must not be given)."""
-  c = causal_lm.resolve_image_lm("llava", cfg, LLAVA_DEFAULTS)
-  model_config.check_image_tokens_only("llava", c["image"])
-  check_choice("LLaVA projector", c["projector"], PROJECTORS)
+  return resolve_bridge(causal_lm.resolve_image_lm("llava", cfg, LLAVA_DEFAULTS), "llava", "LLaVA")
+
+
+def resolve_bridge(c: dict[str, Any], name: str, label: str) -> dict[str, Any]:
+  """The image half of a one-image LM's resolved config `c` (LLaVA, prefix_lm), checked: the image
+  tower's tokens, the projector (with the Q-Former's settings filled for "qformer"), the <image> id."""
+  model_config.check_image_tokens_only(name, c["image"])
+  check_choice(f"{label} projector", c["projector"], PROJECTORS)
   if (c["projector"] == "qformer") != (c["qformer"] is not None):
-    raise ValueError(f"llava projector={c['projector']!r} with qformer={c['qformer']!r}: projector='qformer' "
+    raise ValueError(f"{name} projector={c['projector']!r} with qformer={c['qformer']!r}: projector='qformer' "
                      "takes qformer=dict(variant=..., num_queries=..., ...) (the Q-Former's settings), and only it does")
   if c["qformer"] is not None:
     c["qformer"] = qformer_settings(c["qformer"])
   if c["image_token_id"] is None:
-    raise ValueError("llava config needs image_token_id (the tokenizer's <image> id; the trainer fills it)")
+    raise ValueError(f"{name} config needs image_token_id (the tokenizer's <image> id; the trainer fills it)")
   return c

@@ -28,9 +28,8 @@ import jax.numpy as jnp
 
 from vljax.models import model_config, seq2seq_lm
 from vljax.models.capabilities import GENERATION, IMAGE_FEATURES, PROMPTED
-from vljax.models.layers import check_choice
-from vljax.models.llava import PROJECTORS, Projector, projected_image, splice
-from vljax.models.qformer import make_qformer, qformer_settings
+from vljax.models.llava import Projector, projected_image, resolve_bridge, splice
+from vljax.models.qformer import make_qformer
 from vljax.models.registry import register_model
 from vljax.models.vit import ViT
 
@@ -135,16 +134,7 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   from vljax.models.vit import vit_settings  # lazy, as the other image-conditioned LMs
 
   c = model_config.resolve("prefix_lm", cfg, PREFIX_LM_DEFAULTS, {"image": vit_settings})
-  model_config.check_image_tokens_only("prefix_lm", c["image"])
-  check_choice("prefix_lm projector", c["projector"], PROJECTORS)
-  if (c["projector"] == "qformer") != (c["qformer"] is not None):
-    raise ValueError(f"prefix_lm projector={c['projector']!r} with qformer={c['qformer']!r}: projector='qformer' "
-                     "takes qformer=dict(variant=..., num_queries=..., ...) (the Q-Former's settings), and only it does")
-  if c["qformer"] is not None:
-    c["qformer"] = qformer_settings(c["qformer"])
   if c["scan"] or c["remat"] != "none":
     raise ValueError(f"prefix_lm loops T5's blocks: scan={c['scan']}, remat={c['remat']!r} are not supported; "
                      "valid: the defaults (False, 'none')")
-  if c["image_token_id"] is None:
-    raise ValueError("prefix_lm config needs image_token_id (the tokenizer's <image> id; the trainer fills it)")
-  return c
+  return resolve_bridge(c, "prefix_lm", "prefix_lm")
