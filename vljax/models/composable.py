@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vljax.models import flops, layers, model_config
+from vljax.models import flops, layers, model_config, naflex
 from vljax.models.capabilities import EMBEDDINGS, GENERATION, IMAGE_FEATURES, LIKELIHOOD, MATCHING
 from vljax.models.decoder import CrossDecoder, TokenEmbedding, causal_mask, vocab_logits
 from vljax.models.fusion import resolve_fusion
@@ -270,8 +270,8 @@ class Composable(nn.Module):
     c = resolve_config(cfg)
     kw = model_config.module_kwargs(c)
     txt = TextTransformer(**c["text"], **kw) if c["contrastive"] else None
-    return cls(img=ViT(**c["image"], **kw), txt=txt, contrastive=c["contrastive"], text=c["decoder"], module_kw=kw,
-               fusion=c["fusion"])
+    return cls(img=naflex.make_tower(c["image"], kw), txt=txt, contrastive=c["contrastive"], text=c["decoder"],
+               module_kw=kw, fusion=c["fusion"])
 
   @classmethod
   def flop_parts(cls, cfg: dict[str, Any], inputs: flops.Inputs,
@@ -350,7 +350,9 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if heads:
       raise ValueError(f"composable model.{tower} takes no {heads}: the projection is the contrastive head's, "
                        f"model.contrastive.{tower}_proj and {tower}_proj_bias")
-  c = model_config.resolve("composable", cfg, COMPOSABLE_DEFAULTS, {"image": vit_settings})
+  image, naflex_settings = naflex.split_config(cfg.get("image"))  # model.image.naflex: vljax/models/naflex.py
+  c = model_config.resolve("composable", {**cfg, "image": image} if "image" in cfg else cfg, COMPOSABLE_DEFAULTS,
+                           {"image": vit_settings})
   c["image"]["head"] = False
   if not c["contrastive"] and not c["decoder"]:
     raise ValueError("composable model needs a head: model.contrastive=dict(...) and/or "
@@ -364,6 +366,9 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
     _resolve_decoder(c)
   if c["fusion"]:
     resolve_fusion(c)
+  if naflex_settings is not None:
+    naflex.check_composable(c, naflex_settings)
+    c["image"]["naflex"] = naflex_settings
   if c["image"]["pool"] == "map" and (not c["contrastive"] or c["contrastive"]["image_pool"] == "map"):
     model_config.check_image_tokens_only("composable (decoder only, or contrastive.image_pool='map')", c["image"])
   return c
