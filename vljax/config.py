@@ -41,6 +41,8 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # True: the real source holds scenes of the shapes world above (vljax.capfilt.noisy_shapes
                 # and CapFilt's output of it), so the shapes evaluators measure the run.
                 shapes_scenes=False,
+                # data.format="locca": each example's task drawn with these probabilities (vljax/data/boxes.py)
+                locca=dict(tasks=dict(caption=0.5, refexp=0.25, grounded=0.25)),
                 jpeg_decoder="pil")          # or "simplejpeg" (vljax.data.images.JPEG_DECODERS)
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1

@@ -45,7 +45,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from vljax.data import device_resize, formats, images, shapes, sources
+from vljax.data import boxes, device_resize, formats, images, naflex, shapes, sources
 from vljax.data.sources import examples, fields, skips, webdataset
 from vljax.data.tokenizers import Tokenizer
 
@@ -100,6 +100,15 @@ def check_data_config(data_cfg: Mapping[str, Any]) -> None:
     sources.check(data_cfg)
   if int(data_cfg.get("workers", 0)) < 0:
     raise ValueError(f"data.workers={data_cfg.get('workers')} must be >= 0")
+  naflex.check_data(data_cfg)  # data.naflex: vljax/data/naflex.py
+  locca_tasks(data_cfg)
+
+
+def locca_tasks(data_cfg: Mapping[str, Any]) -> tuple:
+  """The checked LocCa task mix of a format that reads boxes (data.locca, vljax/data/boxes.py); () otherwise."""
+  if not formats.get_format(data_cfg.get("format", "caption")).reads_boxes:
+    return ()
+  return boxes.check_settings(data_cfg)
 
 
 # Runs of seed s read the shapes training split from index s * TRAIN_SEED_STRIDE: the same world and
@@ -198,14 +207,22 @@ def make_train_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, glo
   conversation_fraction = data_cfg.get("conversation_fraction", 0.0) if fmt.chunked else 0.0
   # Examples carry sketches; their batch is painted at once (_PaintThenCollate), a fraction of the cost.
   source = shapes.ShapesSource(world, "train", vqa_fraction=vqa_fraction, render="sketch" if fmt.renders else False,
-                               start=seed * TRAIN_SEED_STRIDE, conversation_fraction=conversation_fraction)
+                               start=seed * TRAIN_SEED_STRIDE, conversation_fraction=conversation_fraction,
+                               boxes=fmt.reads_boxes)
+  naflex_cfg = naflex.check_data(data_cfg)
+  if naflex_cfg and naflex_cfg["aspect"]:  # each example its own aspect ratio
+    source = naflex.AspectSource(source, naflex_cfg["aspect"])
   sources.check_chunks(data_cfg)
   if fmt.chunked:
     source = _Sequences(source, int(data_cfg.get("chunks", 1)))
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]
-  settings = formats.CollateSettings(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), normalization)
-  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_PaintThenCollate(world, fmt.collate(settings)))
+  settings = formats.CollateSettings(tokenizer, data_cfg.get("max_len", DEFAULT_MAX_LEN), normalization,
+                                     locca_tasks=locca_tasks(data_cfg))
+  collate = fmt.collate(settings)
+  if naflex_cfg:  # images packed to the token budget
+    collate = naflex.NaflexCollate(collate, naflex_cfg, normalization)
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_PaintThenCollate(world, collate))
   read_options = grain.ReadOptions(num_threads=data_cfg.get("num_threads", 2),
                                    prefetch_buffer_size=data_cfg.get("prefetch", 4))
   it_ds = ds.to_iter_dataset(read_options)
@@ -297,7 +314,8 @@ def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, An
   canvas = _canvas(data_cfg, train)
   preprocess = examples.Preprocess(int(data_cfg.get("image_size", 64)), train, sources.crop_scale(data_cfg),
                                    decode_images=fmt.renders, chunks=chunks, chunk_tokens=chunk_tokens,
-                                   max_len=max_len, canvas=canvas, jpeg_decoder=data_cfg.get("jpeg_decoder", "pil"))
+                                   max_len=max_len, canvas=canvas, jpeg_decoder=data_cfg.get("jpeg_decoder", "pil"),
+                                   boxes=fmt.reads_boxes)
   if spec.name == "webdataset":
     shards = webdataset.host_shards(webdataset.shard_paths(spec.path), process_index, process_count)
     cycle = min(int(data_cfg.get("cycle_length", 4)), len(shards)) if train else 1
@@ -341,7 +359,7 @@ def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_ba
   ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts, [s.weight for s in specs])
   settings = formats.CollateSettings(tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)),
                                      data_cfg.get("normalization", "siglip"),
-                                     canvas=_canvas(data_cfg, train))
+                                     canvas=_canvas(data_cfg, train), locca_tasks=locca_tasks(data_cfg))
   ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt, settings))
   if workers:
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,

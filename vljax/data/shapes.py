@@ -45,6 +45,7 @@ POSITIONS = (
 SPLITS = {"train": 0, "eval": 1}
 _ZEROSHOT_STREAM, _BINDING_STREAM, _VQA_STREAM, _CAPTION_STREAM, _VQA_TRAIN_STREAM = 2, 3, 4, 5, 6
 _KIND_STREAM, _CONVERSATION_TRAIN_STREAM, _CONVERSATION_STREAM = 7, 8, 9  # 7: ShapesSource's choice of kind
+_LOCCA_STREAM = 10  # ShapesSource(boxes=True): each example's LocCa draws (task, object)
 # A conversation's first request: the scene described (its answer, a caption of the world's).
 DESCRIBE_REQUESTS = ("what is in the image?", "caption the image.", "what is in this picture?")
 # Its follow-up questions: those of QUESTION_TYPES that any scene can answer.
@@ -246,6 +247,7 @@ class Sketch(NamedTuple):
   palette: np.ndarray  # float32[9, 3]: the object color of each grid cell
   noise: int  # which pixel-noise tile, and where it is cropped
   noise_at: tuple[int, int]
+  boxes: tuple = ()  # each object's box (x0, y0, x1, y1), normalized to [0, 1], in the objects' order
 
 
 # Images painted together: big enough for whole-array operations, small enough for the CPU's cache.
@@ -314,17 +316,20 @@ class ShapesWorld:
     draw = ImageDraw.Draw(mask)
     palette = np.zeros((9, 3), np.float32)
     cell = s / 3
+    boxes = []
     for obj in objects:
       radius = SIZE_FRACTION[obj["size"]] * rng.uniform(0.9, 1.05) * cell / 2
       slack = max(cell / 2 - radius - 1, 0.0) * 0.8
       cx, cy = (obj["col"] + 0.5) * cell, (obj["row"] + 0.5) * cell
       cx, cy = cx + rng.uniform(-slack, slack), cy + rng.uniform(-slack, slack)
       palette[obj["row"] * 3 + obj["col"]] = np.array(COLORS[obj["color"]]) + rng.integers(-18, 19, 3)
-      draw.polygon(((_POLYGONS[obj["shape"]] * radius + (cx, cy)) * ss).ravel().tolist(), fill=255)
+      points = _POLYGONS[obj["shape"]] * radius + (cx, cy)
+      draw.polygon((points * ss).ravel().tolist(), fill=255)
+      boxes.append(tuple(float(v) for v in np.clip(np.concatenate([points.min(0), points.max(0)]) / s, 0.0, 1.0)))
     coverage = np.asarray(mask.reduce(ss))
     noise = int(rng.integers(len(self._noise)))
     return Sketch(texture, (int(oy), int(ox)), np.float32(gray), np.float32(contrast), tint, coverage, palette,
-                  noise, (int(ny), int(nx)))
+                  noise, (int(ny), int(nx)), tuple(boxes))
 
   def paint(self, sketches: Sequence[Sketch]) -> np.ndarray:
     """uint8[N, H, W, 3], the images of `sketches` (each as `render` would make it alone)."""
@@ -383,29 +388,41 @@ class ShapesWorld:
   # -- public examples
 
   def _image(self, objects: Sequence[dict], rng: np.random.Generator, render: bool | str):
+    return self._sketch_and_image(objects, rng, render)[1]
+
+  def _sketch_and_image(self, objects: Sequence[dict], rng: np.random.Generator, render: bool | str):
+    """(the Sketch or None, the image as `render` asks)."""
     if render not in RENDER_MODES:
       raise ValueError(f"render={render!r} is not one of {RENDER_MODES}.")
     if not render:
-      return None
-    return self.sketch(objects, rng) if render == "sketch" else self.render(objects, rng)
+      return None, None
+    sketch = self.sketch(objects, rng)  # the same draws as render(): render = paint(sketch)
+    return sketch, (sketch if render == "sketch" else self.paint([sketch])[0])
 
-  def example(self, index: int, split: str = "train", render: bool | str = True) -> dict:
+  def example(self, index: int, split: str = "train", render: bool | str = True, boxes: bool = False) -> dict:
     """dict(image=uint8[H, W, 3], caption=str, objects=[dict(shape, color, size, row, col)], noisy).
 
     render=False skips the pixels (image None) for text-only use; the rng then draws the caption
     from another point of the stream, so the text is not that of the rendered example.
     render="sketch": image is the Sketch that `paint` turns into the same pixels (in batches).
+    boxes=True (needs render): also "boxes", float32 [objects, 4], each object's tight box
+    (x0, y0, x1, y1) normalized to [0, 1]; the example is otherwise the same.
     """
     if split not in SPLITS:
       raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
+    if boxes and not render:
+      raise ValueError("example(boxes=True) needs an image: render=True or 'sketch'")
     rng = self._rng(SPLITS[split], index)
     objects = self._scene(rng, int(rng.integers(self.min_objects, self.max_objects + 1)))
-    image = self._image(objects, rng, render)
+    sketch, image = self._sketch_and_image(objects, rng, render)
     caption = self._caption(objects, rng)
     # Drawn always, so images and clean captions do not depend on the noise level.
     noisy = bool(rng.random() < self.caption_noise)
     if noisy:
       caption = self._noise_caption(rng)
+    if boxes:
+      return dict(image=image, caption=caption, objects=objects, noisy=noisy,
+                  boxes=np.asarray(sketch.boxes, np.float32).reshape(-1, 4))
     return dict(image=image, caption=caption, objects=objects, noisy=noisy)
 
   def retrieval_example(self, index: int) -> dict:
@@ -482,6 +499,13 @@ class ShapesWorld:
     return dict(image=image, conversation=turns, objects=objects)
 
 
+def object_records(example: dict) -> list[dict]:
+  """An example's objects as boxes with their texts, the record field real data gives them in
+  (vljax/data/boxes.py): [{"box": (x0, y0, x1, y1) in [0, 1], "text": "a large red circle"}, ...]."""
+  return [{"box": tuple(float(v) for v in box), "text": noun_phrase(obj, with_size=True)}
+          for obj, box in zip(example["objects"], example["boxes"])]
+
+
 def _ask(qtype: str, objects: list[dict], rng: np.random.Generator, yes: bool) -> tuple[str, str]:
   """(question, answer) of type `qtype` about the scene; "exists" asks about a present shape when `yes`."""
   paraphrase = int(rng.integers(2))
@@ -503,9 +527,10 @@ class ShapesSource:
 
   def __init__(self, world: ShapesWorld, split: str = "train", length: int = 2**31 - 1,
                vqa_fraction: float = 0.0, render: bool | str = True, start: int = 0,
-               conversation_fraction: float = 0.0):
+               conversation_fraction: float = 0.0, boxes: bool = False):
     """`start`: the split's index that this source's index 0 reads (runs of another seed read
-    another stretch of the same infinite split: other training data, the same world)."""
+    another stretch of the same infinite split: other training data, the same world). `boxes`:
+    caption examples also hold their objects' boxes and texts and a seed (object_records)."""
     if split not in SPLITS:
       raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}.")
     for name, value in (("vqa_fraction", vqa_fraction), ("conversation_fraction", conversation_fraction)):
@@ -516,7 +541,10 @@ class ShapesSource:
                        "they are shares of one stream (the rest are captions)")
     self.world, self.split, self._length, self.vqa_fraction = world, split, length, vqa_fraction
     self.conversation_fraction = conversation_fraction
-    self.render, self.start = render, int(start)
+    self.render, self.start, self.boxes = render, int(start), bool(boxes)
+    if self.boxes and (vqa_fraction or conversation_fraction or not render):
+      raise ValueError("ShapesSource(boxes=True) gives caption examples with images: vqa_fraction and "
+                       "conversation_fraction 0, render True or 'sketch'")
     if self.start < 0:
       raise ValueError(f"start={start} must be >= 0.")
 
@@ -536,6 +564,10 @@ class ShapesSource:
       if draw < self.vqa_fraction + self.conversation_fraction:
         ex = self.world.conversation_example(index, self.split, render=self.render)
         return {"image": ex["image"], "conversation": ex["conversation"]}
+    if self.boxes:
+      ex = self.world.example(index, self.split, render=self.render, boxes=True)
+      seed = int(np.random.default_rng([self.world.seed, _LOCCA_STREAM, index]).integers(2**62))
+      return {"image": ex["image"], "caption": ex["caption"], "objects": object_records(ex), "seed": seed}
     ex = self.world.example(index, self.split, render=self.render)
     return {"image": ex["image"], "caption": ex["caption"]}
 

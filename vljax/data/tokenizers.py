@@ -38,6 +38,10 @@ Options (`OPTIONS`), for the layouts and text cleaning of pretrained models; pat
                         punctuation removed, whitespace collapsed). Default `clip` for bpe, `none`
                         for the others.
 
+  loc=N                 N >= 2 location tokens "<loc_0>".."<loc_{N-1}>" (box coordinates quantized
+                        into N bins) and LocCa's task tokens (LOCCA_TOKENS), after all other ids:
+                        the sequences of data.format="locca" (vljax/data/boxes.py).
+
 For example SigLIP: `sentencepiece:/ckpt/spm.model?bos=none&pad=eos&clean=canonicalize`, and
 open_clip's CLIP: `bpe:/ckpt/bpe_simple_vocab_16e6.txt.gz`. `decode` stops at the first EOS and
 skips BOS and padding under every option.
@@ -65,6 +69,10 @@ except ImportError:  # optional: without it mojibake, curly quotes and full-widt
 
 SPECIAL_TOKENS = ("<image>", "<eoc>")
 _SPECIAL_SPLIT = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")
+# With loc=N (add_location_tokens): a task prefix per LocCa task, and the separator that ends a
+# referring expression before its box (vljax/data/boxes.py).
+LOCCA_TOKENS = ("<caption>", "<refexp>", "<grounded>", "<sep>")
+LOC_OPTION = "loc"
 
 
 def clip_clean(text: str) -> str:
@@ -89,7 +97,7 @@ OPTIONS = {"bos": ("add", "none"), "pad": ("zero", "eos"), "clean": tuple(_CLEAN
 
 def _check_option(key: str, value: str, where: str = "") -> None:
   if key not in OPTIONS:
-    raise ValueError(f"Unknown tokenizer option {key!r}{where}; valid options are {', '.join(OPTIONS)}.")
+    raise ValueError(f"Unknown tokenizer option {key!r}{where}; valid options are {', '.join((*OPTIONS, LOC_OPTION))}.")
   if value not in OPTIONS[key]:
     raise ValueError(f"Tokenizer option {key}={value!r}{where} is not valid; valid values for {key} are "
                      f"{', '.join(OPTIONS[key])}.")
@@ -111,6 +119,8 @@ class Tokenizer(abc.ABC):
   pad_with_eos: bool = False  # option pad=zero|eos
   clean: str = "none"  # option clean=none|clip|canonicalize
   chat_template: str | None = None  # a Hugging Face folder's (vljax/data/conversations.py)
+  loc_bins: int = 0  # option loc=N: location tokens (0: none)
+  _special_split = _SPECIAL_SPLIT
 
   def _set_options(self, bos: str, pad: str, clean: str) -> None:
     for key, value in (("bos", bos), ("pad", pad), ("clean", clean)):
@@ -128,6 +138,27 @@ class Tokenizer(abc.ABC):
     self._special_text = {i: t for t, i in self.special_ids.items()}
     self.vocab_size = first_id + len(SPECIAL_TOKENS)
 
+  def add_location_tokens(self, bins: int) -> None:
+    """LOCCA_TOKENS, then "<loc_0>".."<loc_{bins-1}>", as single ids after all others (option loc=N)."""
+    check_loc_bins(bins)
+    if self.loc_bins:
+      raise ValueError(f"this tokenizer already has {self.loc_bins} location tokens")
+    names = LOCCA_TOKENS + tuple(f"<loc_{i}>" for i in range(bins))
+    first = self.vocab_size
+    self.special_ids = {**self.special_ids, **{t: first + i for i, t in enumerate(names)}}
+    self._special_text = {i: t for t, i in self.special_ids.items()}
+    self.vocab_size = first + len(names)
+    self.loc_bins = int(bins)
+    self._special_split = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS + LOCCA_TOKENS)) + r"|<loc_\d+>)")
+
+  @property
+  def loc_first_id(self) -> int:
+    """The id of "<loc_0>"; bin k is loc_first_id + k."""
+    if not self.loc_bins:
+      raise ValueError("this tokenizer has no location tokens; add them with the tokenizer option loc=N "
+                       "(e.g. data.tokenizer='shapes?loc=32')")
+    return self.special_ids["<loc_0>"]
+
   @property
   def image_id(self) -> int:
     return self.special_ids["<image>"]
@@ -144,7 +175,7 @@ class Tokenizer(abc.ABC):
   def content_ids(self, text: str) -> list[int]:
     """Ids of the cleaned text without BOS/EOS; special tokens become their single ids."""
     ids = []
-    for part in _SPECIAL_SPLIT.split(text):
+    for part in self._special_split.split(text):
       if part in self.special_ids:
         ids.append(self.special_ids[part])
         continue
@@ -336,7 +367,19 @@ _BACKENDS = {"shapes": ShapesTokenizer, "sentencepiece": SentencePieceTokenizer,
              "bpe": BpeTokenizer}
 _SPEC_FORMS = ('"shapes", "sentencepiece:/path/to.model", "hf:/path/to/tokenizer.json", '
                '"bpe:/path/to/bpe_simple_vocab_16e6.txt.gz", each optionally followed by "?key=value&..." '
-               f"with keys {', '.join(OPTIONS)}")
+               f"with keys {', '.join((*OPTIONS, LOC_OPTION))}")
+
+
+def check_loc_bins(bins) -> int:
+  """Option loc=N: an int >= 2, or an error naming the value."""
+  try:
+    n = int(bins)
+  except (TypeError, ValueError):
+    n = None
+  if n is None or isinstance(bins, bool) or str(bins).strip() != str(n) or n < 2:
+    raise ValueError(f"Tokenizer option loc={bins!r} is not valid; valid: an integer number of location bins >= 2 "
+                     "(e.g. loc=32)")
+  return n
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -353,7 +396,10 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
                        f"{', '.join(OPTIONS)}.")
     if key in options:
       raise ValueError(f"Tokenizer option {key!r} is given twice in spec {spec!r}.")
-    _check_option(key, value, f" in spec {spec!r}")
+    if key == LOC_OPTION:
+      check_loc_bins(value)
+    else:
+      _check_option(key, value, f" in spec {spec!r}")
     options[key] = value
   return kind, path, options
 
@@ -361,4 +407,8 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
 def get_tokenizer(spec: str) -> Tokenizer:
   """Tokenizer from a config string `KIND[:PATH][?KEY=VALUE&...]` (see the module docstring)."""
   kind, path, options = parse_spec(spec)
-  return _BACKENDS[kind](**options) if kind == "shapes" else _BACKENDS[kind](path, **options)
+  loc = options.pop(LOC_OPTION, None)
+  tok = _BACKENDS[kind](**options) if kind == "shapes" else _BACKENDS[kind](path, **options)
+  if loc is not None:
+    tok.add_location_tokens(check_loc_bins(loc))
+  return tok

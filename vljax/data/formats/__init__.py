@@ -11,6 +11,8 @@ text-only format carries no placeholder image. Registering a format is one file:
 
 chunked: each example is a list of `data.chunks` source examples (sequences of several chunks).
 renders: the format reads images (a text-only format lets the source skip rendering them).
+reads_boxes: examples carry their objects' boxes and a seed (vljax/data/boxes.py): the shapes world
+gives them, real sources read and check them (bad ones are skipped and counted as "bad_box").
 chunk_tokens (chunked formats): (tokenizer, source example) -> (ids, targets) of its chunk as the
 collate lays it out, or None when its text cannot make a chunk; real sources call it before
 batching, to skip sequences that cannot fit data.max_len, and hand the ids on to the collate.
@@ -43,6 +45,7 @@ class CollateSettings:
   normalization: str = "siglip"
   canvas: int = 0
   shared_memory: bool = False
+  locca_tasks: tuple = ()  # data.locca.tasks checked: ((task, probability), ...) (vljax/data/boxes.py)
 
 
 # Formats whose images may be resized on the device: one image per example, collated by image_fields.
@@ -78,6 +81,7 @@ class BatchFormat:
   chunked: bool = False
   renders: bool = True
   chunk_tokens: Callable[[Tokenizer, Any], Any] | None = None
+  reads_boxes: bool = False
 
   def collate(self, settings: CollateSettings) -> Callable[[Sequence[Any]], dict[str, np.ndarray]]:
     """examples -> batch, picklable (grain's workers run it)."""
@@ -88,10 +92,11 @@ FORMATS: dict[str, BatchFormat] = {}
 
 
 def register_format(name: str, *, fields: Mapping[str, int], chunked: bool = False, renders: bool = True,
-                    chunk_tokens: Callable[[Tokenizer, Any], Any] | None = None):
+                    chunk_tokens: Callable[[Tokenizer, Any], Any] | None = None, reads_boxes: bool = False):
   """Decorator registering collate(settings, examples) -> batch as batch format `name`."""
   def wrap(collate_fn: CollateFn) -> CollateFn:
-    add_unique(FORMATS, "batch format", name, BatchFormat(name, dict(fields), collate_fn, chunked, renders, chunk_tokens),
+    add_unique(FORMATS, "batch format", name,
+               BatchFormat(name, dict(fields), collate_fn, chunked, renders, chunk_tokens, reads_boxes),
                owner=lambda f: f.collate_fn)
     return collate_fn
   return wrap

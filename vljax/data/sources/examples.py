@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from vljax.data import conversations, images, prompts
+from vljax.data import boxes, conversations, images, prompts
 from vljax.data.sources import skips
 
 
@@ -55,6 +55,8 @@ class Preprocess:
   and the first. `canvas` > 0 (training with data.resize="device"): the crop's pixels (at most
   `canvas` on a side) and its box in them (images.BOX_KEY), resized on the device. `jpeg_decoder`: images.JPEG_DECODERS.
   `source` tags the output so mixtures count bad samples per source.
+  `boxes` (formats that read boxes): caption examples also hold "objects" (the record's boxes moved
+  with the crop, vljax/data/boxes.py; a bad one skips the record as bad_box) and a "seed".
   `chunk_tokens` (chunked formats: example -> (ids, targets) or None, the format's own) tokenizes
   each example as the collate will, into its prompts.TOKENS field, so that what cannot make a row
   of `max_len` tokens is skipped here rather than failing the batch: an example whose text holds a
@@ -65,12 +67,13 @@ class Preprocess:
   def __init__(self, image_size: int, train: bool, crop_scale: Sequence[float], source: int = 0,
                decode_images: bool = True, chunks: int = 1,
                chunk_tokens: Callable[[dict], tuple | None] | None = None, max_len: int = 0, canvas: int = 0,
-               jpeg_decoder: str = "pil"):
+               jpeg_decoder: str = "pil", boxes: bool = False):
     self.image_size, self.train, self.source, self.canvas = int(image_size), train, source, int(canvas)
     self.jpeg_decoder = jpeg_decoder
     self.crop_scale = tuple(float(s) for s in crop_scale)
     self.decode_images, self.chunks = decode_images, int(chunks)
     self.chunk_tokens, self.max_len = chunk_tokens, int(max_len)
+    self.boxes = boxes
 
   def __call__(self, record: dict, rng: np.random.Generator) -> dict:
     extra = {"shard_end": True} if record.get("shard_end") else {}
@@ -122,6 +125,11 @@ class Preprocess:
       out = {"caption": pick_caption(record.get("caption"), pick_rng)}
       if not out["caption"]:
         return "empty_caption"
+      if self.boxes:
+        objects = boxes.parse_objects(record.get(boxes.OBJECTS_FIELD))
+        if objects is None:
+          return "bad_box"
+        return self._boxed_example(record, out, objects, rng)
     if self.chunk_tokens is not None:  # before decoding: a skipped text spares its image
       tokens = self.chunk_tokens(out)
       if tokens is None:
@@ -144,6 +152,20 @@ class Preprocess:
     except images.CorruptImageError:
       return "corrupt_image"
     return {"image": pixels, **out}
+
+
+  def _boxed_example(self, record: dict, out: dict, objects: list[dict], rng: np.random.Generator) -> dict | str:
+    """A caption example with its objects in the crop's frame, and its seed (LocCa's task draws)."""
+    try:
+      im = images.decode_image(record["image"], self.jpeg_decoder)
+      width, height = im.size
+      crop = (images.random_crop_box(width, height, rng, scale=self.crop_scale) if self.train
+              else images.center_box(width, height))
+      pixels = images._to_rgb_array(im, crop, self.image_size)  # the crop's box is needed for the objects'
+    except images.CorruptImageError:
+      return "corrupt_image"
+    objects = boxes.crop_objects(objects, crop, width, height)
+    return {"image": pixels, **out, boxes.OBJECTS_FIELD: objects, "seed": int(rng.integers(2**62))}
 
 
 # Reasons of a document's chunk that drop only the window holding it: its text, not its record, is unusable.

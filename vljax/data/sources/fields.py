@@ -35,6 +35,7 @@ from typing import Any
 from vljax.data.sources import skips
 
 DOCUMENT_SOURCES = ("folder", "array_record")
+OBJECTS_FIELD = "objects"  # a caption record's object boxes and texts (vljax/data/boxes.py)
 QA_SOURCES = DOCUMENT_SOURCES + ("webdataset",)
 
 
@@ -130,7 +131,10 @@ def _chunk(fields: Any, keys: RecordKeys, load_image: ImageLoader) -> dict:
     return {"image": image, "conversation": fields[keys.conversation]}
   if keys.question and (keys.question in fields or keys.answer in fields):
     return {"image": image, "question": fields.get(keys.question), "answer": fields.get(keys.answer)}
-  return {"image": image, "caption": fields.get(keys.caption) if keys.caption else None}
+  out = {"image": image, "caption": fields.get(keys.caption) if keys.caption else None}
+  if OBJECTS_FIELD in fields:  # object boxes: read (and checked) by formats that read boxes only
+    out[OBJECTS_FIELD] = fields[OBJECTS_FIELD]
+  return out
 
 
 def read_record(record: Any, keys: RecordKeys, load_image: ImageLoader, key: str) -> dict:

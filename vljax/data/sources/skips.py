@@ -31,6 +31,7 @@ SKIP_REASONS = (
     "too_long",         # more tokens than data.max_len: cutting it would drop an image or an answer
     "special_token_in_text",  # a caption, question or answer holding a literal "<image>" or "<eoc>"
     "bad_conversation",  # not alternating user / assistant turns of text, or several <image> (conversations.py)
+  "bad_box",          # data.format="locca": an object box not 4 numbers in [0, 1] with x0 < x1, y0 < y1, or no text
 )
 SKIPPED_KEY = "_skipped"  # the host-side batch field; the trainer pops it before device transfer
 
