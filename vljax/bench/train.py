@@ -225,46 +225,19 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
   """
   if steps < 1 or warmup < 0 or profile_steps < 0:
     raise ValueError(f"steps={steps} must be >= 1, warmup={warmup} >= 0 and profile_steps={profile_steps} >= 0")
-  # The trainer's checks (unknown keys, model, objectives, evaluator names), without building the
-  # evaluators: they render eval sets the benchmark never uses.
-  for name in cfg.evals:
-    evals.get_evaluator(name)
-  cfg = ml_collections.ConfigDict(cfg.to_dict())
-  cfg.evals = {}
-  parts = setup.build(cfg)
-  mesh = make_mesh(cfg.mesh, devices)
-  check_batch_divisible(cfg.batch_size, mesh)
-  check_batch_divisible(cfg.batch_size // cfg.grad_accum_steps, mesh, "batch_size / grad_accum_steps")
+  bench = PreparedStep(cfg, devices)
+  cfg, parts, mesh = bench.cfg, bench.parts, bench.mesh
   num_devices, device = int(mesh.devices.size), mesh.devices.flat[0]
-
   with jax.set_mesh(mesh):
-    inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
-    state, shardings = state_lib.create_train_state(parts.model, parts.tx, cfg, mesh, inputs)
-    params_bytes, opt_bytes = _max_device_bytes(state.params), _max_device_bytes(state.opt_state)
-    teacher = _teacher(parts, mesh, inputs)
-    train_step = step_lib.make_train_step(parts.model, parts.tx, cfg, parts.schedule, mesh, shardings, teacher)
-    batch = synthetic_batch(cfg, parts.tokenizer, mesh, cfg.seed)
-
-    start = time.perf_counter()
-    traced = train_step.trace(state, batch)
-    compiled = _StepOf(traced.lower().compile(), () if teacher is None else (teacher.params,))
-    compile_s = time.perf_counter() - start
-    matmul_loops = has_matmul_loops(traced.jaxpr.jaxpr)
-
-    for _ in range(warmup):
-      state, out = compiled(state, batch)
-      jax.block_until_ready((state, out))
-    times = []
-    for _ in range(steps):  # each step waited for: the time of one step, not of a pipelined run
-      start = time.perf_counter()
-      state, out = compiled(state, batch)
-      jax.block_until_ready((state, out))
-      times.append(time.perf_counter() - start)
-    xla_total, xla_source = xla_step_flops(compiled, matmul_loops, cfg, mesh, batch)
+    bench.time_steps(warmup)
+    times = bench.time_steps(steps)
+    xla_total, xla_source = xla_step_flops(bench.compiled, bench.matmul_loops, cfg, mesh, bench.batch)
     profile = None
     if profile_steps:
-      profile, state = op_profile.profile_step(compiled, state, batch, profile_steps)
-    activations = activation_bytes(parts.model, cfg, state, batch, teacher)
+      profile, bench.state = op_profile.profile_step(bench.compiled, bench.state, bench.batch, profile_steps)
+    activations = activation_bytes(parts.model, cfg, bench.state, bench.batch, bench.teacher)
+  state, compiled, compile_s = bench.state, bench.compiled, bench.compile_s
+  params_bytes, opt_bytes = bench.params_bytes, bench.opt_bytes
 
   median, p90 = float(np.median(times)), float(np.percentile(times, 90))
   model_flops, no_count = step_flops.train_step_flops(cfg, parts.model_cfg, checkpoint_io.param_shapes(state.params))
@@ -336,6 +309,46 @@ def format_table(r: dict[str, Any]) -> str:
        _bytes(r["activation_bytes_per_device"]) if r.get("activation_bytes_per_device") is not None else "n/a"),
   ]
   return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+class PreparedStep:
+  """cfg's train step compiled on a mesh, with its state and a synthetic batch on device: what `run`
+  times, and what vljax.compare times arm against arm (budget match="seconds")."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, devices=None):
+    # The trainer's checks (unknown keys, model, objectives, evaluator names), without building the
+    # evaluators: they render eval sets the benchmark never uses.
+    for name in cfg.evals:
+      evals.get_evaluator(name)
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.evals = {}
+    self.cfg, self.parts = cfg, setup.build(cfg)
+    self.mesh = mesh = make_mesh(cfg.mesh, devices)
+    check_batch_divisible(cfg.batch_size, mesh)
+    check_batch_divisible(cfg.batch_size // cfg.grad_accum_steps, mesh, "batch_size / grad_accum_steps")
+    with jax.set_mesh(mesh):
+      inputs = state_lib.dummy_inputs(cfg, batch_shards(mesh))
+      self.state, shardings = state_lib.create_train_state(self.parts.model, self.parts.tx, cfg, mesh, inputs)
+      self.params_bytes, self.opt_bytes = _max_device_bytes(self.state.params), _max_device_bytes(self.state.opt_state)
+      self.teacher = _teacher(self.parts, mesh, inputs)
+      train_step = step_lib.make_train_step(self.parts.model, self.parts.tx, cfg, self.parts.schedule, mesh,
+                                            shardings, self.teacher)
+      self.batch = synthetic_batch(cfg, self.parts.tokenizer, mesh, cfg.seed)
+      start = time.perf_counter()
+      traced = train_step.trace(self.state, self.batch)
+      self.compiled = _StepOf(traced.lower().compile(), () if self.teacher is None else (self.teacher.params,))
+      self.compile_s = time.perf_counter() - start
+      self.matmul_loops = has_matmul_loops(traced.jaxpr.jaxpr)
+
+  def time_steps(self, steps: int) -> list[float]:
+    """Seconds of each of `steps` steps, each waited for: the time of one step, not of a pipelined run."""
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, out = self.compiled(self.state, self.batch)
+      jax.block_until_ready((self.state, out))
+      times.append(time.perf_counter() - start)
+    return times
 
 
 class _StepOf:

@@ -4,7 +4,8 @@ over seeds, paired differences and plots. `python -m vljax.compare --help`; suit
 
   suite.py    the suite file's definition, checked, and each run's training config (no JAX)
   resolve.py  every arm through the trainer's start-up checks; its step cost and matched steps
-  budget.py   step costs (the models' FLOP counts, examples, steps) and the matching
+  budget.py   step costs (the models' FLOP counts, examples, steps, seconds) and the matching
+  timing.py   equal wall time: every arm's step timed on this machine, arms interleaved
   record.py   DIR/suite.json: which suite a directory holds
   runs.py     the runs one after another, skipping finished ones, filling missing evaluations
   stats.py    t intervals over seeds, paired differences

@@ -65,7 +65,7 @@ def write_report(resolved: resolve.ResolvedSuite, workdir: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
   workdir = record.absolute(args.workdir) if args.plan else args.workdir
-  resolved = resolve.resolve(args.suite, build_evaluators=not args.report_only)
+  resolved = resolve.resolve(args.suite, build_evaluators=not args.report_only, workdir=workdir)
   recorded = record.check(workdir, resolved.record())
   if args.report_only:
     if not recorded:

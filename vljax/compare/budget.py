@@ -2,6 +2,8 @@
 
 FLOPs are the models' own counts (vljax/train/step_flops.py over the parts each model file declares),
 the ones MFU divides by: forward and the backward that `frozen` leaves, over the global batch.
+Seconds are measured on this machine (vljax/compare/timing.py): equal wall time, where FLOPs miss
+what makes a step slow (memory traffic, a gather, the conv stem on CPU).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class StepCost:
   uncounted_objectives: tuple[str, ...] = ()
   params: int = 0            # every parameter of the model
   trainable_params: int = 0  # those `frozen` leaves to train (a bridge between frozen towers: the bridge)
+  seconds_per_step: float | None = None  # measured, where the budget matches seconds
 
   def per_step(self, match: str, arm: str) -> float:
     """The budget's unit spent by one step."""
@@ -33,6 +36,10 @@ class StepCost:
       return 1.0
     if match == "examples":
       return float(self.batch_size)
+    if match == "seconds":
+      if self.seconds_per_step is None:
+        raise ValueError(f"arm {arm!r}: budget match='seconds' without a measured step time")
+      return self.seconds_per_step
     if self.flops_per_step is None:
       raise ValueError(f"arm {arm!r}: budget match='flops' cannot be matched: {self.no_flops_reason}. "
                        "Valid: match='examples' or 'steps', or a model that declares its FLOP count")

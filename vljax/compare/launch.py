@@ -36,6 +36,10 @@ def dry_run_table(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[st
                  number(arm.total_flops), f"{params_text(arm.cost.trainable_params)} of "
                  f"{params_text(arm.cost.params)}", os.path.join(workdir, name, "seed{" + seeds + "}"),
                  status[0] if len(status) == 1 else "; ".join(f"seed{s} {statuses[(name, s)]}" for s in resolved.seeds)])
+  if any(a.cost.seconds_per_step for a in resolved.arms.values()):  # budget match="seconds"
+    rows[0].insert(4, "s/step")
+    for row, arm in zip(rows[1:], resolved.arms.values()):
+      row.insert(4, number(arm.cost.seconds_per_step))
   lines = [f"suite {resolved.path}: {len(resolved.arms)} arms x {len(resolved.seeds)} seeds = "
            f"{len(resolved.arms) * len(resolved.seeds)} runs; budget {budget_text(budget_summary(resolved))}",
            _columns(rows)]

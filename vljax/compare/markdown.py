@@ -54,8 +54,12 @@ def runs_section(report: dict[str, Any]) -> list[str]:
            str(a["batch_size"]), number(a["examples"]), number(a["flops_per_step"]), number(a["total_flops"]),
            params_text(a.get("trainable_params")), params_text(a.get("params"))]
           for arm, a in report["arms"].items()]
-  out = ["## Runs", "", *table(["arm", "recipe", "seeds with results", "steps", "batch", "examples",
-                                "FLOPs/step", "total FLOPs", "trainable params", "params"], rows)]
+  header = ["arm", "recipe", "seeds with results", "steps", "batch", "examples", "FLOPs/step", "total FLOPs",
+            "trainable params", "params"]
+  if any(a.get("seconds_per_step") for a in report["arms"].values()):  # budget match="seconds"
+    header.append("s/step (measured)")
+    rows = [row + [number(a.get("seconds_per_step"))] for row, a in zip(rows, report["arms"].values())]
+  out = ["## Runs", "", *table(header, rows)]
   notes = [f"- {arm}: objective(s) {a['uncounted_objectives']} run model passes of their own "
            "that no model's FLOP count includes" for arm, a in report["arms"].items() if a["uncounted_objectives"]]
   return out + ([""] + notes if notes else [])

@@ -118,7 +118,7 @@ def _arm_row(resolved: ResolvedSuite, arm: str, finals: dict) -> dict[str, Any]:
   return {"recipe": a.recipe, "total_steps": a.total_steps, "batch_size": a.cost.batch_size,
           "examples": a.examples, "flops_per_step": a.cost.flops_per_step, "total_flops": a.total_flops,
           "params": a.cost.params, "trainable_params": a.cost.trainable_params,
-          "seeds_with_results": done, "uncounted_objectives": list(a.cost.uncounted_objectives)}
+          "seconds_per_step": a.cost.seconds_per_step, "seeds_with_results": done, "uncounted_objectives": list(a.cost.uncounted_objectives)}
 
 
 def write_report(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[str, int], str]) -> dict[str, str]:

@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 
 from vljax.compare import budget as budget_lib
+from vljax.compare import record, timing
 from vljax.compare import suite as suite_lib
 
 
@@ -46,26 +47,45 @@ class ResolvedSuite:
   def record(self) -> dict[str, Any]:
     """What DIR/suite.json keeps: the definition and what was derived from it."""
     arms = {name: {"recipe": a.recipe, "total_steps": a.total_steps, "batch_size": a.cost.batch_size,
-                   "flops_per_step": a.cost.flops_per_step, "examples": a.examples, "total_flops": a.total_flops}
+                   "flops_per_step": a.cost.flops_per_step, "examples": a.examples, "total_flops": a.total_flops,
+                   **({} if a.cost.seconds_per_step is None else {"seconds_per_step": a.cost.seconds_per_step})}
             for name, a in self.arms.items()}
     return {"suite_file": self.path, "definition": self.definition, "arms": arms}
 
 
-def resolve(path: str, build_evaluators: bool = True) -> ResolvedSuite:
+def resolve(path: str, build_evaluators: bool = True, workdir: str | None = None) -> ResolvedSuite:
   """The suite file at `path`, checked and resolved (ValueError / FileNotFoundError on bad input);
   `build_evaluators=False` skips building the first arm's evaluators (they render their sets) where
-  nothing will evaluate."""
+  nothing will evaluate. `workdir`: the comparison directory, whose suite.json's measured step times
+  (budget match="seconds") are reused rather than measured again."""
   definition = suite_lib.load_definition(path)
-  costs, recipes = {}, {}
+  costs, recipes, probes = {}, {}, {}
   for i, arm in enumerate(definition["arms"]):
     cfg = suite_lib.arm_config(definition, arm)
     recipes[arm] = definition["arms"][arm]["recipe"]
-    probe = suite_lib.with_run_settings(copy.deepcopy(cfg), definition, definition["seeds"][0], cfg.total_steps)
-    parts = check_arm(arm, recipes[arm], probe, build_evaluators=build_evaluators and i == 0)
-    costs[arm] = budget_lib.step_cost(probe, parts)
+    probes[arm] = suite_lib.with_run_settings(copy.deepcopy(cfg), definition, definition["seeds"][0],
+                                              cfg.total_steps)
+    parts = check_arm(arm, recipes[arm], probes[arm], build_evaluators=build_evaluators and i == 0)
+    costs[arm] = budget_lib.step_cost(probes[arm], parts)
+  if definition["budget"]["match"] == "seconds":
+    recorded = record.read(workdir) if workdir else None
+    seconds = recorded_seconds(definition, recorded) or timing.measure_seconds_per_step(
+        probes, **suite_lib.timing(definition["budget"]))
+    costs = {arm: dataclasses.replace(cost, seconds_per_step=seconds[arm]) for arm, cost in costs.items()}
   steps = budget_lib.matched_steps(definition["budget"], costs)
   arms = {arm: Arm(arm, recipes[arm], costs[arm], steps[arm]) for arm in definition["arms"]}
   return ResolvedSuite(path, definition, arms)
+
+
+def recorded_seconds(definition: dict[str, Any], recorded: dict[str, Any] | None) -> dict[str, float] | None:
+  """The step times suite.json keeps for this very definition (every arm measured), else None."""
+  def runs_part(d):  # what the runs depend on (record.py): all but the report's rank_by
+    return {k: v for k, v in (d or {}).items() if k != "rank_by"}
+
+  if not recorded or runs_part(recorded.get("definition")) != runs_part(definition):
+    return None
+  seconds = {arm: (recorded.get("arms") or {}).get(arm, {}).get("seconds_per_step") for arm in definition["arms"]}
+  return None if None in seconds.values() else seconds
 
 
 def check_arm(arm: str, recipe: str, cfg: ml_collections.ConfigDict, build_evaluators: bool) -> Any:

@@ -8,8 +8,11 @@ and scale presets, configs/compare/vit_b16_objectives.py) and returns a ConfigDi
 rebuilt from that record:
 
   seeds        run seeds; every arm trains once per seed (config `seed`)
-  budget       dict(match="flops" | "examples" | "steps", value=N) or dict(match=..., like=ARM): the
-               amount every run gets, or what arm ARM's own recipe spends in its `total_steps`
+  budget       dict(match="flops" | "examples" | "steps" | "seconds", value=N) or dict(match=..., like=ARM):
+               the amount every run gets, or what arm ARM's own recipe spends in its `total_steps`.
+               "seconds" is equal wall time: each arm's step is compiled and timed on this machine,
+               arms interleaved (vljax/compare/timing.py; `timing=dict(rounds=, steps=, warmup=)`
+               sizes it), and the times are kept in suite.json, so reruns train the same steps
   overrides    ((KEY, VALUE), ...) applied to every arm's recipe: dotted config keys, each value
                replacing the recipe's (a dict replaces the whole sub-config)
   arms         {name: dict(recipe="clip_shapes.py[:ARG]", overrides=((KEY, VALUE), ...))}; a recipe is
@@ -37,7 +40,8 @@ from vljax import config as config_lib
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 SUITE_KEYS = ("seeds", "budget", "overrides", "arms", "evals", "eval_points", "rank_by")
 ARM_KEYS = ("recipe", "overrides")
-BUDGET_MATCHES = ("flops", "examples", "steps")
+BUDGET_MATCHES = ("flops", "examples", "steps", "seconds")
+TIMING_DEFAULTS = dict(rounds=3, steps=5, warmup=2)  # budget match="seconds": the step timing
 # Config keys the suite sets for every run: an override of one would break the comparison.
 SUITE_OWNED = {"seed": "the suite's `seeds`", "evals": "the suite's `evals`",
                "checkpoint.every": "the suite's `eval_points`", "checkpoint.keep": "the suite's `eval_points`"}
@@ -138,11 +142,13 @@ def _check_overrides(pairs: Any, where: str) -> list[list[Any]]:
 
 def _check_budget(budget: Any, arms: list[str]) -> None:
   valid = (f"valid: dict(match=M, value=N) or dict(match=M, like=ARM) with M in {list(BUDGET_MATCHES)}, "
-           f"N > 0, ARM in {arms}")
-  if not isinstance(budget, dict) or set(budget) - {"match", "value", "like"}:
+           f"N > 0, ARM in {arms}; with match='seconds' also timing=dict({', '.join(TIMING_DEFAULTS)})")
+  if not isinstance(budget, dict) or set(budget) - {"match", "value", "like", "timing"}:
     raise ValueError(f"suite budget={budget!r}; {valid}")
   if budget.get("match") not in BUDGET_MATCHES:
     raise ValueError(f"suite budget.match={budget.get('match')!r}; {valid}")
+  if "timing" in budget:
+    _check_timing(budget["timing"], budget["match"])
   value, like = budget.get("value"), budget.get("like")
   if (value is None) == (like is None):
     raise ValueError(f"suite budget={budget!r} needs exactly one of value and like; {valid}")
@@ -150,6 +156,25 @@ def _check_budget(budget: Any, arms: list[str]) -> None:
     raise ValueError(f"suite budget.like={like!r} is no arm of the suite; {valid}")
   if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0):
     raise ValueError(f"suite budget.value={value!r}; {valid}")
+
+
+def _check_timing(timing: Any, match: str) -> None:
+  valid = (f"valid: dict with keys from {list(TIMING_DEFAULTS)}, rounds and steps whole numbers >= 1, "
+           "warmup >= 0, and only with budget match='seconds'")
+  if match != "seconds":
+    raise ValueError(f"suite budget.timing is for match='seconds' (measured step times), not match={match!r}; "
+                     f"{valid}")
+  if not isinstance(timing, dict) or set(timing) - set(TIMING_DEFAULTS):
+    raise ValueError(f"suite budget.timing={timing!r}; {valid}")
+  for key, value in timing.items():
+    least = 0 if key == "warmup" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ValueError(f"suite budget.timing.{key}={value!r}; {valid}")
+
+
+def timing(budget: Mapping[str, Any]) -> dict[str, int]:
+  """budget match="seconds": how its step times are measured."""
+  return {**TIMING_DEFAULTS, **(budget.get("timing") or {})}
 
 
 def _check_evals(evals: Any) -> None:
