@@ -172,8 +172,10 @@ class Composable(nn.Module):
     self.mlm_mask_token = self.param("mlm_mask_token", token_init, (f["width"],), dtypes["param_dtype"])
     self.itm_head = layers.dense(2, ("embed", None), name="itm_head", **dtypes)
 
-  def encode_image(self, image: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-    pooled, tokens = self.img(image, train=train)
+  def encode_image(self, image: jax.Array, train: bool = False, mask: jax.Array | None = None
+                   ) -> dict[str, jax.Array]:
+    """mask [B, N]: patches the ViT replaces with its mask token (objectives.masked_prediction)."""
+    pooled, tokens = self.img(image, train=train) if mask is None else self.img(image, train=train, mask=mask)
     out = {"img_tokens": tokens}
     if self.text:
       out["memory"] = self.memory_pool(tokens) if self.text["memory_queries"] else tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -33,7 +34,7 @@ POSEMBS = ("learned", "sincos2d")
 POOLS = ("tok", "gap", "max", "map")
 ARCH_KEYS = ("width", "depth", "mlp_dim", "num_heads", "patch", "stem", "stem_channels", "posemb", "pool",
              "pre_norm", "cls_posemb", "cls_in_tokens", "head", "head_bias", "activation", "norm_eps",
-             "patch_dropout")
+             "patch_dropout", "mask_token")
 PATCH_DROPOUT_STREAM = "patch_dropout"  # the named random stream of the kept patches (a model's rng_streams)
 # Defaults of the keys every variant shares; the last seven express CLIP's, SigLIP's and BLIP's published towers.
 SHARED_DEFAULTS = dict(stem_channels=(32, 64), posemb="learned", pool="gap",
@@ -42,7 +43,8 @@ SHARED_DEFAULTS = dict(stem_channels=(32, 64), posemb="learned", pool="gap",
                        cls_in_tokens=False,  # the output tokens (a decoder's memory) keep [CLS] first (BLIP)
                        head=True,  # linear head to the two-tower embedding; False: width is the embedding
                        head_bias=True, activation=DEFAULT_ACTIVATION, norm_eps=DEFAULT_NORM_EPS,
-                       patch_dropout=0.0)  # FLIP: the fraction of patches a training pass drops, per image
+                       patch_dropout=0.0,  # FLIP: the fraction of patches a training pass drops, per image
+                       mask_token=False)  # a learned [MASK] patch embedding (masked prediction); off: no param
 
 
 def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
@@ -73,6 +75,9 @@ def vit_settings(variant: str, **overrides: Any) -> dict[str, Any]:
   if not (isinstance(cfg["patch_dropout"], (int, float)) and 0 <= cfg["patch_dropout"] < 1):
     raise ValueError(f"ViT patch_dropout={cfg['patch_dropout']!r} is invalid; valid: a fraction in [0, 1) of the "
                      "patches a training pass drops (FLIP: 0.5 or 0.75; 0: none)")
+  if not isinstance(cfg["mask_token"], bool):
+    raise ValueError(f"ViT mask_token={cfg['mask_token']!r} is invalid; valid: True (a learned [MASK] patch "
+                     "embedding, for objectives.masked_prediction) or False")
   if cfg["stem"] == "conv":
     conv_stem_last_kernel(cfg["patch"], cfg["stem_channels"])
   return cfg
@@ -193,9 +198,14 @@ class ViT(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
   patch_dropout: float = 0.0
+  mask_token: bool = False  # param "mask_token" exists only when True: other param trees stay as they were
 
   @nn.compact
-  def __call__(self, image: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, image: jax.Array, train: bool = False, mask: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    """mask [B, N] bool (N = h * w patches, row-major): those patches' embeddings become the learned
+    mask token before the position embedding (needs mask_token=True); a masked pass keeps every patch
+    (no patch dropout), so each output token lines up with its input position."""
     chex.assert_rank(image, 4)
     batch, height, width_px, _ = image.shape
     if height % self.patch or width_px % self.patch:
@@ -213,6 +223,7 @@ class ViT(nn.Module):
                   bias_init=partitioned(nn.initializers.zeros, ("embed",)), **kw)(x)
     _, h, w, c = x.shape
     x = jnp.reshape(x, (batch, h * w, c))
+    x = self._mask_patches(x, mask)
 
     # 2. Optional [CLS] token, then the position embedding: big_vision gives [CLS] none (it joins
     # after), CLIP (cls_posemb) a row of its own.
@@ -229,13 +240,13 @@ class ViT(nn.Module):
     if self.cls_posemb:
       x = with_cls(x)
     if self.posemb == "learned":
-      x = layers.LearnedPosEmb(x.shape[1], self.param_dtype, name="posemb")(x)
+      x = self._learned_posemb(x, h, w)
     else:
       x = x + layers.posemb_sincos_2d(h, w, c).astype(x.dtype)[None]
     if self.pool == "tok" and not self.cls_posemb:
       x = with_cls(x)
     patches = h * w
-    if train and self.patch_dropout > 0:  # FLIP: each image keeps a random subset of its patches
+    if train and self.patch_dropout > 0 and mask is None:  # FLIP: each image keeps a random subset of its patches
       x = self._drop_patches(x, has_cls=self.pool == "tok")
       patches = kept_patches(h * w, self.patch_dropout)
 
@@ -264,6 +275,37 @@ class ViT(nn.Module):
       pooled = layers.tower_head(pooled, self.out_dim, head=self.head, use_bias=self.head_bias, what="ViT", **kw)
     chex.assert_shape(pooled, (batch, self.out_dim or self.width))
     return pooled, x
+
+  def _mask_patches(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """x [B, N, D] with the masked patches replaced by the mask token; the param is made whenever
+    mask_token is on, so init creates it without a mask."""
+    if not self.mask_token:
+      if mask is not None:
+        raise ValueError("ViT got a patch mask but has no mask token: set model.image.mask_token=True "
+                         "(objectives.masked_prediction)")
+      return x
+    token = self.param("mask_token", partitioned(nn.initializers.normal(0.02), ("embed",)), (x.shape[-1],),
+                       self.param_dtype)
+    if mask is None:
+      return x
+    chex.assert_shape(mask, x.shape[:2])
+    return jnp.where(mask[..., None], token.astype(x.dtype), x)
+
+  def _learned_posemb(self, x: jax.Array, h: int, w: int) -> jax.Array:
+    """x + the learned position embedding. An image smaller than the one the table was made for (a
+    local crop) gets the table's patch grid resized to its own, bilinearly (FlexiViT, DINO)."""
+    made = self.variables.get("params", {}).get("posemb", {}).get("pos_embedding")
+    rows = None if made is None else getattr(made, "value", made).shape[0]
+    if rows is None or rows == x.shape[1]:
+      return layers.LearnedPosEmb(x.shape[1], self.param_dtype, name="posemb")(x)
+    cls = int(self.cls_posemb)
+    side = math.isqrt(rows - cls)
+    if side * side != rows - cls:
+      raise ValueError(f"ViT: the learned position embedding has {rows - cls} patch rows, not a square grid: it "
+                       f"cannot be resized to {h}x{w} patches; feed images of the size it was made for")
+    table = layers.LearnedPosEmb(rows, self.param_dtype, name="posemb")(jnp.zeros((1, rows, x.shape[-1]), x.dtype))[0]
+    grid = jax.image.resize(table[cls:].reshape(side, side, -1), (h, w, table.shape[-1]), "bilinear")
+    return x + jnp.concatenate([table[:cls], grid.reshape(h * w, -1)])[None]
 
   def _drop_patches(self, x: jax.Array, has_cls: bool) -> jax.Array:
     """x [B, ([CLS] +) N, D] -> [B, ([CLS] +) kept, D]: a uniformly random subset of each image's patches,

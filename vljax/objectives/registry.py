@@ -148,10 +148,29 @@ class ModelAccess:
   """
 
   def __init__(self, module, params, rng: jax.Array, train: bool = True, momentum_params=None,
-               teacher: tuple[Any, Any] | None = None):
+               teacher: tuple[Any, Any] | None = None, step: jax.Array | None = None,
+               total_steps: int | None = None):
     self.module, self.params, self._rng, self.train = module, params, rng, train
     self.momentum_params = momentum_params  # the EMA of the weights (vljax/train/ema.py), when the run keeps one
     self.teacher_model = teacher  # (module, params) of the run's frozen teacher (vljax/train/teacher.py), if any
+    # The number of the update this step computes (0-based, traced) and the run's total_steps: what an
+    # objective that switches on late in training reads (switched_on). None outside the train step.
+    self.step, self.total_steps = step, total_steps
+
+  def switched_on(self, start_fraction: float, needed_by: str) -> jax.Array | bool:
+    """Whether an objective on from start_fraction of training on is on at this step: step >=
+    round(start_fraction * total_steps), a traced bool (one compiled step serves both sides of the
+    switch); True for start_fraction 0, and outside a train step (no step: a direct call or a bench
+    sees the objective as after its switch)."""
+    if isinstance(start_fraction, bool) or not isinstance(start_fraction, (int, float)) or not 0 <= start_fraction < 1:
+      raise ValueError(f"{needed_by}.start_fraction={start_fraction!r} is invalid; valid: a fraction of total_steps in "
+                       "[0, 1) after which the objective is on (SigLIP 2: 0.8, its last 20%; 0: from the start)")
+    if start_fraction == 0 or self.step is None:
+      return True
+    if not self.total_steps:
+      raise ValueError(f"{needed_by}.start_fraction={start_fraction} needs the run's total_steps; got "
+                       f"{self.total_steps!r}")
+    return self.step >= round(start_fraction * self.total_steps)
 
   def rng(self, stream: str) -> jax.Array:
     return stream_rng(self._rng, stream)

@@ -27,35 +27,38 @@ def _model_fns(model: nn.Module, cfg, teacher_module: nn.Module | None = None) -
   metrics). ema: the EMA of the trainable params (vljax/train/ema.py), the objectives' momentum model;
   teacher: the params of teacher_module, the run's frozen teacher (vljax/train/teacher.py)."""
   weights, impl, pad_id = cfg.objectives, cfg.get("loss_impl", "gather"), tokenizers.PAD_ID
+  total_steps = cfg.get("total_steps")
 
-  def access(trainable, frozen_params, rng, ema=None, teacher=None):
+  def access(trainable, frozen_params, rng, ema=None, teacher=None, step=None):
     momentum = None if ema is None else merge_params(ema, frozen_params)
     run_teacher = None if teacher is None or teacher_module is None else (teacher_module, teacher)
     return objectives.ModelAccess(model, merge_params(trainable, frozen_params), rng, momentum_params=momentum,
-                                  teacher=run_teacher)
+                                  teacher=run_teacher, step=step, total_steps=total_steps)
 
   def apply_fn(trainable, frozen_params, micro, rng):
     # Only the inputs the model declares: a text-only model never sees the batch's placeholder image.
     return access(trainable, frozen_params, rng).apply(**{k: micro[k] for k in model.inputs})
 
-  def loss_fn(trainable, frozen_params, micro, rng, ema=None, objective_state=None, teacher=None):
+  def loss_fn(trainable, frozen_params, micro, rng, ema=None, objective_state=None, teacher=None, step=None):
     out = apply_fn(trainable, frozen_params, micro, rng)
     return objectives.combined_loss(weights, out, micro, impl=impl, pad_id=pad_id,
-                                    model=access(trainable, frozen_params, rng, ema, teacher), state=objective_state)
+                                    model=access(trainable, frozen_params, rng, ema, teacher, step),
+                                    state=objective_state)
 
   return access, apply_fn, loss_fn
 
 
 def make_loss_fn(model: nn.Module, cfg, teacher_module: nn.Module | None = None) -> Callable:
-  """(trainable, frozen, batch, rng[, ema, objective_state, teacher]) -> (loss, metrics) of cfg's
+  """(trainable, frozen, batch, rng[, ema, objective_state, teacher, step]) -> (loss, metrics) of cfg's
   objectives on one batch, no accumulation (call under the logical axis rules); metrics[objectives.NEW_STATE]
-  holds the stateful objectives' new state; teacher: teacher_module's params."""
+  holds the stateful objectives' new state; teacher: teacher_module's params; step: the update's number,
+  for objectives that switch on late (ModelAccess.switched_on)."""
   return _model_fns(model, cfg, teacher_module)[2]
 
 
 def make_grads_fn(model: nn.Module, cfg, teacher_module: nn.Module | None = None) -> Callable:
-  """(trainable, frozen, batch, rng[, ema, objective_state, teacher]) -> (loss, metrics, grads) of cfg's objectives,
-  accumulated over grad_accum_steps micro-batches as grad_accum_mode says (call under the logical axis
+  """(trainable, frozen, batch, rng[, ema, objective_state, teacher, step]) -> (loss, metrics, grads) of cfg's
+  objectives, accumulated over grad_accum_steps micro-batches as grad_accum_mode says (call under the logical axis
   rules); metrics[objectives.NEW_STATE] holds the stateful objectives' state after the last micro-batch.
 
   "mean": the mean of k micro-batch gradients, each micro-batch its own negatives (k x less
@@ -75,19 +78,19 @@ def make_grads_fn(model: nn.Module, cfg, teacher_module: nn.Module | None = None
   access, apply_fn, loss_fn = _model_fns(model, cfg, teacher_module)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)  # the trainable params' gradient only: never the teacher's
 
-  def grads_fn(trainable, frozen_params, batch, rng, ema=None, objective_state=None, teacher=None):
+  def grads_fn(trainable, frozen_params, batch, rng, ema=None, objective_state=None, teacher=None, step=None):
     if accum == 1:
-      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng, ema, objective_state, teacher)
+      (loss, metrics), grads = grad_fn(trainable, frozen_params, batch, rng, ema, objective_state, teacher, step)
       return loss, metrics, grads
     if mode == "gradcache":
       return gradcache.gradcache_value_and_grad(apply_fn, weights, trainable, frozen_params, batch, rng,
                                                 k=accum, impl=impl, pad_id=pad_id,
-                                                access=lambda p, f, r: access(p, f, r, ema, teacher))
+                                                access=lambda p, f, r: access(p, f, r, ema, teacher, step))
 
     def one(i, obj_state):
       # Micro-batch i = examples i, k+i, 2k+i...: every device keeps its own rows.
       micro = gradcache.take_micro(batch, accum, i)
-      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i), ema, obj_state, teacher)
+      (l, m), g = grad_fn(trainable, frozen_params, micro, jax.random.fold_in(rng, i), ema, obj_state, teacher, step)
       obj_state = m.pop(objectives.NEW_STATE, obj_state)  # carried to the next micro-batch, not averaged
       return (l, m, g), obj_state
 
@@ -124,7 +127,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, cfg, sch
     rng = jax.random.fold_in(state.rng, state.step)
     with nn.logical_axis_rules(LOGICAL_RULES):
       loss, metrics, grads = grads_fn(trainable, frozen_params, batch, rng, state.ema_params, state.objective_state,
-                                      teacher_params)
+                                      teacher_params, state.step)
     objective_state = metrics.pop(objectives.NEW_STATE, state.objective_state)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
