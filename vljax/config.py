@@ -43,6 +43,9 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 shapes_scenes=False,
                 # data.format="locca": each example's task drawn with these probabilities (vljax/data/boxes.py)
                 locca=dict(tasks=dict(caption=0.5, refexp=0.25, grounded=0.25)),
+                # dict(max_patches, patch, aspect): variable resolution, images packed to a token budget for a
+                # NaFlex image tower (model.image.naflex; vljax/data/naflex.py); None: fixed-size images.
+                naflex=None,
                 jpeg_decoder="pil")          # or "simplejpeg" (vljax.data.images.JPEG_DECODERS)
   c.batch_size = 128                   # global, over all hosts
   c.grad_accum_steps = 1

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from vljax.evals import datasets, ranking, world as world_lib
-from vljax.evals.arrays import eval_images
+from vljax.evals.arrays import world_images
 from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
 
@@ -22,11 +22,10 @@ class BindingEvaluator:
 
   def __init__(self, settings, *, tokenizer, max_len: int, data: Mapping[str, Any]):
     datasets.check_keys(settings, self.settings_keys, f"evals.{self.name}")
-    normalization = data.get("normalization", "siglip")
     world = world_lib.shapes_world(data, type(self))
     n = int(settings.get("num_examples", 512))
     examples = [world.binding_example(i) for i in range(n)]
-    self.images = eval_images(examples, normalization)
+    self.images = world_images(examples, data)
     self.tokens = {k: tokenizer.encode([e[k] for e in examples], max_len)
                    for k in ("caption", "attribute_swapped", "relation_swapped")}
     self.scoring = settings.get("scoring", "auto")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from vljax.evals import datasets, itm_rerank, ranking, world as world_lib
-from vljax.evals.arrays import eval_images
+from vljax.evals.arrays import world_images
 from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
 from vljax.inference import embedding_scores
@@ -93,7 +93,7 @@ class RetrievalEvaluator:
     else:
       world = world_lib.shapes_world(data, type(self))
       examples = [world.example(i, split="eval") for i in range(int(num_examples or 512))]
-      self.images = datasets.ArrayImages(eval_images(examples, normalization))
+      self.images = datasets.ArrayImages(world_images(examples, data))
       captions = [[e["caption"]] for e in examples]
     self.text_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
     self.tokens = tokenizer.encode([c for cs in captions for c in cs], max_len)

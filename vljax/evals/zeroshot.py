@@ -11,7 +11,7 @@ import numpy as np
 
 from vljax.data import shapes
 from vljax.evals import datasets, itm_rerank, ranking, templates as templates_lib, world as world_lib
-from vljax.evals.arrays import eval_images, normalize
+from vljax.evals.arrays import normalize, world_images
 from vljax.evals.registry import register_evaluator
 from vljax.inference.runner import ModelRunner
 from vljax.inference import embedding_scores
@@ -112,7 +112,7 @@ class ZeroShotEvaluator:
     else:
       world = world_lib.shapes_world(data, type(self))
       examples = [world.zeroshot_example(i) for i in range(int(num_examples or 640))]
-      self.images = datasets.ArrayImages(eval_images(examples, normalization))
+      self.images = datasets.ArrayImages(world_images(examples, data))
       self.labels = np.array([e["label"] for e in examples])
       self.classes = world.zeroshot_classes()
       self.templates = templates_lib.resolve_templates(given_templates or "shapes")
