@@ -30,7 +30,7 @@ def test_the_registries_are_the_dicts_the_code_reads():
                                      "seq2seq_lm"]
   assert sorted(model_registry.ALIASES) == ["cappa", "coca", "two_tower"]  # vljax/models/legacy.py
   assert sorted(evals.EVALUATORS) == ["binding", "caption", "compositionality", "decoder_transfer", "fewshot",
-                                     "retrieval", "vqa", "zeroshot"]
+                                     "refexp", "retrieval", "vqa", "zeroshot"]
   assert all(cls.name == name for name, cls in evals.EVALUATORS.items())
 
 

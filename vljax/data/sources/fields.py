@@ -51,8 +51,10 @@ class RecordKeys:
   conversation: str = ""
 
   def used(self) -> tuple[str, ...]:
+    """The fields a source keeps of each record (with the object boxes, which formats that read
+    boxes use: vljax/data/boxes.py)."""
     return tuple(k for k in (self.image, self.caption, self.question, self.answer, self.chunks, self.conversation)
-                 if k)
+                 if k) + (OBJECTS_FIELD,)
 
 
 def record_keys(spec, chunked: bool) -> RecordKeys:
