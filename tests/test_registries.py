@@ -113,7 +113,7 @@ def test_unknown_names_fail_listing_the_valid_ones():
                                        r"'lm', 'prefix_lm', 'qformer', 'seq2seq_lm'\] \(and \['cappa', 'coca', 'two_tower'\], older names"):
     models.get_model(dict(name="two_towers"))
   with pytest.raises(ValueError, match=r"unknown evaluator 'vqa_v2'; valid: \['binding', 'caption', 'compositionality', "
-                                       r"'decoder_transfer', 'fewshot', 'retrieval', 'vqa', 'zeroshot'\], or "
+                                       r"'decoder_transfer', 'fewshot', 'refexp', 'retrieval', 'vqa', 'zeroshot'\], or "
                                        r"compositionality_<label> / fewshot_<label> / retrieval_<label> / "
                                        r"zeroshot_<label>"):
     evals.get_evaluator("vqa_v2")
