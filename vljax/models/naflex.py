@@ -128,6 +128,10 @@ class NaflexViT(ViT):
     chex.assert_rank(image, 4)
     check_naflex_arch(self.stem, self.posemb, self.pool, self.cls_posemb, self.patch_dropout, self.patch)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if not is_packed(image, self.patch) and (image.shape[1] % self.patch or image.shape[2] % self.patch):
+      raise ValueError(f"NaFlex tower (patch {self.patch}) got an input of shape {image.shape}: neither a packed "
+                       f"batch [B, N, {self.patch * self.patch + PACKED_EXTRA}, 3] (data.naflex.patch must equal the "
+                       f"tower's patch) nor an image [B, H, W, 3] with sides multiples of {self.patch}")
     patches, coords, valid = (unpack if is_packed(image, self.patch) else grid_patches)(image, self.patch)
     batch, n = valid.shape
     x = PatchEmbedding(self.width, self.patch, name="embedding", **kw)(patches)
