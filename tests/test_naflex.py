@@ -112,6 +112,22 @@ def test_pipeline_and_evaluators_feed_mixed_aspect_ratios():
   assert evaluated.shape == (4, 16, PATCH * PATCH + 1, 3)
 
 
+def test_real_source_crops_keep_their_aspect_and_corrupt_images_are_skipped_and_counted(tmp_path):
+  from real_data import write_folder
+  from vljax.data.sources import skips
+  samples = [dict(image=_pixels(24 + 8 * (i % 5), 64 - 6 * (i % 4), i), caption=["a red circle"]) for i in range(12)]
+  samples[3]["image"] = b"not an image"
+  data = dict(name="folder", path=write_folder(tmp_path, samples, fmt="PNG"), image_size=32, max_len=12,
+              num_threads=1, prefetch=1, naflex=dict(max_patches=16, patch=PATCH))
+  pipeline.check_data_config(data)
+  it = iter(pipeline.make_train_dataset(data, ShapesTokenizer(), global_batch_size=8, seed=0))
+  batches = [next(it) for _ in range(3)]
+  assert all(b["image"].shape == (8, 16, PATCH * PATCH + 1, 3) for b in batches)
+  assert sum(skips.counts_dict(b[pipeline.SKIPPED_KEY]).get("corrupt_image", 0) for b in batches) >= 1
+  valid = np.concatenate([b["image"][:, :, -1, 2].sum(axis=1) for b in batches])
+  assert len(set(valid.tolist())) > 1 and valid.max() <= 16  # crops of several aspects under the budget
+
+
 def test_tiny_model_trains_and_evaluates_on_mixed_aspect_ratios(tmp_path):
   from vljax.train.trainer import train_and_evaluate
   cfg = tiny_config(total_steps=3, evals=dict(zeroshot=dict(every=3, num_examples=16),

@@ -10,7 +10,9 @@ max_patches tokens whatever its aspect: a batch's token budget is batch_size * m
 data.naflex = dict(max_patches=N, patch=P, aspect=None | (lo, hi)). The shapes world renders squares;
 aspect=(lo, hi) gives each example its own aspect ratio (width / height, log-uniform in [lo, hi],
 drawn from (world seed, index)) by stretching its render, so captions stay true and training and
-evaluation see mixed aspect ratios.
+evaluation see mixed aspect ratios. Real sources: a training example is its random crop at the crop's
+own aspect (the pipeline's crop-region path, source_canvas), an evaluation one its center square;
+undecodable images are skipped and counted upstream, as without NaFlex.
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ def check_data(data_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
   cfg = settings(data_cfg)
   if cfg is None:
     return None
-  if data_cfg.get("name", "shapes") != "shapes":
-    raise ValueError(f"data.naflex is built for data.name='shapes' (its renders, stretched per example); "
-                     f"data.name={data_cfg.get('name')!r} decodes square crops: drop data.naflex")
+  if data_cfg.get("name", "shapes") != "shapes" and cfg["aspect"] is not None:
+    raise ValueError(f"data.naflex.aspect={cfg['aspect']} stretches the shapes world's square renders; "
+                     f"data.name={data_cfg.get('name')!r} keeps its images' own aspect: valid: aspect=None")
   if data_cfg.get("format", "caption") not in NAFLEX_FORMATS:
     raise ValueError(f"data.naflex supports data.format in {list(NAFLEX_FORMATS)}, not {data_cfg.get('format')!r}")
   if data_cfg.get("resize", "host") != "host":
@@ -102,12 +104,15 @@ def grid_for(height: float, width: float, patch: int, max_patches: int) -> tuple
   return h, w
 
 
-def resize_to_grid(pixels: np.ndarray, grid: tuple[int, int], patch: int) -> np.ndarray:
-  """uint8 [H, W, 3] -> uint8 [h*P, w*P, 3] (bicubic; as is when already that size)."""
+def resize_to_grid(pixels: np.ndarray, grid: tuple[int, int], patch: int,
+                   box: Sequence[float] | None = None) -> np.ndarray:
+  """uint8 [H, W, 3] (its `box` (top, left, bottom, right) of it) -> uint8 [h*P, w*P, 3] (bicubic; as is
+  when already that size)."""
   h, w = grid
-  if pixels.shape[:2] == (h * patch, w * patch):
+  if box is None and pixels.shape[:2] == (h * patch, w * patch):
     return pixels
-  return np.asarray(Image.fromarray(pixels).resize((w * patch, h * patch), Image.BICUBIC), np.uint8)
+  pil_box = None if box is None else (box[1], box[0], box[3], box[2])
+  return np.asarray(Image.fromarray(pixels).resize((w * patch, h * patch), Image.BICUBIC, box=pil_box), np.uint8)
 
 
 def check_pixels(pixels: Any) -> np.ndarray:
@@ -119,16 +124,19 @@ def check_pixels(pixels: Any) -> np.ndarray:
 
 
 def pack(pixels: np.ndarray, patch: int, max_patches: int, normalization: str = "siglip",
-         aspect: float | None = None, out: np.ndarray | None = None) -> np.ndarray:
-  """uint8 [H, W, 3] -> float32 [max_patches, P*P + 1, 3] (module docstring). aspect (width / height):
-  the image is taken to have it (stretched), not its own."""
+         aspect: float | None = None, out: np.ndarray | None = None, box: Sequence[float] | None = None
+         ) -> np.ndarray:
+  """uint8 [H, W, 3] (or its `box`, (top, left, bottom, right) in pixels) -> float32 [max_patches, P*P + 1, 3]
+  (module docstring). aspect (width / height): the image is taken to have it (stretched), not its own."""
   pixels = check_pixels(pixels)
   height, width = pixels.shape[:2]
+  if box is not None:
+    height, width = box[2] - box[0], box[3] - box[1]
   if aspect is not None:  # same area, the given width / height
     side = math.sqrt(height * width)
     height, width = side / math.sqrt(aspect), side * math.sqrt(aspect)
   h, w = grid_for(height, width, patch, max_patches)
-  resized = resize_to_grid(pixels, (h, w), patch)
+  resized = resize_to_grid(pixels, (h, w), patch, box)
   patches = resized.reshape(h, patch, w, patch, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, patch * patch, 3)
   out = np.zeros((max_patches, patch * patch + 1, 3), np.float32) if out is None else out
   out[:h * w, :patch * patch] = images.normalize(patches, normalization)
@@ -138,13 +146,30 @@ def pack(pixels: np.ndarray, patch: int, max_patches: int, normalization: str = 
 
 
 def pack_batch(pixels: Sequence[np.ndarray], cfg: Mapping[str, Any], normalization: str = "siglip",
-               aspects: Sequence[float | None] | None = None) -> np.ndarray:
+               aspects: Sequence[float | None] | None = None,
+               boxes: Sequence[Sequence[float] | None] | None = None) -> np.ndarray:
   """Images of any sizes -> float32 [n, max_patches, P*P + 1, 3]."""
   p, n = cfg["patch"], cfg["max_patches"]
   out = np.zeros((len(pixels), n, p * p + 1, 3), np.float32)
   for i, image in enumerate(pixels):
-    pack(image, p, n, normalization, None if aspects is None else aspects[i], out=out[i])
+    pack(image, p, n, normalization, None if aspects is None else aspects[i], out=out[i],
+         box=None if boxes is None else boxes[i])
   return out
+
+
+def source_canvas(data_cfg: Mapping[str, Any], train: bool) -> int:
+  """The crop-region bound (images.crop_for_device's canvas) under which a real source's training crops
+  keep their own aspect: twice the longest side a grid of the budget can have at aspect <= 4/3; 0: off."""
+  cfg = settings(data_cfg)
+  if cfg is None or not train:
+    return 0
+  return 2 * cfg["patch"] * math.isqrt(cfg["max_patches"] * 2)
+
+
+def wrap_collate(collate: Callable[[Sequence[dict]], dict], data_cfg: Mapping[str, Any]) -> Callable:
+  """`collate` packing images the NaFlex way under data.naflex, else itself."""
+  cfg = settings(data_cfg)
+  return collate if cfg is None else NaflexCollate(collate, cfg, data_cfg.get("normalization", "siglip"))
 
 
 def draw_aspect(seed: int, stream: int, index: int, aspect: tuple[float, float]) -> float:
@@ -187,9 +212,13 @@ class NaflexCollate:
     self.collate, self.cfg, self.normalization = collate, dict(cfg), normalization
 
   def __call__(self, examples: Sequence[dict]) -> dict[str, np.ndarray]:
+    # A real source's training example holds its crop's box in its pixels (source_canvas).
     packed = pack_batch([ex["image"] for ex in examples], self.cfg, self.normalization,
-                        [ex.get(ASPECT_KEY) for ex in examples])
-    batch = self.collate([{**ex, "image": _STUB} for ex in examples])
+                        [ex.get(ASPECT_KEY) for ex in examples], [ex.get(images.BOX_KEY) for ex in examples])
+    for ex in examples:
+      ex.pop(images.BOX_KEY, None)
+      ex["image"] = _STUB
+    batch = self.collate(examples)
     batch["image"] = packed
     return batch
 

@@ -311,7 +311,7 @@ def _source_part(spec: sources.SourceSpec, index: int, data_cfg: Mapping[str, An
   max_len = int(data_cfg.get("max_len", DEFAULT_MAX_LEN))
   # Chunked formats tokenize per example here: what cannot make a row is skipped, not a failed batch.
   chunk_tokens = functools.partial(fmt.chunk_tokens, tokenizer) if fmt.chunk_tokens else None
-  canvas = _canvas(data_cfg, train)
+  canvas = _canvas(data_cfg, train) or naflex.source_canvas(data_cfg, train)  # NaFlex: crops at their aspect
   preprocess = examples.Preprocess(int(data_cfg.get("image_size", 64)), train, sources.crop_scale(data_cfg),
                                    decode_images=fmt.renders, chunks=chunks, chunk_tokens=chunk_tokens,
                                    max_len=max_len, canvas=canvas, jpeg_decoder=data_cfg.get("jpeg_decoder", "pil"),
@@ -360,7 +360,7 @@ def _real_dataset(data_cfg: Mapping[str, Any], tokenizer: Tokenizer, *, local_ba
   settings = formats.CollateSettings(tokenizer, int(data_cfg.get("max_len", DEFAULT_MAX_LEN)),
                                      data_cfg.get("normalization", "siglip"),
                                      canvas=_canvas(data_cfg, train), locca_tasks=locca_tasks(data_cfg))
-  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=_RealCollate(fmt, settings))
+  ds = ds.batch(local_batch, drop_remainder=train, batch_fn=naflex.wrap_collate(_RealCollate(fmt, settings), data_cfg))
   if workers:
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                        per_worker_buffer_size=max(1, prefetch // workers)))
