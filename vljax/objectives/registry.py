@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import zlib
 from typing import Any, Callable, Mapping
 
@@ -159,7 +160,7 @@ class ModelAccess:
 
   def switched_on(self, start_fraction: float, needed_by: str) -> jax.Array | bool:
     """Whether an objective on from start_fraction of training on is on at this step: step >=
-    round(start_fraction * total_steps), a traced bool (one compiled step serves both sides of the
+    floor(start_fraction * total_steps + 0.5) (rounded half up), a traced bool (one compiled step serves both sides of the
     switch); True for start_fraction 0, and outside a train step (no step: a direct call or a bench
     sees the objective as after its switch)."""
     if isinstance(start_fraction, bool) or not isinstance(start_fraction, (int, float)) or not 0 <= start_fraction < 1:
@@ -170,7 +171,7 @@ class ModelAccess:
     if not self.total_steps:
       raise ValueError(f"{needed_by}.start_fraction={start_fraction} needs the run's total_steps; got "
                        f"{self.total_steps!r}")
-    return self.step >= round(start_fraction * self.total_steps)
+    return self.step >= math.floor(start_fraction * self.total_steps + 0.5)
 
   def rng(self, stream: str) -> jax.Array:
     return stream_rng(self._rng, stream)

@@ -26,7 +26,7 @@ collapse to a constant, and the head, its prototypes, the centre state and two t
 hyperparameters tuned at WebLI scale, are left out. img_emb is the contrastive space, so the local
 crops are pulled toward the global view in the space zero-shot and retrieval read.
 
-start_fraction: the objective is on from step round(start_fraction * total_steps) on (SigLIP 2: 0.8);
+start_fraction: the objective is on from step floor(start_fraction * total_steps + 0.5) on (SigLIP 2: 0.8);
 before it, its passes are skipped (lax.cond on the step number inside the one compiled step), its
 loss is exactly 0 and so is its gradient; metrics <name>_active log 0 or 1. SigLIP 2 also restarts the
 teacher from the student at the switch; here the EMA has tracked the weights since step 0, so at the
