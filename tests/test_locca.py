@@ -130,6 +130,8 @@ def test_locca_format_needs_location_tokens_and_room():
     pipeline.check_data_config(dict(name="shapes", format="locca"))
   with pytest.raises(ValueError, match=r"data.max_len=6 .*>= 9"):
     pipeline.check_data_config(dict(name="shapes", format="locca", tokenizer="shapes?loc=8", max_len=6))
+  with pytest.raises(ValueError, match=r"the 'webdataset' source does not give; valid sources: \['shapes', 'folder'"):
+    boxes.check_settings(dict(name="webdataset", path="x", format="locca", tokenizer="shapes?loc=8"))
   with pytest.raises(ValueError, match=r"data.locca: unknown key\(s\) \['bins'\]"):
     pipeline.check_data_config(dict(name="shapes", format="locca", tokenizer="shapes?loc=8", locca=dict(bins=8)))
 

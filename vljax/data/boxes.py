@@ -10,7 +10,8 @@ array_record sources):
 A record whose `objects` is not a list of such maps (a box not 4 finite numbers in [0, 1] with
 x0 < x1 and y0 < y1, a text not a non-empty string) is skipped and counted as "bad_box"; training
 crops move the boxes with the image and drop objects less than MIN_VISIBLE inside the crop. The
-shapes world gives every object's box (ShapesSource(boxes=True)).
+shapes world gives every object's box (ShapesSource(boxes=True)); tfds and webdataset sources give
+none, and data.format="locca" refuses them (BOX_SOURCES).
 
 Coordinates become location tokens: `bins` = N quantizes each into N bins, tokens "<loc_0>" ..
 "<loc_{N-1}>" (the tokenizer option loc=N). Each example's decoder sequence is one task, drawn per
@@ -40,6 +41,7 @@ OBJECTS_FIELD = "objects"
 MIN_VISIBLE = 0.5  # of an object's box area that a training crop must keep for it to stay
 DEFAULT_TASKS = {"caption": 0.5, "refexp": 0.25, "grounded": 0.25}
 SETTINGS_KEYS = ("tasks",)
+BOX_SOURCES = ("shapes", "folder", "array_record")  # the sources whose examples carry boxes
 MIN_LEN = 9  # [BOS] <task> one token <sep> 4 coordinates [EOS]
 
 
@@ -78,6 +80,12 @@ def check_settings(data_cfg: Mapping[str, Any]) -> tuple[tuple[str, float], ...]
   unknown = sorted(set(settings) - set(SETTINGS_KEYS))
   if unknown:
     raise ValueError(f"data.locca: unknown key(s) {unknown}; valid: {list(SETTINGS_KEYS)}")
+  names = [e.get("name") for e in data_cfg.get("sources", ()) or ()] if data_cfg.get("name") == "mixture" \
+      else [data_cfg.get("name", "shapes")]
+  for name in names:
+    if name not in BOX_SOURCES:
+      raise ValueError(f"data.format='locca' reads object boxes, which the {name!r} source does not give; valid "
+                       f"sources: {list(BOX_SOURCES)}")
   spec = data_cfg.get("tokenizer", "shapes")
   if tokenizers.LOC_OPTION not in tokenizers.parse_spec(spec)[2]:
     raise ValueError(f"data.format='locca' writes boxes as location tokens, but data.tokenizer={spec!r} has none; "
