@@ -208,6 +208,9 @@ def masked_prediction(outputs: dict, batch: dict, *, model: ModelAccess, start_f
   if not vit.mask_token:
     raise ValueError(f"objectives.{name} replaces patches with a learned mask token, and the image tower has none; "
                      "set model.image.mask_token=True")
+  if not vit.depth:
+    raise ValueError(f"objectives.{name} needs transformer layers to read a masked patch from its neighbours; the "
+                     "image tower has model.image.depth=0; valid: depth >= 1")
   images = batch["image"]
   # From the image, not outputs["img_tokens"]: the training pass may have dropped patches (FLIP).
   patches = (images.shape[1] // vit.patch) * (images.shape[2] // vit.patch)
