@@ -39,8 +39,8 @@ START_ERRORS = {
         lambda c: setattr(c, "objectives", {"sigmoid_contrastive": 1.0}),
         r"objectives.sigmoid_contrastive needs model output\(s\) \['logit_bias'\]; model 'composable' gives "
         r".*Valid: set model.contrastive.logit_bias_init .*; or objectives this model serves: "
-        r"\['distill_embeddings', 'distill_logits', 'momentum_contrastive', 'softmax_contrastive', "
-        r"'softmax_hard_negatives'\]"),
+        r"\['distill_embeddings', 'distill_logits', 'masked_prediction', 'momentum_contrastive', "
+        r"'self_distillation', 'softmax_contrastive', 'softmax_hard_negatives'\]"),
     "captioning_without_decoder": (
         lambda c: setattr(c, "objectives", {"captioning": 1.0}),
         r"objectives.captioning needs model output\(s\) \['caption_logits'\].*a model that gives "
@@ -48,7 +48,7 @@ START_ERRORS = {
     "images_from_a_text_only_format": (
         _lm_format,
         r"model 'composable' reads \['image', 'text'\], but data.format='lm' holds no 'image'.*"
-        r"valid: data.format in \['caption', 'hard_negatives', 'vlm'\]"),
+        r"valid: data.format in \['caption', 'hard_negatives', 'locca', 'vlm'\]"),
 }
 
 
