@@ -19,13 +19,15 @@ QUICK = {"clip_shapes.ipynb": dict(STEPS=3, BATCH_SIZE=32, EVAL_EXAMPLES=64),
          "image_lms_shapes.ipynb": dict(PRETRAIN_STEPS=2, STEPS=2, BATCH_SIZE=8, EVAL_EXAMPLES=4, SHOTS=(0,)),
          "blip_shapes.ipynb": dict(STEPS=2, BATCH_SIZE=16, EVAL_EXAMPLES=8, NUM_IMAGES=12, NOISE=0.5),
          "compare_shapes.ipynb": dict(ARMS=("clip", "siglip"), SEEDS=1, STEPS=2, BATCH_SIZE=16, EVAL_EXAMPLES=16,
-                                      EVAL_POINTS=1)}
+                                      EVAL_POINTS=1),
+         "blip2_and_imports.ipynb": dict(PRETRAIN_STEPS=2, STEPS=2, BATCH_SIZE=8, EVAL_EXAMPLES=8, PARTS_FROM=None)}
 # Text each notebook's outputs must hold (printed, or a displayed table): what its last steps produce.
 EXPECTED = {"clip_shapes.ipynb": "eval/zeroshot/top1",
             "generative_shapes.ipynb": "eval/zeroshot/top1",
             "image_lms_shapes.ipynb": "Flamingo VQA accuracy by shots",
             "blip_shapes.ipynb": "kept pairs under",
-            "compare_shapes.ipynb": "## Ranking"}
+            "compare_shapes.ipynb": "## Ranking",
+            "blip2_and_imports.ipynb": "the same continuations"}
 # XLA's quickest compiles (the programs run a few steps here) and one compilation cache for the
 # session: a notebook that compiles a program twice (two stages of one model, a run and its predictor) pays once.
 QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
