@@ -56,8 +56,10 @@ isa-table: install-test
 	$(PY) tests/isa_sweep.py
 
 # Every notebook run top to bottom at its own parameters, outputs saved in place (minutes each; README).
+# The image-conditioned LMs first: blip2_and_imports reuses the CLIP and LM runs it trains.
+NOTEBOOKS := notebooks/image_lms_shapes.ipynb $(filter-out notebooks/image_lms_shapes.ipynb,$(sort $(wildcard notebooks/*.ipynb)))
 notebooks: install-test
-	$(PY) notebooks/execute.py notebooks/*.ipynb
+	$(PY) notebooks/execute.py $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) runs
