@@ -1,5 +1,6 @@
-"""Budget match="seconds" (equal wall time): every arm's step compiled and timed, arms interleaved;
-the times kept in suite.json and reused by reruns, so a rerun trains the very same steps."""
+"""Suite options beyond matched FLOPs: budget match="seconds" (equal wall time: every arm's step
+compiled and timed, arms interleaved; the times kept in suite.json and reused by reruns, so a rerun
+trains the very same steps), and evaluators some arms only run (`arms=`: a head the others lack)."""
 
 import os
 import re
@@ -8,6 +9,7 @@ import pytest
 
 from vljax.compare import __main__ as compare
 from vljax.compare import record, resolve, timing
+from vljax.compare import suite as suite_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "compare", "tiny.py")
@@ -79,10 +81,28 @@ def test_a_rerun_reuses_the_recorded_times_and_trains_the_same_steps(tmp_path, m
     (('match="flops"', 'match="seconds", timing=dict(round=2)'), r"budget.timing=\{'round': 2\}; valid: dict with "
                                                                  r"keys from \['rounds', 'steps', 'warmup'\]"),
     (('match="flops"', 'match="second"'), r"budget.match='second'; valid: .*'seconds'\]"),
+    (("zeroshot=dict(num_examples=32)", 'zeroshot=dict(num_examples=32, arms=("clip", "clip2"))'),
+     r"evals.zeroshot.arms=\['clip', 'clip2'\]; valid: a list of distinct arms of the suite, from \['clip', "
+     r"'clip_noisy'\]"),
+    (("zeroshot=dict(num_examples=32)", "zeroshot=dict(num_examples=32, arms=())"), r"evals.zeroshot.arms=\[\]"),
+    (("zeroshot=dict(num_examples=32)", 'zeroshot=dict(num_examples=32, arms=("clip",))'),
+     r"rank_by \['eval/zeroshot/top1'\] is measured for some arms only"),
 ])
-def test_bad_timing_fails_first_naming_it(edit, message, tmp_path, capsys):
+def test_bad_options_fail_first_naming_them(edit, message, tmp_path, capsys):
   workdir = str(tmp_path / "cmp")
   assert compare.main(["--suite", suite_file(tmp_path, edit), "--workdir", workdir]) == 2
   err = capsys.readouterr().err
   assert re.search(message, err), err
   assert not os.path.exists(workdir)
+
+
+def test_an_evaluator_for_some_arms_only(tmp_path, capsys):
+  path = suite_file(tmp_path, ("zeroshot=dict(num_examples=32)", 'zeroshot=dict(num_examples=32, arms=("clip_noisy",))'),
+                    ('"eval/fewshot/color_5shot", "eval/zeroshot/top1")', '"eval/fewshot/color_5shot",)'))
+  definition = suite_lib.load_definition(path)
+  assert sorted(suite_lib.run_config(definition, "clip", 0, 4).evals) == ["fewshot"]
+  noisy = suite_lib.run_config(definition, "clip_noisy", 1, 4).evals
+  assert sorted(noisy) == ["fewshot", "zeroshot"] and "arms" not in noisy["zeroshot"]
+  assert suite_lib.shared_evals(definition) == ["fewshot"]
+  assert compare.main(["--suite", path, "--workdir", str(tmp_path / "new"), "--dry_run"]) == 0
+  assert "at 2 points of each run (the last at its end): fewshot, zeroshot (arms clip_noisy)" in capsys.readouterr().out

@@ -45,8 +45,9 @@ def dry_run_table(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[st
            _columns(rows)]
   lines += [f"note: {name}: objective(s) {list(a.cost.uncounted_objectives)} run model passes of their own that "
             "no model's FLOP count includes" for name, a in resolved.arms.items() if a.cost.uncounted_objectives]
-  lines.append(f"evaluations, every arm, at {d['eval_points']} points of each run (the last at its end): "
-               f"{', '.join(d['evals']) or 'none'}")
+  named = [name + (f" (arms {', '.join(s['arms'])})" if "arms" in s else "") for name, s in d["evals"].items()]
+  lines.append(f"evaluations, every arm unless named, at {d['eval_points']} points of each run (the last at "
+               f"its end): {', '.join(named) or 'none'}")
   return "\n".join(lines)
 
 

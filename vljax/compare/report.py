@@ -88,7 +88,8 @@ def build(resolved: ResolvedSuite, workdir: str, statuses: dict[tuple[str, int],
   differences = {m: [{"a": a, "b": b, **stats.paired_difference(by_arm[a], by_arm[b])}
                      for a, b in itertools.combinations([x for x in resolved.arms if x in by_arm], 2)]
                  for m, by_arm in finals.items()}
-  rank_by = resolved.definition["rank_by"] or list(finals)
+  shared = suite_lib.shared_evals(resolved.definition)  # an evaluator some arms lack ranks none
+  rank_by = resolved.definition["rank_by"] or [m for m in finals if m.split("/")[1] in shared]
   return {
       "suite": resolved.path,
       "budget": budget_summary(resolved),

@@ -55,17 +55,20 @@ class ResolvedSuite:
 
 def resolve(path: str, build_evaluators: bool = True, workdir: str | None = None) -> ResolvedSuite:
   """The suite file at `path`, checked and resolved (ValueError / FileNotFoundError on bad input);
-  `build_evaluators=False` skips building the first arm's evaluators (they render their sets) where
+  `build_evaluators=False` skips building the evaluators (they render their sets) where
   nothing will evaluate. `workdir`: the comparison directory, whose suite.json's measured step times
   (budget match="seconds") are reused rather than measured again."""
   definition = suite_lib.load_definition(path)
-  costs, recipes, probes = {}, {}, {}
-  for i, arm in enumerate(definition["arms"]):
+  costs, recipes, probes, built = {}, {}, {}, set()
+  for arm in definition["arms"]:
     cfg = suite_lib.arm_config(definition, arm)
     recipes[arm] = definition["arms"][arm]["recipe"]
-    probes[arm] = suite_lib.with_run_settings(copy.deepcopy(cfg), definition, definition["seeds"][0],
+    probes[arm] = suite_lib.with_run_settings(copy.deepcopy(cfg), definition, arm, definition["seeds"][0],
                                               cfg.total_steps)
-    parts = check_arm(arm, recipes[arm], probes[arm], build_evaluators=build_evaluators and i == 0)
+    # Each evaluator is built once, with the first arm that runs it (building renders its set).
+    build = set(probes[arm].evals) - built if build_evaluators else set()
+    parts = check_arm(arm, recipes[arm], probes[arm], build_evaluators=build)
+    built |= build
     costs[arm] = budget_lib.step_cost(probes[arm], parts)
   if definition["budget"]["match"] == "seconds":
     recorded = record.read(workdir) if workdir else None
@@ -88,9 +91,9 @@ def recorded_seconds(definition: dict[str, Any], recorded: dict[str, Any] | None
   return None if None in seconds.values() else seconds
 
 
-def check_arm(arm: str, recipe: str, cfg: ml_collections.ConfigDict, build_evaluators: bool) -> Any:
-  """The trainer's start-up checks on the arm's run config; its RunParts (evaluators not built:
-  they render their sets, and one arm's build shows the suite's settings are sound)."""
+def check_arm(arm: str, recipe: str, cfg: ml_collections.ConfigDict, build_evaluators: set[str]) -> Any:
+  """The trainer's start-up checks on the arm's run config; its RunParts. Only the evaluators named
+  in `build_evaluators` are built: they render their sets, and one build shows the settings are sound."""
   from vljax import evals, models
   from vljax.evals import requirements, world
   from vljax.train import setup
@@ -105,9 +108,8 @@ def check_arm(arm: str, recipe: str, cfg: ml_collections.ConfigDict, build_evalu
       requirements.check_settings(name, cls, settings[name])
     requirements.check_evaluators(classes, settings, parts.model, cfg.model.name, models.MODELS)
     world.check_world_readers(classes, settings, cfg.data)
-    if build_evaluators:
-      for name, cls in classes.items():
-        cls(settings[name], tokenizer=parts.tokenizer, max_len=cfg.data.max_len, data=cfg.data)
+    for name in build_evaluators:
+      classes[name](settings[name], tokenizer=parts.tokenizer, max_len=cfg.data.max_len, data=cfg.data)
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from e
   cfg.evals = settings

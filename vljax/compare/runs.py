@@ -79,7 +79,7 @@ def run_status(resolved: ResolvedSuite, workdir: str, arm: str, seed: int) -> Ru
   missing = {}
   for step in checkpoints:
     if step == total or step % every == 0:
-      lacking = [n for n in resolved.definition["evals"] if step not in evaluated.get(n, ())]
+      lacking = [n for n in suite_lib.arm_evals(resolved.definition, arm) if step not in evaluated.get(n, ())]
       if lacking:
         missing[step] = lacking
   return RunStatus(arm, seed, path, total, checkpoints, missing)

@@ -17,7 +17,9 @@ rebuilt from that record:
                replacing the recipe's (a dict replaces the whole sub-config)
   arms         {name: dict(recipe="clip_shapes.py[:ARG]", overrides=((KEY, VALUE), ...))}; a recipe is
                a file in configs/ or an absolute path
-  evals        {evaluator: settings}: the same evaluations for every arm, `every` left out
+  evals        {evaluator: settings}: the same evaluations for every arm, `every` left out; an
+               evaluator of a head only some arms have (LocCa's box predictions) names them in its
+               settings, `arms=(ARM, ...)`: only those arms run it, and it ranks none
   eval_points  evaluations (and kept checkpoints) along each run, the last at its end
   rank_by      metrics ranking the arms, higher is better (default: every final eval metric)
 """
@@ -103,9 +105,13 @@ def check_definition(d: dict[str, Any], where: str) -> dict[str, Any]:
   points = d["eval_points"]
   if isinstance(points, bool) or not isinstance(points, int) or points < 1:
     raise ValueError(f"suite {where!r}: eval_points={points!r}; valid: an int >= 1 (1: at the end only)")
-  _check_evals(d["evals"])
+  _check_evals(d["evals"], list(d["arms"]))
   if not isinstance(d["rank_by"], list) or not all(isinstance(m, str) and m.startswith("eval/") for m in d["rank_by"]):
     raise ValueError(f"suite {where!r}: rank_by={d['rank_by']!r}; valid: metric names like 'eval/zeroshot/top1'")
+  partial = [m for m in d["rank_by"] if "arms" in d["evals"].get(m.split("/")[1], {})]
+  if partial:
+    raise ValueError(f"suite {where!r}: rank_by {partial} is measured for some arms only (its evaluator's "
+                     "`arms`); valid: metrics of evaluators every arm runs")
   stray = [m for m in d["rank_by"] if m.split("/")[1] not in d["evals"]]
   if stray:
     raise ValueError(f"suite {where!r}: rank_by {stray} names no evaluator of the suite; valid: metrics of "
@@ -177,13 +183,28 @@ def timing(budget: Mapping[str, Any]) -> dict[str, int]:
   return {**TIMING_DEFAULTS, **(budget.get("timing") or {})}
 
 
-def _check_evals(evals: Any) -> None:
+def _check_evals(evals: Any, arms: list[str]) -> None:
   if not isinstance(evals, dict) or not all(isinstance(s, dict) for s in evals.values()):
     raise ValueError(f"suite evals={evals!r}; valid: {{evaluator: settings dict}}")
   for name, settings in evals.items():
     if "every" in settings:
       raise ValueError(f"suite evals.{name}.every is set by the suite's eval_points (the same fractions of "
                        "every run's budget); drop it")
+    only = settings.get("arms", arms)
+    if not isinstance(only, list) or not only or not set(only) <= set(arms) or len(set(only)) != len(only):
+      raise ValueError(f"suite evals.{name}.arms={settings['arms']!r}; valid: a list of distinct arms of the "
+                       f"suite, from {arms}")
+
+
+def arm_evals(definition: Mapping[str, Any], arm: str) -> dict[str, dict[str, Any]]:
+  """The evaluators `arm` runs, {name: settings}: every evaluator not restricted to other arms."""
+  return {name: {k: v for k, v in settings.items() if k != "arms"}
+          for name, settings in definition["evals"].items() if arm in settings.get("arms", [arm])}
+
+
+def shared_evals(definition: Mapping[str, Any]) -> list[str]:
+  """The evaluators every arm runs: the ones that may rank them."""
+  return [name for name, settings in definition["evals"].items() if "arms" not in settings]
 
 
 def recipe_path(recipe: str, arm: str = "") -> tuple[str, str | None]:
@@ -233,17 +254,17 @@ def eval_interval(total_steps: int, points: int) -> int:
 
 def run_config(definition: dict[str, Any], arm: str, seed: int, total_steps: int) -> ml_collections.ConfigDict:
   """The training config of one run (what configs/compare/run.py gives the trainer)."""
-  return with_run_settings(arm_config(definition, arm), definition, seed, total_steps)
+  return with_run_settings(arm_config(definition, arm), definition, arm, seed, total_steps)
 
 
-def with_run_settings(cfg: ml_collections.ConfigDict, definition: dict[str, Any], seed: int,
+def with_run_settings(cfg: ml_collections.ConfigDict, definition: dict[str, Any], arm: str, seed: int,
                       total_steps: int) -> ml_collections.ConfigDict:
-  """`cfg` with the seed, the matched steps, the suite's evaluations every 1/eval_points of the run
-  and a checkpoint kept at each of them."""
+  """`cfg` (of `arm`) with the seed, the matched steps, the suite's evaluations (those of the arm)
+  every 1/eval_points of the run and a checkpoint kept at each of them."""
   every = eval_interval(total_steps, definition["eval_points"])
   cfg.seed = seed
   cfg.total_steps = total_steps
-  cfg.evals = {name: dict(settings, every=every) for name, settings in definition["evals"].items()}
+  cfg.evals = {name: dict(settings, every=every) for name, settings in arm_evals(definition, arm).items()}
   cfg.checkpoint.every = every
   cfg.checkpoint.keep = math.ceil(total_steps / every) + 1  # every evaluated step stays re-evaluable
   return cfg
