@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from conftest import tiny_config
 from vljax.data import images, naflex as host, pipeline
@@ -17,10 +18,10 @@ from vljax.models import naflex
 from vljax.models.composable import Composable, resolve_config
 
 PATCH = 8
-TOWER = dict(variant="mu/8", depth=1, pool="gap", posemb="learned")
+TOWER = dict(variant="mu/8", depth=1, pool="map", posemb="learned")  # MAP: the pool with the most to mask
 
 
-def _model(pool="gap", naflex_on=True):
+def _model(pool="map", naflex_on=True):
   image = dict(TOWER, pool=pool, **({"naflex": dict(posemb_grid=4)} if naflex_on else {}))
   return Composable.from_config(dict(image=image, text=dict(variant="mu", depth=1, causal=False, pool="last"),
                                      contrastive=dict(embed_dim=16)))
@@ -34,13 +35,18 @@ def _pixels(height, width, seed=0):
 def fixed():
   """A fixed-resolution model's params (32x32 images: a 4x4 patch grid) and the tower under NaFlex."""
   model = _model(naflex_on=False)
-  params = model.init(jax.random.PRNGKey(0), image=jnp.zeros((1, 32, 32, 3)), text=jnp.zeros((1, 8), jnp.int32))
-  return model, params["params"], _model()
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), method="encode_image")  # the image side
+  return model, nn.unbox(params["params"]), _model()
+
+
+_ENCODERS = {}
 
 
 def _pooled(model, params, image):
-  encode = jax.jit(lambda p, x: model.apply({"params": p}, image=x, method="encode_image")["img_emb"])
-  return np.asarray(encode(params, jnp.asarray(image)))
+  if id(model) not in _ENCODERS:  # one jitted function per model: its compilations are cached by shape
+    _ENCODERS[id(model)] = (model, jax.jit(lambda p, x: model.apply({"params": p}, image=x,
+                                                                   method="encode_image")["img_emb"]))
+  return np.asarray(_ENCODERS[id(model)][1](params, jnp.asarray(image)))
 
 
 def test_square_image_gives_the_fixed_resolution_features(fixed):
@@ -49,18 +55,18 @@ def test_square_image_gives_the_fixed_resolution_features(fixed):
   want = _pooled(model, params, images.normalize(pixels))
   packed = host.pack_batch(list(pixels), dict(patch=PATCH, max_patches=16))  # the fixed model's 4x4 grid
   np.testing.assert_allclose(_pooled(nf, params, packed), want, atol=2e-6)
-  np.testing.assert_allclose(_pooled(nf, params, images.normalize(pixels)), want, atol=2e-6)  # plain images too
+  # And back: a NaFlex model created from a packed batch has the fixed model's param names and shapes.
+  own = jax.eval_shape(lambda: nf.init(jax.random.PRNGKey(3), jnp.asarray(packed), method="encode_image"))
+  assert jax.tree.map(jnp.shape, nn.unbox(own["params"])) == jax.tree.map(jnp.shape, params)
 
 
-@pytest.mark.parametrize("pool", ["gap", "tok", "map", "max"])
-def test_padding_changes_no_feature(pool):
-  model = _model(pool)
-  pixels = [_pixels(16, 48, 1), _pixels(40, 24, 2)]
+def test_padding_changes_no_feature(fixed):
+  _, params, nf = fixed
+  pixels = [_pixels(16, 48, 1), _pixels(40, 24, 2)]  # 2x6 and 5x3 patches of a 12-patch budget
   short = host.pack_batch(pixels, dict(patch=PATCH, max_patches=12))
   long = np.zeros((2, 40) + short.shape[2:], np.float32)
   long[:, :12] = short
-  params = model.init(jax.random.PRNGKey(1), image=jnp.asarray(short), text=jnp.zeros((1, 8), jnp.int32))["params"]
-  np.testing.assert_allclose(_pooled(model, params, long), _pooled(model, params, short), atol=2e-6)
+  np.testing.assert_allclose(_pooled(nf, params, long), _pooled(nf, params, short), atol=2e-6)
 
 
 def test_resize_keeps_aspect_and_budget_with_sides_multiples_of_the_patch():
@@ -85,15 +91,17 @@ def test_resize_keeps_aspect_and_budget_with_sides_multiples_of_the_patch():
 
 
 def test_posemb_resampling_is_the_learned_grid_when_sizes_match():
+  grids = ((4, 4), (2, 7), (9, 1), (3, 5))  # the learned 4x4 grid itself, then up- and downsampled
+  coords, valid = np.zeros((len(grids), 16, 2), np.int32), np.zeros((len(grids), 16), bool)
+  for i, (h, w) in enumerate(grids):
+    coords[i, :h * w] = np.stack(np.divmod(np.arange(h * w), w), -1)
+    valid[i, :h * w] = True
+  resample = jax.jit(naflex.resample_posemb)
   pe = jax.random.normal(jax.random.PRNGKey(2), (16, 8))
-  grid = np.stack(np.divmod(np.arange(16), 4), -1)[None]
-  np.testing.assert_allclose(naflex.resample_posemb(pe, jnp.asarray(grid), jnp.ones((1, 16), bool)), pe[None],
-                             atol=1e-6)
+  np.testing.assert_allclose(resample(pe, coords, valid)[0], pe, atol=1e-6)
   # Any other grid interpolates: a constant table stays constant (the weights sum to one), up or down.
-  for h, w in ((2, 7), (9, 1), (5, 5)):
-    coords = jnp.asarray(np.stack(np.divmod(np.arange(h * w), w), -1)[None])
-    out = naflex.resample_posemb(jnp.full((16, 8), 0.5), coords, jnp.ones((1, h * w), bool))
-    np.testing.assert_allclose(out, 0.5, atol=1e-6)
+  out = resample(jnp.full((16, 8), 0.5), coords, valid)
+  np.testing.assert_allclose(np.asarray(out)[valid], 0.5, atol=1e-6)
 
 
 def test_pipeline_and_evaluators_feed_mixed_aspect_ratios():
@@ -130,16 +138,15 @@ def test_real_source_crops_keep_their_aspect_and_corrupt_images_are_skipped_and_
 
 def test_tiny_model_trains_and_evaluates_on_mixed_aspect_ratios(tmp_path):
   from vljax.train.trainer import train_and_evaluate
-  cfg = tiny_config(total_steps=3, evals=dict(zeroshot=dict(every=3, num_examples=16),
-                                              retrieval=dict(every=3, num_examples=16)))
-  cfg.model.image = dict(TOWER, naflex=dict(posemb_grid=4))
+  cfg = tiny_config(total_steps=3, evals=dict(zeroshot=dict(every=3, num_examples=16)))
+  cfg.model.image = dict(TOWER, pool="gap", naflex=dict(posemb_grid=4))
   cfg.data.naflex = dict(max_patches=16, patch=PATCH, aspect=(0.5, 2.0))
   cfg.checkpoint.every = 3
   final = train_and_evaluate(cfg, str(tmp_path / "w"))
   losses = [r["train/loss"] for r in map(json.loads, (tmp_path / "w" / "metrics.jsonl").read_text().splitlines())
             if "train/loss" in r]
   assert len(losses) == 3 and all(map(math.isfinite, losses))
-  assert 0 <= final["eval/zeroshot/top1"] <= 1 and "eval/retrieval/i2t_r1" in final
+  assert 0 <= final["eval/zeroshot/top1"] <= 1
 
 
 @pytest.mark.parametrize("naflex_cfg, message", [
@@ -175,5 +182,5 @@ def test_bad_inputs_are_clear(fixed):
     _pooled(nf, params, packed)
   with pytest.raises(images.CorruptImageError, match="H, W >= 1"):
     host.pack(np.zeros((0, 5, 3), np.uint8), PATCH, 16)
-  with pytest.raises(ValueError, match="data.name='shapes'"):
-    host.check_data(dict(name="folder", naflex=dict(max_patches=16, patch=8)))
+  with pytest.raises(ValueError, match="aspect=None"):
+    host.check_data(dict(name="folder", naflex=dict(max_patches=16, patch=8, aspect=(0.5, 2.0))))
