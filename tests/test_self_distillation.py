@@ -156,7 +156,7 @@ def test_the_vit_makes_a_mask_token_only_when_asked_and_masked_pixels_do_not_lea
 
 def test_random_crops_are_inside_the_image_and_resized():
   image = jnp.broadcast_to(jnp.arange(32, dtype=jnp.float32)[None, :, None, None], (2, 32, 32, 3))
-  crops = sd.random_crops(jax.random.PRNGKey(0), image, 3, 16, (0.05, 0.4))
+  crops = jax.jit(lambda x: sd.random_crops(jax.random.PRNGKey(0), x, 3, 16, (0.05, 0.4)))(image)
   assert crops.shape == (6, 16, 16, 3)
   rows = np.asarray(crops[..., 0, 0])  # each crop's rows: increasing, within the image's 0..31
   assert np.all(np.diff(rows, axis=1) > 0) and rows.min() >= 0 and rows.max() <= 31
@@ -204,4 +204,8 @@ def test_a_missing_teacher_or_mask_token_is_named():
   cfg.model.image.mask_token = False
   _, access = _access(cfg)
   with pytest.raises(ValueError, match=r"has none; set model.image.mask_token=True"):
+    objectives.get_objective("masked_prediction").fn(OUTPUTS, BATCH, model=access)
+  cfg.model.image.update(mask_token=True, depth=0)
+  _, access = _access(cfg)
+  with pytest.raises(ValueError, match=r"needs transformer layers .* model.image.depth=0; valid: depth >= 1"):
     objectives.get_objective("masked_prediction").fn(OUTPUTS, BATCH, model=access)

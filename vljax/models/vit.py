@@ -240,7 +240,7 @@ class ViT(nn.Module):
     if self.cls_posemb:
       x = with_cls(x)
     if self.posemb == "learned":
-      x = self._learned_posemb(x, h, w)
+      x = self._add_learned_posemb(x, h, w)
     else:
       x = x + layers.posemb_sincos_2d(h, w, c).astype(x.dtype)[None]
     if self.pool == "tok" and not self.cls_posemb:
@@ -291,7 +291,7 @@ class ViT(nn.Module):
     chex.assert_shape(mask, x.shape[:2])
     return jnp.where(mask[..., None], token.astype(x.dtype), x)
 
-  def _learned_posemb(self, x: jax.Array, h: int, w: int) -> jax.Array:
+  def _add_learned_posemb(self, x: jax.Array, h: int, w: int) -> jax.Array:
     """x + the learned position embedding. An image smaller than the one the table was made for (a
     local crop) gets the table's patch grid resized to its own, bilinearly (FlexiViT, DINO)."""
     made = self.variables.get("params", {}).get("posemb", {}).get("pos_embedding")

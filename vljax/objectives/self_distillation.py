@@ -35,6 +35,7 @@ switch it is already their recent average. Neither pass is in the train step's F
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -202,9 +203,10 @@ def masked_prediction(outputs: dict, batch: dict, *, model: ModelAccess, start_f
   on = model.switched_on(start_fraction, f"objectives.{name}")
   _teacher_ready(model, name)
   vit = getattr(model.module, "img", None)
-  if not hasattr(vit, "mask_token"):
-    raise ValueError(f"objectives.{name} masks the patches of a ViT image tower (model.image); model "
-                     f"{type(model.module).__name__} has none; valid: the composable model")
+  if vit is None or "mask" not in inspect.signature(type(vit).__call__).parameters:
+    raise ValueError(f"objectives.{name} masks the patches of a fixed-resolution ViT image tower; model "
+                     f"{type(model.module).__name__}'s image tower ({type(vit).__name__}) takes no patch mask; "
+                     "valid: the composable model without model.image.naflex")
   if not vit.mask_token:
     raise ValueError(f"objectives.{name} replaces patches with a learned mask token, and the image tower has none; "
                      "set model.image.mask_token=True")
