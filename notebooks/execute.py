@@ -42,7 +42,7 @@ def with_parameters(nb: nbformat.NotebookNode, values: dict) -> nbformat.Noteboo
   return nb
 
 
-def execute(path: str, values: dict | None = None, timeout: int = 1800) -> nbformat.NotebookNode:
+def execute(path: str, values: dict | None = None, timeout: int = 3600) -> nbformat.NotebookNode:
   """The notebook at `path` run with `values` overriding its parameters; its outputs filled in."""
   _, nb = nbformat.validator.normalize(nbformat.read(path, as_version=4))  # every cell gets its id
   nb = with_parameters(nbformat.from_dict(nb), values or {})
