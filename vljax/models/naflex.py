@@ -238,7 +238,7 @@ def split_config(image_cfg: dict[str, Any] | None) -> tuple[dict[str, Any] | Non
   return image, dict(posemb_grid=grid)
 
 
-def check_settings(image: dict[str, Any], naflex: dict[str, Any]) -> None:
+def check_settings(image: dict[str, Any]) -> None:
   """A resolved image tower (vit_settings) that NaFlex will run."""
   check_naflex_arch(image["stem"], image["posemb"], image["pool"], image["cls_posemb"], image["patch_dropout"],
                     image["patch"])
@@ -247,7 +247,7 @@ def check_settings(image: dict[str, Any], naflex: dict[str, Any]) -> None:
 def check_composable(c: dict[str, Any], naflex: dict[str, Any]) -> None:
   """A composable model whose image tower is NaFlex: only heads that read the pooled output, which
   alone is masked (a decoder, fusion head or MAP pooler would attend to the padded patches)."""
-  check_settings(c["image"], naflex)
+  check_settings(c["image"])
   readers = [name for name, on in (("model.decoder", c["decoder"]), ("model.fusion", c["fusion"]),
                                     ("model.contrastive.image_pool='map'",
                                      (c["contrastive"] or {}).get("image_pool") == "map")) if on]
