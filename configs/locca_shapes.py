@@ -12,6 +12,11 @@ referring-expression head (IoU >= 0.5), eval/refexp/mean_iou its mean IoU; with 
 shapes zero-shot, retrieval and binding evaluators read its embeddings.
 Options: --config.data.locca.tasks.refexp=... (the probabilities must sum to 1),
 --config.objectives.locca=... (its weight).
+
+Measured (contrastive=sigmoid, seed 0, the default 750 x 256; 59 minutes on a 2-core CPU shared with
+other jobs, so not a timing): eval/refexp/acc_iou50 0.461, mean_iou 0.393 (0.129 / 0.117 at step 250,
+0.391 / 0.360 at 500); zero-shot top1 0.394, retrieval R@1 0.494 / 0.479, binding 0.507;
+train/locca_loss 0.72 (refexp 0.88, caption 0.77, grounded 0.34).
 """
 
 import common
