@@ -62,8 +62,7 @@ def step_cost(cfg: ml_collections.ConfigDict, parts: Any) -> StepCost:
   shapes = checkpoint_io.param_shapes(nn.unbox(abstract))
   flops, why = step_flops.train_step_flops(cfg, parts.model_cfg, shapes)
   # Passes an objective runs of its own count where it declares them (register_objective's passes).
-  uncounted = tuple(n for n in cfg.objectives
-                    if objectives.get_objective(n).drives_model and not objectives.get_objective(n).passes)
+  uncounted = tuple(n for n in cfg.objectives if objectives.get_objective(n).uncounted)
   sizes = {path: math.prod(shape) for path, shape in shapes.items()}
   is_frozen = frozen_predicate(cfg.frozen)
   return StepCost(int(cfg.batch_size), flops, why, int(cfg.total_steps), uncounted, params=sum(sizes.values()),

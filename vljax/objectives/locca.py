@@ -26,7 +26,8 @@ def locca_tokens(batch: dict, pad_id: int) -> jnp.ndarray:
 
 # Its decoder pass replaces the main pass's decoder over batch["text"] (unread, so compiled away) at
 # the same length: the model's declared FLOPs already count it once.
-@register_objective("locca", reads=("memory",), couples_examples=False, count=locca_tokens)
+@register_objective("locca", reads=("memory",), couples_examples=False, count=locca_tokens,
+                    replaces_counted_pass=True)
 def locca(outputs: dict, batch: dict, *, impl: str = "gather", pad_id: int, model: ModelAccess,
           label_smoothing: float = 0.0) -> tuple[jnp.ndarray, dict]:
   """Token-mean cross-entropy of the decoder on batch["locca_text"] given outputs["memory"], over

@@ -53,7 +53,9 @@ class ObjectiveInfo:
   impls: the loss implementations (config loss_impl) it has a form for.
   passes: the further passes it runs through ModelAccess.apply, as (model method, runs per example of
     the batch) pairs, e.g. ITM's ("itm_logits", 3); the train step's FLOP count adds them
-    (vljax/train/step_flops.py). An objective that drives the model and declares none goes uncounted.
+    (vljax/train/step_flops.py). An objective that drives the model and declares none goes uncounted,
+    unless `replaces_counted_pass`: its pass stands in for one the model's count already holds (LocCa's
+    decoder over its own sequences instead of the unread caption pass, at the same length).
   state: for objectives that carry arrays from step to step, their initial value (StateInit).
   """
   name: str
@@ -65,6 +67,7 @@ class ObjectiveInfo:
   impls: tuple[str, ...] = ("gather", "shard_map")  # the loss_impl values it has a form for
   passes: tuple[tuple[str, float], ...] = ()
   state: StateInit | None = None
+  replaces_counted_pass: bool = False
 
   @property
   def needs(self) -> tuple[str, ...]:
@@ -76,6 +79,11 @@ class ObjectiveInfo:
     """Whether it runs passes of the model of its own (its signature names `model`)."""
     return "model" in inspect.signature(self.fn).parameters
 
+  @property
+  def uncounted(self) -> bool:
+    """Whether it runs model passes that no FLOP count includes."""
+    return self.drives_model and not self.passes and not self.replaces_counted_pass
+
 
 OBJECTIVES: dict[str, ObjectiveInfo] = {}
 
@@ -83,8 +91,8 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {}
 def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, ...] = (),
                        couples_examples: bool, count: Count | None = None,
                        impls: tuple[str, ...] = ("gather", "shard_map"),
-                       passes: Mapping[str, float] | None = None, state: StateInit | None = None
-                       ) -> Callable[[Objective], Objective]:
+                       passes: Mapping[str, float] | None = None, state: StateInit | None = None,
+                       replaces_counted_pass: bool = False) -> Callable[[Objective], Objective]:
   """Decorator adding an objective to OBJECTIVES under `name`, with its declarations (ObjectiveInfo);
   passes: model method -> runs per example (ObjectiveInfo.passes); state: its initial state, for an
   objective whose signature names `state`."""
@@ -99,7 +107,7 @@ def register_objective(name: str, *, reads: tuple[str, ...], shared: tuple[str, 
       raise ValueError(f"objective {name!r}: an objective takes `state` exactly when it registers its initial state")
     add_unique(OBJECTIVES, "objective", name,
                ObjectiveInfo(name, fn, tuple(reads), tuple(shared), couples_examples, count, tuple(impls), runs,
-                             state),
+                             state, replaces_counted_pass),
                owner=lambda info: info.fn)
     return fn
   return wrap
