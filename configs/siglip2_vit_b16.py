@@ -16,6 +16,7 @@ Without `train=` it runs on the shapes world (keys: common.use_real_data).
 """
 
 import common
+import siglip_vit_b16
 
 
 def get_config(arg=None):
@@ -23,28 +24,17 @@ def get_config(arg=None):
   locca = args.pop("locca")
   if locca not in ("0", "1"):
     raise ValueError(f"config argument locca={locca!r}; valid: '1' (SigLIP 2: the LocCa decoder) or '0'")
-  c = common.base_config(arg)
-  c.model = dict(name="composable", image=dict(variant="B/16", pool="map", posemb="learned", mask_token=True),
-                 text=dict(variant="L", causal=False, pool="last", max_len=64),  # width 768, 12 layers
-                 # The MAP-pooled image width is the embedding: no image projection.
-                 contrastive=dict(embed_dim=768, logit_scale_init=10.0, logit_bias_init=-10.0, image_proj=False),
-                 scan=True, remat="minimal")
+  c = siglip_vit_b16.sigmoid_b16(arg)
+  c.model.image.mask_token = True
   c.objectives = {"sigmoid_contrastive": 1.0,
                   "self_distillation": dict(weight=1.0, start_fraction=0.8, local_crops=8, local_size=96,
                                             crop_scale=(0.05, 0.4)),
                   "masked_prediction": dict(weight=0.25, start_fraction=0.8, mask_ratio=0.5)}
   c.ema = dict(decay=0.999, warmup=False, evaluate="raw")
-  c.loss_impl = "shard_map"
-  c.data.update(image_size=224, max_len=64, num_threads=16, prefetch=8, workers=16,
-                normalization="siglip", crop_scale=(0.9, 1.0))
-  c.batch_size = 32768
-  c.total_steps = 100_000
-  c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.95, eps=1e-6, weight_decay=1e-4, grad_clip_norm=1.0)
-  c.schedule = dict(name="warmup_cosine", warmup_steps=5000, end_fraction=0.0)
   if locca == "1":  # a 6-layer decoder of the text width on the un-pooled image tokens
     c.model.decoder = dict(variant="L", depth=6, max_len=64)
     c.objectives["locca"] = 1.0
     c.data.format = "locca"
     c.data.tokenizer = "shapes?loc=32"  # the shapes world's, until tokenizer= gives one with loc=N
     c.data.locca = dict(tasks=dict(caption=0.5, refexp=0.25, grounded=0.25))
-  return common.use_real_data(common.accelerator_training(c, eval_every=2000), args, eval_every=2000)
+  return common.use_real_data(c, args, eval_every=2000)

@@ -14,6 +14,11 @@ import common
 
 def get_config(arg=None):
   args = common.parse_arg(arg, **common.REAL_DATA_ARGS)
+  return common.use_real_data(sigmoid_b16(arg), args, eval_every=2000)
+
+
+def sigmoid_b16(arg=None):
+  """The recipe before its data (configs/siglip2_vit_b16.py builds on it)."""
   c = common.base_config(arg)
   c.model = dict(name="composable", image=dict(variant="B/16", pool="map", posemb="learned"),
                  text=dict(variant="L", causal=False, pool="last", max_len=64),  # width 768, 12 layers
@@ -28,4 +33,4 @@ def get_config(arg=None):
   c.total_steps = 100_000
   c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.95, eps=1e-6, weight_decay=1e-4, grad_clip_norm=1.0)
   c.schedule = dict(name="warmup_cosine", warmup_steps=5000, end_fraction=0.0)
-  return common.use_real_data(common.accelerator_training(c, eval_every=2000), args, eval_every=2000)
+  return common.accelerator_training(c, eval_every=2000)
