@@ -43,6 +43,16 @@ def accelerator_training(c: ml_collections.ConfigDict, *, eval_every: int,
   return c
 
 
+def frozen_encoder_suite_evals() -> tuple[dict, tuple[str, ...]]:
+  """(evals, rank_by) of the shapes comparison suites that judge image encoders: linear probes,
+  zero-shot, retrieval and binding, at sizes whose seed spread is below the differences reported."""
+  evals = dict(fewshot=dict(), zeroshot=dict(num_examples=320, templates=("a photo of a {}.", "a {}.")),
+               retrieval=dict(num_examples=256), binding=dict(num_examples=512))
+  rank_by = ("eval/fewshot/shape_10shot", "eval/fewshot/color_10shot", "eval/zeroshot/top1", "eval/retrieval/i2t_r1",
+             "eval/retrieval/t2i_r1", "eval/binding/acc")
+  return evals, rank_by
+
+
 # `:ARG` keys of the real-scale recipes: where their data lives (all empty: the shapes world).
 REAL_DATA_ARGS = dict(train="", tokenizer="", zeroshot="", classnames="", retrieval="")
 TRAIN_SOURCE_KINDS = ("tfds", "array_record", "webdataset", "folder")

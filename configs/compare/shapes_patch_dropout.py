@@ -45,13 +45,6 @@ def get_config(arg=None):
   c.budget = dict(match="seconds", like="clip")
   c.overrides = (("model.image", tower), ("total_steps", int(a["steps"])), ("batch_size", int(a["batch"])))
   c.arms = {name: arms[name] for name in names}
-  c.evals = dict(
-      fewshot=dict(),
-      zeroshot=dict(num_examples=320, templates=("a photo of a {}.", "a {}.")),
-      retrieval=dict(num_examples=256),
-      binding=dict(num_examples=512),
-  )
+  c.evals, c.rank_by = common.frozen_encoder_suite_evals()
   c.eval_points = 3
-  c.rank_by = ("eval/fewshot/shape_10shot", "eval/fewshot/color_10shot", "eval/zeroshot/top1",
-               "eval/retrieval/i2t_r1", "eval/retrieval/t2i_r1", "eval/binding/acc")
   return c
