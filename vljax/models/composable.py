@@ -369,7 +369,7 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
   if c["fusion"]:
     resolve_fusion(c)
   if naflex_settings is not None:
-    naflex.check_composable(c, naflex_settings)
+    naflex.check_composable(c)
     c["image"]["naflex"] = naflex_settings
   if c["image"]["pool"] == "map" and (not c["contrastive"] or c["contrastive"]["image_pool"] == "map"):
     model_config.check_image_tokens_only("composable (decoder only, or contrastive.image_pool='map')", c["image"])

@@ -244,7 +244,7 @@ def check_settings(image: dict[str, Any]) -> None:
                     image["patch"])
 
 
-def check_composable(c: dict[str, Any], naflex: dict[str, Any]) -> None:
+def check_composable(c: dict[str, Any]) -> None:
   """A composable model whose image tower is NaFlex: only heads that read the pooled output, which
   alone is masked (a decoder, fusion head or MAP pooler would attend to the padded patches)."""
   check_settings(c["image"])
