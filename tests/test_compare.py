@@ -387,3 +387,5 @@ def test_intervals_and_paired_differences():
   assert d["seeds"] == [0, 1, 2] and d["distinguishable"]  # seed 3 has no pair
   assert not stats.paired_difference({0: 0.9, 1: 0.1}, {0: 0.5, 1: 0.5})["distinguishable"]
   assert not stats.paired_difference({0: 0.9}, {0: 0.1})["distinguishable"]  # n = 1: no interval
+  same = stats.paired_difference({0: 0.508, 1: 0.6}, {0: 0.5, 1: 0.592})  # both seeds 0.008 apart
+  assert same["ci95"] is None and not same["distinguishable"]

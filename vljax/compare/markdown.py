@@ -69,7 +69,8 @@ def differences_section(report: dict[str, Any]) -> list[str]:
   rows = []
   for metric in report["rank_by"]:
     for d in report["differences"].get(metric, []):
-      interval = f"[{number(d['ci95'][0])}, {number(d['ci95'][1])}]" if d["ci95"] else f"none (n={d['n']})"
+      interval = (f"[{number(d['ci95'][0])}, {number(d['ci95'][1])}]" if d["ci95"] else
+                  f"none (n={d['n']}{', every seed the same' if d['n'] > 1 else ''})")
       rows.append([metric, f"{d['a']} - {d['b']}", str(d["n"]), number(d["mean"]), interval,
                    "**yes**" if d["distinguishable"] else "no"])
   return ["## Paired differences", "", "Paired by seed; distinguishable when the 95% interval excludes 0 "

@@ -23,13 +23,17 @@ def t_quantile(df: int, level: float = LEVEL) -> float:
 
 
 def summary(values: Sequence[float]) -> dict:
-  """n, mean, sample std and the 95% t interval of the mean (None for n = 1: no spread to estimate)."""
+  """n, mean, sample std and the 95% t interval of the mean. No interval (None) for n = 1, or where
+  every value is the same: with a few seeds and metrics counted over a few hundred examples, equal
+  values happen by chance, and an interval of width 0 would call any difference certain."""
   x = np.asarray(values, np.float64)
   n = int(x.size)
   mean = float(x.mean()) if n else math.nan
   if n < 2:
     return {"n": n, "mean": mean, "std": None, "ci95": None}
   std = float(x.std(ddof=1))
+  if np.allclose(x, x[0], rtol=1e-9, atol=1e-12):  # equal but for the float rounding of a subtraction
+    return {"n": n, "mean": mean, "std": std, "ci95": None}
   half = t_quantile(n - 1) * std / math.sqrt(n)
   return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
 
