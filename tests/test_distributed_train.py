@@ -123,6 +123,7 @@ def test_fsdp8_holds_an_eighth_per_device():
   assert max(per_device.values()) <= total / 8 * 1.05, (per_device, total)
 
 
+@pytest.mark.slow  # out of CI's instruction-set rerun (its time); still in make test
 @pytest.mark.cross_path
 def test_sigmoid_ring_step_equals_single_device():
   cfg = _config()

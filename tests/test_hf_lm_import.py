@@ -327,6 +327,7 @@ def open_gates(params):
                                           params)
 
 
+@pytest.mark.slow  # out of CI's instruction-set rerun (its time); still in make test
 @pytest.mark.cross_path
 def test_flamingo_with_imported_lm_starts_as_the_lm(imported):
   """Its gates start at 0: the untrained Flamingo's logits are the imported LM's everywhere."""
