@@ -41,6 +41,9 @@ def final_metrics(suite_dir):
 
 
 def _interval(x):
+  """The 95% t interval of x's mean; None where every value is the same (vljax.compare.stats)."""
+  if np.allclose(x, x[0], rtol=1e-9, atol=1e-12):
+    return None
   half = T_975[len(x) - 1] * x.std(ddof=1) / np.sqrt(len(x))
   return [x.mean() - half, x.mean() + half]
 
@@ -58,13 +61,14 @@ def check_report_numbers(suite_dir):
       got = report["metrics"][metric][arm]
       assert got["n"] == len(seeds) and got["values"] == {str(s): values[s] for s in seeds}
       assert got["mean"] == pytest.approx(x.mean(), abs=1e-12)
-      assert got["ci95"] == pytest.approx(_interval(x), abs=1e-9)
+      want = _interval(x)
+      assert got["ci95"] == (want if want is None else pytest.approx(want, abs=1e-9))
     pairs = list(itertools.combinations(by_arm, 2))
     assert [(d["a"], d["b"]) for d in report["differences"][metric]] == pairs
     for diff in report["differences"][metric]:
       a, b = by_arm[diff["a"]], by_arm[diff["b"]]
       d = np.array([a[s] - b[s] for s in sorted(a)])
-      lo, hi = _interval(d)
-      assert diff["n"] == len(d) and diff["ci95"] == pytest.approx([lo, hi], abs=1e-9)
-      assert diff["distinguishable"] == bool(lo > 0 or hi < 0)
+      want = _interval(d)
+      assert diff["n"] == len(d) and diff["ci95"] == (want if want is None else pytest.approx(want, abs=1e-9))
+      assert diff["distinguishable"] == bool(want and (want[0] > 0 or want[1] < 0))
   return report, finals
