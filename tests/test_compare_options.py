@@ -42,7 +42,8 @@ def test_steps_follow_the_measured_step_times(tmp_path, capsys):
   assert header.split()[:5] == ["arm", "seeds", "steps", "examples", "s/step"]
   clip, noisy = (line.split() for line in out.splitlines() if line.startswith(("clip ", "clip_noisy ")))
   assert clip[2] == "4"  # the budget is clip's own 4 steps
-  assert int(noisy[2]) == round(4 * float(clip[4]) / float(noisy[4]))
+  # The table's times have 3 decimals, the matching used the full ones (exactly: the next test).
+  assert abs(int(noisy[2]) - 4 * float(clip[4]) / float(noisy[4])) <= 1.5
 
 
 def test_a_rerun_reuses_the_recorded_times_and_trains_the_same_steps(tmp_path, monkeypatch):
