@@ -236,11 +236,9 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
     if profile_steps:
       profile, bench.state = op_profile.profile_step(bench.compiled, bench.state, bench.batch, profile_steps)
     activations = activation_bytes(parts.model, cfg, bench.state, bench.batch, bench.teacher)
-  state, compiled, compile_s = bench.state, bench.compiled, bench.compile_s
-  params_bytes, opt_bytes = bench.params_bytes, bench.opt_bytes
 
   median, p90 = float(np.median(times)), float(np.percentile(times, 90))
-  model_flops, no_count = step_flops.train_step_flops(cfg, parts.model_cfg, checkpoint_io.param_shapes(state.params))
+  model_flops, no_count = step_flops.train_step_flops(cfg, parts.model_cfg, checkpoint_io.param_shapes(bench.state.params))
   peak = cfg.peak_flops or metrics_lib.device_peak_flops(device)
   tput = metrics_lib.throughput_metrics(steps=1, seconds=median, global_batch=cfg.batch_size,
                                         flops_per_step=model_flops, num_devices=num_devices, peak_flops=peak)
@@ -250,15 +248,15 @@ def run(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, device
       "num_devices": num_devices, "cpu_cores": os.cpu_count(),
       "mesh": dict(zip(MESH_AXES, (int(s) for s in mesh.devices.shape))),
       "model": cfg.model.name, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
-      "compile_s": compile_s, "step_time_median_s": median, "step_time_p90_s": p90,
+      "compile_s": bench.compile_s, "step_time_median_s": median, "step_time_p90_s": p90,
       "examples_per_sec": tput["examples_per_sec"],
       "model_tflops_per_step": model_flops / 1e12 if model_flops else None, "model_flops_missing": no_count or None,
       "model_tflops_per_sec_per_device": tput.get("model_tflops_per_sec_per_device"),
       "xla_tflops_per_step": xla_total / 1e12 if xla_total else None, "xla_flops_source": xla_source,
       "peak_tflops": peak / 1e12 if peak else None, "mfu": tput.get("mfu"),
       "hfu": xla_total / num_devices / median / peak if xla_total and peak else None,
-      **memory_stats(compiled),
-      "params_bytes_per_device": params_bytes, "opt_state_bytes_per_device": opt_bytes,
+      **memory_stats(bench.compiled),
+      "params_bytes_per_device": bench.params_bytes, "opt_state_bytes_per_device": bench.opt_bytes,
       "activation_bytes_per_device": activations // batch_shards(mesh) if activations is not None else None,
       **({"op_profile": profile} if profile else {}),
   }
@@ -343,11 +341,12 @@ class PreparedStep:
   def time_steps(self, steps: int) -> list[float]:
     """Seconds of each of `steps` steps, each waited for: the time of one step, not of a pipelined run."""
     times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      self.state, out = self.compiled(self.state, self.batch)
-      jax.block_until_ready((self.state, out))
-      times.append(time.perf_counter() - start)
+    with jax.set_mesh(self.mesh):
+      for _ in range(steps):
+        start = time.perf_counter()
+        self.state, out = self.compiled(self.state, self.batch)
+        jax.block_until_ready((self.state, out))
+        times.append(time.perf_counter() - start)
     return times
 
 

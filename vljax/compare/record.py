@@ -54,10 +54,14 @@ def check(workdir: str, record: dict[str, Any]) -> bool:
   return True
 
 
+def runs_definition(definition: dict[str, Any] | None) -> dict[str, Any]:
+  """What of a suite's definition the runs depend on: all but the report's `rank_by`, which may
+  change between reports."""
+  return {k: v for k, v in (definition or {}).items() if k != "rank_by"}
+
+
 def _runs_part(rec: dict[str, Any]) -> dict[str, Any]:
-  """What the runs depend on: all but the report's `rank_by`, which may change between reports."""
-  definition = {k: v for k, v in (rec.get("definition") or {}).items() if k != "rank_by"}
-  return {"definition": definition, "arms": rec.get("arms")}
+  return {"definition": runs_definition(rec.get("definition")), "arms": rec.get("arms")}
 
 
 def write(workdir: str, record: dict[str, Any]) -> str:

@@ -82,10 +82,7 @@ def resolve(path: str, build_evaluators: bool = True, workdir: str | None = None
 
 def recorded_seconds(definition: dict[str, Any], recorded: dict[str, Any] | None) -> dict[str, float] | None:
   """The step times suite.json keeps for this very definition (every arm measured), else None."""
-  def runs_part(d):  # what the runs depend on (record.py): all but the report's rank_by
-    return {k: v for k, v in (d or {}).items() if k != "rank_by"}
-
-  if not recorded or runs_part(recorded.get("definition")) != runs_part(definition):
+  if not recorded or record.runs_definition(recorded.get("definition")) != record.runs_definition(definition):
     return None
   seconds = {arm: (recorded.get("arms") or {}).get(arm, {}).get("seconds_per_step") for arm in definition["arms"]}
   return None if None in seconds.values() else seconds
