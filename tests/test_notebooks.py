@@ -22,10 +22,6 @@ QUICK = {"clip_shapes.ipynb": dict(STEPS=3, BATCH_SIZE=32, EVAL_EXAMPLES=64),
          "compare_shapes.ipynb": dict(ARMS=("clip", "siglip"), SEEDS=1, STEPS=2, BATCH_SIZE=16, EVAL_EXAMPLES=16,
                                       EVAL_POINTS=1),
          "blip2_and_imports.ipynb": dict(PRETRAIN_STEPS=2, STEPS=2, BATCH_SIZE=8, EVAL_EXAMPLES=8)}
-# Run here only with VLJAX_ALL_NOTEBOOKS=1 (and in full by `make notebooks`): at their quick parameters
-# they still compile five and two trainings, 74 s and 57 s on a 2-core CPU, more than CI's time allows.
-HEAVY = {"image_lms_shapes.ipynb", "blip2_and_imports.ipynb"}
-ALL_NOTEBOOKS = os.environ.get("VLJAX_ALL_NOTEBOOKS") == "1"
 # Parameters naming another notebook's WORKDIR in this session (its runs reused where that one ran first).
 CHAINED = {"blip2_and_imports.ipynb": {"PARTS_FROM": "image_lms_shapes.ipynb"}}
 # Text each notebook's outputs must hold (printed, or a displayed table): what its last steps produce.
@@ -56,10 +52,7 @@ def _text(output) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.skipif(os.path.basename(p) in HEAVY and not ALL_NOTEBOOKS,
-                                             reason="compiles several trainings: VLJAX_ALL_NOTEBOOKS=1"))
-    for p in NOTEBOOKS], ids=os.path.basename)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs(path, workdirs, monkeypatch, compilation_cache):
   monkeypatch.setenv("XLA_FLAGS", QUICK_XLA_FLAGS)  # replaces any of CI's: the kernel runs at this CPU's own instruction set
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
