@@ -82,6 +82,26 @@ def test_predict_rejects_bad_decoding_options(workdir, images, capsys, extra, me
   assert message in capsys.readouterr().err
 
 
+def test_match_scores_pairs_and_every_pair_with_the_itm_head(workdir, images, tmp_path):
+  """BLIP's ITM probabilities: the pairs are the every-pair matrix's diagonal, each what the runner's
+  matching calls give; a model without the head, or pairs of unequal counts, are named."""
+  cfg = tiny_config(evals={})
+  cfg.model.update(fusion=dict(share="none", variant="mu", depth=1))
+  cfg.objectives = {"softmax_contrastive": 1.0, "itm": 1.0}
+  blip = vljax.load(write_random_workdir(str(tmp_path / "blip"), cfg, seed=0))
+  texts = ["a red circle", "a blue star"]
+  pairs, every = blip.match(images, texts), blip.match(images, texts + ["a cross"], every_pair=True)
+  assert pairs.shape == (2,) and every.shape == (2, 3) and ((every > 0) & (every < 1)).all()
+  # The same pairs through the same program, in chunks made up otherwise: a rounding at most.
+  np.testing.assert_allclose(np.diagonal(every)[:2], pairs, rtol=1e-6)
+  memory = blip.runner.fusion_memory(blip.params, blip._images(images))
+  np.testing.assert_array_equal(pairs, blip.runner.match_probs(blip.params, memory, blip._tokens(texts), np.arange(2)))
+  with pytest.raises(ValueError, match=r"match: 2 images and 3 texts; pairs need one text per image"):
+    blip.match(images, texts + ["a cross"])
+  with pytest.raises(ValueError, match=r"image-text matching needs a model with an image-text matching \(ITM\) head; \w+ has contrastive"):
+    vljax.load(workdir).match(images, texts)
+
+
 def test_bad_images_and_workdirs_are_clear_errors(workdir, images, tmp_path, capsys):
   broken = tmp_path / "broken.png"
   broken.write_bytes(b"not an image")

@@ -64,6 +64,20 @@ class Predictor:
     with jax.set_mesh(self.mesh):
       return self.runner.similarity(self.params, self._images(images), self._tokens(texts), scoring)
 
+  def match(self, images: ImageInput, texts: str | Sequence[str], every_pair: bool = False) -> np.ndarray:
+    """Image-text matching (BLIP's ITM head): the probability that a text describes an image. [N] for
+    the pairs (images[i], texts[i]); with every_pair, [N_images, N_texts] for every image against
+    every text (N_images x N_texts passes of the image-grounded text encoder)."""
+    pixels, ids = self._images(images), self._tokens(texts)
+    n, m = len(pixels), len(ids)
+    if not every_pair and n != m:
+      raise ValueError(f"match: {n} images and {m} texts; pairs need one text per image (or every_pair=True)")
+    with jax.set_mesh(self.mesh):
+      memory = self.runner.fusion_memory(self.params, pixels)  # names the capability a model lacks
+      if not every_pair:
+        return self.runner.match_probs(self.params, memory, ids, np.arange(n))
+      return self.runner.match_probs(self.params, memory, np.tile(ids, (n, 1)), np.repeat(np.arange(n), m)).reshape(n, m)
+
   def zero_shot(self, images: ImageInput, class_names: Sequence[str],
                 templates: Sequence[str] | None = None, scoring: str = "auto") -> tuple[list[str], np.ndarray]:
     """(predicted class name per image, probabilities [N, C]); templates default to the shapes world's
