@@ -54,6 +54,32 @@ def test_llava_generate_equals_the_evaluators_path(runs):
   assert sampled[0] == sampled[1]
 
 
+def test_llava_continues_a_prompt_that_ends_with_its_image(runs):
+  """With "<image>" last (or a prompt that is only the image), the first token is predicted from the
+  image's last token, which no re-fed "<image>" id overwrites: greedy with the KV cache equals greedy
+  recomputing the whole prefix at every step."""
+  import jax.numpy as jnp
+  import numpy as np
+  model = vljax.load(runs["llava"])
+  images = _images(2)
+  texts = ["question: what color is the circle? answer: <image>", ""]  # "" gets "<image> " in front
+  got = model.generate(images, texts, max_new_tokens=5)
+  memory = model.model.apply({"params": model.params}, model._images(images)[:, None], method="encode_image")["memory"]
+  for i, text in enumerate(texts):
+    ids, lengths = prompts.prompt_ids(model.tokenizer, [[(text or "<image> ", "")]], 48)
+    assert ids[0, lengths[0] - 1] == model.tokenizer.encode(["<image>"], 4)[0, 1]  # the image is last
+    seq, new = list(ids[0, :lengths[0]]), []
+    for _ in range(5):
+      logits = model.model.apply({"params": model.params}, memory[i:i + 1], jnp.asarray([seq]), method="caption_logits")
+      if not new:  # decoding's min_len=1: no EOS as the first token
+        logits = logits.at[..., model.tokenizer.eoc_id].set(-jnp.inf)
+      new.append(int(np.argmax(logits[0, -1])))
+      seq.append(new[-1])
+      if new[-1] == model.tokenizer.eoc_id:
+        break
+    assert got[i].strip() == model.tokenizer.decode(np.asarray([new]))[0].split(prompts.EOC)[0].strip()
+
+
 def test_flamingo_takes_interleaved_prompts_with_several_images(runs):
   model = vljax.load(runs["flamingo"])
   images = _images(4)

@@ -166,11 +166,13 @@ def make_step_fn(model: nn.Module, params: Any) -> Callable:
   return step_fn
 
 
-def prefill(model: nn.Module, params: Any, cache: Any, memory: jax.Array | None, ids: jax.Array) -> Any:
-  """Writes prompt ids [B, P] into cache slots 0..P-1 (one pass, causal within the prompt)."""
-  _, variables = model.apply({"params": params, "cache": cache}, ids, memory,
-                             decode_index=jnp.zeros((), jnp.int32), method="decode_step", mutable=["cache"])
-  return variables["cache"]
+def prefill(model: nn.Module, params: Any, cache: Any, memory: jax.Array | None, ids: jax.Array
+            ) -> tuple[jax.Array, Any]:
+  """Writes prompt ids [B, P] into cache slots 0..P-1 (one pass, causal within the prompt);
+  -> (logits [B, P, V] at the ids' outputs, cache)."""
+  logits, variables = model.apply({"params": params, "cache": cache}, ids, memory,
+                                  decode_index=jnp.zeros((), jnp.int32), method="decode_step", mutable=["cache"])
+  return logits, variables["cache"]
 
 
 def make_prompted_step_fn(model: nn.Module, params: Any, start: jax.Array) -> Callable:
@@ -193,11 +195,21 @@ def continue_prompts(model: nn.Module, params: Any, memory: jax.Array | None, id
   in for one <image> id and keeps them in its self-attention cache; it has no memory to cross-attend).
   """
   cache = init_cache(model, params, None if shift else memory, cache_len, ids.shape[0])
-  cache = prefill(model, params, cache, memory, ids)
+  logits, cache = prefill(model, params, cache, memory, ids)
   # Step 0 feeds each prompt's last token at its own position; generation continues from there.
   first = jnp.take_along_axis(ids, (lengths - 1)[:, None], axis=1)[:, 0]
-  return decode_lib.decode(make_prompted_step_fn(model, params, lengths - 1 + shift), cache, ids.shape[0],
-                           bos_id=first, eos_id=eos_id, pad_id=pad_id, options=options, rng=rng)
+  step_fn = make_prompted_step_fn(model, params, lengths - 1 + shift)
+  if shift:
+    # A prompt ending in "<image>" ends with a spliced image token, which re-feeding the "<image>" id
+    # would overwrite: step 0 takes the prefill's logits there instead and leaves the cache as it is.
+    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    fed = step_fn
+
+    def step_fn(tokens, cache, index):
+      from_prefill = lambda: (jnp.repeat(last, tokens.shape[0] // last.shape[0], axis=0), cache)
+      return jax.lax.cond(index == 0, from_prefill, lambda: fed(tokens, cache, index))
+  return decode_lib.decode(step_fn, cache, ids.shape[0], bos_id=first, eos_id=eos_id, pad_id=pad_id,
+                           options=options, rng=rng)
 
 
 def make_recompute_step_fn(model: nn.Module, params: Any, memory: jax.Array | None, cache_len: int,
