@@ -70,7 +70,7 @@ def test_llava_continues_a_prompt_that_ends_with_its_image(runs):
   for i, text in enumerate(texts):
     ids, lengths = prompts.prompt_ids(model.tokenizer, [[(text or "<image> ", "")]], 20)
     n = int(lengths[0])
-    assert ids[0, n - 1] == model.tokenizer.encode(["<image>"], 4)[0, 1]  # the image is last
+    assert ids[0, n - 1] == model.tokenizer.image_id  # the image is last
     new = []
     for _ in range(5):
       logits = np.array(logits_of(memory[i:i + 1], ids)[0, n - 1])
